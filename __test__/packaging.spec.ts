@@ -1,0 +1,106 @@
+/**
+ * "npm install of a prebuilt binary needs no Rust toolchain", shown without a registry: pack the root package and
+ * this platform's package (holding the built .node), install both tarballs into an empty project with no cargo or
+ * rustc on PATH, and call into the addon from there.
+ */
+import { execFileSync, spawnSync } from 'node:child_process'
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { delimiter, join, resolve } from 'node:path'
+
+import { beforeAll, describe, expect, it } from 'vitest'
+
+import { platformName } from '../src/binding.js'
+
+const root = resolve(__dirname, '..')
+const platform = platformName()
+const binary = join(root, `marvel.${platform}.node`)
+const platformDir = join(root, 'npm', platform)
+const ready = existsSync(binary) && existsSync(platformDir) && existsSync(join(root, 'dist', 'index.js'))
+const npm = process.platform === 'win32' ? 'npm.cmd' : 'npm'
+
+/** PATH without any folder that holds cargo or rustc. */
+function pathWithoutRust(): string {
+  return (process.env.PATH ?? '')
+    .split(delimiter)
+    .filter((d) => d && !existsSync(join(d, 'cargo')) && !existsSync(join(d, 'rustc')))
+    .join(delimiter)
+}
+
+function pack(dir: string, dest: string): string {
+  const out = execFileSync(npm, ['pack', '--ignore-scripts', '--json', '--pack-destination', dest], { cwd: dir, encoding: 'utf8' })
+  return join(dest, JSON.parse(out)[0].filename)
+}
+
+function install(app: string, tarballs: string[]): void {
+  mkdirSync(app, { recursive: true })
+  writeFileSync(join(app, 'package.json'), JSON.stringify({ name: 'consumer', private: true, type: 'module' }))
+  execFileSync(npm, ['install', '--no-audit', '--no-fund', '--prefer-offline', ...tarballs], {
+    cwd: app,
+    env: { ...process.env, PATH: pathWithoutRust() },
+    stdio: 'pipe',
+  })
+}
+
+const PROGRAM = `
+import { matmul, nativeVersion } from 'marvel-tokenizer'
+const c = await matmul({ data: new Float32Array([1, 2, 3, 4]), shape: [2, 2] }, { data: new Float32Array([5, 6, 7, 8]), shape: [2, 2] })
+console.log(JSON.stringify({ version: nativeVersion(), shape: c.shape, data: Array.from(c.data) }))
+`
+const PROGRAM_CJS = `
+const { matmul } = require('marvel-tokenizer')
+matmul({ data: new Float32Array([2]), shape: [1, 1] }, { data: new Float32Array([21]), shape: [1, 1] }).then((c) => console.log(c.data[0]))
+`
+
+describe.skipIf(!ready)(`packaging (skipped when the addon for ${platform} or dist/ is not built)`, () => {
+  let work: string
+  let rootTgz: string
+  let platformTgz: string
+
+  beforeAll(() => {
+    work = mkdtempSync(join(tmpdir(), 'marvel-pack-'))
+    const stage = join(work, 'platform-package')
+    cpSync(platformDir, stage, { recursive: true })
+    cpSync(binary, join(stage, `marvel.${platform}.node`))
+    rootTgz = pack(root, work)
+    platformTgz = pack(stage, work)
+  })
+
+  it('the tarballs hold the built code and the binary, and nothing from the source tree', () => {
+    const list = (tgz: string) => execFileSync('tar', ['-tzf', tgz], { encoding: 'utf8' }).split('\n').filter(Boolean)
+    const rootFiles = list(rootTgz)
+    expect(rootFiles).toContain('package/dist/index.js')
+    expect(rootFiles).toContain('package/dist/index.cjs')
+    expect(rootFiles).toContain('package/dist/index.d.ts')
+    expect(rootFiles.some((f) => f.endsWith('.node') || f.startsWith('package/crates/') || f.startsWith('package/src/'))).toBe(false)
+    expect(list(platformTgz)).toEqual(expect.arrayContaining([`package/marvel.${platform}.node`, 'package/package.json']))
+  })
+
+  it('installs into an empty project without a Rust toolchain and computes the right answer (ESM and CJS)', () => {
+    const app = join(work, 'app')
+    install(app, [rootTgz, platformTgz])
+    expect(readdirSync(join(app, 'node_modules'))).toEqual(expect.arrayContaining(['marvel-tokenizer', `marvel-tokenizer-${platform}`]))
+    writeFileSync(join(app, 'main.mjs'), PROGRAM)
+    writeFileSync(join(app, 'main.cjs'), PROGRAM_CJS)
+    const env = { ...process.env, PATH: pathWithoutRust() }
+    const esm = spawnSync(process.execPath, ['main.mjs'], { cwd: app, env, encoding: 'utf8' })
+    expect(esm.stderr).toBe('')
+    const out = JSON.parse(esm.stdout)
+    expect(out.shape).toEqual([2, 2])
+    expect(out.data).toEqual([19, 22, 43, 50])
+    const cjs = spawnSync(process.execPath, ['main.cjs'], { cwd: app, env, encoding: 'utf8' })
+    expect(cjs.stderr).toBe('')
+    expect(cjs.stdout.trim()).toBe('42')
+  })
+
+  it('without the platform package the loader fails with a message naming the platform', () => {
+    const app = join(work, 'app-no-binary')
+    install(app, [rootTgz])
+    writeFileSync(join(app, 'main.mjs'), PROGRAM)
+    const run = spawnSync(process.execPath, ['main.mjs'], { cwd: app, env: { ...process.env, PATH: pathWithoutRust() }, encoding: 'utf8' })
+    expect(run.status).not.toBe(0)
+    expect(run.stderr).toContain(`marvel has no native binary for platform ${platform}`)
+    expect(run.stderr).toContain(`marvel-tokenizer-${platform}`)
+    expect(run.stderr).toContain('MARVEL_NATIVE_BINDING')
+  })
+})

@@ -1,0 +1,29 @@
+//! Node bindings for marvel-core. Bindings only: convert and validate arguments, run the work as an async
+//! task, map errors. No model math lives here.
+
+#![deny(clippy::all)]
+
+mod ops;
+mod task;
+mod tensor;
+
+use napi::Env;
+use napi_derive::napi;
+
+/// Number of threads marvel's compute kernels use.
+#[napi]
+pub fn get_num_threads(env: Env) -> napi::Result<u32> {
+    task::sync(&env, marvel_core::runtime::num_threads()).map(|n| n as u32)
+}
+
+/// Set the number of compute threads (1..=1024). Calls already running finish on the previous pool.
+#[napi]
+pub fn set_num_threads(env: Env, threads: u32) -> napi::Result<()> {
+    task::sync(&env, marvel_core::runtime::set_num_threads(threads as usize))
+}
+
+/// Version of the native addon (the Rust crate version).
+#[napi]
+pub fn native_version() -> String {
+    env!("CARGO_PKG_VERSION").to_string()
+}

@@ -1,0 +1,87 @@
+/**
+ * Loads the native addon. Order: the installed per-platform package (`marvel-tokenizer-<platform>`, what
+ * `npm install` brings where a prebuilt binary exists), then a binary built locally into the package root
+ * (`marvel.<platform>.node`, what `npm run build:native` writes). Neither: an error naming the platform.
+ */
+import { existsSync, readFileSync } from 'node:fs'
+import { createRequire } from 'node:module'
+import { dirname, join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+
+import { MarvelError } from './errors.js'
+import type * as Native from './native.js'
+
+export type NativeBinding = typeof Native
+
+const require = createRequire(import.meta.url)
+
+/** The package root: this file is `src/binding.ts` in the repository and `dist/index.*` once built. */
+function packageRoot(): string {
+  let dir = dirname(fileURLToPath(import.meta.url))
+  for (let i = 0; i < 4; i++) {
+    const pkg = join(dir, 'package.json')
+    if (existsSync(pkg) && JSON.parse(readFileSync(pkg, 'utf8')).name === 'marvel-tokenizer') return dir
+    dir = dirname(dir)
+  }
+  return join(dirname(fileURLToPath(import.meta.url)), '..')
+}
+
+function isMusl(): boolean {
+  if (process.platform !== 'linux') return false
+  const report = process.report?.getReport() as { header?: { glibcVersionRuntime?: string } } | undefined
+  return !report?.header?.glibcVersionRuntime
+}
+
+/** napi-rs platform name, e.g. `linux-x64-gnu`, `darwin-arm64`, `win32-x64-msvc`. */
+export function platformName(platform: string = process.platform, arch: string = process.arch): string {
+  switch (platform) {
+    case 'linux':
+      return `linux-${arch}-${isMusl() ? 'musl' : 'gnu'}`
+    case 'win32':
+      return `win32-${arch}-msvc`
+    default:
+      return `${platform}-${arch}`
+  }
+}
+
+export function loadBinding(): NativeBinding {
+  const platform = platformName()
+  const attempts: string[] = []
+  const candidates: Array<[string, () => string]> = [
+    [`package marvel-tokenizer-${platform}`, () => require.resolve(`marvel-tokenizer-${platform}`)],
+    [`local build`, () => join(packageRoot(), `marvel.${platform}.node`)],
+  ]
+  if (process.env.MARVEL_NATIVE_PATH) candidates.unshift(['$MARVEL_NATIVE_PATH', () => process.env.MARVEL_NATIVE_PATH!])
+  for (const [label, resolve] of candidates) {
+    let path: string
+    try {
+      path = resolve()
+    } catch {
+      attempts.push(`${label}: not installed`)
+      continue
+    }
+    if (!existsSync(path)) {
+      attempts.push(`${label}: ${path} not found`)
+      continue
+    }
+    try {
+      return require(path) as NativeBinding
+    } catch (e) {
+      attempts.push(`${label}: ${path} failed to load (${(e as Error).message})`)
+    }
+  }
+  throw new MarvelError(
+    'MARVEL_NATIVE_BINDING',
+    `marvel has no native binary for platform ${platform}. Tried:\n  ${attempts.join('\n  ')}\n` +
+      `Install the prebuilt package marvel-tokenizer-${platform}, or build from source with a Rust toolchain ` +
+      `(npm run build:native).`,
+  )
+}
+
+let cached: NativeBinding | undefined
+
+/** The native addon, loaded once on first use. */
+export function native(): NativeBinding {
+  cached ??= loadBinding()
+  return cached
+}

@@ -1,0 +1,16 @@
+/**
+ * marvel: the MARVEL / TiTok 1D image tokenizer for Node.js. Model math runs in a Rust (candle) native
+ * addon off the main thread; this package is its typed TypeScript API.
+ */
+export { MarvelError, type MarvelErrorCode } from './errors.js'
+export { encodePng, readImage, writePng, type ImageSource, type RgbImage } from './image.js'
+export { matmul, type Tensor } from './tensor.js'
+export { getNumThreads, setNumThreads } from './threads.js'
+export { platformName } from './binding.js'
+
+import { native } from './binding.js'
+
+/** Version of the loaded native addon. */
+export function nativeVersion(): string {
+  return native().nativeVersion()
+}
