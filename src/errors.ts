@@ -12,6 +12,8 @@ export type MarvelErrorCode =
   | 'MARVEL_TENSOR'
   | 'MARVEL_PANIC'
   | 'MARVEL_NATIVE_BINDING'
+  /** Hugging Face hub: file not on the hub, access refused, corrupt download, or offline and not cached. */
+  | 'MARVEL_HUB'
 
 export class MarvelError extends Error {
   readonly code: MarvelErrorCode

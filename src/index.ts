@@ -8,6 +8,16 @@ export { matmul, type Tensor } from './tensor.js'
 export { getNumThreads, setNumThreads } from './threads.js'
 export { platformName } from './binding.js'
 
+export {
+  HubError,
+  createProgressPrinter,
+  hubDownload,
+  resolveModelFiles,
+  snapshotDownload,
+  type HubOptions,
+  type HubProgress,
+} from './hub.js'
+
 import { native } from './binding.js'
 
 /** Version of the loaded native addon. */
