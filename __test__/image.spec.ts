@@ -5,7 +5,7 @@ import { join } from 'node:path'
 import sharp, { type CreateRaw } from 'sharp'
 import { beforeAll, describe, expect, it } from 'vitest'
 
-import { encodePng, readImage, writePng, type RgbImage } from '../src/index.js'
+import { encodePng, prepareImage, readImage, writePng, type RgbImage } from '../src/index.js'
 
 const W = 24
 const H = 16
@@ -158,5 +158,53 @@ describe('writing PNG', () => {
   it('rejects a buffer that does not match the size', async () => {
     const err = await encodePng({ data: new Uint8Array(10), width: 4, height: 4 }).catch((e) => e)
     expect(err.code).toBe('MARVEL_SHAPE_MISMATCH')
+  })
+})
+
+describe('prepareImage (model input geometry)', () => {
+  const pattern = (w: number, h: number): RgbImage => {
+    const data = new Uint8Array(w * h * 3)
+    for (let y = 0; y < h; y++)
+      for (let x = 0; x < w; x++) data.set([x % 256, y % 256, (x * 7 + y * 13) % 256], (y * w + x) * 3)
+    return { data, width: w, height: h }
+  }
+
+  it('a 256x256 image passes through untouched', async () => {
+    const img = pattern(256, 256)
+    expect(await prepareImage(img)).toBe(img)
+    expect(await prepareImage(img, { resize: 'none' })).toBe(img)
+  })
+
+  it('a wide image whose short side is already 256 is centre-cropped without resampling', async () => {
+    const img = pattern(512, 256)
+    const out = await prepareImage(img)
+    expect([out.width, out.height]).toEqual([256, 256])
+    // Centre crop starts at column (512 - 256) / 2 = 128.
+    for (const [x, y] of [[0, 0], [255, 255], [17, 200]]) {
+      const o = (y * 256 + x) * 3
+      const i = (y * 512 + x + 128) * 3
+      expect(Array.from(out.data.subarray(o, o + 3))).toEqual(Array.from(img.data.subarray(i, i + 3)))
+    }
+  })
+
+  it('the shorter side is resized to 256 and a uniform colour survives', async () => {
+    const w = 600
+    const h = 400
+    const data = new Uint8Array(w * h * 3).map((_, i) => [200, 100, 50][i % 3])
+    const out = await prepareImage({ data, width: w, height: h })
+    expect([out.width, out.height]).toEqual([256, 256])
+    for (let i = 0; i < out.data.length; i += 997) expect(Math.abs(out.data[i] - [200, 100, 50][i % 3])).toBeLessThanOrEqual(1)
+  })
+
+  it("resize 'none' refuses an image of the wrong size", async () => {
+    const err = await prepareImage(pattern(300, 200), { resize: 'none' }).catch((e) => e)
+    expect(err.code).toBe('MARVEL_SHAPE_MISMATCH')
+    expect(err.message).toMatch(/300x200/)
+  })
+
+  it('decodes encoded input first', async () => {
+    const png = await encodePng(pattern(320, 256))
+    const out = await prepareImage(png)
+    expect([out.width, out.height]).toEqual([256, 256])
   })
 })

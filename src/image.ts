@@ -84,3 +84,58 @@ export async function writePng(image: RgbImage, path: string): Promise<void> {
     throw new MarvelError('MARVEL_IO', `cannot write ${path}: ${(e as Error).message}`, { cause: e })
   }
 }
+
+/** How `prepareImage` brings an image to the model's square input size. */
+export interface PrepareOptions {
+  /** Side of the square model input. Default 256. */
+  size?: number
+  /**
+   * `'center-crop'` (default): the reference evaluation preprocessing — resize the shorter side to `size` with an
+   * antialiased bicubic filter, then take the centre `size`×`size` crop. `'none'`: the image must already be
+   * `size`×`size` and passes through untouched (an error otherwise).
+   */
+  resize?: 'center-crop' | 'none'
+}
+
+/** Python's round(): halves go to the even neighbour (torchvision's CenterCrop offsets use it). */
+function roundHalfEven(x: number): number {
+  const r = Math.round(x)
+  return Math.abs(x % 1) === 0.5 && r % 2 !== 0 ? r - 1 : r
+}
+
+/**
+ * Decode and bring an image to the model input: `size`×`size` RGB. Matches torchvision's
+ * `Resize(size, BICUBIC, antialias=True)` + `CenterCrop(size)` geometry: the longer side becomes
+ * `floor(size * long / short)` and the crop offsets are `round((side - size) / 2)`.
+ */
+export async function prepareImage(src: ImageSource | RgbImage, options: PrepareOptions = {}): Promise<RgbImage> {
+  const size = options.size ?? 256
+  const mode = options.resize ?? 'center-crop'
+  if (!Number.isInteger(size) || size < 1) throw invalidArgument(`size must be a positive integer, got ${size}`)
+  if (mode !== 'center-crop' && mode !== 'none') {
+    throw invalidArgument(`resize must be 'center-crop' or 'none', got ${JSON.stringify(mode)}`)
+  }
+  const image = isRgbImage(src) ? (checkRgb(src), src) : await readImage(src)
+  const { width: w, height: h } = image
+  if (w === size && h === size) return image
+  if (mode === 'none') {
+    throw new MarvelError('MARVEL_SHAPE_MISMATCH', `image is ${w}x${h}; with resize 'none' it must be ${size}x${size}`)
+  }
+  const [nw, nh] = w <= h ? [size, Math.floor((size * h) / w)] : [Math.floor((size * w) / h), size]
+  const left = roundHalfEven((nw - size) / 2)
+  const top = roundHalfEven((nh - size) / 2)
+  try {
+    const { data } = await sharp(image.data, { raw: { width: w, height: h, channels: 3 } })
+      .resize(nw, nh, { fit: 'fill', kernel: 'cubic' })
+      .extract({ left, top, width: size, height: size })
+      .raw()
+      .toBuffer({ resolveWithObject: true })
+    return { data: new Uint8Array(data.buffer, data.byteOffset, data.length), width: size, height: size }
+  } catch (e) {
+    throw new MarvelError('MARVEL_IMAGE', `cannot resize ${w}x${h} image to ${size}x${size}: ${(e as Error).message}`, { cause: e })
+  }
+}
+
+export function isRgbImage(x: unknown): x is RgbImage {
+  return !!x && typeof x === 'object' && (x as RgbImage).data instanceof Uint8Array && 'width' in x && 'height' in x && !(x instanceof Uint8Array)
+}

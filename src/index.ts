@@ -3,7 +3,7 @@
  * addon off the main thread; this package is its typed TypeScript API.
  */
 export { MarvelError, type MarvelErrorCode } from './errors.js'
-export { encodePng, readImage, writePng, type ImageSource, type RgbImage } from './image.js'
+export { encodePng, prepareImage, readImage, writePng, type ImageSource, type PrepareOptions, type RgbImage } from './image.js'
 export { matmul, type Tensor } from './tensor.js'
 export { getNumThreads, setNumThreads } from './threads.js'
 export { platformName } from './binding.js'
