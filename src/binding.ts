@@ -8,7 +8,7 @@ import { createRequire } from 'node:module'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 
-import { MarvelError } from './errors.js'
+import { MarvelError, type MarvelErrorCode } from './errors.js'
 import type * as Native from './native.js'
 
 export type NativeBinding = typeof Native
@@ -65,7 +65,7 @@ export function loadBinding(): NativeBinding {
       continue
     }
     try {
-      return require(path) as NativeBinding
+      return withMarvelErrors(require(path) as NativeBinding)
     } catch (e) {
       attempts.push(`${label}: ${path} failed to load (${(e as Error).message})`)
     }
@@ -76,6 +76,48 @@ export function loadBinding(): NativeBinding {
       `Install the prebuilt package marvel-tokenizer-${platform}, or build from source with a Rust toolchain ` +
       `(npm run build:native).`,
   )
+}
+
+/** A native error (plain `Error` with a `MARVEL_*` code) as a `MarvelError`, so `instanceof` works for every error. */
+function toMarvelError(e: unknown): unknown {
+  const code = (e as { code?: unknown })?.code
+  if (e instanceof Error && !(e instanceof MarvelError) && typeof code === 'string' && code.startsWith('MARVEL_')) {
+    return new MarvelError(code as MarvelErrorCode, e.message, { cause: e })
+  }
+  return e
+}
+
+function wrapped<F extends (...args: never[]) => unknown>(fn: F): F {
+  return function (this: unknown, ...args: never[]) {
+    try {
+      const out = fn.apply(this, args)
+      return out instanceof Promise ? out.catch((e) => Promise.reject(toMarvelError(e))) : out
+    } catch (e) {
+      throw toMarvelError(e)
+    }
+  } as F
+}
+
+/** Wraps every exported function and every method/getter of exported classes once, at load. */
+function withMarvelErrors(binding: NativeBinding): NativeBinding {
+  const out: Record<string, unknown> = {}
+  for (const [name, value] of Object.entries(binding)) {
+    if (typeof value !== 'function') {
+      out[name] = value
+    } else if (/^[A-Z]/.test(name)) {
+      const proto = (value as { prototype: object }).prototype
+      for (const key of Object.getOwnPropertyNames(proto)) {
+        const d = Object.getOwnPropertyDescriptor(proto, key)!
+        if (key === 'constructor') continue
+        if (typeof d.value === 'function') Object.defineProperty(proto, key, { ...d, value: wrapped(d.value) })
+        else if (d.get) Object.defineProperty(proto, key, { ...d, get: wrapped(d.get) })
+      }
+      out[name] = value
+    } else {
+      out[name] = wrapped(value as (...args: never[]) => unknown)
+    }
+  }
+  return out as NativeBinding
 }
 
 let cached: NativeBinding | undefined

@@ -5,6 +5,18 @@
 export { MarvelError, type MarvelErrorCode } from './errors.js'
 export { encodePng, prepareImage, readImage, writePng, type ImageSource, type PrepareOptions, type RgbImage } from './image.js'
 export { matmul, type Tensor } from './tensor.js'
+export { Tokens, type TokensJSON, type TokensShape } from './tokens.js'
+export {
+  Tokenizer,
+  createRandomModel,
+  type DecodeOptions,
+  type DecodedImage,
+  type EncodeOptions,
+  type FromPretrainedOptions,
+  type ImageInput,
+  type RawImage,
+  type TokenizerInfo,
+} from './tokenizer.js'
 export { getNumThreads, setNumThreads } from './threads.js'
 export { platformName } from './binding.js'
 

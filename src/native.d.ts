@@ -2,10 +2,30 @@
 /* eslint-disable */
 
 /**
+ * A loaded model. Calls run as async tasks and hold their own reference to the model, so `dispose()` while
+ * calls are in flight is safe: the memory goes when the last call ends.
+ */
+export declare class NativeTokenizer {
+  get info(): ModelInfo
+  /** Encode `batch` images of interleaved RGB bytes (`[batch, height, width, 3]`) to depth-major ids. */
+  encode(rgb: Uint8Array, batch: number, height: number, width: number): Promise<TokenIds>
+  /** Decode depth-major ids (first `depth` depths; all when omitted) to RGB bytes `[batch, H, W, 3]`. */
+  decode(ids: Uint32Array, shape: Array<number>, depth?: number | undefined | null): Promise<Uint8Array>
+  /** Decode to unclamped float images `[batch, 3, H, W]` (full precision, for comparisons). */
+  decodeFloat(ids: Uint32Array, shape: Array<number>, depth?: number | undefined | null): Promise<Float32Tensor>
+  /** Release the model's memory once calls in flight have finished. Later calls fail with a clear error. */
+  dispose(): void
+  get disposed(): boolean
+}
+
+/**
  * Test hook for the panic barrier: panics inside an async task. Exercised by the test suite to prove a
  * Rust panic becomes a rejected promise and the process survives; not part of the public TypeScript API.
  */
 export declare function _panicInTask(message: string): Promise<number>
+
+/** Write a model folder with fresh random weights for `config_json` (a TiTok/MARVEL `config.json`). */
+export declare function createRandomModel(dir: string, configJson: string, seed: number): Promise<void>
 
 /** A float32 tensor returned to JavaScript. `data` takes over the Rust buffer without a copy. */
 export interface Float32Tensor {
@@ -16,11 +36,49 @@ export interface Float32Tensor {
 /** Number of threads marvel's compute kernels use. */
 export declare function getNumThreads(): number
 
+/** Load a model folder (`config.json` + `model.safetensors` or `pytorch_model.bin`), off the main thread. */
+export declare function loadTokenizer(dir: string): Promise<NativeTokenizer>
+
 /** Matrix product `(..., m, k) x (..., k, n)` of two float32 tensors, computed off the main thread. */
 export declare function matmul(a: Float32Array, aShape: Array<number>, b: Float32Array, bShape: Array<number>): Promise<Float32Tensor>
+
+/** What a loaded model is; mirrors `marvel_core::tokenizer::TokenizerInfo`. */
+export interface ModelInfo {
+  architecture: string
+  quantizer: string
+  imageSize: number
+  numTokens: number
+  depth: number
+  codebookSize: number
+  bitsPerToken: number
+  parameters: number
+  encoderWidth: number
+  encoderLayers: number
+  decoderWidth: number
+  decoderLayers: number
+  twoStage: boolean
+}
 
 /** Version of the native addon (the Rust crate version). */
 export declare function nativeVersion(): string
 
+/** Ids (depth-major) and bits per id read back from the compact byte format. */
+export interface PackedTokens {
+  ids: TokenIds
+  bits: number
+}
+
 /** Set the number of compute threads (1..=1024). Calls already running finish on the previous pool. */
 export declare function setNumThreads(threads: number): void
+
+/** Token ids, depth-major: `shape` is `[depth, batch, numTokens]`. */
+export interface TokenIds {
+  data: Uint32Array
+  shape: Array<number>
+}
+
+/** Unpack the compact byte format; a truncated or corrupt buffer is an error. */
+export declare function tokensFromBytes(bytes: Uint8Array): PackedTokens
+
+/** Pack depth-major ids (`[depth, batch, numTokens]`) into the compact byte format, `bits` bits per id. */
+export declare function tokensToBytes(ids: Uint32Array, shape: Array<number>, bits: number): Buffer

@@ -1,9 +1,16 @@
 //! marvel-core: the MARVEL / TiTok image tokenizer's model math on candle, with no Node dependency.
 
+pub mod config;
 pub mod error;
+pub mod init;
+pub mod model;
+pub mod nn;
 pub mod ops;
+pub mod quantize;
 pub mod runtime;
 pub mod tensor;
+pub mod tokenizer;
+pub mod weights;
 
 pub use error::{MarvelError, Result};
 

@@ -6,6 +6,7 @@
 mod ops;
 mod task;
 mod tensor;
+mod tokenizer;
 
 use napi::Env;
 use napi_derive::napi;

@@ -1,0 +1,598 @@
+//! TiTok's `config.json`, as published with the released checkpoints:
+//! `{"model": {"vq_model": {...}}, "dataset": {"preprocessing": {"crop_size": 256}}}`.
+//!
+//! [`ConfigFile`] mirrors the JSON (serde; unrelated sections such as `generator`, `experiment` or `losses` are
+//! ignored). [`TitokConfig`] is the checked, resolved form the model is built from: size names are turned into
+//! widths, the reference defaults are applied to absent keys, and every inconsistency is reported up front as a
+//! `MarvelError::Config` that names the key and its value.
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::error::{MarvelError, Result};
+use crate::model::maskgit::MaskgitConfig;
+use crate::quantize::lfq::LfqConfig;
+
+/// The whole file. Only the sections the tokenizer reads are declared.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ConfigFile {
+    pub model: ModelSection,
+    #[serde(default)]
+    pub dataset: DatasetSection,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ModelSection {
+    pub vq_model: VqModelSection,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct DatasetSection {
+    #[serde(default)]
+    pub preprocessing: PreprocessingSection,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct PreprocessingSection {
+    #[serde(default = "default_crop_size")]
+    pub crop_size: usize,
+}
+
+impl Default for PreprocessingSection {
+    fn default() -> Self {
+        Self { crop_size: default_crop_size() }
+    }
+}
+
+/// `model.vq_model`. Keys the reference reads, with its defaults (`finetune_decoder` true, `is_legacy` true,
+/// `quantize_mode` "vq"), plus the extension keys of the parity README (custom ViT sizes, `pixel_decoder`) and
+/// MARVEL's LFQ keys.
+#[derive(Debug, Clone, Deserialize)]
+pub struct VqModelSection {
+    /// Required for "vq"; for "lfq" the codebook is implicit (2^token_size codes per depth).
+    pub codebook_size: Option<usize>,
+    pub token_size: usize,
+    #[serde(default)]
+    pub use_l2_norm: bool,
+    #[serde(default = "default_commitment_cost")]
+    pub commitment_cost: f64,
+    pub vit_enc_model_size: String,
+    pub vit_dec_model_size: String,
+    pub vit_enc_patch_size: usize,
+    pub vit_dec_patch_size: usize,
+    pub num_latent_tokens: usize,
+    pub vit_enc_width: Option<usize>,
+    pub vit_enc_num_layers: Option<usize>,
+    pub vit_enc_num_heads: Option<usize>,
+    pub vit_dec_width: Option<usize>,
+    pub vit_dec_num_layers: Option<usize>,
+    pub vit_dec_num_heads: Option<usize>,
+    #[serde(default = "default_true")]
+    pub finetune_decoder: bool,
+    #[serde(default = "default_true")]
+    pub is_legacy: bool,
+    #[serde(default = "default_quantize_mode")]
+    pub quantize_mode: String,
+    /// Absent in the released configs: the reference hard-codes the released MaskGIT sizes.
+    pub pixel_decoder: Option<MaskgitConfig>,
+    pub num_depths: Option<usize>,
+    pub entropy_loss_weight: Option<f64>,
+    pub entropy_loss_temperature: Option<f64>,
+    pub entropy_gamma: Option<f64>,
+}
+
+fn default_crop_size() -> usize {
+    256
+}
+fn default_commitment_cost() -> f64 {
+    0.25
+}
+fn default_true() -> bool {
+    true
+}
+fn default_quantize_mode() -> String {
+    "vq".to_string()
+}
+
+/// Width, depth and head count of one ViT (encoder or decoder), plus its patch size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VitConfig {
+    pub width: usize,
+    pub num_layers: usize,
+    pub num_heads: usize,
+    pub patch_size: usize,
+}
+
+impl VitConfig {
+    /// The size table of the reference (`modeling/modules/blocks.py`).
+    pub fn named(name: &str, patch_size: usize) -> Option<Self> {
+        let (width, num_layers, num_heads) = match name {
+            "small" => (512, 8, 8),
+            "base" => (768, 12, 12),
+            "large" => (1024, 24, 16),
+            _ => return None,
+        };
+        Some(Self { width, num_layers, num_heads, patch_size })
+    }
+
+    /// MLP hidden width: the reference's `mlp_ratio` is 4.
+    pub fn mlp_width(&self) -> usize {
+        4 * self.width
+    }
+}
+
+/// Plain vector quantization against a learned codebook.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VqConfig {
+    pub codebook_size: usize,
+    pub token_size: usize,
+    pub use_l2_norm: bool,
+    pub commitment_cost: f64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum QuantizerConfig {
+    Vq(VqConfig),
+    Lfq(LfqConfig),
+}
+
+/// A checked TiTok configuration: everything the model constructors need, nothing left to default.
+#[derive(Debug, Clone)]
+pub struct TitokConfig {
+    pub image_size: usize,
+    pub encoder: VitConfig,
+    pub decoder: VitConfig,
+    pub num_latent_tokens: usize,
+    pub token_size: usize,
+    pub quantizer: QuantizerConfig,
+    /// The released two-stage models reshape the encoder output instead of transposing it, and predict
+    /// 1024 MaskGIT logits per patch instead of pixels.
+    pub is_legacy: bool,
+    /// Two-stage ("paper") layout: the decoder's logits mix the pixel codebook, decoded by `pixel_decoder`.
+    pub finetune_decoder: bool,
+    /// Present exactly when `finetune_decoder` is true.
+    pub pixel_decoder: Option<MaskgitConfig>,
+}
+
+/// The legacy head predicts this many MaskGIT classes per patch (hard-coded in the reference).
+pub const LEGACY_LOGITS: usize = 1024;
+
+fn config_err(msg: String) -> MarvelError {
+    MarvelError::Config(msg)
+}
+
+impl TitokConfig {
+    pub fn from_path(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|e| MarvelError::io(path, e))?;
+        Self::from_json_str(&text).map_err(|e| match e {
+            MarvelError::Config(msg) => config_err(format!("{}: {msg}", path.display())),
+            other => other,
+        })
+    }
+
+    pub fn from_json_str(text: &str) -> Result<Self> {
+        let file: ConfigFile = serde_json::from_str(text).map_err(|e| {
+            // serde_json reports where a value has the wrong type but not which key it belongs to.
+            // A missing field is reported at the end of its object, where the key before is unrelated.
+            let near = if e.to_string().starts_with("missing field") {
+                String::new()
+            } else {
+                key_before(text, e.line(), e.column()).map(|k| format!(" (at key \"{k}\")")).unwrap_or_default()
+            };
+            config_err(format!("invalid TiTok config.json{near}: {e}"))
+        })?;
+        Self::from_file(&file)
+    }
+
+    pub fn from_file(file: &ConfigFile) -> Result<Self> {
+        let m = &file.model.vq_model;
+        let image_size = file.dataset.preprocessing.crop_size;
+        let encoder = resolve_vit(
+            "vit_enc",
+            &m.vit_enc_model_size,
+            m.vit_enc_patch_size,
+            [m.vit_enc_width, m.vit_enc_num_layers, m.vit_enc_num_heads],
+        )?;
+        let decoder = resolve_vit(
+            "vit_dec",
+            &m.vit_dec_model_size,
+            m.vit_dec_patch_size,
+            [m.vit_dec_width, m.vit_dec_num_layers, m.vit_dec_num_heads],
+        )?;
+        for (prefix, vit) in [("vit_enc", &encoder), ("vit_dec", &decoder)] {
+            if image_size % vit.patch_size != 0 {
+                return Err(config_err(format!(
+                    "{prefix}_patch_size = {} does not divide dataset.preprocessing.crop_size = {image_size}",
+                    vit.patch_size
+                )));
+            }
+        }
+        if m.num_latent_tokens == 0 {
+            return Err(config_err("num_latent_tokens must be at least 1, got 0".into()));
+        }
+        if m.token_size == 0 {
+            return Err(config_err("token_size must be at least 1, got 0".into()));
+        }
+        let quantizer = resolve_quantizer(m)?;
+
+        let pixel_decoder = if m.finetune_decoder {
+            if !m.is_legacy {
+                // The non-legacy head already predicts RGB; there are no logits to mix a pixel codebook with.
+                return Err(config_err(
+                    "finetune_decoder = true needs is_legacy = true (the non-legacy head predicts pixels, not \
+                     MaskGIT logits)"
+                        .into(),
+                ));
+            }
+            let pd = m.pixel_decoder.clone().unwrap_or_default();
+            check_pixel_decoder(&pd, image_size, &decoder)?;
+            Some(pd)
+        } else {
+            None
+        };
+
+        Ok(Self {
+            image_size,
+            encoder,
+            decoder,
+            num_latent_tokens: m.num_latent_tokens,
+            token_size: m.token_size,
+            quantizer,
+            is_legacy: m.is_legacy,
+            finetune_decoder: m.finetune_decoder,
+            pixel_decoder,
+        })
+    }
+
+    /// Patches per side of the decoder's grid (16 for every released model).
+    pub fn decoder_grid(&self) -> usize {
+        self.image_size / self.decoder.patch_size
+    }
+
+    pub fn encoder_grid(&self) -> usize {
+        self.image_size / self.encoder.patch_size
+    }
+}
+
+/// The object key whose value ends at (line, column) (1-based, as serde_json reports): the nearest `"key":`
+/// before that point.
+fn key_before(text: &str, line: usize, column: usize) -> Option<String> {
+    if line == 0 {
+        return None;
+    }
+    let line_start: usize = text.split_inclusive('\n').take(line - 1).map(str::len).sum();
+    let end = text.len().min(line_start + column);
+    let before = text.get(..end)?;
+    let colon = before.rfind(|c| c == ':')?;
+    let key_end = before[..colon].trim_end().strip_suffix('"')?;
+    let key_start = key_end.rfind('"')?;
+    Some(key_end[key_start + 1..].to_string())
+}
+
+fn resolve_vit(prefix: &str, size: &str, patch_size: usize, custom: [Option<usize>; 3]) -> Result<VitConfig> {
+    const KEYS: [&str; 3] = ["width", "num_layers", "num_heads"];
+    if patch_size == 0 {
+        return Err(config_err(format!("{prefix}_patch_size must be at least 1, got 0")));
+    }
+    let vit = if size == "custom" {
+        let mut v = [0usize; 3];
+        for (i, key) in KEYS.iter().enumerate() {
+            v[i] = custom[i].ok_or_else(|| {
+                config_err(format!("{prefix}_model_size = \"custom\" needs {prefix}_{key}, which is missing"))
+            })?;
+            if v[i] == 0 {
+                return Err(config_err(format!("{prefix}_{key} must be at least 1, got 0")));
+            }
+        }
+        VitConfig { width: v[0], num_layers: v[1], num_heads: v[2], patch_size }
+    } else {
+        let vit = VitConfig::named(size, patch_size).ok_or_else(|| {
+            config_err(format!(
+                "{prefix}_model_size = {size:?} is not a known size (expected \"small\", \"base\", \"large\" or \
+                 \"custom\")"
+            ))
+        })?;
+        // A named size with explicit numbers that contradict it is ambiguous; equal numbers are harmless.
+        let table = [vit.width, vit.num_layers, vit.num_heads];
+        for (i, key) in KEYS.iter().enumerate() {
+            if let Some(v) = custom[i] {
+                if v != table[i] {
+                    return Err(config_err(format!(
+                        "{prefix}_{key} = {v} contradicts {prefix}_model_size = {size:?} ({key} {}); use \
+                         \"custom\" for other sizes",
+                        table[i]
+                    )));
+                }
+            }
+        }
+        vit
+    };
+    if vit.width % vit.num_heads != 0 {
+        return Err(config_err(format!(
+            "{prefix}_num_heads = {} does not divide {prefix}_width = {}",
+            vit.num_heads, vit.width
+        )));
+    }
+    Ok(vit)
+}
+
+fn resolve_quantizer(m: &VqModelSection) -> Result<QuantizerConfig> {
+    let lfq_keys = [
+        ("num_depths", m.num_depths.is_some()),
+        ("entropy_loss_weight", m.entropy_loss_weight.is_some()),
+        ("entropy_loss_temperature", m.entropy_loss_temperature.is_some()),
+        ("entropy_gamma", m.entropy_gamma.is_some()),
+    ];
+    match m.quantize_mode.as_str() {
+        "vq" => {
+            let codebook_size = m
+                .codebook_size
+                .ok_or_else(|| config_err("quantize_mode = \"vq\" needs codebook_size, which is missing".into()))?;
+            if codebook_size == 0 {
+                return Err(config_err("codebook_size must be at least 1, got 0".into()));
+            }
+            // Token ids travel as u32.
+            if codebook_size > u32::MAX as usize {
+                return Err(config_err(format!("codebook_size = {codebook_size} does not fit 32-bit token ids")));
+            }
+            if let Some((key, _)) = lfq_keys.iter().find(|(_, present)| *present) {
+                return Err(config_err(format!("{key} only applies to quantize_mode = \"lfq\", not \"vq\"")));
+            }
+            Ok(QuantizerConfig::Vq(VqConfig {
+                codebook_size,
+                token_size: m.token_size,
+                use_l2_norm: m.use_l2_norm,
+                commitment_cost: m.commitment_cost,
+            }))
+        }
+        "lfq" => {
+            if m.token_size > 32 {
+                return Err(config_err(format!(
+                    "token_size = {} is too large for quantize_mode = \"lfq\" (at most 32 bits per token)",
+                    m.token_size
+                )));
+            }
+            if let Some(cs) = m.codebook_size {
+                if cs as u64 != 1u64 << m.token_size {
+                    return Err(config_err(format!(
+                        "codebook_size = {cs} contradicts quantize_mode = \"lfq\" with token_size = {} (2^{} codes \
+                         per depth)",
+                        m.token_size, m.token_size
+                    )));
+                }
+            }
+            if m.use_l2_norm {
+                return Err(config_err("use_l2_norm = true is not supported with quantize_mode = \"lfq\"".into()));
+            }
+            // MARVEL's stage-1 values where the file is silent (MDQ: β 0.25, w 0.02, τ 0.01, γ 1).
+            let cfg = LfqConfig {
+                token_bits: m.token_size,
+                num_depths: m.num_depths.unwrap_or(1),
+                commitment_cost: m.commitment_cost,
+                entropy_loss_weight: m.entropy_loss_weight.unwrap_or(0.02),
+                entropy_loss_temperature: m.entropy_loss_temperature.unwrap_or(0.01),
+                entropy_gamma: m.entropy_gamma.unwrap_or(1.0),
+                ..LfqConfig::mdq(m.token_size, 1)
+            };
+            cfg.validate()?;
+            Ok(QuantizerConfig::Lfq(cfg))
+        }
+        other => Err(config_err(format!("quantize_mode = {other:?} is not supported (expected \"vq\" or \"lfq\")"))),
+    }
+}
+
+fn check_pixel_decoder(pd: &MaskgitConfig, image_size: usize, decoder: &VitConfig) -> Result<()> {
+    if pd.codebook_size != LEGACY_LOGITS {
+        return Err(config_err(format!(
+            "pixel_decoder.codebook_size = {} must be {LEGACY_LOGITS}: the legacy head predicts {LEGACY_LOGITS} \
+             logits",
+            pd.codebook_size
+        )));
+    }
+    pd.validate().map_err(|e| match e {
+        MarvelError::Config(msg) => {
+            config_err(format!("pixel_decoder: {}", msg.strip_prefix("maskgit_vqgan: ").unwrap_or(&msg)))
+        }
+        other => other,
+    })?;
+    // The pixel decoder upsamples x2 between levels; it must bring the decoder's patch grid back to the image.
+    let grid = image_size / decoder.patch_size;
+    let upsample = 1usize.checked_shl(pd.channel_mult.len() as u32 - 1).unwrap_or(0);
+    if grid * upsample != image_size {
+        return Err(config_err(format!(
+            "pixel_decoder.channel_mult has {} levels (x{upsample} upsampling), which does not turn the decoder's \
+             {grid}x{grid} grid into crop_size = {image_size}",
+            pd.channel_mult.len()
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The released TiTok-L-32 `config.json` (abridged to the sections we read plus one we ignore): it omits
+    /// `finetune_decoder`, `is_legacy` and `quantize_mode`.
+    const L32: &str = r#"{
+        "experiment": {"project": "titok"},
+        "model": {"vq_model": {
+            "codebook_size": 4096, "token_size": 12, "use_l2_norm": true, "commitment_cost": 0.25,
+            "vit_enc_model_size": "large", "vit_dec_model_size": "large",
+            "vit_enc_patch_size": 16, "vit_dec_patch_size": 16, "num_latent_tokens": 32
+        }, "generator": {"hidden_size": 768}},
+        "losses": {"quantizer_weight": 1.0},
+        "dataset": {"preprocessing": {"crop_size": 256}}
+    }"#;
+
+    fn with(edit: impl FnOnce(&mut serde_json::Value)) -> Result<TitokConfig> {
+        let mut v: serde_json::Value = serde_json::from_str(L32).unwrap();
+        edit(&mut v);
+        TitokConfig::from_json_str(&v.to_string())
+    }
+
+    fn vq(v: &mut serde_json::Value) -> &mut serde_json::Map<String, serde_json::Value> {
+        v["model"]["vq_model"].as_object_mut().unwrap()
+    }
+
+    fn config_message(r: Result<TitokConfig>) -> String {
+        match r {
+            Err(MarvelError::Config(msg)) => msg,
+            other => panic!("expected a config error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn released_config_gets_reference_defaults() {
+        let c = TitokConfig::from_json_str(L32).unwrap();
+        assert!(c.finetune_decoder && c.is_legacy);
+        assert_eq!(c.encoder, VitConfig { width: 1024, num_layers: 24, num_heads: 16, patch_size: 16 });
+        assert_eq!(c.decoder, c.encoder);
+        assert_eq!(
+            c.quantizer,
+            QuantizerConfig::Vq(VqConfig {
+                codebook_size: 4096,
+                token_size: 12,
+                use_l2_norm: true,
+                commitment_cost: 0.25
+            })
+        );
+        let pd = c.pixel_decoder.as_ref().unwrap();
+        assert_eq!((pd.hidden_channels, pd.z_channels, pd.codebook_size), (128, 256, 1024));
+        assert_eq!(c.decoder_grid(), 16);
+        assert_eq!(c.image_size, 256);
+    }
+
+    #[test]
+    fn dataset_section_defaults_to_256() {
+        let c = with(|v| {
+            v.as_object_mut().unwrap().remove("dataset");
+        })
+        .unwrap();
+        assert_eq!(c.image_size, 256);
+    }
+
+    #[test]
+    fn lfq_keys_get_marvel_defaults() {
+        let c = with(|v| {
+            let m = vq(v);
+            m.insert("quantize_mode".into(), "lfq".into());
+            m.remove("codebook_size");
+            m.insert("use_l2_norm".into(), false.into());
+        })
+        .unwrap();
+        assert_eq!(c.quantizer, QuantizerConfig::Lfq(LfqConfig::mdq(12, 1)));
+    }
+
+    #[test]
+    fn custom_sizes_and_pixel_decoder_are_read() {
+        let c = with(|v| {
+            let m = vq(v);
+            m.insert("vit_enc_model_size".into(), "custom".into());
+            m.insert("vit_enc_width".into(), 64.into());
+            m.insert("vit_enc_num_layers".into(), 2.into());
+            m.insert("vit_enc_num_heads".into(), 4.into());
+            m.insert(
+                "pixel_decoder".into(),
+                serde_json::json!({"hidden_channels": 8, "channel_mult": [1, 1, 2, 2, 4], "num_res_blocks": 2,
+                                   "z_channels": 64, "codebook_size": 1024, "norm_num_groups": 8}),
+            );
+        })
+        .unwrap();
+        assert_eq!(c.encoder, VitConfig { width: 64, num_layers: 2, num_heads: 4, patch_size: 16 });
+        assert_eq!(c.pixel_decoder.unwrap().z_channels, 64);
+    }
+
+    #[test]
+    fn bad_keys_are_named() {
+        let cases: Vec<(Box<dyn FnOnce(&mut serde_json::Value)>, &str)> = vec![
+            (Box::new(|v| drop(vq(v).insert("quantize_mode".into(), "vae".into()))), "quantize_mode = \"vae\""),
+            (
+                Box::new(|v| drop(vq(v).insert("vit_enc_model_size".into(), "huge".into()))),
+                "vit_enc_model_size = \"huge\"",
+            ),
+            (
+                Box::new(|v| {
+                    let m = vq(v);
+                    m.insert("vit_dec_model_size".into(), "custom".into());
+                    m.insert("vit_dec_width".into(), 64.into());
+                    m.insert("vit_dec_num_layers".into(), 2.into());
+                }),
+                "needs vit_dec_num_heads",
+            ),
+            (
+                Box::new(|v| {
+                    let m = vq(v);
+                    m.insert("vit_enc_model_size".into(), "custom".into());
+                    m.insert("vit_enc_width".into(), 64.into());
+                    m.insert("vit_enc_num_layers".into(), 2.into());
+                    m.insert("vit_enc_num_heads".into(), 5.into());
+                }),
+                "vit_enc_num_heads = 5 does not divide vit_enc_width = 64",
+            ),
+            (Box::new(|v| drop(vq(v).insert("vit_enc_width".into(), 640.into()))), "vit_enc_width = 640 contradicts"),
+            (Box::new(|v| drop(vq(v).remove("codebook_size"))), "needs codebook_size"),
+            (Box::new(|v| drop(vq(v).insert("num_depths".into(), 2.into()))), "num_depths only applies"),
+            (
+                Box::new(|v| {
+                    let m = vq(v);
+                    m.insert("finetune_decoder".into(), true.into());
+                    m.insert("is_legacy".into(), false.into());
+                }),
+                "finetune_decoder = true needs is_legacy = true",
+            ),
+            (
+                Box::new(|v| {
+                    let m = vq(v);
+                    m.insert("quantize_mode".into(), "lfq".into());
+                    m.insert("use_l2_norm".into(), false.into());
+                    m.insert("codebook_size".into(), 1024.into());
+                }),
+                "codebook_size = 1024 contradicts",
+            ),
+            (
+                Box::new(|v| {
+                    let m = vq(v);
+                    m.insert("quantize_mode".into(), "lfq".into());
+                    m.remove("codebook_size");
+                    m.insert("use_l2_norm".into(), false.into());
+                    m.insert("num_depths".into(), 0.into());
+                }),
+                "num_depths must be in 1..=23, got 0",
+            ),
+            (Box::new(|v| drop(vq(v).insert("vit_enc_patch_size".into(), 24.into()))), "vit_enc_patch_size = 24"),
+            (
+                Box::new(|v| drop(vq(v).insert("pixel_decoder".into(), serde_json::json!({"codebook_size": 512})))),
+                "pixel_decoder.codebook_size = 512",
+            ),
+            (
+                Box::new(|v| drop(vq(v).insert("pixel_decoder".into(), serde_json::json!({"channel_mult": [1, 2]})))),
+                "pixel_decoder.channel_mult has 2 levels",
+            ),
+            (Box::new(|v| drop(vq(v).remove("num_latent_tokens"))), "num_latent_tokens"),
+            (Box::new(|v| drop(vq(v).insert("token_size".into(), "twelve".into()))), "at key \"token_size\""),
+        ];
+        for (edit, needle) in cases {
+            let msg = config_message(with(edit));
+            assert!(msg.contains(needle), "{msg:?} does not mention {needle:?}");
+        }
+    }
+
+    #[test]
+    fn from_path_names_the_file() {
+        let dir = std::env::temp_dir().join(format!("marvel-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let good = dir.join("config.json");
+        std::fs::write(&good, L32).unwrap();
+        assert_eq!(TitokConfig::from_path(&good).unwrap().num_latent_tokens, 32);
+        let bad = dir.join("bad.json");
+        std::fs::write(&bad, "{\"model\": ").unwrap();
+        let msg = config_message(TitokConfig::from_path(&bad));
+        assert!(msg.contains("bad.json"), "{msg}");
+        let err = TitokConfig::from_path(dir.join("absent.json")).unwrap_err();
+        assert_eq!(err.code(), "MARVEL_IO");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}

@@ -1,0 +1,169 @@
+//! The VQGAN decoder: (B, z_channels, 16, 16) -> (B, 3, 256, 256), unclamped. Also TiTok's pixel decoder
+//! (`pixel_decoder.*` in the two-stage checkpoints), fed the soft mix of the pixel codebook.
+
+use candle_core::Tensor;
+use candle_nn::VarBuilder;
+
+use super::config::MaskgitConfig;
+use super::conv::SameConv2d;
+use super::norm::GroupNorm;
+use super::res_block::ResBlock;
+use crate::error::Result;
+
+/// One resolution level (`up.{i}`): its residual blocks, then nearest x2 upsampling + 3x3 conv unless it is
+/// the shallowest (`up.0`).
+#[derive(Debug, Clone)]
+struct UpLevel {
+    blocks: Vec<ResBlock>,
+    upsample_conv: Option<SameConv2d>,
+}
+
+#[derive(Debug, Clone)]
+pub struct MaskgitDecoder {
+    conv_in: SameConv2d,
+    mid: Vec<ResBlock>,
+    /// Indexed as the checkpoint (`up.0` = full resolution); run from the last to the first.
+    up: Vec<UpLevel>,
+    norm_out: GroupNorm,
+    conv_out: SameConv2d,
+    z_channels: usize,
+}
+
+impl MaskgitDecoder {
+    pub fn new(cfg: &MaskgitConfig, vb: VarBuilder) -> Result<Self> {
+        cfg.validate()?;
+        let groups = cfg.norm_num_groups;
+        let levels = cfg.num_levels();
+        let c_mid = cfg.deepest_channels();
+        let conv_in = SameConv2d::new(cfg.z_channels, c_mid, 3, true, vb.pp("conv_in"))?;
+        let mid = (0..cfg.num_res_blocks)
+            .map(|j| ResBlock::new(c_mid, c_mid, groups, vb.pp("mid").pp(j)))
+            .collect::<Result<Vec<_>>>()?;
+        let mut up = Vec::with_capacity(levels);
+        for i in 0..levels {
+            let vb_level = vb.pp("up").pp(i);
+            // Level i receives the output of level i + 1 (the deepest level receives the middle section's).
+            let mut c_in = cfg.level_channels((i + 1).min(levels - 1));
+            let c_out = cfg.level_channels(i);
+            let mut blocks = Vec::with_capacity(cfg.num_res_blocks);
+            for j in 0..cfg.num_res_blocks {
+                blocks.push(ResBlock::new(c_in, c_out, groups, vb_level.pp("block").pp(j))?);
+                c_in = c_out;
+            }
+            let upsample_conv =
+                if i != 0 { Some(SameConv2d::new(c_out, c_out, 3, true, vb_level.pp("upsample_conv"))?) } else { None };
+            up.push(UpLevel { blocks, upsample_conv });
+        }
+        let c_first = cfg.level_channels(0);
+        Ok(Self {
+            conv_in,
+            mid,
+            up,
+            norm_out: GroupNorm::new(c_first, groups, vb.pp("norm_out"))?,
+            conv_out: SameConv2d::new(c_first, cfg.num_channels, 3, true, vb.pp("conv_out"))?,
+            z_channels: cfg.z_channels,
+        })
+    }
+
+    /// `z`: (B, z_channels, h, w) -> (B, num_channels, h * 2^(levels - 1), w * 2^(levels - 1)), unclamped.
+    pub fn forward(&self, z: &Tensor) -> Result<Tensor> {
+        let dims = z.dims();
+        if dims.len() != 4 || dims[1] != self.z_channels {
+            return Err(crate::shape_mismatch!(
+                "MaskGIT decoder expects latents of shape (B, {}, h, w), got {dims:?}",
+                self.z_channels
+            ));
+        }
+        let mut h = self.conv_in.forward(z)?;
+        for block in &self.mid {
+            h = block.forward(&h)?;
+        }
+        for level in self.up.iter().rev() {
+            for block in &level.blocks {
+                h = block.forward(&h)?;
+            }
+            if let Some(conv) = &level.upsample_conv {
+                h = conv.forward_upsampled(&h)?;
+            }
+        }
+        self.conv_out.forward(&self.norm_out.forward_silu(&h)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use candle_core::{DType, Device, Shape};
+    use candle_nn::var_builder::SimpleBackend;
+
+    use super::*;
+
+    /// Random weights at a sane scale (std 1/sqrt(fan_in), unit norms): timings on zeros or on overflowing
+    /// activations would not be representative.
+    struct RandomWeights;
+
+    impl SimpleBackend for RandomWeights {
+        fn get(&self, s: Shape, name: &str, _: candle_nn::Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+            let dims = s.dims();
+            if name.ends_with("weight") && dims.len() > 1 {
+                let fan_in: usize = dims[1..].iter().product();
+                Tensor::randn(0f32, 1.0 / (fan_in as f32).sqrt(), s, dev)?.to_dtype(dtype)
+            } else if name.contains("norm") && name.ends_with("weight") {
+                Tensor::ones(s, dtype, dev)
+            } else {
+                Tensor::zeros(s, dtype, dev)
+            }
+        }
+        fn get_unchecked(&self, name: &str, _: DType, _: &Device) -> candle_core::Result<Tensor> {
+            candle_core::bail!("unexpected unchecked get of {name}")
+        }
+        fn contains_tensor(&self, _: &str) -> bool {
+            true
+        }
+    }
+
+    /// CPU seconds used by the whole process so far (Linux), which unlike wall time does not grow when other
+    /// work shares the cores.
+    fn cpu_secs() -> Option<f64> {
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+        Some(ticks / 100.0) // USER_HZ
+    }
+
+    /// (wall, CPU) seconds per run, after one warm-up run.
+    fn time<T>(runs: usize, mut f: impl FnMut() -> T) -> (f64, Option<f64>) {
+        f();
+        let (t, cpu) = (Instant::now(), cpu_secs());
+        for _ in 0..runs {
+            std::hint::black_box(f());
+        }
+        let wall = t.elapsed().as_secs_f64() / runs as f64;
+        (wall, cpu.zip(cpu_secs()).map(|(a, b)| (b - a) / runs as f64))
+    }
+
+    /// `cargo test --release -p marvel-core bench_released_decoder -- --ignored --nocapture`; threads from
+    /// `RAYON_NUM_THREADS`, timed runs from `MARVEL_BENCH_RUNS` (3).
+    #[test]
+    #[ignore = "benchmark: released-size decoder, batch 1 (a few seconds)"]
+    fn bench_released_decoder() {
+        let dev = Device::Cpu;
+        let cfg = MaskgitConfig::default();
+        let vb = VarBuilder::from_backend(Box::new(RandomWeights), DType::F32, dev.clone());
+        let decoder = MaskgitDecoder::new(&cfg, vb).unwrap();
+        let z = Tensor::randn(0f32, 1., (1, cfg.z_channels, 16, 16), &dev).unwrap();
+        let first = Instant::now();
+        let y = decoder.forward(&z).unwrap();
+        let first = first.elapsed().as_secs_f64();
+        assert_eq!(y.dims(), &[1, 3, 256, 256]);
+        let runs = std::env::var("MARVEL_BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+        let (wall, cpu) = time(runs, || decoder.forward(&z).unwrap());
+        eprintln!(
+            "released MaskGIT decoder, batch 1, {} threads: {wall:.3} s wall, {:.3} CPU-s per image \
+             (first call, with the Winograd weight transform: {first:.3} s wall)",
+            rayon::current_num_threads(),
+            cpu.unwrap_or(f64::NAN)
+        );
+    }
+}

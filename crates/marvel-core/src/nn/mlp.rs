@@ -1,0 +1,26 @@
+//! The transformer MLP of open_clip / TiTok: `c_fc` -> GELU -> `c_proj`, hidden width 4·D.
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::{Linear, VarBuilder};
+
+#[derive(Debug, Clone)]
+pub struct Mlp {
+    c_fc: Linear,
+    c_proj: Linear,
+}
+
+impl Mlp {
+    pub fn new(width: usize, hidden: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            c_fc: candle_nn::linear(width, hidden, vb.pp("c_fc"))?,
+            c_proj: candle_nn::linear(hidden, width, vb.pp("c_proj"))?,
+        })
+    }
+}
+
+impl Module for Mlp {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        // torch.nn.GELU() defaults to the exact erf form, not the tanh approximation.
+        self.c_fc.forward(xs)?.gelu_erf()?.apply(&self.c_proj)
+    }
+}

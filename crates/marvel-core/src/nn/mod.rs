@@ -1,0 +1,40 @@
+//! Transformer building blocks shared by the TiTok encoder and decoder, loaded from PyTorch state-dict names.
+//!
+//! Inference and training share these layers. Where candle's fastest kernel records no backward pass
+//! (`layer_norm`, `softmax_last_dim`), the layer checks whether the computation is being tracked for gradients
+//! and falls back to composed, differentiable ops only then.
+
+mod attention;
+mod block;
+mod layer_norm;
+mod mlp;
+
+pub use attention::MultiheadAttention;
+pub use block::ResidualAttentionBlock;
+pub use layer_norm::{LayerNorm, LAYER_NORM_EPS};
+pub use mlp::Mlp;
+
+use candle_core::{Result, Tensor, D};
+
+/// True when `xs` (or a weight it meets) takes part in a computation whose gradient will be asked for.
+pub(crate) fn needs_grad(tensors: &[&Tensor]) -> bool {
+    tensors.iter().any(|t| t.track_op())
+}
+
+/// Softmax over the last dimension: candle's fused kernel for inference, the composed (differentiable) form
+/// when gradients are tracked.
+pub fn softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
+    if needs_grad(&[xs]) {
+        candle_nn::ops::softmax(xs, D::Minus1)
+    } else {
+        candle_nn::ops::softmax_last_dim(&xs.contiguous()?)
+    }
+}
+
+/// A 1x1 convolution's weight `(out, in, 1, 1)` as a linear layer's `(out, in)`: on channels-last data the two
+/// are the same product, and the matmul avoids candle's im2col.
+pub fn conv1x1_as_linear(out_ch: usize, in_ch: usize, vb: candle_nn::VarBuilder) -> Result<candle_nn::Linear> {
+    let weight = vb.get((out_ch, in_ch, 1, 1), "weight")?.squeeze(3)?.squeeze(2)?;
+    let bias = vb.get(out_ch, "bias")?;
+    Ok(candle_nn::Linear::new(weight, Some(bias)))
+}

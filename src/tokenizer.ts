@@ -1,0 +1,254 @@
+import { existsSync, statSync } from 'node:fs'
+import { dirname } from 'node:path'
+
+import sharp, { type Sharp } from 'sharp'
+
+import { native, type NativeBinding } from './binding.js'
+import { MarvelError, invalidArgument } from './errors.js'
+import { resolveModelFiles, type HubOptions } from './hub.js'
+import { encodePng, prepareImage, writePng, type PrepareOptions, type RgbImage } from './image.js'
+import { Tokens } from './tokens.js'
+
+type NativeTokenizer = Awaited<ReturnType<NativeBinding['loadTokenizer']>>
+
+/** Raw pixels with any channel count sharp understands (1 grey, 2 grey+alpha, 3 RGB, 4 RGBA). */
+export interface RawImage {
+  data: Uint8Array
+  width: number
+  height: number
+  channels: 1 | 2 | 3 | 4
+}
+
+/** One image to encode: a file path, an encoded image (PNG/JPEG/WebP/...), a sharp pipeline or raw pixels. */
+export type ImageInput = string | Buffer | Uint8Array | Sharp | RawImage | RgbImage
+
+/** A decoded image: RGB bytes plus helpers to save it. */
+export interface DecodedImage extends RgbImage {
+  toPNG(): Promise<Buffer>
+  toFile(path: string): Promise<void>
+}
+
+export interface EncodeOptions {
+  /** `'center-crop'` (default): resize the shorter side to 256 (bicubic, antialiased) and crop the centre. `'none'`: inputs must already be 256x256. */
+  resize?: PrepareOptions['resize']
+  /** Images per native call (memory bound for long lists). Default 16. */
+  batchSize?: number
+}
+
+export interface DecodeOptions {
+  /** Decode the first `depth` depths only (MARVEL's rate/quality knob). Default: every depth the tokens hold. */
+  depth?: number
+}
+
+export interface FromPretrainedOptions extends HubOptions {}
+
+/** What a loaded model is. */
+export interface TokenizerInfo {
+  /** `'titok'` (vector quantizer) or `'marvel'` (multi-depth lookup-free quantizer). */
+  architecture: 'titok' | 'marvel'
+  quantizer: 'vq' | 'lfq'
+  imageSize: number
+  numTokens: number
+  /** Depths per token (1 for TiTok). */
+  depth: number
+  codebookSize: number
+  bitsPerToken: number
+  /** Bits per image at full depth. */
+  bitsPerImage: number
+  parameters: number
+  encoder: { width: number; layers: number }
+  decoder: { width: number; layers: number }
+  /** Decodes through the MaskGIT pixel decoder (the two-stage layout of the released TiTok models). */
+  twoStage: boolean
+  /** Where the model was loaded from. */
+  source: string
+}
+
+function isRaw(x: unknown): x is RawImage | RgbImage {
+  return !!x && typeof x === 'object' && !(x instanceof Uint8Array) && (x as RawImage).data instanceof Uint8Array
+}
+
+function decoded(image: RgbImage): DecodedImage {
+  return Object.assign(image, {
+    toPNG: () => encodePng(image),
+    toFile: (path: string) => writePng(image, path),
+  })
+}
+
+/** Runs tasks one at a time: calls on one model queue instead of competing for the same cores and memory. */
+class SerialQueue {
+  #tail: Promise<unknown> = Promise.resolve()
+
+  run<T>(task: () => Promise<T>): Promise<T> {
+    const result = this.#tail.then(task, task)
+    this.#tail = result.catch(() => undefined)
+    return result
+  }
+}
+
+async function toModelInput(input: ImageInput, size: number, resize: EncodeOptions['resize']): Promise<RgbImage> {
+  if (isRaw(input)) {
+    const channels = 'channels' in input ? input.channels : 3
+    if (channels === 3) return prepareImage({ data: input.data, width: input.width, height: input.height }, { size, resize })
+    if (![1, 2, 4].includes(channels)) throw invalidArgument(`raw image channels must be 1, 2, 3 or 4, got ${channels}`)
+    const expected = input.width * input.height * channels
+    if (input.data.length !== expected) {
+      throw new MarvelError('MARVEL_SHAPE_MISMATCH', `raw ${input.width}x${input.height}x${channels} image needs ${expected} bytes, got ${input.data.length}`)
+    }
+    return prepareImage(sharp(input.data, { raw: { width: input.width, height: input.height, channels } }), { size, resize })
+  }
+  return prepareImage(input, { size, resize })
+}
+
+/**
+ * A TiTok or MARVEL image tokenizer: images to a handful of discrete tokens and back.
+ *
+ * ```ts
+ * const tok = await Tokenizer.fromPretrained('yucornetto/tokenizer_titok_l32_imagenet')
+ * const tokens = await tok.encode('cat.jpg')          // 32 tokens
+ * const [image] = await tok.decode(tokens)
+ * await image.toFile('cat.recon.png')
+ * ```
+ */
+export class Tokenizer {
+  #native: NativeTokenizer
+  #disposed = false
+  /** Calls started and not yet finished; the native model is freed when this drops to zero after dispose(). */
+  #pending = 0
+  #queue = new SerialQueue()
+  readonly info: Readonly<TokenizerInfo>
+
+  private constructor(nativeTokenizer: NativeTokenizer, source: string) {
+    this.#native = nativeTokenizer
+    const i = nativeTokenizer.info
+    this.info = Object.freeze({
+      architecture: i.architecture as TokenizerInfo['architecture'],
+      quantizer: i.quantizer as TokenizerInfo['quantizer'],
+      imageSize: i.imageSize,
+      numTokens: i.numTokens,
+      depth: i.depth,
+      codebookSize: i.codebookSize,
+      bitsPerToken: i.bitsPerToken,
+      bitsPerImage: i.numTokens * i.depth * i.bitsPerToken,
+      parameters: i.parameters,
+      encoder: Object.freeze({ width: i.encoderWidth, layers: i.encoderLayers }),
+      decoder: Object.freeze({ width: i.decoderWidth, layers: i.decoderLayers }),
+      twoStage: i.twoStage,
+      source,
+    })
+  }
+
+  /**
+   * Load a model from a local folder (`config.json` + `model.safetensors` or `pytorch_model.bin`) or a Hugging
+   * Face repo id such as `yucornetto/tokenizer_titok_l32_imagenet` (downloaded into the hub cache; `HF_ENDPOINT`,
+   * `HF_HOME`, `HF_TOKEN` and `HF_HUB_OFFLINE` are honoured).
+   */
+  static async fromPretrained(source: string, options: FromPretrainedOptions = {}): Promise<Tokenizer> {
+    if (typeof source !== 'string' || source.length === 0) throw invalidArgument('fromPretrained: source must be a folder path or a repo id')
+    let dir = source
+    if (!(existsSync(source) && statSync(source).isDirectory())) {
+      if (source.startsWith('.') || source.startsWith('/') || source.includes('\\') || source.split('/').length > 2) {
+        throw new MarvelError('MARVEL_IO', `fromPretrained: model folder ${source} not found`)
+      }
+      const files = await resolveModelFiles(source, options)
+      dir = dirname(files.config)
+    }
+    return new Tokenizer(await native().loadTokenizer(dir), source)
+  }
+
+  /** Runs `work` against the native model, keeping the model alive until it ends even if dispose() comes first. */
+  async #use<T>(work: (model: NativeTokenizer) => Promise<T>): Promise<T> {
+    if (this.#disposed) throw invalidArgument('this tokenizer was disposed')
+    this.#pending++
+    try {
+      return await work(this.#native)
+    } finally {
+      if (--this.#pending === 0 && this.#disposed) this.#native.dispose()
+    }
+  }
+
+  /** Encode one image or a list of images (batched internally) to tokens. */
+  async encode(images: ImageInput | ImageInput[], options: EncodeOptions = {}): Promise<Tokens> {
+    const list = Array.isArray(images) ? images : [images]
+    if (list.length === 0) throw invalidArgument('encode: no images given')
+    const batchSize = options.batchSize ?? 16
+    if (!Number.isInteger(batchSize) || batchSize < 1) throw invalidArgument(`encode: batchSize must be a positive integer, got ${batchSize}`)
+    return this.#use((model) => this.#encodeWith(model, list, batchSize, options.resize))
+  }
+
+  async #encodeWith(model: NativeTokenizer, list: ImageInput[], batchSize: number, resize: EncodeOptions['resize']): Promise<Tokens> {
+    const size = this.info.imageSize
+    const frame = size * size * 3
+    const parts: Uint32Array[] = []
+    let shape: number[] = []
+    for (let start = 0; start < list.length; start += batchSize) {
+      const chunk = list.slice(start, start + batchSize)
+      const prepared = await Promise.all(chunk.map((img) => toModelInput(img, size, resize)))
+      const rgb = new Uint8Array(prepared.length * frame)
+      prepared.forEach((p, i) => rgb.set(p.data, i * frame))
+      const ids = await this.#queue.run(() => model.encode(rgb, prepared.length, size, size))
+      parts.push(ids.data)
+      shape = ids.shape
+    }
+    const [depth, , numTokens] = shape
+    const batch = list.length
+    if (parts.length === 1) return new Tokens(parts[0], { batch, depth, numTokens }, this.info.bitsPerToken)
+    // Interleave the chunks back into one depth-major buffer.
+    const data = new Uint32Array(depth * batch * numTokens)
+    let offset = 0
+    for (const part of parts) {
+      const b = part.length / (depth * numTokens)
+      for (let d = 0; d < depth; d++) data.set(part.subarray(d * b * numTokens, (d + 1) * b * numTokens), (d * batch + offset) * numTokens)
+      offset += b
+    }
+    return new Tokens(data, { batch, depth, numTokens }, this.info.bitsPerToken)
+  }
+
+  /** Decode tokens to RGB images, at every depth they hold or the first `options.depth`. */
+  async decode(tokens: Tokens, options: DecodeOptions = {}): Promise<DecodedImage[]> {
+    if (!(tokens instanceof Tokens)) throw invalidArgument('decode: expected a Tokens object (see Tokens.fromBytes / Tokens.fromJSON)')
+    const depth = options.depth ?? tokens.depth
+    if (!Number.isInteger(depth) || depth < 1 || depth > this.info.depth) {
+      throw invalidArgument(`decode: depth must be an integer from 1 to the model's ${this.info.depth}, got ${depth}`)
+    }
+    if (depth > tokens.depth) throw invalidArgument(`decode: depth ${depth} requested but the tokens hold ${tokens.depth}`)
+    if (tokens.numTokens !== this.info.numTokens) {
+      throw new MarvelError('MARVEL_SHAPE_MISMATCH', `decode: the model takes ${this.info.numTokens} tokens per image, got ${tokens.numTokens}`)
+    }
+    const { batch, numTokens } = tokens.shape
+    const used = tokens.slice(depth)
+    const rgb = await this.#use((model) => this.#queue.run(() => model.decode(used.data, [depth, batch, numTokens], depth)))
+    const size = this.info.imageSize
+    const frame = size * size * 3
+    return Array.from({ length: batch }, (_, i) => decoded({ data: rgb.subarray(i * frame, (i + 1) * frame), width: size, height: size }))
+  }
+
+  /** Encode then decode: the model's reconstruction of each image. */
+  async reconstruct(images: ImageInput | ImageInput[], options: EncodeOptions & DecodeOptions = {}): Promise<DecodedImage[]> {
+    return this.decode(await this.encode(images, options), options)
+  }
+
+  /** Unclamped float reconstruction `[batch, 3, H, W]` (full precision, for comparisons with reference outputs). */
+  async decodeFloat(tokens: Tokens, options: DecodeOptions = {}): Promise<{ data: Float32Array; shape: number[] }> {
+    if (!(tokens instanceof Tokens)) throw invalidArgument('decodeFloat: expected a Tokens object')
+    const { depth, batch, numTokens } = tokens.shape
+    return this.#use((model) => this.#queue.run(() => model.decodeFloat(tokens.data, [depth, batch, numTokens], options.depth)))
+  }
+
+  /** Free the model's memory (once calls in flight finish). Any later call throws. */
+  dispose(): void {
+    if (this.#disposed) return
+    this.#disposed = true
+    if (this.#pending === 0) this.#native.dispose()
+  }
+
+  get disposed(): boolean {
+    return this.#disposed
+  }
+}
+
+/** Write a model folder with fresh random weights for a TiTok/MARVEL `config.json` object (tests, training from scratch). */
+export async function createRandomModel(dir: string, config: object, seed = 0): Promise<void> {
+  if (!Number.isInteger(seed) || seed < 0 || seed > 0xffffffff) throw invalidArgument(`seed must be a 32-bit unsigned integer, got ${seed}`)
+  await native().createRandomModel(dir, JSON.stringify(config, null, 2), seed)
+}

@@ -1,0 +1,140 @@
+import { native } from './binding.js'
+import { MarvelError, invalidArgument } from './errors.js'
+
+/** Dimensions of a token container. */
+export interface TokensShape {
+  /** Images. */
+  batch: number
+  /** Quantization depths held (1 for TiTok's VQ; up to the model's D for MARVEL). */
+  depth: number
+  /** Tokens per image and depth (32 for TiTok-L-32). */
+  numTokens: number
+}
+
+/** The JSON form of `Tokens` (`tokens.toJSON()`): ids nested as `[depth][image][position]`. */
+export interface TokensJSON {
+  format: 'marvel-tokens'
+  version: 1
+  batch: number
+  depth: number
+  numTokens: number
+  bitsPerToken: number
+  ids: number[][][]
+}
+
+/**
+ * Token ids of a batch of images, **depth-major**: `data[(d * batch + b) * numTokens + n]` is token `n` of image `b`
+ * at depth `d`. Keeping the first d depths is therefore a prefix of `data` (`slice(d)` copies nothing), which is how
+ * MARVEL tokens are sent progressively: coarse first, refinements after.
+ */
+export class Tokens {
+  readonly data: Uint32Array
+  readonly shape: Readonly<TokensShape>
+  /** Bits needed to store one id (12 for a 4096-entry codebook). */
+  readonly bitsPerToken: number
+
+  constructor(data: Uint32Array, shape: TokensShape, bitsPerToken: number) {
+    if (!(data instanceof Uint32Array)) throw invalidArgument('Tokens: data must be a Uint32Array')
+    const { batch, depth, numTokens } = shape ?? ({} as TokensShape)
+    for (const [k, v] of Object.entries({ batch, depth, numTokens })) {
+      if (!Number.isInteger(v) || v < 1) throw invalidArgument(`Tokens: ${k} must be a positive integer, got ${v}`)
+    }
+    if (!Number.isInteger(bitsPerToken) || bitsPerToken < 1 || bitsPerToken > 32) {
+      throw invalidArgument(`Tokens: bitsPerToken must be an integer from 1 to 32, got ${bitsPerToken}`)
+    }
+    if (data.length !== depth * batch * numTokens) {
+      throw new MarvelError(
+        'MARVEL_SHAPE_MISMATCH',
+        `Tokens: depth ${depth} x batch ${batch} x ${numTokens} tokens needs ${depth * batch * numTokens} ids, got ${data.length}`,
+      )
+    }
+    this.data = data
+    this.shape = Object.freeze({ batch, depth, numTokens })
+    this.bitsPerToken = bitsPerToken
+  }
+
+  get batch(): number {
+    return this.shape.batch
+  }
+
+  get depth(): number {
+    return this.shape.depth
+  }
+
+  get numTokens(): number {
+    return this.shape.numTokens
+  }
+
+  /** Bits per image at the depth held (tokens x depth x bits per token). */
+  get bitsPerImage(): number {
+    return this.numTokens * this.depth * this.bitsPerToken
+  }
+
+  /** The first `depth` depths, sharing this container's memory. */
+  slice(depth: number): Tokens {
+    if (!Number.isInteger(depth) || depth < 1 || depth > this.depth) {
+      throw invalidArgument(`slice: depth must be an integer from 1 to ${this.depth}, got ${depth}`)
+    }
+    const { batch, numTokens } = this.shape
+    return new Tokens(this.data.subarray(0, depth * batch * numTokens), { batch, depth, numTokens }, this.bitsPerToken)
+  }
+
+  /** The tokens of image `index` alone (a copy). */
+  image(index: number): Tokens {
+    const { batch, depth, numTokens } = this.shape
+    if (!Number.isInteger(index) || index < 0 || index >= batch) {
+      throw invalidArgument(`image: index must be an integer from 0 to ${batch - 1}, got ${index}`)
+    }
+    const out = new Uint32Array(depth * numTokens)
+    for (let d = 0; d < depth; d++) {
+      const start = (d * batch + index) * numTokens
+      out.set(this.data.subarray(start, start + numTokens), d * numTokens)
+    }
+    return new Tokens(out, { batch: 1, depth, numTokens }, this.bitsPerToken)
+  }
+
+  /** Compact bytes: a 20-byte header then each id in `bitsPerToken` bits (32 tokens x 4 depths x 12 bits = 192 bytes). */
+  toBytes(): Buffer {
+    const { depth, batch, numTokens } = this.shape
+    return native().tokensToBytes(this.data, [depth, batch, numTokens], this.bitsPerToken)
+  }
+
+  /** Reads `toBytes()` output back. A truncated or corrupt buffer throws `MARVEL_INVALID_ARGUMENT`. */
+  static fromBytes(bytes: Uint8Array): Tokens {
+    if (!(bytes instanceof Uint8Array)) throw invalidArgument('Tokens.fromBytes: expected a Buffer or Uint8Array')
+    const { ids, bits } = native().tokensFromBytes(bytes)
+    const [depth, batch, numTokens] = ids.shape
+    return new Tokens(ids.data, { batch, depth, numTokens }, bits)
+  }
+
+  toJSON(): TokensJSON {
+    const { batch, depth, numTokens } = this.shape
+    const ids = Array.from({ length: depth }, (_, d) =>
+      Array.from({ length: batch }, (_, b) => Array.from(this.data.subarray((d * batch + b) * numTokens, (d * batch + b + 1) * numTokens))),
+    )
+    return { format: 'marvel-tokens', version: 1, batch, depth, numTokens, bitsPerToken: this.bitsPerToken, ids }
+  }
+
+  /** Reads `toJSON()` output back (after `JSON.parse`), checking every id fits `bitsPerToken`. */
+  static fromJSON(json: TokensJSON): Tokens {
+    if (!json || json.format !== 'marvel-tokens' || json.version !== 1) {
+      throw invalidArgument('Tokens.fromJSON: not a marvel-tokens version 1 object')
+    }
+    const { batch, depth, numTokens, bitsPerToken, ids } = json
+    const flat = new Uint32Array(depth * batch * numTokens)
+    const limit = 2 ** bitsPerToken
+    if (!Array.isArray(ids) || ids.length !== depth) throw new MarvelError('MARVEL_SHAPE_MISMATCH', `Tokens.fromJSON: ids must hold ${depth} depths`)
+    let i = 0
+    for (const perDepth of ids) {
+      if (!Array.isArray(perDepth) || perDepth.length !== batch) throw new MarvelError('MARVEL_SHAPE_MISMATCH', `Tokens.fromJSON: each depth must hold ${batch} images`)
+      for (const row of perDepth) {
+        if (!Array.isArray(row) || row.length !== numTokens) throw new MarvelError('MARVEL_SHAPE_MISMATCH', `Tokens.fromJSON: each image must hold ${numTokens} ids`)
+        for (const id of row) {
+          if (!Number.isInteger(id) || id < 0 || id >= limit) throw invalidArgument(`Tokens.fromJSON: id ${id} does not fit ${bitsPerToken} bits`)
+          flat[i++] = id
+        }
+      }
+    }
+    return new Tokens(flat, { batch, depth, numTokens }, bitsPerToken)
+  }
+}
