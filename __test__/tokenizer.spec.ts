@@ -5,7 +5,7 @@ import { join } from 'node:path'
 import sharp from 'sharp'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 
-import { MarvelError, Tokenizer, Tokens, createRandomModel } from '../src/index.js'
+import { MarvelError, Tokenizer, Tokens, createRandomModel, marvelFromTitok } from '../src/index.js'
 import { hasParity, maxAbsDiff, parityDir, readSafetensors } from './helpers/fixtures.js'
 import { tinyConfig, tinyModel } from './helpers/models.js'
 
@@ -57,6 +57,27 @@ describe.skipIf(!hasParity)('parity with the reference through the API (skipped:
       tok.dispose()
     })
   }
+})
+
+describe.skipIf(!hasParity)('MARVEL from TiTok (skipped: parity fixtures not found at ../shared/parity or $MARVEL_PARITY_DIR)', () => {
+  it('converts the TiTok fixture into a 4-depth MARVEL model that loads and decodes at every depth', async () => {
+    const out = mkdtempSync(join(tmpdir(), 'marvel-convert-'))
+    await marvelFromTitok(join(parityDir, 'titok_vq_legacy'), out, { depth: 4 })
+    const config = JSON.parse(readFileSync(join(out, 'config.json'), 'utf8'))
+    expect(config.model.vq_model).toMatchObject({ quantize_mode: 'lfq', num_depths: 4 })
+    const tok = await Tokenizer.fromPretrained(out)
+    expect(tok.info).toMatchObject({ architecture: 'marvel', depth: 4, bitsPerToken: 12, numTokens: 8 })
+    const titok = await Tokenizer.fromPretrained(join(parityDir, 'titok_vq_legacy'))
+    // Same weights except the quantizer: one less parameter tensor (the VQ codebook).
+    expect(titok.info.parameters - tok.info.parameters).toBe(4096 * 12)
+    const tokens = await tok.encode(join(parityDir, 'titok_vq_legacy', 'image_0.png'), { resize: 'none' })
+    expect(tokens.shape).toEqual({ batch: 1, depth: 4, numTokens: 8 })
+    for (let d = 1; d <= 4; d++) expect((await tok.decode(tokens, { depth: d }))[0].data).toHaveLength(256 * 256 * 3)
+    const err = await marvelFromTitok(out, join(out, 'again')).catch((e) => e)
+    expect(err.code).toBe('MARVEL_CONFIG')
+    tok.dispose()
+    titok.dispose()
+  })
 })
 
 describe('Tokenizer on small random-weight models made here', () => {

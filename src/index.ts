@@ -9,6 +9,7 @@ export { Tokens, type TokensJSON, type TokensShape } from './tokens.js'
 export {
   Tokenizer,
   createRandomModel,
+  marvelFromTitok,
   type DecodeOptions,
   type DecodedImage,
   type EncodeOptions,

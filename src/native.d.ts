@@ -36,8 +36,23 @@ export interface Float32Tensor {
 /** Number of threads marvel's compute kernels use. */
 export declare function getNumThreads(): number
 
+/**
+ * PSNR and SSIM of each pair of images in two batches of interleaved RGB bytes `[batch, height, width, 3]`,
+ * off the main thread. A buffer that does not fill the shape rejects with `MARVEL_SHAPE_MISMATCH`.
+ */
+export declare function imageMetrics(a: Uint8Array, b: Uint8Array, batch: number, height: number, width: number): Promise<ImageScores>
+
+/** Per-image scores: `psnr` in dB (`Infinity` for identical images) and `ssim`. */
+export interface ImageScores {
+  psnr: Float64Array
+  ssim: Float64Array
+}
+
 /** Load a model folder (`config.json` + `model.safetensors` or `pytorch_model.bin`), off the main thread. */
 export declare function loadTokenizer(dir: string): Promise<NativeTokenizer>
+
+/** Write a MARVEL model folder from a TiTok one: every tensor but the quantizer copied, LFQ with `num_depths`. */
+export declare function marvelFromTitok(src: string, dst: string, numDepths: number): Promise<void>
 
 /** Matrix product `(..., m, k) x (..., k, n)` of two float32 tensors, computed off the main thread. */
 export declare function matmul(a: Float32Array, aShape: Array<number>, b: Float32Array, bShape: Array<number>): Promise<Float32Tensor>

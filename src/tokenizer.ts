@@ -252,3 +252,14 @@ export async function createRandomModel(dir: string, config: object, seed = 0): 
   if (!Number.isInteger(seed) || seed < 0 || seed > 0xffffffff) throw invalidArgument(`seed must be a 32-bit unsigned integer, got ${seed}`)
   await native().createRandomModel(dir, JSON.stringify(config, null, 2), seed)
 }
+
+/**
+ * Make a MARVEL model from a TiTok one (the MARVEL recipe starts from TiTok-L-32): encoder, decoder and pixel decoder
+ * are copied unchanged and the vector quantizer becomes a `depth`-depth lookup-free quantizer. Writes
+ * `config.json` + `model.safetensors` into `outDir`; fine-tune it with the trainer to get a useful MARVEL model.
+ */
+export async function marvelFromTitok(titokDir: string, outDir: string, options: { depth?: number } = {}): Promise<void> {
+  const depth = options.depth ?? 4
+  if (!Number.isInteger(depth) || depth < 1 || depth > 23) throw invalidArgument(`depth must be an integer from 1 to 23, got ${depth}`)
+  await native().marvelFromTitok(titokDir, outDir, depth)
+}

@@ -1,8 +1,10 @@
 //! marvel-core: the MARVEL / TiTok image tokenizer's model math on candle, with no Node dependency.
 
 pub mod config;
+pub mod convert;
 pub mod error;
 pub mod init;
+pub mod metrics;
 pub mod model;
 pub mod nn;
 pub mod ops;

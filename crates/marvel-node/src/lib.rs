@@ -3,6 +3,7 @@
 
 #![deny(clippy::all)]
 
+mod metrics;
 mod ops;
 mod task;
 mod tensor;

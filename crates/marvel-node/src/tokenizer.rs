@@ -192,3 +192,11 @@ pub fn create_random_model(dir: String, config_json: String, seed: u32) -> Async
         marvel_core::init::write_random_model(dir, json, seed as u64).map(|_| ())
     }))
 }
+
+/// Write a MARVEL model folder from a TiTok one: every tensor but the quantizer copied, LFQ with `num_depths`.
+#[napi(ts_return_type = "Promise<void>")]
+pub fn marvel_from_titok(src: String, dst: String, num_depths: u32) -> AsyncTask<Job<(String, String), ()>> {
+    AsyncTask::new(Job::new((src, dst), move |(src, dst)| {
+        marvel_core::convert::marvel_from_titok(src, dst, num_depths as usize).map(|_| ())
+    }))
+}

@@ -1,0 +1,118 @@
+//! MARVEL models start from a TiTok checkpoint (the MARVEL recipe initialises from TiTok-L-32): the encoder,
+//! decoder, latent tokens and pixel decoder are taken over unchanged, the vector quantizer is replaced by the
+//! multi-depth LFQ (which has no parameters: its codes are sign patterns), and the result is written as a model
+//! folder that loads like any other.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+use serde_json::Value;
+
+use crate::config::TitokConfig;
+use crate::error::{MarvelError, Result};
+use crate::model::titok::{Titok, WEIGHT_FILES};
+use crate::weights::{Checkpoint, LoadOptions};
+
+/// The TiTok `config.json` turned into its MARVEL counterpart: `quantize_mode` "lfq" with `num_depths`, the
+/// VQ-only keys removed, the MARVEL stage-1 loss settings written out.
+pub fn marvel_config_json(titok_config: &str, num_depths: usize) -> Result<String> {
+    let mut root: Value = serde_json::from_str(titok_config)
+        .map_err(|e| MarvelError::Config(format!("invalid TiTok config.json: {e}")))?;
+    let vq = root
+        .pointer_mut("/model/vq_model")
+        .and_then(Value::as_object_mut)
+        .ok_or_else(|| MarvelError::Config("config.json has no model.vq_model section".into()))?;
+    if vq.get("quantize_mode").and_then(Value::as_str).unwrap_or("vq") != "vq" {
+        return Err(MarvelError::Config("the source model is not a TiTok VQ model (quantize_mode is not \"vq\")".into()));
+    }
+    for key in ["codebook_size", "use_l2_norm"] {
+        vq.remove(key);
+    }
+    vq.insert("quantize_mode".into(), "lfq".into());
+    vq.insert("num_depths".into(), num_depths.into());
+    vq.entry("entropy_loss_weight").or_insert(0.02.into());
+    vq.entry("entropy_loss_temperature").or_insert(0.01.into());
+    vq.entry("entropy_gamma").or_insert(1.0.into());
+    let text = serde_json::to_string_pretty(&root).expect("a JSON value serialises");
+    TitokConfig::from_json_str(&text)?;
+    Ok(text)
+}
+
+/// Writes `dst` (config.json + model.safetensors): the TiTok model in `src` with its quantizer replaced by a
+/// `num_depths`-depth LFQ. Every tensor outside `quantize.*` is copied bit for bit; the new folder is loaded back
+/// strictly before returning.
+pub fn marvel_from_titok(src: impl AsRef<Path>, dst: impl AsRef<Path>, num_depths: usize) -> Result<Titok> {
+    let (src, dst) = (src.as_ref(), dst.as_ref());
+    let config_path = src.join("config.json");
+    let text = std::fs::read_to_string(&config_path).map_err(|e| MarvelError::io(&config_path, e))?;
+    let marvel_json = marvel_config_json(&text, num_depths)?;
+    let weights = WEIGHT_FILES.iter().map(|f| src.join(f)).find(|p| p.is_file()).ok_or_else(|| {
+        MarvelError::Checkpoint(format!("{}: no {} found", src.display(), WEIGHT_FILES.join(" or ")))
+    })?;
+    let ckpt = Checkpoint::open(&weights)?;
+    let tensors: HashMap<String, Tensor> = ckpt
+        .tensors()
+        .keys()
+        .filter(|k| !k.starts_with("quantize."))
+        .map(|k| Ok((k.clone(), ckpt.load(k, &Device::Cpu)?)))
+        .collect::<Result<_>>()?;
+    std::fs::create_dir_all(dst).map_err(|e| MarvelError::io(dst, e))?;
+    let out_weights = dst.join("model.safetensors");
+    candle_core::safetensors::save(&tensors, &out_weights)
+        .map_err(|e| MarvelError::io(&out_weights, std::io::Error::other(e.to_string())))?;
+    let out_config = dst.join("config.json");
+    std::fs::write(&out_config, &marvel_json).map_err(|e| MarvelError::io(&out_config, e))?;
+    let cfg = TitokConfig::from_json_str(&marvel_json)?;
+    Ok(Titok::load(&cfg, &out_weights, &Device::Cpu, &LoadOptions::default())?.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::{max_abs_diff, Fixture};
+
+    #[test]
+    #[cfg_attr(not(marvel_parity), ignore = "parity fixtures not found at ../shared/parity or $MARVEL_PARITY_DIR")]
+    fn a_titok_checkpoint_becomes_a_marvel_model_that_keeps_every_other_tensor() {
+        let f = Fixture::load("titok_vq_legacy");
+        let dst = std::env::temp_dir().join(format!("marvel-convert-{}", std::process::id()));
+        let marvel = marvel_from_titok(&f.dir, &dst, 4).unwrap();
+        assert_eq!(marvel.quantizer().num_depths(), 4);
+        assert_eq!(marvel.quantizer().codebook_size(), 4096, "2^token_size codes per depth");
+
+        let src = Checkpoint::open(f.dir.join("model.safetensors")).unwrap();
+        let out = Checkpoint::open(dst.join("model.safetensors")).unwrap();
+        let kept: Vec<_> = src.tensors().keys().filter(|k| !k.starts_with("quantize.")).cloned().collect();
+        assert_eq!(out.tensors().keys().cloned().collect::<Vec<_>>(), kept);
+        for k in &kept {
+            let (a, b) = (src.load(k, &Device::Cpu).unwrap(), out.load(k, &Device::Cpu).unwrap());
+            assert_eq!(max_abs_diff(&a, &b), 0.0, "{k}");
+        }
+        // Same encoder: the latent before quantization is the TiTok one.
+        let latent = marvel.encode_latent(&f.images_f32()).unwrap();
+        assert!(max_abs_diff(&latent, f.expected("enc_latent")) <= 1e-5);
+        // The folder loads back like any model.
+        let again = crate::tokenizer::Tokenizer::from_pretrained(&dst).unwrap();
+        assert_eq!((again.info().architecture, again.info().depth), ("marvel", 4));
+        std::fs::remove_dir_all(&dst).unwrap();
+    }
+
+    #[test]
+    fn config_conversion_rewrites_the_quantizer_only() {
+        let titok = r#"{"model": {"vq_model": {"codebook_size": 4096, "token_size": 12, "use_l2_norm": true,
+            "vit_enc_model_size": "large", "vit_dec_model_size": "large", "vit_enc_patch_size": 16,
+            "vit_dec_patch_size": 16, "num_latent_tokens": 32}}, "dataset": {"preprocessing": {"crop_size": 256}},
+            "experiment": {"name": "kept"}}"#;
+        let out: Value = serde_json::from_str(&marvel_config_json(titok, 4).unwrap()).unwrap();
+        let vq = &out["model"]["vq_model"];
+        assert_eq!(vq["quantize_mode"], "lfq");
+        assert_eq!(vq["num_depths"], 4);
+        assert!(vq.get("codebook_size").is_none() && vq.get("use_l2_norm").is_none());
+        assert_eq!(vq["vit_enc_model_size"], "large");
+        assert_eq!(out["experiment"]["name"], "kept");
+        let err = marvel_config_json(&marvel_config_json(titok, 4).unwrap(), 2).unwrap_err();
+        assert!(err.to_string().contains("not a TiTok VQ model"), "{err}");
+        assert_eq!(marvel_config_json(titok, 0).unwrap_err().code(), "MARVEL_CONFIG");
+    }
+}
