@@ -253,3 +253,46 @@ fn titok_l32_timing() {
     });
     eprintln!("bare matmuls of the L-32 encoder: {gemm:.3} s");
 }
+
+/// Training path: after one backward of the LFQ losses (entropy + commitment) on the encoder output, every
+/// trainable tensor upstream of the quantizer has a non-zero gradient. Guards against ops that record no backward
+/// (candle's fused layer norm and softmax) sneaking into the training path.
+#[test]
+fn lfq_losses_reach_every_encoder_parameter() {
+    use candle_nn::{VarBuilder, VarMap};
+    let cfg = TitokConfig::from_json_str(
+        r#"{"model": {"vq_model": {"quantize_mode": "lfq", "token_size": 6, "num_depths": 2, "num_latent_tokens": 4,
+        "vit_enc_model_size": "custom", "vit_enc_width": 32, "vit_enc_num_layers": 2, "vit_enc_num_heads": 2,
+        "vit_dec_model_size": "custom", "vit_dec_width": 32, "vit_dec_num_layers": 1, "vit_dec_num_heads": 2,
+        "vit_enc_patch_size": 16, "vit_dec_patch_size": 16, "is_legacy": true, "finetune_decoder": false}},
+        "dataset": {"preprocessing": {"crop_size": 64}}}"#,
+    )
+    .unwrap();
+    let dev = Device::Cpu;
+    let varmap = VarMap::new();
+    // Trainable copies of freshly initialised weights (VarMap's own default init leaves some matrices at zero,
+    // which would zero the gradients behind them for reasons unrelated to this test).
+    for (name, t) in crate::init::random_weights(&cfg, 3).unwrap() {
+        varmap.data().lock().unwrap().insert(name, candle_core::Var::from_tensor(&t).unwrap());
+    }
+    let model = Titok::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, &dev)).unwrap();
+    let x = Tensor::rand(0f32, 1f32, (2, 3, 64, 64), &dev).unwrap();
+    let z = model.encode_latent(&x).unwrap();
+    let Quantizer::Lfq(lfq) = model.quantizer() else { panic!("lfq config builds an LFQ quantizer") };
+    let losses = lfq.losses(&z, 2).unwrap();
+    let grads = losses.total.backward().unwrap();
+    let data = varmap.data().lock().unwrap();
+    let mut checked = 0;
+    for (name, var) in data.iter() {
+        if !(name.starts_with("encoder.") || name == "latent_tokens") {
+            continue;
+        }
+        let g = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("{name}: no gradient recorded"));
+        let norm = g.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(norm > 0.0, "{name}: gradient is zero");
+        checked += 1;
+    }
+    // 2 blocks x 12 tensors + patch embed 2 + class/pos/latent pos 3 + ln_pre/ln_post 4 + conv_out 2 + latent tokens.
+    assert!(checked >= 30, "only {checked} upstream tensors checked");
+    eprintln!("LFQ losses: {checked} upstream tensors, all with non-zero gradients");
+}

@@ -1,0 +1,275 @@
+use super::*;
+use std::collections::HashMap;
+
+/// A scratch folder unique to this test process and name, removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("marvel-weights-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+    fn file(&self, name: &str, bytes: &[u8]) -> PathBuf {
+        let p = self.0.join(name);
+        std::fs::write(&p, bytes).unwrap();
+        p
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        std::fs::remove_dir_all(&self.0).ok();
+    }
+}
+
+/// The toy model: `a` (2, 3) and `b.c` (4), both float.
+struct Toy {
+    a: Tensor,
+}
+
+fn build_toy(vb: VarBuilder) -> Result<Toy> {
+    let a = vb.get((2, 3), "a")?;
+    vb.pp("b").get(4, "c")?;
+    Ok(Toy { a })
+}
+
+fn safetensors_bytes(tensors: &[(&str, Tensor)]) -> Vec<u8> {
+    let map: HashMap<String, Tensor> = tensors.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+    let dir = Scratch::new("serialize");
+    let p = dir.0.join("t.safetensors");
+    candle_core::safetensors::save(&map, &p).unwrap();
+    std::fs::read(&p).unwrap()
+}
+
+fn good_tensors() -> Vec<(&'static str, Tensor)> {
+    let dev = Device::Cpu;
+    vec![
+        ("a", Tensor::arange(0f32, 6., &dev).unwrap().reshape((2, 3)).unwrap()),
+        ("b.c", Tensor::ones(4, DType::F32, &dev).unwrap()),
+    ]
+}
+
+fn load_toy(path: &Path, allow_unexpected: bool) -> Result<(Toy, LoadReport)> {
+    let opts = LoadOptions { allow_unexpected, ..Default::default() };
+    load_strict(path, &Device::Cpu, &opts, build_toy)
+}
+
+fn checkpoint_message(r: Result<(Toy, LoadReport)>) -> String {
+    match r {
+        Err(MarvelError::Checkpoint(msg)) => msg,
+        Err(other) => panic!("expected a checkpoint error, got {other:?}"),
+        Ok(_) => panic!("expected a checkpoint error, the load succeeded"),
+    }
+}
+
+#[test]
+fn good_file_loads_and_reports_usage() {
+    let dir = Scratch::new("good");
+    let p = dir.file("model.safetensors", &safetensors_bytes(&good_tensors()));
+    let (toy, report) = load_toy(&p, false).unwrap();
+    assert_eq!(toy.a.to_vec2::<f32>().unwrap(), vec![vec![0., 1., 2.], vec![3., 4., 5.]]);
+    assert_eq!((report.used, report.unexpected.len()), (2, 0));
+}
+
+#[test]
+fn half_precision_floats_are_converted() {
+    let dir = Scratch::new("f16");
+    let ts: Vec<_> = good_tensors().into_iter().map(|(k, v)| (k, v.to_dtype(DType::F16).unwrap())).collect();
+    let p = dir.file("model.safetensors", &safetensors_bytes(&ts));
+    let (toy, _) = load_toy(&p, false).unwrap();
+    assert_eq!(toy.a.dtype(), DType::F32);
+}
+
+#[test]
+fn corrupt_safetensors_are_checkpoint_errors() {
+    let dir = Scratch::new("corrupt");
+    let good = safetensors_bytes(&good_tensors());
+
+    let truncated = dir.file("truncated.safetensors", &good[..good.len() - 7]);
+    let msg = checkpoint_message(load_toy(&truncated, false));
+    assert!(msg.contains("truncated.safetensors") && msg.contains("not a valid safetensors file"), "{msg}");
+
+    let empty = dir.file("empty.safetensors", &[]);
+    assert!(checkpoint_message(load_toy(&empty, false)).contains("not a valid safetensors file"));
+
+    // A header whose offsets point past the end of the data.
+    let header = br#"{"a":{"dtype":"F32","shape":[2,3],"data_offsets":[0,4096]}}"#;
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(header);
+    bytes.extend_from_slice(&[0u8; 24]);
+    let offsets = dir.file("offsets.safetensors", &bytes);
+    let msg = checkpoint_message(load_toy(&offsets, false));
+    assert!(msg.contains("not a valid safetensors file"), "{msg}");
+
+    // A header length larger than the file.
+    let mut bytes = u64::MAX.to_le_bytes().to_vec();
+    bytes.extend_from_slice(b"{}");
+    let huge = dir.file("huge.safetensors", &bytes);
+    assert!(checkpoint_message(load_toy(&huge, false)).contains("not a valid safetensors file"));
+}
+
+#[test]
+fn mismatches_name_key_and_shapes() {
+    let dir = Scratch::new("mismatch");
+    let dev = Device::Cpu;
+
+    let wrong_dtype = dir.file(
+        "dtype.safetensors",
+        &safetensors_bytes(&[
+            ("a", Tensor::zeros((2, 3), DType::I64, &dev).unwrap()),
+            ("b.c", Tensor::ones(4, DType::F32, &dev).unwrap()),
+        ]),
+    );
+    let msg = checkpoint_message(load_toy(&wrong_dtype, false));
+    assert!(msg.contains("a: stored as I64, the model needs F32"), "{msg}");
+
+    let missing = dir.file("missing.safetensors", &safetensors_bytes(&good_tensors()[..1]));
+    let msg = checkpoint_message(load_toy(&missing, false));
+    assert!(msg.contains("b.c: missing (the model needs shape [4])"), "{msg}");
+
+    let wrong_shape = dir.file(
+        "shape.safetensors",
+        &safetensors_bytes(&[
+            ("a", Tensor::zeros((3, 2), DType::F32, &dev).unwrap()),
+            ("b.c", Tensor::zeros(5, DType::F32, &dev).unwrap()),
+        ]),
+    );
+    let msg = checkpoint_message(load_toy(&wrong_shape, false));
+    assert!(msg.contains("2 tensor(s) do not match"), "{msg}");
+    assert!(msg.contains("a: shape [3, 2] in the checkpoint, the model needs [2, 3]"), "{msg}");
+    assert!(msg.contains("b.c: shape [5] in the checkpoint, the model needs [4]"), "{msg}");
+}
+
+#[test]
+fn unexpected_keys_are_listed() {
+    let dir = Scratch::new("unexpected");
+    let mut ts = good_tensors();
+    ts.push(("extra.weight", Tensor::zeros(1, DType::F32, &Device::Cpu).unwrap()));
+    let p = dir.file("model.safetensors", &safetensors_bytes(&ts));
+    let msg = checkpoint_message(load_toy(&p, false));
+    assert!(msg.contains("1 tensor(s) in the checkpoint are not used") && msg.contains("extra.weight"), "{msg}");
+    let (_, report) = load_toy(&p, true).unwrap();
+    assert_eq!(report.unexpected, vec!["extra.weight".to_string()]);
+}
+
+/// `torch.save(OrderedDict(a=arange(6).view(2, 3), **{"b.c": ones(4)}))`'s `data.pkl` (pickle protocol 2,
+/// storages by persistent id), written without torch by a stand-in pickler.
+const TOY_PICKLE_HEX: &[&str] = &[
+    "800263636f6c6c656374696f6e730a4f726465726564446963740a71002952710128580100000061710263746f7263682e5f",
+    "7574696c730a5f72656275696c645f74656e736f725f76320a71032828580700000073746f72616765710463746f7263680a",
+    "466c6f617453746f726167650a71055801000000307106580300000063707571074b06747108514b004b024b038671094b03",
+    "4b0186710a8968002952710b74710c52710d5803000000622e63710e6803282868046805580100000031710f68074b047471",
+    "10514b004b048571114b0185711289680029527113747114527115752e",
+];
+
+/// CRC-32 (IEEE), which the zip reader verifies.
+fn crc32(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in data {
+        crc ^= b as u32;
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+        }
+    }
+    !crc
+}
+
+/// A zip archive with uncompressed entries, the layout `torch.save` writes.
+fn stored_zip(entries: &[(&str, Vec<u8>)]) -> Vec<u8> {
+    let (mut out, mut central) = (Vec::new(), Vec::new());
+    for (name, data) in entries {
+        let (crc, len, offset) = (crc32(data), data.len() as u32, out.len() as u32);
+        let common = |v: &mut Vec<u8>| {
+            v.extend_from_slice(&[20, 0, 0, 0, 0, 0, 0, 0, 0, 0]); // version, flags, method 0, time, date
+            v.extend_from_slice(&crc.to_le_bytes());
+            v.extend_from_slice(&len.to_le_bytes());
+            v.extend_from_slice(&len.to_le_bytes());
+            v.extend_from_slice(&(name.len() as u16).to_le_bytes());
+            v.extend_from_slice(&0u16.to_le_bytes()); // extra field length
+        };
+        out.extend_from_slice(&0x0403_4b50u32.to_le_bytes());
+        common(&mut out);
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(data);
+        central.extend_from_slice(&0x0201_4b50u32.to_le_bytes());
+        central.extend_from_slice(&20u16.to_le_bytes()); // version made by
+        common(&mut central);
+        central.extend_from_slice(&[0; 6]); // comment length, disk, internal attributes
+        central.extend_from_slice(&0u32.to_le_bytes()); // external attributes
+        central.extend_from_slice(&offset.to_le_bytes());
+        central.extend_from_slice(name.as_bytes());
+    }
+    let (cd_offset, cd_len, n) = (out.len() as u32, central.len() as u32, entries.len() as u16);
+    out.extend_from_slice(&central);
+    out.extend_from_slice(&0x0605_4b50u32.to_le_bytes());
+    out.extend_from_slice(&[0; 4]); // disk numbers
+    out.extend_from_slice(&n.to_le_bytes());
+    out.extend_from_slice(&n.to_le_bytes());
+    out.extend_from_slice(&cd_len.to_le_bytes());
+    out.extend_from_slice(&cd_offset.to_le_bytes());
+    out.extend_from_slice(&0u16.to_le_bytes());
+    out
+}
+
+/// The toy state dict as `torch.save` writes it; `b_values` is the storage behind `b.c` (4 values).
+fn toy_pytorch_bytes(b_values: &[f32]) -> Vec<u8> {
+    let hex: String = TOY_PICKLE_HEX.concat();
+    let pickle: Vec<u8> =
+        (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect();
+    let f32s = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    stored_zip(&[
+        ("archive/data.pkl", pickle),
+        ("archive/data/0", f32s(&[0., 1., 2., 3., 4., 5.])),
+        ("archive/data/1", f32s(b_values)),
+        ("archive/version", b"3\n".to_vec()),
+    ])
+}
+
+#[test]
+fn pytorch_zip_checkpoints_load() {
+    let dir = Scratch::new("pth-good");
+    let p = dir.file("pytorch_model.bin", &toy_pytorch_bytes(&[1.; 4]));
+    let (toy, report) = load_toy(&p, false).unwrap();
+    assert_eq!(toy.a.to_vec2::<f32>().unwrap(), vec![vec![0., 1., 2.], vec![3., 4., 5.]]);
+    assert_eq!(report.used, 2);
+    // A storage shorter than its tensor is reported with the tensor's name, not a panic.
+    let p = dir.file("short.bin", &toy_pytorch_bytes(&[1.; 2]));
+    let msg = checkpoint_message(load_toy(&p, false));
+    assert!(msg.contains("b.c: cannot read the data"), "{msg}");
+}
+
+#[test]
+fn bad_pytorch_files_are_checkpoint_errors() {
+    let dir = Scratch::new("pth");
+    for (name, bytes) in [
+        ("text.bin", b"this is not a torch checkpoint".as_slice()),
+        ("empty.bin", b"".as_slice()),
+        // The zip local-file magic followed by garbage.
+        ("zipish.pth", b"PK\x03\x04garbage garbage garbage".as_slice()),
+        // A legacy (pre-1.6) pickle stream: protocol 2 header, not a zip.
+        ("legacy.pt", b"\x80\x02\x8a\x0alZ\xfc\x9cF\xf9 j\xa8P\x19.".as_slice()),
+    ] {
+        let p = dir.file(name, bytes);
+        let msg = checkpoint_message(load_toy(&p, false));
+        assert!(msg.contains(name) && msg.contains("not a PyTorch zip checkpoint"), "{msg}");
+    }
+}
+
+#[test]
+fn absent_file_is_an_io_error() {
+    let dir = Scratch::new("absent");
+    let err = load_toy(&dir.0.join("nope.safetensors"), false).err().unwrap();
+    assert_eq!(err.code(), "MARVEL_IO");
+    assert!(err.to_string().contains("nope.safetensors"));
+}
+
+#[test]
+fn shape_only_build_records_without_allocating() {
+    let (toy, requested) = build_shape_only(DType::F32, &Device::Cpu, build_toy).unwrap();
+    assert_eq!(toy.a.dims(), &[2, 3]);
+    // A broadcast view: every stride is zero.
+    assert_eq!(toy.a.stride(), &[0, 0]);
+    let names: Vec<_> = requested.iter().map(|r| (r.name.as_str(), r.shape.clone())).collect();
+    assert_eq!(names, vec![("a", vec![2, 3]), ("b.c", vec![4])]);
+}
