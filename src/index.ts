@@ -4,6 +4,7 @@
  */
 export { MarvelError, type MarvelErrorCode } from './errors.js'
 export { encodePng, prepareImage, readImage, writePng, type ImageSource, type PrepareOptions, type RgbImage } from './image.js'
+export { compare, type ImageScores } from './metrics.js'
 export { matmul, type Tensor } from './tensor.js'
 export { Tokens, type TokensJSON, type TokensShape } from './tokens.js'
 export {

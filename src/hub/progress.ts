@@ -34,7 +34,8 @@ export interface ProgressStream {
 
 const mb = (bytes: number) => (bytes / 1e6).toFixed(1)
 
-function duration(seconds: number): string {
+/** `42s`, `3m05s`, `1h07m`; `?` when unknown. */
+export function duration(seconds: number): string {
   if (!Number.isFinite(seconds)) return '?'
   const s = Math.ceil(seconds)
   if (s < 60) return `${s}s`

@@ -1,0 +1,263 @@
+/** The `marvel` command, run as a user runs it: the built dist/cli.js in a subprocess, on files made here. */
+import { execFileSync, spawnSync } from 'node:child_process'
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+
+import sharp from 'sharp'
+import { beforeAll, describe, expect, it } from 'vitest'
+
+import { Tokens, compare, prepareImage, readImage } from '../src/index.js'
+import { tinyModel } from './helpers/models.js'
+
+const root = fileURLToPath(new URL('..', import.meta.url))
+const cli = join(root, 'dist', 'cli.js')
+
+function newestMtime(path: string): number {
+  const s = statSync(path)
+  if (!s.isDirectory()) return s.mtimeMs
+  return Math.max(0, ...readdirSync(path).map((f) => newestMtime(join(path, f))))
+}
+
+interface Run {
+  code: number | null
+  stdout: string
+  stderr: string
+}
+
+let work: string
+let lfq: string
+let vq: string
+
+/** Run `marvel ...args` in the work folder, offline, with a private hub cache. */
+function marvel(args: string[], env: Record<string, string> = {}): Run {
+  const r = spawnSync(process.execPath, [cli, ...args], {
+    cwd: work,
+    encoding: 'utf8',
+    env: { ...process.env, HF_HOME: join(work, 'hf'), HF_HUB_OFFLINE: '1', MARVEL_DEBUG: '', ...env },
+    timeout: 120_000,
+  })
+  return { code: r.status, stdout: r.stdout, stderr: r.stderr }
+}
+
+function ok(args: string[]): string {
+  const r = marvel(args)
+  expect(r.stderr, `marvel ${args.join(' ')}`).toBe('') // no bar, no warnings: stderr is not a terminal
+  expect(r.code).toBe(0)
+  return r.stdout
+}
+
+/** A failure: the exit code and exactly one `marvel: <message> (<code>)` line on stderr. */
+function failure(args: string[], exitCode: number, errorCode: string, message: RegExp): void {
+  const r = marvel(args)
+  expect(r.code, r.stderr).toBe(exitCode)
+  expect(r.stderr).toMatch(new RegExp(`^marvel: .+ \\(${errorCode}\\)\\n$`))
+  expect(r.stderr).toMatch(message)
+  expect(r.stdout).toBe('')
+}
+
+const size = async (path: string) => {
+  const m = await sharp(path).metadata()
+  return [m.width, m.height]
+}
+
+beforeAll(async () => {
+  const stale = !existsSync(cli) || statSync(cli).mtimeMs < Math.max(newestMtime(join(root, 'src')), newestMtime(join(root, 'tsup.config.ts')))
+  if (stale) execFileSync('npx', ['tsup'], { cwd: root, stdio: 'pipe' })
+
+  work = mkdtempSync(join(tmpdir(), 'marvel-cli-'))
+  lfq = await tinyModel({ quantizeMode: 'lfq', depths: 3 }, 3)
+  vq = await tinyModel({ quantizeMode: 'vq' }, 4)
+  mkdirSync(join(work, 'photos'))
+  const pattern = (w: number, h: number, seed: number) => {
+    const data = Buffer.alloc(w * h * 3)
+    for (let i = 0; i < data.length; i++) data[i] = (i * 31 + seed * 97 + ((i / 3 / w) | 0) * 7) % 256
+    return sharp(data, { raw: { width: w, height: h, channels: 3 } })
+  }
+  await pattern(300, 260, 1).png().toFile(join(work, 'photos', 'b-wide.png'))
+  await pattern(256, 320, 2).jpeg({ quality: 95 }).toFile(join(work, 'photos', 'a-tall.jpg'))
+  writeFileSync(join(work, 'photos', 'notes.txt'), 'not an image')
+  const png = await pattern(256, 256, 3).png().toBuffer()
+  writeFileSync(join(work, 'broken.png'), png.subarray(0, png.length >> 1))
+})
+
+describe('marvel --help', () => {
+  it.each([[], ['encode'], ['decode'], ['reconstruct'], ['info']])('marvel %s --help exits 0 with usage', (...cmd) => {
+    const out = ok([...cmd, '--help'])
+    expect(out).toContain(`Usage: marvel ${cmd.length ? `${cmd[0]} ` : ''}[options]`)
+    if (cmd.length && cmd[0] !== 'info') expect(out).toContain('--model')
+  })
+
+  it('marvel help <command> and --version exit 0', () => {
+    expect(ok(['help', 'reconstruct'])).toContain('Usage: marvel reconstruct [options] <images...>')
+    expect(ok(['--version']).trim()).toMatch(/^\d+\.\d+\.\d+/)
+  })
+})
+
+describe('marvel encode / decode', () => {
+  it('encodes a folder (image files only, sorted) to .bin, and decodes it to one 256x256 PNG per image', async () => {
+    const out = ok(['encode', 'photos', '--model', lfq, '--out', 'enc/tokens.bin'])
+    expect(out).toMatch(/encoded 2 images -> enc\/tokens\.bin .*72 bits per image/)
+    const tokens = Tokens.fromBytes(readFileSync(join(work, 'enc/tokens.bin')))
+    expect(tokens.shape).toEqual({ batch: 2, depth: 3, numTokens: 4 })
+
+    const decoded = JSON.parse(ok(['decode', 'enc/tokens.bin', '--model', lfq, '--out', 'dec-bin', '--json']))
+    expect(decoded.files).toEqual([join('dec-bin', '0.png'), join('dec-bin', '1.png')])
+    expect(decoded.depth).toBe(3)
+    for (const f of decoded.files) expect(await size(join(work, f))).toEqual([256, 256])
+  })
+
+  it('encodes globs and files to .json with the source list, honouring --depth', () => {
+    const summary = JSON.parse(ok(['encode', 'photos/*.png', 'photos/a-tall.jpg', '--model', lfq, '--out', 'enc/tokens.json', '--depth', '2', '--batch-size', '1', '--json']))
+    expect(summary).toMatchObject({ images: 2, depth: 2, numTokens: 4, bitsPerToken: 6, bitsPerImage: 48, format: 'json' })
+    const json = JSON.parse(readFileSync(join(work, 'enc/tokens.json'), 'utf8'))
+    expect(json).toMatchObject({ format: 'marvel-tokens', version: 1, batch: 2, depth: 2, numTokens: 4, bitsPerToken: 6 })
+    expect(json.files).toEqual(['photos/b-wide.png', 'photos/a-tall.jpg'])
+    expect(json.ids).toHaveLength(2)
+    expect(json.ids[0]).toHaveLength(2)
+    expect(json.ids[0][0]).toHaveLength(4)
+    // The batch size does not change the tokens: the first two depths of the full-depth .bin, reordered.
+    const full = Tokens.fromBytes(readFileSync(join(work, 'enc/tokens.bin')))
+    const fromJson = Tokens.fromJSON(json)
+    expect(Array.from(fromJson.image(0).data)).toEqual(Array.from(full.slice(2).image(1).data))
+    expect(Array.from(fromJson.image(1).data)).toEqual(Array.from(full.slice(2).image(0).data))
+  })
+
+  it('names decoded images after the sources listed in a .json token file', async () => {
+    ok(['decode', 'enc/tokens.json', '--model', lfq, '--out', 'dec-json', '--depth', '1'])
+    expect(readdirSync(join(work, 'dec-json')).sort()).toEqual(['a-tall.png', 'b-wide.png'])
+    expect(await size(join(work, 'dec-json', 'a-tall.png'))).toEqual([256, 256])
+  })
+})
+
+describe('marvel reconstruct', () => {
+  let report: {
+    depths: Array<{ depth: number; bitsPerImage: number; psnr: number; ssim: number }>
+    perImage: Array<{ file: string; outputs: string[]; grid: string; psnr: number[]; ssim: number[] }>
+  }
+
+  beforeAll(() => {
+    report = JSON.parse(ok(['reconstruct', 'photos', '--model', lfq, '--out', 'rec', '--json']))
+  })
+
+  it('writes a reconstruction per depth and an (D + 1) x 256 wide grid per image', async () => {
+    expect(readdirSync(join(work, 'rec')).sort()).toEqual(
+      ['a-tall', 'b-wide'].flatMap((n) => [`${n}.d1.png`, `${n}.d2.png`, `${n}.d3.png`, `${n}.grid.png`]),
+    )
+    expect(await size(join(work, 'rec', 'a-tall.d2.png'))).toEqual([256, 256])
+    expect(await size(join(work, 'rec', 'b-wide.grid.png'))).toEqual([4 * 256, 256])
+    // An RGB PNG whose panels are the centre-cropped original, then the reconstructions by depth.
+    const grid = await readImage(join(work, 'rec', 'b-wide.grid.png'))
+    expect((await sharp(join(work, 'rec', 'b-wide.grid.png')).metadata()).channels).toBe(3)
+    const panel = async (i: number) =>
+      (await sharp(grid.data, { raw: { width: 1024, height: 256, channels: 3 } }).extract({ left: i * 256, top: 0, width: 256, height: 256 }).raw().toBuffer())
+    expect((await panel(0)).equals((await prepareImage(join(work, 'photos', 'b-wide.png'))).data)).toBe(true)
+    expect((await panel(3)).equals((await readImage(join(work, 'rec', 'b-wide.d3.png'))).data)).toBe(true)
+  })
+
+  it('reports PSNR / SSIM per depth (the mean over images) and the bits per image', async () => {
+    expect(report.depths.map((d) => [d.depth, d.bitsPerImage])).toEqual([[1, 24], [2, 48], [3, 72]])
+    for (const [j, d] of report.depths.entries()) {
+      expect(Number.isFinite(d.psnr) && d.psnr > 0).toBe(true)
+      expect(d.ssim).toBeLessThan(1)
+      expect(d.psnr).toBeCloseTo((report.perImage[0].psnr[j] + report.perImage[1].psnr[j]) / 2, 10)
+      expect(d.ssim).toBeCloseTo((report.perImage[0].ssim[j] + report.perImage[1].ssim[j]) / 2, 10)
+    }
+    // The figures are those of the metrics API on the files written.
+    const img = report.perImage[0]
+    expect(img.file).toBe(join('photos', 'a-tall.jpg'))
+    const [s] = await compare(await prepareImage(join(work, img.file)), await readImage(join(work, img.outputs[1])))
+    expect(s.psnr).toBeCloseTo(img.psnr[1], 10)
+    expect(s.ssim).toBeCloseTo(img.ssim[1], 10)
+  })
+
+  it('prints the same figures as a table without --json', () => {
+    const table = ok(['reconstruct', 'photos', '--model', lfq, '--out', 'rec-table'])
+    expect(table).toMatch(/depth\s+bits\/image\s+PSNR \(dB\)\s+SSIM/)
+    for (const d of report.depths) {
+      expect(table).toMatch(new RegExp(`\\n\\s*${d.depth}\\s+${d.bitsPerImage}\\s+${d.psnr.toFixed(2)}\\s+${d.ssim.toFixed(4)}\\n`))
+    }
+  })
+
+  it('round-trips: decode of encode gives the same PNG bytes as reconstruct at each depth', () => {
+    for (const depth of [2, 3]) {
+      ok(['decode', 'enc/tokens.bin', '--model', lfq, '--depth', String(depth), '--out', `rt${depth}`])
+      // tokens.bin holds photos/ sorted: a-tall.jpg, b-wide.png
+      for (const [i, name] of ['a-tall', 'b-wide'].entries()) {
+        const viaTokens = readFileSync(join(work, `rt${depth}`, `${i}.png`))
+        expect(viaTokens.equals(readFileSync(join(work, 'rec', `${name}.d${depth}.png`))), `${name} depth ${depth}`).toBe(true)
+      }
+    }
+  })
+
+  it('with --depth d writes only that depth and an original | depth d grid', async () => {
+    const r = JSON.parse(ok(['reconstruct', 'photos/b-wide.png', '--model', lfq, '--depth', '2', '--out', 'rec-d2', '--json']))
+    expect(r.depths.map((d: { depth: number }) => d.depth)).toEqual([2])
+    expect(readdirSync(join(work, 'rec-d2')).sort()).toEqual(['b-wide.d2.png', 'b-wide.grid.png'])
+    expect(await size(join(work, 'rec-d2', 'b-wide.grid.png'))).toEqual([512, 256])
+    expect(readFileSync(join(work, 'rec-d2', 'b-wide.d2.png')).equals(readFileSync(join(work, 'rec', 'b-wide.d2.png')))).toBe(true)
+  })
+})
+
+describe('a VQ (TiTok) model', () => {
+  it('encodes, decodes and reconstructs at its single depth', async () => {
+    ok(['encode', 'photos', '--model', vq, '--out', 'vq/tokens.bin'])
+    ok(['decode', 'vq/tokens.bin', '--model', vq, '--out', 'vq/dec'])
+    const r = JSON.parse(ok(['reconstruct', 'photos', '--model', vq, '--out', 'vq/rec', '--json']))
+    expect(r.depths).toHaveLength(1)
+    expect(r.depths[0].bitsPerImage).toBe(4 * 8)
+    expect(await size(join(work, 'vq/rec/a-tall.grid.png'))).toEqual([512, 256])
+    expect(readFileSync(join(work, 'vq/dec/0.png')).equals(readFileSync(join(work, 'vq/rec/a-tall.d1.png')))).toBe(true)
+  })
+})
+
+describe('marvel info', () => {
+  it('--json describes the LFQ model', () => {
+    const info = JSON.parse(ok(['info', lfq, '--json']))
+    expect(info).toMatchObject({ architecture: 'marvel', quantizer: 'lfq', imageSize: 256, numTokens: 4, depth: 3, codebookSize: 64, bitsPerToken: 6, bitsPerImage: 72, bytesPerImage: 9 })
+    expect(info.byDepth.map((d: { bitsPerImage: number }) => d.bitsPerImage)).toEqual([24, 48, 72])
+    expect(info.parameters).toBeGreaterThan(0)
+    expect(info.encoder).toEqual({ width: 32, layers: 1 })
+    expect(info.weightsBytes).toBe(statSync(join(lfq, 'model.safetensors')).size)
+  })
+
+  it('describes the VQ model as text', () => {
+    const out = ok(['info', vq])
+    expect(out).toMatch(/architecture\s+titok/)
+    expect(out).toMatch(/quantizer\s+vq, codebook 256 \(8 bits per token\)/)
+    expect(out).toMatch(/bits per image\s+32 \(depth 1, 4 bytes\)/)
+  })
+})
+
+describe('failures', () => {
+  it('exits 2 on bad usage, with one line naming the problem', () => {
+    failure(['encode', '--model', lfq, '--out', 'x.bin'], 2, 'MARVEL_INVALID_ARGUMENT', /missing required argument 'images'/)
+    failure(['encode', 'photos', '--model', lfq], 2, 'MARVEL_INVALID_ARGUMENT', /--out/)
+    failure(['encode', 'photos', '--model', lfq, '--out', 'x.bin', '--depth', '0'], 2, 'MARVEL_INVALID_ARGUMENT', /--depth must be a positive integer, got "0"/)
+    failure(['encode', 'photos', '--model', lfq, '--out', 'x.bin', '--depth', '4'], 2, 'MARVEL_INVALID_ARGUMENT', /--depth 4 is more than the 3/)
+    failure(['encode', 'photos', '--model', lfq, '--out', 'x.txt'], 2, 'MARVEL_INVALID_ARGUMENT', /\.bin or \.json.*"x\.txt"/)
+    failure(['reconstruct', 'photos', '--model', lfq, '--out', 'r', '--depth', 'two'], 2, 'MARVEL_INVALID_ARGUMENT', /"two"/)
+    failure(['decode', '--model', lfq, '--out', 'd'], 2, 'MARVEL_INVALID_ARGUMENT', /missing required argument 'tokens'/)
+    failure(['frobnicate'], 2, 'MARVEL_INVALID_ARGUMENT', /unknown command 'frobnicate'/)
+    failure([], 2, 'MARVEL_INVALID_ARGUMENT', /no command given/)
+  })
+
+  it('exits 1 on a corrupt image, a missing input or a missing model, without a stack trace', () => {
+    failure(['encode', 'broken.png', '--model', lfq, '--out', 'x.bin'], 1, 'MARVEL_IMAGE', /broken\.png/)
+    failure(['reconstruct', 'broken.png', '--model', lfq, '--out', 'x'], 1, 'MARVEL_IMAGE', /broken\.png/)
+    failure(['encode', 'nowhere.png', '--model', lfq, '--out', 'x.bin'], 1, 'MARVEL_IO', /nowhere\.png not found/)
+    failure(['encode', 'photos/*.webp', '--model', lfq, '--out', 'x.bin'], 1, 'MARVEL_IO', /no image files match/)
+    failure(['encode', 'photos', '--model', join(work, 'no-model'), '--out', 'x.bin'], 1, 'MARVEL_IO', /no-model not found/)
+    failure(['info', join(work, 'no-model')], 1, 'MARVEL_IO', /no-model not found/)
+    failure(['decode', 'photos/b-wide.png', '--model', lfq, '--out', 'd'], 1, 'MARVEL_INVALID_ARGUMENT', /tokens photos\/b-wide\.png/)
+    expect(existsSync(join(work, 'x.bin'))).toBe(false)
+  })
+
+  it('MARVEL_DEBUG=1 adds the stack trace', () => {
+    const r = marvel(['encode', 'broken.png', '--model', lfq, '--out', 'x.bin'], { MARVEL_DEBUG: '1' })
+    expect(r.code).toBe(1)
+    expect(r.stderr.split('\n')[0]).toMatch(/^marvel: .* \(MARVEL_IMAGE\)$/)
+    expect(r.stderr).toMatch(/\n\s+at /)
+  })
+})
