@@ -13,6 +13,14 @@ export interface RgbImage {
   height: number
 }
 
+/** Raw pixels with any channel count sharp understands (1 grey, 2 grey+alpha, 3 RGB, 4 RGBA). */
+export interface RawImage {
+  data: Uint8Array
+  width: number
+  height: number
+  channels: 1 | 2 | 3 | 4
+}
+
 /** What `readImage` accepts: a file path, an encoded image in memory, or a sharp pipeline. */
 export type ImageSource = string | Buffer | Uint8Array | Sharp
 
@@ -108,14 +116,14 @@ function roundHalfEven(x: number): number {
  * `Resize(size, BICUBIC, antialias=True)` + `CenterCrop(size)` geometry: the longer side becomes
  * `floor(size * long / short)` and the crop offsets are `round((side - size) / 2)`.
  */
-export async function prepareImage(src: ImageSource | RgbImage, options: PrepareOptions = {}): Promise<RgbImage> {
+export async function prepareImage(src: ImageSource | RgbImage | RawImage, options: PrepareOptions = {}): Promise<RgbImage> {
   const size = options.size ?? 256
   const mode = options.resize ?? 'center-crop'
   if (!Number.isInteger(size) || size < 1) throw invalidArgument(`size must be a positive integer, got ${size}`)
   if (mode !== 'center-crop' && mode !== 'none') {
     throw invalidArgument(`resize must be 'center-crop' or 'none', got ${JSON.stringify(mode)}`)
   }
-  const image = isRgbImage(src) ? (checkRgb(src), src) : await readImage(src)
+  const image = isRgbImage(src) ? await rgbOf(src) : await readImage(src)
   const { width: w, height: h } = image
   if (w === size && h === size) return image
   if (mode === 'none') {
@@ -136,6 +144,21 @@ export async function prepareImage(src: ImageSource | RgbImage, options: Prepare
   }
 }
 
-export function isRgbImage(x: unknown): x is RgbImage {
+/** Raw pixels as RGB: 3 channels pass through (checked), others convert through sharp. */
+async function rgbOf(src: RgbImage | RawImage): Promise<RgbImage> {
+  const channels = 'channels' in src ? src.channels : 3
+  if (channels === 3) {
+    checkRgb(src)
+    return src
+  }
+  if (![1, 2, 4].includes(channels)) throw invalidArgument(`raw image channels must be 1, 2, 3 or 4, got ${channels}`)
+  const expected = src.width * src.height * channels
+  if (src.data.length !== expected) {
+    throw new MarvelError('MARVEL_SHAPE_MISMATCH', `raw ${src.width}x${src.height}x${channels} image needs ${expected} bytes, got ${src.data.length}`)
+  }
+  return readImage(sharp(src.data, { raw: { width: src.width, height: src.height, channels } }))
+}
+
+export function isRgbImage(x: unknown): x is RgbImage | RawImage {
   return !!x && typeof x === 'object' && (x as RgbImage).data instanceof Uint8Array && 'width' in x && 'height' in x && !(x instanceof Uint8Array)
 }

@@ -3,8 +3,9 @@
  * addon off the main thread; this package is its typed TypeScript API.
  */
 export { MarvelError, type MarvelErrorCode } from './errors.js'
-export { encodePng, prepareImage, readImage, writePng, type ImageSource, type PrepareOptions, type RgbImage } from './image.js'
+export { encodePng, prepareImage, readImage, writePng, type ImageSource, type PrepareOptions, type RawImage, type RgbImage } from './image.js'
 export { compare, type ImageScores } from './metrics.js'
+export { MaskgitVqgan } from './maskgit.js'
 export { matmul, type Tensor } from './tensor.js'
 export { Tokens, type TokensJSON, type TokensShape } from './tokens.js'
 export {
@@ -16,7 +17,6 @@ export {
   type EncodeOptions,
   type FromPretrainedOptions,
   type ImageInput,
-  type RawImage,
   type TokenizerInfo,
 } from './tokenizer.js'
 export { getNumThreads, setNumThreads } from './threads.js'

@@ -1,23 +1,15 @@
 import { existsSync, statSync } from 'node:fs'
 import { dirname } from 'node:path'
 
-import sharp, { type Sharp } from 'sharp'
+import type { Sharp } from 'sharp'
 
 import { native, type NativeBinding } from './binding.js'
 import { MarvelError, invalidArgument } from './errors.js'
 import { resolveModelFiles, type HubOptions } from './hub.js'
-import { encodePng, prepareImage, writePng, type PrepareOptions, type RgbImage } from './image.js'
+import { encodePng, prepareImage, writePng, type PrepareOptions, type RawImage, type RgbImage } from './image.js'
 import { Tokens } from './tokens.js'
 
 type NativeTokenizer = Awaited<ReturnType<NativeBinding['loadTokenizer']>>
-
-/** Raw pixels with any channel count sharp understands (1 grey, 2 grey+alpha, 3 RGB, 4 RGBA). */
-export interface RawImage {
-  data: Uint8Array
-  width: number
-  height: number
-  channels: 1 | 2 | 3 | 4
-}
 
 /** One image to encode: a file path, an encoded image (PNG/JPEG/WebP/...), a sharp pipeline or raw pixels. */
 export type ImageInput = string | Buffer | Uint8Array | Sharp | RawImage | RgbImage
@@ -64,10 +56,6 @@ export interface TokenizerInfo {
   source: string
 }
 
-function isRaw(x: unknown): x is RawImage | RgbImage {
-  return !!x && typeof x === 'object' && !(x instanceof Uint8Array) && (x as RawImage).data instanceof Uint8Array
-}
-
 function decoded(image: RgbImage): DecodedImage {
   return Object.assign(image, {
     toPNG: () => encodePng(image),
@@ -84,20 +72,6 @@ class SerialQueue {
     this.#tail = result.catch(() => undefined)
     return result
   }
-}
-
-async function toModelInput(input: ImageInput, size: number, resize: EncodeOptions['resize']): Promise<RgbImage> {
-  if (isRaw(input)) {
-    const channels = 'channels' in input ? input.channels : 3
-    if (channels === 3) return prepareImage({ data: input.data, width: input.width, height: input.height }, { size, resize })
-    if (![1, 2, 4].includes(channels)) throw invalidArgument(`raw image channels must be 1, 2, 3 or 4, got ${channels}`)
-    const expected = input.width * input.height * channels
-    if (input.data.length !== expected) {
-      throw new MarvelError('MARVEL_SHAPE_MISMATCH', `raw ${input.width}x${input.height}x${channels} image needs ${expected} bytes, got ${input.data.length}`)
-    }
-    return prepareImage(sharp(input.data, { raw: { width: input.width, height: input.height, channels } }), { size, resize })
-  }
-  return prepareImage(input, { size, resize })
 }
 
 /**
@@ -183,7 +157,7 @@ export class Tokenizer {
     let shape: number[] = []
     for (let start = 0; start < list.length; start += batchSize) {
       const chunk = list.slice(start, start + batchSize)
-      const prepared = await Promise.all(chunk.map((img) => toModelInput(img, size, resize)))
+      const prepared = await Promise.all(chunk.map((img) => prepareImage(img, { size, resize })))
       const rgb = new Uint8Array(prepared.length * frame)
       prepared.forEach((p, i) => rgb.set(p.data, i * frame))
       const ids = await this.#queue.run(() => model.encode(rgb, prepared.length, size, size))

@@ -2,14 +2,20 @@
 //! `maskgit-vqgan-imagenet-f16-256`): images <-> 16x16 grids of codes. TiTok's stage-1 training targets are
 //! its codes.
 
-use candle_core::{DType, Tensor};
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
 use super::config::MaskgitConfig;
 use super::decoder::MaskgitDecoder;
 use super::encoder::MaskgitEncoder;
 use super::quantizer::MaskgitQuantizer;
-use crate::error::Result;
+use crate::error::{MarvelError, Result};
+use crate::weights::{load_strict, LoadOptions};
+
+/// Weight files looked for in a MaskGIT-VQGAN folder, in order of preference (the last is the released name).
+pub const VQGAN_WEIGHT_FILES: [&str; 3] = ["model.safetensors", "pytorch_model.bin", "maskgit-vqgan-imagenet-f16-256.bin"];
 
 #[derive(Debug, Clone)]
 pub struct MaskgitVqgan {
@@ -29,6 +35,25 @@ impl MaskgitVqgan {
             quantize: MaskgitQuantizer::new(config, vb.pp("quantize"))?,
             decoder: MaskgitDecoder::new(config, vb.pp("decoder"))?,
         })
+    }
+
+    /// Loads a checkpoint strictly: `path` is a weights file (released sizes) or a folder with one of
+    /// [`VQGAN_WEIGHT_FILES`] and an optional `config.json` holding a `maskgit_vqgan` object.
+    pub fn from_pretrained(path: impl AsRef<Path>, device: &Device) -> Result<Self> {
+        let path = path.as_ref();
+        let (config, weights) = if path.is_dir() {
+            let cfg_path = path.join("config.json");
+            let config = if cfg_path.is_file() { MaskgitConfig::from_file(&cfg_path)? } else { MaskgitConfig::default() };
+            let weights = VQGAN_WEIGHT_FILES.iter().map(|f| path.join(f)).find(|p| p.is_file()).ok_or_else(|| {
+                MarvelError::Checkpoint(format!("{}: no {} found", path.display(), VQGAN_WEIGHT_FILES.join(" or ")))
+            })?;
+            (config, weights)
+        } else if path.is_file() {
+            (MaskgitConfig::default(), path.to_path_buf())
+        } else {
+            return Err(MarvelError::io(path, std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or folder")));
+        };
+        Ok(load_strict(weights, device, &LoadOptions::default(), |vb| Self::load(&config, vb))?.0)
     }
 
     pub fn config(&self) -> &MaskgitConfig {
