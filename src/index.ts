@@ -5,6 +5,7 @@
 export { MarvelError, type MarvelErrorCode } from './errors.js'
 export { encodePng, prepareImage, readImage, writePng, type ImageSource, type PrepareOptions, type RawImage, type RgbImage } from './image.js'
 export { compare, type ImageScores } from './metrics.js'
+export { lfqLosses, lfqQuantize, type LfqLosses, type LfqOptions } from './lfq.js'
 export { MaskgitVqgan } from './maskgit.js'
 export { matmul, type Tensor } from './tensor.js'
 export { Tokens, type TokensJSON, type TokensShape } from './tokens.js'

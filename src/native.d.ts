@@ -61,6 +61,37 @@ export interface ImageScores {
   ssim: Float64Array
 }
 
+/** The training losses of latents z `[B, N, bits]` over `depths` depths. */
+export declare function lfqLosses(z: Float32Array, shape: Array<number>, options: LfqOptions): Promise<LfqLossValues>
+
+export interface LfqLossValues {
+  commitment: number
+  entropy: number
+  perSampleEntropy: number
+  avgEntropy: number
+  total: number
+}
+
+/** LFQ settings; omitted fields take MARVEL's stage-1 values (β 0.25, w 0.02, τ 0.01, γ 1, full entropy). */
+export interface LfqOptions {
+  depths: number
+  commitmentCost?: number
+  entropyLossWeight?: number
+  entropyLossTemperature?: number
+  entropyGamma?: number
+  entropyGroups?: number
+}
+
+/** Quantize channels-last latents z `[B, N, bits]` over `depths` depths. */
+export declare function lfqQuantize(z: Float32Array, shape: Array<number>, options: LfqOptions): Promise<LfqQuantized>
+
+export interface LfqQuantized {
+  /** (B, N, depths) token ids, depth fastest. */
+  tokens: Uint32Array
+  /** Σ of the depth vectors, the decoder input: same shape as z. */
+  codes: Float32Tensor
+}
+
 /** Load a MaskGIT-VQGAN checkpoint (a weights file, or a folder with one and an optional config.json). */
 export declare function loadMaskgit(path: string): Promise<NativeMaskgit>
 

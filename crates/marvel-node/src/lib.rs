@@ -4,6 +4,7 @@
 #![deny(clippy::all)]
 
 mod metrics;
+mod lfq;
 mod maskgit;
 mod ops;
 mod task;
