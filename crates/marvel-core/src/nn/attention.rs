@@ -28,6 +28,12 @@ impl MultiheadAttention {
         })
     }
 
+    /// (in_proj weight, bias), (out_proj weight, bias), number of heads.
+    #[cfg(target_arch = "x86_64")] // read by the fused path only
+    pub(super) fn parts(&self) -> ((&Tensor, &Tensor), (&Tensor, &Tensor), usize) {
+        (linear_parts(&self.in_proj), linear_parts(&self.out_proj), self.num_heads)
+    }
+
     /// `xs`: (B, L, D), batch first (the reference permutes to sequence-first only to suit torch's API).
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let (b, l, d) = xs.dims3()?;
@@ -42,6 +48,12 @@ impl MultiheadAttention {
         let out = attn.matmul(&v)?.transpose(1, 2)?.reshape((b, l, d))?;
         self.out_proj.forward(&out)
     }
+}
+
+/// A linear layer's weight and bias; every linear layer of the block is built with a bias.
+#[cfg(target_arch = "x86_64")] // read by the fused path only
+pub(super) fn linear_parts(l: &Linear) -> (&Tensor, &Tensor) {
+    (l.weight(), l.bias().expect("the block's linear layers are built with a bias"))
 }
 
 impl Module for MultiheadAttention {

@@ -18,13 +18,38 @@ impl LayerNorm {
         Ok(Self { weight: vb.get(dim, "weight")?, bias: vb.get(dim, "bias")?, eps })
     }
 
-    /// candle's fused kernel records no backward pass, so it only serves untracked (inference) inputs.
+    /// weight, bias, eps.
+    #[cfg(target_arch = "x86_64")] // read by the fused path only
+    pub(super) fn parts(&self) -> (&Tensor, &Tensor, f64) {
+        (&self.weight, &self.bias, self.eps)
+    }
+
+    /// The fused kernels (ours on f32 CPU data, candle's elsewhere) record no backward pass, so they only serve
+    /// untracked (inference) inputs.
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         if super::needs_grad(&[xs, &self.weight, &self.bias]) {
-            self.forward_composed(xs)
-        } else {
-            candle_nn::ops::layer_norm(&xs.contiguous()?, &self.weight, &self.bias, self.eps as f32)
+            return self.forward_composed(xs);
         }
+        let xs = xs.contiguous()?;
+        #[cfg(target_arch = "x86_64")]
+        {
+            use super::fused::{layer_norm_rows, F32Data};
+            let views = (F32Data::of(&xs), F32Data::of(&self.weight), F32Data::of(&self.bias));
+            if let (Some(x), Some(w), Some(b)) = views {
+                if xs.dim(D::Minus1)? != w.get().len() || b.get().len() != w.get().len() {
+                    candle_core::bail!(
+                        "layer_norm: input {:?} does not end in the weight's {}",
+                        xs.dims(),
+                        w.get().len()
+                    );
+                }
+                // Two-pass variance like PyTorch; candle's kernel uses E[x²] - E[x]².
+                let mut out = vec![0f32; x.get().len()];
+                layer_norm_rows(&mut out, x.get(), w.get(), b.get(), self.eps as f32);
+                return Tensor::from_vec(out, xs.shape(), xs.device());
+            }
+        }
+        candle_nn::ops::layer_norm(&xs, &self.weight, &self.bias, self.eps as f32)
     }
 
     /// The same normalisation from elementary, differentiable ops (two passes: mean, then centred variance,

@@ -16,6 +16,12 @@ impl Mlp {
             c_proj: candle_nn::linear(hidden, width, vb.pp("c_proj"))?,
         })
     }
+
+    /// (c_fc weight, bias), (c_proj weight, bias).
+    #[cfg(target_arch = "x86_64")] // read by the fused path only
+    pub(super) fn parts(&self) -> ((&Tensor, &Tensor), (&Tensor, &Tensor)) {
+        (super::attention::linear_parts(&self.c_fc), super::attention::linear_parts(&self.c_proj))
+    }
 }
 
 impl Module for Mlp {

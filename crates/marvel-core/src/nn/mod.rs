@@ -1,13 +1,20 @@
 //! Transformer building blocks shared by the TiTok encoder and decoder, loaded from PyTorch state-dict names.
 //!
-//! Inference and training share these layers. Where candle's fastest kernel records no backward pass
-//! (`layer_norm`, `softmax_last_dim`), the layer checks whether the computation is being tracked for gradients
-//! and falls back to composed, differentiable ops only then.
+//! Inference and training share these layers. The fast kernels record no backward pass: our own (`fused`, for a
+//! stack of transformer blocks, layer norm and softmax on f32 CPU data, x86-64 only) and candle's
+//! (`layer_norm`, `softmax_last_dim`) elsewhere. So each layer checks whether the computation is being tracked
+//! for gradients and falls back to composed, differentiable ops then.
 
 mod attention;
 mod block;
+#[cfg(target_arch = "x86_64")]
+mod fused;
+#[cfg(target_arch = "x86_64")]
+mod kernels;
 mod layer_norm;
 mod mlp;
+#[cfg(target_arch = "x86_64")]
+mod sgemm;
 
 pub use attention::MultiheadAttention;
 pub use block::ResidualAttentionBlock;
@@ -25,10 +32,17 @@ pub(crate) fn needs_grad(tensors: &[&Tensor]) -> bool {
 /// when gradients are tracked.
 pub fn softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
     if needs_grad(&[xs]) {
-        candle_nn::ops::softmax(xs, D::Minus1)
-    } else {
-        candle_nn::ops::softmax_last_dim(&xs.contiguous()?)
+        return candle_nn::ops::softmax(xs, D::Minus1);
     }
+    let xs = xs.contiguous()?;
+    #[cfg(target_arch = "x86_64")]
+    if let Some(data) = fused::F32Data::of(&xs) {
+        // candle's kernel calls libm's exp per element; this one is vectorised.
+        let mut out = data.get().to_vec();
+        fused::softmax_rows(&mut out, xs.dim(D::Minus1)?);
+        return Tensor::from_vec(out, xs.shape(), xs.device());
+    }
+    candle_nn::ops::softmax_last_dim(&xs)
 }
 
 /// A 1x1 convolution's weight `(out, in, 1, 1)` as a linear layer's `(out, in)`: on channels-last data the two

@@ -98,9 +98,7 @@ impl TitokDecoder {
 
         let mut xs = Tensor::cat(&[&queries, &latents], 1)?;
         xs = self.ln_pre.forward(&xs)?;
-        for block in &self.transformer {
-            xs = block.forward(&xs)?;
-        }
+        xs = ResidualAttentionBlock::forward_all(&self.transformer, &xs)?;
         self.ln_post.forward(&xs.narrow(1, 1, g * g)?)
     }
 

@@ -1,0 +1,338 @@
+//! The transformer block's inference path on the CPU: f32, contiguous, no gradient tracked.
+//!
+//! candle runs a block as ~20 separate ops, and all but the matmuls are single-threaded passes over memory
+//! (bias adds, GELU through libm, the q/k/v permute copies, the scaling, the head transpose, the residual adds),
+//! while attention's small per-head products each fork the thread pool. Here the block is seven passes:
+//! - every linear layer is one product over all B·L rows, reading PyTorch's (out, in) weight in place
+//!   (`super::sgemm` for up to ~1000 rows on AVX-512 CPUs, the `gemm` crate otherwise);
+//! - the residual and the bias are written first and the product accumulated onto them (gemm's `read_dst`),
+//!   so neither costs a pass of its own;
+//! - c_fc's bias and the GELU are one parallel pass;
+//! - attention runs one (image, head) pair per task, single-threaded gemms reading q, k and v in place from the
+//!   packed projection through strides, the 1/√hd scale folded into the q·kᵀ product, softmax on the scores
+//!   while they are in cache, and each head's output written straight into its columns of the result;
+//! - a stack of blocks shares one set of scratch buffers.
+
+use std::ops::Range;
+
+use candle_core::{CpuStorage, DType, Storage, StorageRef, Tensor};
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+use super::{kernels, sgemm};
+
+/// The data of a contiguous f32 tensor in CPU memory, borrowed (a read lock on its storage).
+pub(crate) struct F32Data<'a> {
+    storage: StorageRef<'a>,
+    range: Range<usize>,
+}
+
+impl<'a> F32Data<'a> {
+    /// `None` unless `t` is f32, on the CPU and contiguous.
+    pub(crate) fn of(t: &'a Tensor) -> Option<Self> {
+        if t.dtype() != DType::F32 {
+            return None;
+        }
+        let (storage, layout) = t.storage_and_layout();
+        let (start, end) = layout.contiguous_offsets()?;
+        matches!(&*storage, Storage::Cpu(CpuStorage::F32(_))).then_some(Self { storage, range: start..end })
+    }
+
+    pub(crate) fn get(&self) -> &[f32] {
+        match &*self.storage {
+            Storage::Cpu(CpuStorage::F32(v)) => &v[self.range.clone()],
+            _ => unreachable!("checked in F32Data::of"),
+        }
+    }
+}
+
+/// A linear layer's stored parameters: weight (out, in) row-major, bias (out).
+pub(crate) struct LinearData<'a> {
+    pub weight: F32Data<'a>,
+    pub bias: F32Data<'a>,
+}
+
+/// A layer norm's stored parameters.
+pub(crate) struct NormData<'a> {
+    pub weight: F32Data<'a>,
+    pub bias: F32Data<'a>,
+    pub eps: f32,
+}
+
+/// The parameters of a pre-LN residual attention block, as the fused path reads them.
+pub(crate) struct BlockData<'a> {
+    pub ln_1: NormData<'a>,
+    pub in_proj: LinearData<'a>,
+    pub out_proj: LinearData<'a>,
+    pub ln_2: NormData<'a>,
+    pub c_fc: LinearData<'a>,
+    pub c_proj: LinearData<'a>,
+    pub num_heads: usize,
+}
+
+/// The blocks in sequence on `x` ((B·L, D) row-major); returns the last one's output.
+pub(crate) fn blocks_forward(x: &[f32], b: usize, l: usize, d: usize, blocks: &[BlockData]) -> Vec<f32> {
+    let rows = b * l;
+    let hidden = blocks.iter().map(|p| p.c_fc.bias.get().len()).max().unwrap_or(0);
+    // Allocated once for the whole stack: fresh pages cost a fault each, and the allocator hands back zeroed
+    // memory that it had to clear itself when it recycles. Both were ~5-10% of a block.
+    let mut scratch = Scratch {
+        h: vec![0f32; rows * d],
+        qkv: vec![0f32; rows * 3 * d],
+        x1: vec![0f32; rows * d],
+        f: vec![0f32; rows * hidden],
+    };
+    let mut out = vec![0f32; rows * d];
+    let mut next = vec![0f32; if blocks.len() > 1 { rows * d } else { 0 }];
+    for (i, p) in blocks.iter().enumerate() {
+        if i == 0 {
+            block_forward(x, &mut out, b, l, d, p, &mut scratch);
+        } else {
+            block_forward(&out, &mut next, b, l, d, p, &mut scratch);
+            std::mem::swap(&mut out, &mut next);
+        }
+    }
+    out
+}
+
+/// Buffers a block needs besides its input and output.
+struct Scratch {
+    h: Vec<f32>,
+    qkv: Vec<f32>,
+    x1: Vec<f32>,
+    f: Vec<f32>,
+}
+
+/// out = x + attn(ln_1(x)), then + mlp(ln_2(x)), for `x` (B·L, D) row-major.
+fn block_forward(x: &[f32], out: &mut [f32], b: usize, l: usize, d: usize, p: &BlockData, s: &mut Scratch) {
+    let rows = b * l;
+    let hidden = p.c_fc.bias.get().len();
+    let (h, qkv, x1, f) =
+        (&mut s.h[..rows * d], &mut s.qkv[..rows * 3 * d], &mut s.x1[..rows * d], &mut s.f[..rows * hidden]);
+    layer_norm(h, x, &p.ln_1);
+    linear(qkv, None, h, &p.in_proj);
+    let attn = h; // ln_1's output is spent: the heads' outputs take its place
+    attention(qkv, attn, b, l, d, p.num_heads);
+    linear(x1, Some(x), attn, &p.out_proj);
+
+    let h2 = attn;
+    layer_norm(h2, x1, &p.ln_2);
+    gemm_wt(f, false, h2, p.c_fc.weight.get(), rows, d, hidden);
+    let bias = p.c_fc.bias.get();
+    par_rows(f, hidden, |rows| kernels::bias_gelu(rows, bias));
+    linear(out, Some(x1), f, &p.c_proj);
+}
+
+fn layer_norm(dst: &mut [f32], src: &[f32], ln: &NormData) {
+    layer_norm_rows(dst, src, ln.weight.get(), ln.bias.get(), ln.eps)
+}
+
+/// LayerNorm of each row, in parallel over blocks of rows.
+pub(crate) fn layer_norm_rows(dst: &mut [f32], src: &[f32], weight: &[f32], bias: &[f32], eps: f32) {
+    let d = weight.len();
+    if d == 0 || dst.is_empty() {
+        return;
+    }
+    let per_task = rows_per_task(dst.len() / d);
+    dst.par_chunks_mut(per_task * d)
+        .zip(src.par_chunks(per_task * d))
+        .for_each(|(o, x)| kernels::layer_norm_rows(o, x, weight, bias, eps));
+}
+
+/// dst (rows, out) = [residual +] a (rows, in) · wᵀ + bias.
+fn linear(dst: &mut [f32], residual: Option<&[f32]>, a: &[f32], lin: &LinearData) {
+    let (w, bias) = (lin.weight.get(), lin.bias.get());
+    let (n, k) = (bias.len(), w.len() / bias.len());
+    let m = a.len() / k;
+    match residual {
+        Some(r) => par_rows2(dst, r, n, |o, x| kernels::add_bias(o, x, bias)),
+        None => par_rows(dst, n, |o| {
+            for row in o.chunks_exact_mut(n) {
+                row.copy_from_slice(bias)
+            }
+        }),
+    }
+    gemm_wt(dst, true, a, w, m, k, n);
+}
+
+/// Below this many rows `sgemm` beats the `gemm` crate on the block's shapes; from ~1500 on it trails (see there).
+const SGEMM_MAX_ROWS: usize = 1024;
+
+/// dst (m, n) = [dst +] a (m, k) · wᵀ, for a weight `w` stored (n, k) row-major, as nn.Linear keeps it; on the
+/// whole compute pool.
+fn gemm_wt(dst: &mut [f32], accumulate: bool, a: &[f32], w: &[f32], m: usize, k: usize, n: usize) {
+    assert!(dst.len() == m * n && a.len() == m * k && w.len() == n * k, "gemm_wt: sizes do not match");
+    let threads = rayon::current_num_threads();
+    if m < SGEMM_MAX_ROWS && sgemm::available() {
+        // SAFETY: AVX-512F is there; the sizes were checked above; dst is borrowed mutably, a and w shared.
+        unsafe { sgemm::sgemm_wt(m, n, k, a.as_ptr(), k, w.as_ptr(), k, dst.as_mut_ptr(), n, accumulate, threads) };
+        return;
+    }
+    // SAFETY: the three buffers hold m·n, m·k and n·k values, and the strides below stay inside them.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.as_ptr(),
+            1,
+            k as isize,
+            w.as_ptr(),
+            k as isize, // wᵀ[i][j] = w[j][i]: columns k apart,
+            1,          // rows adjacent
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None },
+        )
+    }
+}
+
+/// softmax(q·kᵀ/√hd)·v for every image and head, from the packed projection `qkv` ((B·L, 3D) rows of
+/// [q | k | v], heads side by side within each) into `out` ((B·L, D), heads side by side, as torch concatenates
+/// them).
+fn attention(qkv: &[f32], out: &mut [f32], b: usize, l: usize, d: usize, heads: usize) {
+    let hd = d / heads;
+    assert!(qkv.len() == b * l * 3 * d && out.len() == b * l * d && hd * heads == d, "attention: sizes do not match");
+    let scale = 1.0 / (hd as f32).sqrt();
+    let out_ptr = SharedMut(out.as_mut_ptr());
+    (0..b * heads).into_par_iter().for_each_init(
+        || (vec![0f32; l * l], vec![0f32; l]),
+        |(scores, inv_sums), task| {
+            let (img, head) = (task / heads, task % heads);
+            let q = &qkv[img * l * 3 * d + head * hd..];
+            let (k, v) = (&q[d..], &q[2 * d..]);
+            let row = 3 * d as isize;
+            // SAFETY: q, k and v are read at rows r·3D + c for r < L, c < hd, inside `qkv` (asserted above);
+            // `scores` holds L·L values. Task (img, head) alone writes rows img·L.. and columns head·hd.. of `out`,
+            // a block no other task touches, and `out` outlives the parallel loop.
+            unsafe {
+                let dst = out_ptr.get().add(img * l * d + head * hd);
+                // scores = (q / √hd) · kᵀ: kᵀ[c][j] = k[j][c], columns one row of qkv apart.
+                gemm::gemm(
+                    l,
+                    l,
+                    hd,
+                    scores.as_mut_ptr(),
+                    1,
+                    l as isize,
+                    false,
+                    q.as_ptr(),
+                    1,
+                    row,
+                    k.as_ptr(),
+                    row,
+                    1,
+                    0.0,
+                    scale,
+                    false,
+                    false,
+                    false,
+                    Parallelism::None,
+                );
+                kernels::softmax_exp_rows(scores, l, inv_sums);
+                gemm::gemm(
+                    l,
+                    hd,
+                    l,
+                    dst,
+                    1,
+                    d as isize,
+                    false,
+                    scores.as_ptr(),
+                    1,
+                    l as isize,
+                    v.as_ptr(),
+                    1,
+                    row,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    Parallelism::None,
+                );
+                // Normalising the hd-wide output rows is cheaper than the L-wide probability rows.
+                for (i, s) in inv_sums.iter().enumerate() {
+                    kernels::scale(std::slice::from_raw_parts_mut(dst.add(i * d), hd), *s);
+                }
+            }
+        },
+    );
+}
+
+/// A pointer that parallel tasks write through, each to its own disjoint part.
+#[derive(Clone, Copy)]
+struct SharedMut(*mut f32);
+// SAFETY: used only where each task writes a region no other task reads or writes (see `attention`).
+unsafe impl Send for SharedMut {}
+unsafe impl Sync for SharedMut {}
+impl SharedMut {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// Rows per parallel task: a few tasks per thread, for balance, and at least 8 rows, so a task is worth its cost.
+fn rows_per_task(rows: usize) -> usize {
+    rows.div_ceil(4 * rayon::current_num_threads()).max(8)
+}
+
+/// Softmax of each row (`cols` wide), in place, in parallel over blocks of rows.
+pub(crate) fn softmax_rows(xs: &mut [f32], cols: usize) {
+    par_rows(xs, cols, |rows| kernels::softmax_rows(rows, cols));
+}
+
+fn par_rows(xs: &mut [f32], cols: usize, f: impl Fn(&mut [f32]) + Sync) {
+    if cols == 0 || xs.is_empty() {
+        return;
+    }
+    let per_task = rows_per_task(xs.len() / cols) * cols;
+    xs.par_chunks_mut(per_task).for_each(&f);
+}
+
+fn par_rows2(xs: &mut [f32], ys: &[f32], cols: usize, f: impl Fn(&mut [f32], &[f32]) + Sync) {
+    if cols == 0 || xs.is_empty() {
+        return;
+    }
+    let per_task = rows_per_task(xs.len() / cols) * cols;
+    xs.par_chunks_mut(per_task).zip(ys.par_chunks(per_task)).for_each(|(x, y)| f(x, y));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The strided, fused attention against a plain per-head loop in f64.
+    #[test]
+    fn attention_matches_naive_per_head_loop() {
+        let (b, l, d, heads) = (2, 13, 12, 3);
+        let hd = d / heads;
+        let qkv: Vec<f32> = (0..b * l * 3 * d).map(|i| ((i * 7919 % 211) as f32 - 105.0) * 0.02).collect();
+        let mut out = vec![0f32; b * l * d];
+        attention(&qkv, &mut out, b, l, d, heads);
+        for img in 0..b {
+            for h in 0..heads {
+                let at = |r: usize, part: usize, c: usize| qkv[(img * l + r) * 3 * d + part * d + h * hd + c] as f64;
+                for i in 0..l {
+                    let s: Vec<f64> = (0..l)
+                        .map(|j| (0..hd).map(|c| at(i, 0, c) * at(j, 1, c)).sum::<f64>() / (hd as f64).sqrt())
+                        .collect();
+                    let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                    let z: f64 = s.iter().map(|v| (v - m).exp()).sum();
+                    for c in 0..hd {
+                        let want: f64 = (0..l).map(|j| (s[j] - m).exp() / z * at(j, 2, c)).sum();
+                        let got = out[(img * l + i) * d + h * hd + c] as f64;
+                        assert!((got - want).abs() < 1e-5, "img {img} head {h} row {i} col {c}: {got} vs {want}");
+                    }
+                }
+            }
+        }
+    }
+}
