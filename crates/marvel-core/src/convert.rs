@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use crate::config::TitokConfig;
 use crate::error::{MarvelError, Result};
-use crate::model::titok::{Titok, WEIGHT_FILES};
+use crate::model::titok::{weights_file, Titok};
 use crate::weights::{Checkpoint, LoadOptions};
 
 /// The TiTok `config.json` turned into its MARVEL counterpart: `quantize_mode` "lfq" with `num_depths`, the
@@ -47,10 +47,7 @@ pub fn marvel_from_titok(src: impl AsRef<Path>, dst: impl AsRef<Path>, num_depth
     let config_path = src.join("config.json");
     let text = std::fs::read_to_string(&config_path).map_err(|e| MarvelError::io(&config_path, e))?;
     let marvel_json = marvel_config_json(&text, num_depths)?;
-    let weights = WEIGHT_FILES.iter().map(|f| src.join(f)).find(|p| p.is_file()).ok_or_else(|| {
-        MarvelError::Checkpoint(format!("{}: no {} found", src.display(), WEIGHT_FILES.join(" or ")))
-    })?;
-    let ckpt = Checkpoint::open(&weights)?;
+    let ckpt = Checkpoint::open(weights_file(src)?)?;
     let tensors: HashMap<String, Tensor> = ckpt
         .tensors()
         .keys()

@@ -7,10 +7,10 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 
 use crate::config::{QuantizerConfig, TitokConfig};
-use crate::error::{MarvelError, Result};
+use crate::error::Result;
 use crate::quantize::lfq::token_bytes;
-use crate::model::titok::{images_from_u8_nhwc, images_to_u8_nhwc, Titok, WEIGHT_FILES};
-use crate::weights::{build_shape_only, LoadOptions};
+use crate::model::titok::{images_from_u8_nhwc, images_to_u8_nhwc, Titok};
+use crate::weights::build_shape_only;
 use crate::{invalid, shape_mismatch};
 
 /// Images per forward pass: bounds activation memory for large batches (the L-32 encoder holds ~0.5 GB of
@@ -100,16 +100,7 @@ fn bits_for(codebook_size: u64) -> u32 {
 impl Tokenizer {
     /// Loads a model folder (`config.json` + `model.safetensors` or `pytorch_model.bin`), strictly.
     pub fn from_pretrained(dir: impl AsRef<Path>) -> Result<Self> {
-        let dir = dir.as_ref();
-        if !dir.is_dir() {
-            return Err(MarvelError::io(dir, std::io::Error::new(std::io::ErrorKind::NotFound, "model folder not found")));
-        }
-        let cfg = TitokConfig::from_path(dir.join("config.json"))?;
-        let weights = WEIGHT_FILES.iter().map(|f| dir.join(f)).find(|p| p.is_file()).ok_or_else(|| {
-            MarvelError::Checkpoint(format!("{}: no {} found", dir.display(), WEIGHT_FILES.join(" or ")))
-        })?;
-        let (model, _) = Titok::load(&cfg, weights, &Device::Cpu, &LoadOptions::default())?;
-        Self::new(model)
+        Self::new(Titok::from_pretrained(dir, &Device::Cpu)?)
     }
 
     pub fn new(model: Titok) -> Result<Self> {

@@ -49,6 +49,13 @@ pub struct Titok {
 /// Weight files looked for in a model folder, in order of preference.
 pub const WEIGHT_FILES: [&str; 2] = ["model.safetensors", "pytorch_model.bin"];
 
+/// The first of [`WEIGHT_FILES`] present in `dir`.
+pub fn weights_file(dir: &Path) -> Result<std::path::PathBuf> {
+    WEIGHT_FILES.iter().map(|f| dir.join(f)).find(|p| p.is_file()).ok_or_else(|| {
+        MarvelError::Checkpoint(format!("{}: no {} found", dir.display(), WEIGHT_FILES.join(" or ")))
+    })
+}
+
 impl Titok {
     /// Builds the model under `vb`, whose root holds the reference's keys (`encoder.*`, `decoder.*`,
     /// `latent_tokens`, `quantize.*`, and for two-stage models `pixel_quantize.*`, `pixel_decoder.*`).
@@ -79,11 +86,11 @@ impl Titok {
     /// Loads a model folder: `config.json` plus `model.safetensors` (or `pytorch_model.bin`), strictly.
     pub fn from_pretrained(dir: impl AsRef<Path>, device: &Device) -> Result<Self> {
         let dir = dir.as_ref();
+        if !dir.is_dir() {
+            return Err(MarvelError::io(dir, std::io::Error::new(std::io::ErrorKind::NotFound, "model folder not found")));
+        }
         let cfg = TitokConfig::from_path(dir.join("config.json"))?;
-        let weights = WEIGHT_FILES.iter().map(|f| dir.join(f)).find(|p| p.is_file()).ok_or_else(|| {
-            MarvelError::Checkpoint(format!("{}: no {} found", dir.display(), WEIGHT_FILES.join(" or ")))
-        })?;
-        Ok(Self::load(&cfg, weights, device, &LoadOptions::default())?.0)
+        Ok(Self::load(&cfg, weights_file(dir)?, device, &LoadOptions::default())?.0)
     }
 
     /// Builds the model for `cfg` from one weight file; see [`crate::weights::load_strict`] for the checks.
