@@ -294,3 +294,16 @@ describe('Tokens', () => {
     expect(() => new Tokens(new Uint32Array(4), { batch: 1, depth: 1, numTokens: 4 }, 40)).toThrow(/bitsPerToken/)
   })
 })
+
+describe('Tokens.concat', () => {
+  it('joins batches depth-major and refuses mismatched parts', () => {
+    const a = new Tokens(Uint32Array.from([1, 2, 10, 20]), { batch: 1, depth: 2, numTokens: 2 }, 6)
+    const b = new Tokens(Uint32Array.from([3, 4, 5, 6, 30, 40, 50, 60]), { batch: 2, depth: 2, numTokens: 2 }, 6)
+    const c = Tokens.concat([a, b])
+    expect(c.shape).toEqual({ batch: 3, depth: 2, numTokens: 2 })
+    expect(Array.from(c.data)).toEqual([1, 2, 3, 4, 5, 6, 10, 20, 30, 40, 50, 60])
+    expect(Array.from(c.image(2).data)).toEqual([5, 6, 50, 60])
+    expect(() => Tokens.concat([a, a.slice(1)])).toThrow(/same depth/)
+    expect(() => Tokens.concat([])).toThrow(/nothing to join/)
+  })
+})

@@ -153,29 +153,17 @@ export class Tokenizer {
   async #encodeWith(model: NativeTokenizer, list: ImageInput[], batchSize: number, resize: EncodeOptions['resize']): Promise<Tokens> {
     const size = this.info.imageSize
     const frame = size * size * 3
-    const parts: Uint32Array[] = []
-    let shape: number[] = []
+    const parts: Tokens[] = []
     for (let start = 0; start < list.length; start += batchSize) {
       const chunk = list.slice(start, start + batchSize)
       const prepared = await Promise.all(chunk.map((img) => prepareImage(img, { size, resize })))
       const rgb = new Uint8Array(prepared.length * frame)
       prepared.forEach((p, i) => rgb.set(p.data, i * frame))
       const ids = await this.#queue.run(() => model.encode(rgb, prepared.length, size, size))
-      parts.push(ids.data)
-      shape = ids.shape
+      const [depth, batch, numTokens] = ids.shape
+      parts.push(new Tokens(ids.data, { batch, depth, numTokens }, this.info.bitsPerToken))
     }
-    const [depth, , numTokens] = shape
-    const batch = list.length
-    if (parts.length === 1) return new Tokens(parts[0], { batch, depth, numTokens }, this.info.bitsPerToken)
-    // Interleave the chunks back into one depth-major buffer.
-    const data = new Uint32Array(depth * batch * numTokens)
-    let offset = 0
-    for (const part of parts) {
-      const b = part.length / (depth * numTokens)
-      for (let d = 0; d < depth; d++) data.set(part.subarray(d * b * numTokens, (d + 1) * b * numTokens), (d * batch + offset) * numTokens)
-      offset += b
-    }
-    return new Tokens(data, { batch, depth, numTokens }, this.info.bitsPerToken)
+    return Tokens.concat(parts)
   }
 
   /** Decode tokens to RGB images, at every depth they hold or the first `options.depth`. */

@@ -93,6 +93,30 @@ export class Tokens {
     return new Tokens(out, { batch: 1, depth, numTokens }, this.bitsPerToken)
   }
 
+  /** Join batches of tokens (same depth, token count and bits) into one batch, in order. */
+  static concat(parts: readonly Tokens[]): Tokens {
+    if (parts.length === 0) throw invalidArgument('Tokens.concat: nothing to join')
+    if (parts.length === 1) return parts[0]
+    const { depth, numTokens } = parts[0].shape
+    const bits = parts[0].bitsPerToken
+    for (const p of parts) {
+      if (p.depth !== depth || p.numTokens !== numTokens || p.bitsPerToken !== bits) {
+        throw new MarvelError('MARVEL_SHAPE_MISMATCH', 'Tokens.concat: every part needs the same depth, token count and bits')
+      }
+    }
+    const batch = parts.reduce((n, p) => n + p.batch, 0)
+    const data = new Uint32Array(depth * batch * numTokens)
+    let offset = 0
+    // Depth-major: each part's block for depth d lands after the earlier parts' images at that depth.
+    for (const part of parts) {
+      for (let d = 0; d < depth; d++) {
+        data.set(part.data.subarray(d * part.batch * numTokens, (d + 1) * part.batch * numTokens), (d * batch + offset) * numTokens)
+      }
+      offset += part.batch
+    }
+    return new Tokens(data, { batch, depth, numTokens }, bits)
+  }
+
   /** Compact bytes: a 20-byte header then each id in `bitsPerToken` bits (32 tokens x 4 depths x 12 bits = 192 bytes). */
   toBytes(): Buffer {
     const { depth, batch, numTokens } = this.shape

@@ -142,22 +142,6 @@ export async function readTokenFile(path: string): Promise<{ tokens: Tokens; fil
   return { tokens, files }
 }
 
-/** Join per-batch tokens (each depth-major) into one container, copying one depth slab of each part at a time. */
-export function concatTokens(parts: Tokens[]): Tokens {
-  if (parts.length === 1) return parts[0]
-  const { depth, numTokens } = parts[0].shape
-  const batch = parts.reduce((n, p) => n + p.batch, 0)
-  const data = new Uint32Array(depth * batch * numTokens)
-  let offset = 0
-  for (const part of parts) {
-    for (let d = 0; d < depth; d++) {
-      data.set(part.data.subarray(d * part.batch * numTokens, (d + 1) * part.batch * numTokens), (d * batch + offset) * numTokens)
-    }
-    offset += part.batch
-  }
-  return new Tokens(data, { batch, depth, numTokens }, parts[0].bitsPerToken)
-}
-
 /** Print a value as JSON on stdout (Infinity, which JSON lacks, becomes null). */
 export function printJson(value: unknown): void {
   process.stdout.write(JSON.stringify(value, (_, v) => (typeof v === 'number' && !Number.isFinite(v) ? null : v), 2) + '\n')

@@ -3,12 +3,13 @@ import { join } from 'node:path'
 
 import type { Command } from 'commander'
 
+import { Tokens } from '../tokens.js'
+
 import {
   addBatchOption,
   addModelOption,
   batches,
   checkDepth,
-  concatTokens,
   ensureDir,
   loadModel,
   outputNames,
@@ -55,7 +56,7 @@ async function decode(file: string, flags: DecodeFlags): Promise<void> {
     try {
       const indices = Array.from({ length: tokens.batch }, (_, i) => i)
       for (const chunk of batches(indices, flags.batchSize)) {
-        const part = chunk.length === tokens.batch ? tokens : concatTokens(chunk.map((i) => tokens.image(i)))
+        const part = chunk.length === tokens.batch ? tokens : Tokens.concat(chunk.map((i) => tokens.image(i)))
         const images = await tok.decode(part, { depth })
         for (const [k, image] of images.entries()) {
           const path = join(flags.out, `${names[chunk[k]]}.png`)

@@ -3,14 +3,13 @@ import { dirname, extname } from 'node:path'
 
 import { Option, type Command } from 'commander'
 
-import type { Tokens } from '../tokens.js'
+import { Tokens } from '../tokens.js'
 import {
   UsageError,
   addBatchOption,
   addModelOption,
   batches,
   checkDepth,
-  concatTokens,
   ensureDir,
   fileSize,
   loadModel,
@@ -71,7 +70,7 @@ async function encode(args: string[], flags: EncodeFlags): Promise<void> {
     } finally {
       progress.done()
     }
-    const tokens = concatTokens(parts)
+    const tokens = Tokens.concat(parts)
     await ensureDir(dirname(flags.out))
     if (format === 'bin') {
       await writeOutput(flags.out, tokens.toBytes())
