@@ -12,6 +12,7 @@ pub mod quantize;
 pub mod runtime;
 pub mod tensor;
 pub mod tokenizer;
+pub mod train;
 pub mod weights;
 
 pub use error::{MarvelError, Result};

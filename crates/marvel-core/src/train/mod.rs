@@ -1,0 +1,22 @@
+//! Training building blocks that follow the reference training code (bytedance/1d-tokenizer
+//! `utils/train_utils.py`, `utils/lr_schedulers.py`, `modeling/modules/ema_model.py`) number for number, checked
+//! against the `optim_schedule_ema` fixture. Per optimizer step the reference loop runs: backward (accumulated
+//! over micro-batches), [`clip_grad_norm`], [`AdamW::step`] with the [`CosineSchedule`]'s rate, then
+//! [`Ema::update`]. Nothing here draws random numbers.
+
+pub mod accumulate;
+pub mod clip;
+pub mod ema;
+pub mod grads;
+pub mod optim;
+pub mod schedule;
+
+pub use accumulate::GradAccumulator;
+pub use clip::{clip_grad_norm, global_norm, ClipOutcome};
+pub use ema::{Ema, EmaConfig};
+pub use grads::Gradients;
+pub use optim::{excluded_from_weight_decay, AdamW, AdamWConfig};
+pub use schedule::CosineSchedule;
+
+#[cfg(test)]
+mod parity_tests;
