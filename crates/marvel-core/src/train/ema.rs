@@ -4,11 +4,11 @@
 //! Decay at optimization step t (counted by the EMA itself, 1 at the first call):
 //! s = max(0, t - update_after_step - 1); decay = 0 when s <= 0, else (1 + s) / (10 + s), or with
 //! use_ema_warmup 1 - (1 + s / inv_gamma)^-power; then min(decay, `decay`) and max(., min_decay). With the
-//! reference's settings (decay 0.999, nothing else set) that is 0, 2/11, 3/12, ..., reaching 0.999 after 8990
-//! steps. The update is float32: shadow = shadow - (1 - decay) * (shadow - p), 1 - decay computed in double and
-//! rounded to float32 (a python float times a tensor); the first step (decay 0) makes shadow = p up to the last
-//! bit. Parameters that do not train (requires_grad false) are copied instead. With update_every k the update
-//! (and the decay's computation) happens only at t = 1, 1 + k, 1 + 2k, ..., while t counts every call.
+//! reference's settings (decay 0.999, nothing else set) that is 0, 2/11, 3/12, ..., reaching 0.999 at step 8991.
+//! The update is float32: shadow = shadow - (1 - decay) * (shadow - p), 1 - decay computed in double and rounded
+//! to float32 (a python float times a tensor); the first step (decay 0) makes shadow = p up to the last bit.
+//! Parameters that do not train (requires_grad false) are copied instead. With update_every k the update (and the
+//! decay's computation) happens only at t = 1, 1 + k, 1 + 2k, ..., while t counts every call.
 
 use std::collections::HashMap;
 
@@ -144,7 +144,7 @@ impl Ema {
     pub fn update(&mut self, params: &[(String, Var)]) -> Result<Option<f64>> {
         let current = self.check_params(params)?;
         self.optimization_step += 1;
-        if (self.optimization_step - 1) % self.config.update_every != 0 {
+        if !(self.optimization_step - 1).is_multiple_of(self.config.update_every) {
             return Ok(None);
         }
         let decay = self.config.decay_at(self.optimization_step);
@@ -232,7 +232,8 @@ impl Ema {
             Some(t) => match read_count(t) {
                 Some(step) => Some(step),
                 None => {
-                    problems.push(format!("`optimization_step` must be one I64 value >= 0, got {:?} {:?}", t.dtype(), t.dims()));
+                    let (dt, td) = (t.dtype(), t.dims());
+                    problems.push(format!("`optimization_step` must be one I64 value >= 0, got {dt:?} {td:?}"));
                     None
                 }
             },

@@ -111,7 +111,8 @@ fn mismatched_parameters_and_states_are_refused() {
     assert!(err.to_string().contains("`shadow.b` is missing"), "{err}");
     assert!(err.to_string().contains("`optimization_step` must be"), "{err}");
 
-    for bad in [EmaConfig { decay: 1.5, ..EmaConfig::reference() }, EmaConfig { update_every: 0, ..EmaConfig::reference() }] {
+    let reference = EmaConfig::reference();
+    for bad in [EmaConfig { decay: 1.5, ..reference }, EmaConfig { update_every: 0, ..reference }] {
         assert_eq!(Ema::new(bad, &params, |_| true).unwrap_err().code(), "MARVEL_INVALID_ARGUMENT");
     }
 }

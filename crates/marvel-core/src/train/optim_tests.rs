@@ -59,7 +59,7 @@ fn the_no_decay_rule_is_the_reference_substring_rule() {
     assert_eq!(opt.weight_decay_of("other"), None);
 }
 
-/// torch's AdamW step written out element by element in float32 with double scalars.
+/// torch's AdamW step written out element by element in float32 with double scalars and true FMAs.
 fn reference_step(p: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32], t: u64, wd: f64, c: &AdamWConfig) {
     let lr = c.learning_rate;
     let decay = (1.0 - lr * wd) as f32;
@@ -70,8 +70,8 @@ fn reference_step(p: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32], t: u64
         if wd != 0.0 {
             p[i] *= decay;
         }
-        m[i] = m[i] + w1 * (g[i] - m[i]);
-        v[i] = v[i] * b2 + w2 * g[i] * g[i];
+        m[i] = w1.mul_add(g[i] - m[i], m[i]);
+        v[i] = (w2 * g[i]).mul_add(g[i], v[i] * b2);
         let denom = v[i].sqrt() / bc2_sqrt + c.epsilon as f32;
         p[i] += neg_step * m[i] / denom;
     }
@@ -80,7 +80,8 @@ fn reference_step(p: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32], t: u64
 #[test]
 fn steps_match_torch_adamw_written_out_in_float32() {
     let ps = params(2);
-    let mut want: Vec<(Vec<f32>, Vec<f32>, Vec<f32>, f64)> = ps
+    // per parameter: value, m, v, weight decay
+    let mut want: Vec<_> = ps
         .iter()
         .map(|(n, v)| {
             let p = values(v.as_tensor());
@@ -148,7 +149,8 @@ fn restoring_the_state_continues_bit_for_bit() {
         opt1.step(&grads(4, k)).unwrap();
     }
     let state = through_file(opt1.state().unwrap(), "optimizer.safetensors");
-    let weights = through_file(first.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect(), "model.safetensors");
+    let model = first.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect();
+    let weights = through_file(model, "model.safetensors");
     drop(opt1);
     let resumed: Vec<(String, Var)> =
         first.iter().map(|(n, _)| (n.clone(), Var::from_tensor(&weights[n]).unwrap())).collect();
@@ -192,7 +194,9 @@ fn a_bad_state_is_refused_whole_and_changes_nothing() {
     let err = opt.load_state(&bad).unwrap_err();
     assert_eq!(err.code(), "MARVEL_CHECKPOINT");
     let msg = err.to_string();
-    for part in ["`exp_avg.proj.weight` is F32 [6, 4]", "`proj.bias` needs all of", "`step.nothing`", "`momentum.proj.weight`"] {
+    let parts =
+        ["`exp_avg.proj.weight` is F32 [6, 4]", "`proj.bias` needs all of", "`step.nothing`", "`momentum.proj.weight`"];
+    for part in parts {
         assert!(msg.contains(part), "{part} missing from: {msg}");
     }
     assert_eq!(bits(opt.moments("proj.weight").unwrap().0), before);

@@ -23,7 +23,8 @@ struct Case {
 impl Case {
     fn load() -> Case {
         let fx = Fixture::load(CASE);
-        let config: Value = serde_json::from_str(&std::fs::read_to_string(fx.dir.join("config.json")).unwrap()).unwrap();
+        let text = std::fs::read_to_string(fx.dir.join("config.json")).unwrap();
+        let config: Value = serde_json::from_str(&text).unwrap();
         let p0 = candle_core::safetensors::load(fx.dir.join("model.safetensors"), &Device::Cpu).unwrap();
         let names = config["params"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
         Case { fx, config, p0, names }
@@ -68,6 +69,13 @@ impl Case {
     }
 }
 
+/// How many values of `actual` equal `expected` bit for bit.
+fn identical(actual: &Tensor, expected: &Tensor) -> usize {
+    let a = actual.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let e = expected.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    a.iter().zip(&e).filter(|(x, y)| x.to_bits() == y.to_bits()).count()
+}
+
 /// Compares `actual` with `expected` at the per-tensor relative tolerance; returns max|diff| / max|expected|.
 fn check(label: &str, actual: &Tensor, expected: &Tensor) -> f64 {
     assert_eq!(actual.dims(), expected.dims(), "{label}: shape");
@@ -85,12 +93,16 @@ fn adamw_run(run: &str, config_key: &str) {
     let mut opt = AdamW::new(case.adamw_config(config_key), params.clone()).unwrap();
     let mut ema = Ema::new(case.ema_config(), &params, |_| true).unwrap();
     let expected_decays = case.fx.expected("ema_decay").to_vec1::<f64>().unwrap();
-    let mut worst: HashMap<String, (f64, String)> = HashMap::new();
-    let mut note = |kind: String, name: &str, rel: f64| {
-        let w = worst.entry(kind).or_insert((0.0, String::new()));
+    // kind -> (worst relative error, its tensor, bit-identical values, values)
+    let mut worst: HashMap<String, (f64, String, usize, usize)> = HashMap::new();
+    let mut note = |kind: String, name: &str, actual: &Tensor, expected: &Tensor| {
+        let rel = check(&format!("{kind}.{name}"), actual, expected);
+        let w = worst.entry(kind).or_insert((0.0, String::new(), 0, 0));
         if rel >= w.0 {
-            *w = (rel, name.to_string());
+            (w.0, w.1) = (rel, name.to_string());
         }
+        w.2 += identical(actual, expected);
+        w.3 += expected.elem_count();
     };
     for step in 1..=5 {
         opt.step(&case.grads(step)).unwrap();
@@ -98,25 +110,25 @@ fn adamw_run(run: &str, config_key: &str) {
         assert_eq!(decay, expected_decays[step - 1], "EMA decay at step {step}");
         if step % 2 == 1 {
             for (name, var) in &params {
-                let key = format!("adamw_{run}_step{step}.{name}");
-                note(format!("adamw_{run}_step{step}"), name, check(&key, var.as_tensor(), case.fx.expected(&key)));
-                let key = format!("ema_{run}_step{step}.{name}");
-                note(format!("ema_{run}_step{step}"), name, check(&key, ema.shadow(name).unwrap(), case.fx.expected(&key)));
+                let kind = format!("adamw_{run}_step{step}");
+                note(kind.clone(), name, var.as_tensor(), case.fx.expected(&format!("{kind}.{name}")));
+                let kind = format!("ema_{run}_step{step}");
+                note(kind.clone(), name, ema.shadow(name).unwrap(), case.fx.expected(&format!("{kind}.{name}")));
             }
         }
     }
     for name in &case.names {
         let (m, v, t) = opt.moments(name).unwrap();
         assert_eq!(t, 5);
-        let key = format!("adamw_{run}_exp_avg.{name}");
-        note(format!("adamw_{run}_exp_avg"), name, check(&key, m, case.fx.expected(&key)));
-        let key = format!("adamw_{run}_exp_avg_sq.{name}");
-        note(format!("adamw_{run}_exp_avg_sq"), name, check(&key, v, case.fx.expected(&key)));
+        let kind = format!("adamw_{run}_exp_avg");
+        note(kind.clone(), name, m, case.fx.expected(&format!("{kind}.{name}")));
+        let kind = format!("adamw_{run}_exp_avg_sq");
+        note(kind.clone(), name, v, case.fx.expected(&format!("{kind}.{name}")));
     }
     let mut kinds: Vec<_> = worst.into_iter().collect();
     kinds.sort_by(|a, b| a.0.cmp(&b.0));
-    for (kind, (rel, name)) in kinds {
-        println!("{kind}: worst max|diff|/max|expected| {rel:.3e} ({name})");
+    for (kind, (rel, name, same, total)) in kinds {
+        println!("{kind}: worst max|diff|/max|expected| {rel:.3e} ({name}); {same} of {total} values bit-identical");
     }
 }
 
