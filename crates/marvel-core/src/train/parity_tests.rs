@@ -173,9 +173,15 @@ fn clipping_matches_clip_grad_norm() {
 fn schedules_match_the_reference_cosine_with_warmup() {
     let case = Case::load();
     let evaluated = &case.config["lr_scheduler"]["evaluated"];
-    let end_lr = case.config["lr_scheduler"]["stage1"]["params"]["end_lr"].as_f64().unwrap();
-    for name in ["stage1", "stage2_generator", "stage2_discriminator", "small"] {
+    let blocks = &case.config["lr_scheduler"];
+    for (name, end_lr) in [
+        ("stage1", &blocks["stage1"]["params"]["end_lr"]),
+        ("stage2_generator", &blocks["stage2"]["params"]["end_lr"]),
+        ("stage2_discriminator", &blocks["stage2"]["params"]["end_lr"]),
+        ("small", &blocks["small"]["end_lr"]),
+    ] {
         let e = &evaluated[name];
+        let end_lr = end_lr.as_f64().unwrap();
         let schedule = CosineSchedule::new(
             e["base_lr"].as_f64().unwrap(),
             end_lr,
