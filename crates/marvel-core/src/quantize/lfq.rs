@@ -8,7 +8,7 @@
 
 pub mod codes;
 pub mod entropy;
-pub mod token_bytes;
+mod host;
 
 #[cfg(test)]
 mod tests;
@@ -19,7 +19,7 @@ use candle_nn::VarBuilder;
 use crate::error::{MarvelError, Result};
 use crate::{invalid, shape_mismatch};
 
-pub use token_bytes::{pack_tokens, tokens_from_bytes, tokens_to_bytes, unpack_tokens, TokenGrid};
+pub use host::LfqLossValues;
 
 /// Settings of [`ResidualLfq`]; `LfqConfig::mdq` gives MDQ's stage-1 values.
 #[derive(Debug, Clone, PartialEq)]

@@ -1,5 +1,5 @@
 //! Tests of the residual LFQ: parity with MDQ (fixture `marvel_lfq`), properties over random inputs, gradients,
-//! the token byte format, and an ignored throughput probe for `bench/`.
+//! and an ignored throughput probe for `bench/`.
 
 use std::collections::HashMap;
 
@@ -10,6 +10,7 @@ use super::codes::{fill_code, index_of_signs};
 use super::entropy::MAX_ENTROPY_ELEMENTS;
 use super::*;
 use crate::testutil::{max_abs_diff, Fixture};
+use crate::tokens::bytes::{tokens_from_bytes, tokens_to_bytes};
 
 const CPU: Device = Device::Cpu;
 
@@ -438,64 +439,6 @@ fn checkpoint_buffers_are_optional_but_checked() {
     let mut powers = buffers(6);
     powers.insert("quantize.bits_to_indices".into(), Tensor::new(&[1i32, 2, 4, 8, 16, 33], &CPU).unwrap());
     assert!(build(powers, 6).unwrap_err().to_string().contains("quantize.bits_to_indices"));
-}
-
-// ---------------------------------------------------------------------------------------------- token bytes
-
-#[test]
-fn token_bytes_round_trip() {
-    for seed in 0..300 {
-        let mut rng = SplitMix64::new(seed);
-        let bits = 1 + rng.below(32) as usize;
-        let shape = (rng.below(4) as usize, rng.below(40) as usize, 1 + rng.below(5) as usize);
-        let count = shape.0 * shape.1 * shape.2;
-        let mask = if bits == 32 { u32::MAX } else { (1u32 << bits) - 1 };
-        let mut tokens: Vec<u32> = (0..count).map(|_| rng.next_u64() as u32 & mask).collect();
-        if let Some(t) = tokens.first_mut() {
-            *t = mask; // the largest value must survive
-        }
-        let packed = pack_tokens(&tokens, bits).unwrap();
-        assert_eq!(packed.len(), (count * bits).div_ceil(8));
-        assert_eq!(unpack_tokens(&packed, bits, count).unwrap(), tokens);
-        let bytes = tokens_to_bytes(&tokens, shape, bits).unwrap();
-        let grid = tokens_from_bytes(&bytes).unwrap();
-        assert_eq!((grid.batch, grid.tokens_per_image, grid.depths, grid.bits), (shape.0, shape.1, shape.2, bits));
-        assert_eq!(grid.tokens, tokens);
-    }
-}
-
-#[test]
-fn token_bytes_reject_damaged_buffers() {
-    let tokens: Vec<u32> = (0..3 * 8 * 4).map(|i| (i * 37 % 4096) as u32).collect();
-    let good = tokens_to_bytes(&tokens, (3, 8, 4), 12).unwrap();
-    assert_eq!(good.len(), 20 + 96 * 12 / 8);
-    let reject = |bytes: &[u8], needle: &str| {
-        let err = tokens_from_bytes(bytes).unwrap_err();
-        assert_eq!(err.code(), "MARVEL_INVALID_ARGUMENT");
-        assert!(err.to_string().contains(needle), "{err} (wanted {needle:?})");
-    };
-    reject(&good[..good.len() - 1], "truncated");
-    reject(&good[..10], "truncated header");
-    reject(&[good.as_slice(), &[0]].concat(), "trailing bytes");
-    let mut bad = good.clone();
-    bad[0] = b'X';
-    reject(&bad, "bad magic");
-    let mut bad = good.clone();
-    bad[4] = 2;
-    reject(&bad, "version 2");
-    let mut bad = good.clone();
-    bad[5] = 0;
-    reject(&bad, "bits per token 0");
-    let mut bad = good.clone();
-    bad[12] = 9; // 3 x 9 x 4 tokens promised, 3 x 8 x 4 present
-    reject(&bad, "truncated");
-    // 5 tokens of 3 bits leave 1 padding bit.
-    let mut odd = tokens_to_bytes(&[1, 2, 3, 4, 5], (1, 5, 1), 3).unwrap();
-    *odd.last_mut().unwrap() |= 0x80;
-    reject(&odd, "padding");
-    assert!(pack_tokens(&[4096], 12).unwrap_err().to_string().contains("does not fit in 12 bits"));
-    assert!(tokens_to_bytes(&tokens, (3, 8, 3), 12).is_err());
-    assert!(unpack_tokens(&good[20..50], 12, 96).is_err());
 }
 
 // ---------------------------------------------------------------------------------------------- throughput

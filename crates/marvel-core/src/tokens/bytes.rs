@@ -1,4 +1,5 @@
-//! Compact byte format for LFQ token grids, for storage and for passing tokens across the Node boundary.
+//! Compact byte format for token grids (VQ ids are the one-depth case), for storage and for passing tokens across
+//! the Node boundary.
 //!
 //! Layout (all integers little-endian), 20 header bytes then the payload:
 //!
