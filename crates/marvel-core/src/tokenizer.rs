@@ -169,7 +169,7 @@ impl Tokenizer {
             let images = if self.info.quantizer == "vq" {
                 self.model.decode_tokens(&chunk.squeeze(0)?)?
             } else {
-                self.model.decode_tokens_depths(&chunk.permute((1, 2, 0))?.contiguous()?, depth)?
+                self.model.decode_tokens_to_depth(&chunk.permute((1, 2, 0))?.contiguous()?, depth)?
             };
             each(images)?;
         }

@@ -39,7 +39,7 @@ impl TokenBatch {
     /// Reads the compact byte form back; returns the ids and the bits per id it was written with.
     pub fn from_bytes(bytes: &[u8]) -> Result<(Self, usize)> {
         let g = bytes::tokens_from_bytes(bytes)?;
-        Ok((Self::from_depth_last(&g.tokens, g.batch, g.tokens_per_image, g.depths)?, g.bits))
+        Ok((Self::from_depth_last(&g.tokens, g.batch, g.num_tokens, g.depth)?, g.bits))
     }
 
     /// Ids laid out (B, N, D), depth fastest (as quantizers compute them and the byte format stores them), in the

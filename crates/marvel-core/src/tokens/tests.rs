@@ -21,7 +21,7 @@ fn token_bytes_round_trip() {
         assert_eq!(unpack_tokens(&packed, bits, count).unwrap(), tokens);
         let bytes = tokens_to_bytes(&tokens, shape, bits).unwrap();
         let grid = tokens_from_bytes(&bytes).unwrap();
-        assert_eq!((grid.batch, grid.tokens_per_image, grid.depths, grid.bits), (shape.0, shape.1, shape.2, bits));
+        assert_eq!((grid.batch, grid.num_tokens, grid.depth, grid.bits), (shape.0, shape.1, shape.2, bits));
         assert_eq!(grid.tokens, tokens);
     }
 }

@@ -183,9 +183,9 @@ impl Titok {
         self.decode(&z)
     }
 
-    /// LFQ: decode only the first `depths` depths of `tokens` (B, N, >= depths), the coarse-to-fine prefix.
-    pub fn decode_tokens_depths(&self, tokens: &Tensor, depths: usize) -> Result<Tensor> {
-        let z = self.quantize.dequantize(&tokens.to_device(&self.device)?, Some(depths))?;
+    /// LFQ: decode only the first `depth` depths of `tokens` (B, N, >= depth), the coarse-to-fine prefix.
+    pub fn decode_tokens_to_depth(&self, tokens: &Tensor, depth: usize) -> Result<Tensor> {
+        let z = self.quantize.dequantize(&tokens.to_device(&self.device)?, Some(depth))?;
         self.decode(&z)
     }
 }

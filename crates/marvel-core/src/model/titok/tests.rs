@@ -96,7 +96,7 @@ fn parity_marvel_lfq_pipeline() {
     for d in 1..=4 {
         let z = model.quantizer().dequantize(&tokens, Some(d)).unwrap();
         check(case, &format!("z_q_depth{d}"), &z, fx.expected(&format!("z_q_depth{d}")), 0.0);
-        let recon = model.decode_tokens_depths(&tokens, d).unwrap();
+        let recon = model.decode_tokens_to_depth(&tokens, d).unwrap();
         check(case, &format!("recon_depth{d}"), &recon, fx.expected(&format!("recon_depth{d}")), 1e-4);
     }
 }
