@@ -1,4 +1,6 @@
 import { spawnSync } from 'node:child_process'
+import { readFileSync } from 'node:fs'
+import { join } from 'node:path'
 import { describe, expect, it } from 'vitest'
 
 import * as api from '../src/index.js'
@@ -57,6 +59,13 @@ describe('the public exports', () => {
   it('hold the API, not the internals (matmul, platformName, nativeVersion stay in their modules)', () => {
     for (const internal of ['matmul', 'platformName', 'nativeVersion', 'native', 'weightFiles']) expect(api).not.toHaveProperty(internal)
     for (const name of ['Tokenizer', 'Tokens', 'MaskgitVqgan', 'lfqQuantize', 'lfqLosses', 'MarvelError']) expect(api).toHaveProperty(name)
+  })
+
+  it('the binding crate converts and runs tasks only: it has no candle dependency of its own', () => {
+    const manifest = readFileSync(join(__dirname, '..', 'crates', 'marvel-node', 'Cargo.toml'), 'utf8')
+    const deps = manifest.split('[dependencies]')[1].split('\n[')[0]
+    expect(deps).toMatch(/marvel-core/)
+    expect(deps).not.toMatch(/candle/)
   })
 
   it('the weight-file list comes from the core, once', () => {
