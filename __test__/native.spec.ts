@@ -1,8 +1,12 @@
 import { spawnSync } from 'node:child_process'
+import { readFileSync } from 'node:fs'
+import { join } from 'node:path'
 import { describe, expect, it } from 'vitest'
 
-import { MarvelError, getNumThreads, matmul, nativeVersion, setNumThreads } from '../src/index.js'
-import { native } from '../src/binding.js'
+import * as api from '../src/index.js'
+import { MarvelError, getNumThreads, setNumThreads } from '../src/index.js'
+import { native, nativeVersion, weightFiles } from '../src/binding.js'
+import { matmul } from '../src/tensor.js'
 
 function naiveMatmul(a: Float32Array, b: Float32Array, m: number, k: number, n: number): Float32Array {
   const c = new Float32Array(m * n)
@@ -51,12 +55,32 @@ describe('a tensor through Rust and back', () => {
   })
 })
 
+describe('the public exports', () => {
+  it('hold the API, not the internals (matmul, platformName, nativeVersion stay in their modules)', () => {
+    for (const internal of ['matmul', 'platformName', 'nativeVersion', 'native', 'weightFiles']) expect(api).not.toHaveProperty(internal)
+    for (const name of ['Tokenizer', 'Tokens', 'MaskgitVqgan', 'lfqQuantize', 'lfqLosses', 'MarvelError']) expect(api).toHaveProperty(name)
+  })
+
+  it('the binding crate converts and runs tasks only: it has no candle dependency of its own', () => {
+    const manifest = readFileSync(join(__dirname, '..', 'crates', 'marvel-node', 'Cargo.toml'), 'utf8')
+    const deps = manifest.split('[dependencies]')[1].split('\n[')[0]
+    expect(deps).toMatch(/marvel-core/)
+    expect(deps).not.toMatch(/candle/)
+  })
+
+  it('the weight-file list comes from the core, once', () => {
+    expect(weightFiles()).toEqual(['model.safetensors', 'pytorch_model.bin'])
+    expect(weightFiles()).toBe(weightFiles())
+    expect(Object.isFrozen(weightFiles())).toBe(true)
+  })
+})
+
 describe('errors carry stable codes', () => {
   it('a shape that does not fit the buffer is rejected before crossing into Rust', async () => {
     const err = await matmul({ data: new Float32Array(5), shape: [2, 3] }, { data: new Float32Array(6), shape: [3, 2] }).catch((e) => e)
     expect(err).toBeInstanceOf(MarvelError)
     expect(err.code).toBe('MARVEL_SHAPE_MISMATCH')
-    expect(err.message).toMatch(/shape \[2, 3\] needs 6 elements but the buffer holds 5/)
+    expect(err.message).toMatch(/^matmul: a: shape \[2, 3\] needs 6 elements but the buffer holds 5/)
   })
 
   it('the binding validates shapes too (called directly, bypassing the TS checks)', async () => {
@@ -77,6 +101,7 @@ describe('errors carry stable codes', () => {
   it('bad argument types are rejected with MARVEL_INVALID_ARGUMENT', async () => {
     const err = await matmul({ data: [1, 2] as unknown as Float32Array, shape: [2] }, { data: new Float32Array(2), shape: [2] }).catch((e) => e)
     expect(err.code).toBe('MARVEL_INVALID_ARGUMENT')
+    expect(err.message).toBe('matmul: expected a.data to be a Float32Array but received an array of length 2')
   })
 
   it('a panic inside an async task becomes a rejected promise and the process survives', async () => {

@@ -42,14 +42,16 @@ function install(app: string, tarballs: string[]): void {
   })
 }
 
+// Two latents of 2 channels, 2 depths: depth 0 takes the signs (+, -) = token 1 and codes (1, -1); the residual
+// (-1/2, +1/2) gives token 2 and codes (-1/2, 1/2) at depth 1, so the sum is z again.
 const PROGRAM = `
-import { matmul, nativeVersion } from 'marvel-tokenizer'
-const c = await matmul({ data: new Float32Array([1, 2, 3, 4]), shape: [2, 2] }, { data: new Float32Array([5, 6, 7, 8]), shape: [2, 2] })
-console.log(JSON.stringify({ version: nativeVersion(), shape: c.shape, data: Array.from(c.data) }))
+import { lfqQuantize } from 'marvel-tokenizer'
+const q = await lfqQuantize({ data: new Float32Array([0.5, -0.5, 0.5, -0.5]), shape: [1, 2, 2] }, { depth: 2 })
+console.log(JSON.stringify({ shape: q.tokens.shape, tokens: Array.from(q.tokens.data), codes: Array.from(q.codes.data) }))
 `
 const PROGRAM_CJS = `
-const { matmul } = require('marvel-tokenizer')
-matmul({ data: new Float32Array([2]), shape: [1, 1] }, { data: new Float32Array([21]), shape: [1, 1] }).then((c) => console.log(c.data[0]))
+const { lfqQuantize } = require('marvel-tokenizer')
+lfqQuantize({ data: new Float32Array([1, 1, -1, 1, -1, 1]), shape: [1, 1, 6] }, { depth: 1 }).then((q) => console.log(q.tokens.data[0]))
 `
 
 describe.skipIf(!ready)(`packaging (skipped when the addon for ${platform} or dist/ is not built)`, () => {
@@ -86,11 +88,13 @@ describe.skipIf(!ready)(`packaging (skipped when the addon for ${platform} or di
     const esm = spawnSync(process.execPath, ['main.mjs'], { cwd: app, env, encoding: 'utf8' })
     expect(esm.stderr).toBe('')
     const out = JSON.parse(esm.stdout)
-    expect(out.shape).toEqual([2, 2])
-    expect(out.data).toEqual([19, 22, 43, 50])
+    expect(out.shape).toEqual({ batch: 1, depth: 2, numTokens: 2 })
+    expect(out.tokens).toEqual([1, 1, 2, 2])
+    expect(out.codes).toEqual([0.5, -0.5, 0.5, -0.5])
     const cjs = spawnSync(process.execPath, ['main.cjs'], { cwd: app, env, encoding: 'utf8' })
     expect(cjs.stderr).toBe('')
-    expect(cjs.stdout.trim()).toBe('42')
+    // Positive channels 0, 1, 3, 5: bits 1 + 2 + 8 + 32.
+    expect(cjs.stdout.trim()).toBe('43')
   })
 
   it('without the platform package the loader fails with a message naming the platform', () => {

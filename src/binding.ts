@@ -127,3 +127,16 @@ export function native(): NativeBinding {
   cached ??= loadBinding()
   return cached
 }
+
+/** Version of the loaded native addon (internal: tests and bug reports). */
+export function nativeVersion(): string {
+  return native().nativeVersion()
+}
+
+let weights: readonly string[] | undefined
+
+/** Weight files looked for in a model folder, in order of preference: the core's one list, read once. */
+export function weightFiles(): readonly string[] {
+  weights ??= Object.freeze(native().weightFiles())
+  return weights
+}

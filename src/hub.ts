@@ -6,6 +6,7 @@
 import { homedir } from 'node:os'
 import { join } from 'node:path'
 
+import { weightFiles } from './binding.js'
 import { MarvelError, invalidArgument } from './errors.js'
 import { COMMIT_HASH, RepoCache, isFile } from './hub/cache.js'
 import { fetchBlob } from './hub/download.js'
@@ -293,7 +294,7 @@ export async function snapshotDownload(repoId: string, filenames: readonly strin
  */
 export async function resolveModelFiles(repoId: string, options?: ResolveModelOptions): Promise<ModelFiles> {
   checkRepoId('resolveModelFiles', repoId)
-  const candidates = options?.weights ?? ['model.safetensors', 'pytorch_model.bin']
+  const candidates = options?.weights ?? weightFiles()
   if (!Array.isArray(candidates) || candidates.length === 0) {
     throw invalidArgument(`resolveModelFiles: weights must be a non-empty array of file names, got ${JSON.stringify(candidates)}`)
   }

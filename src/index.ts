@@ -5,9 +5,9 @@
 export { MarvelError, type MarvelErrorCode } from './errors.js'
 export { encodePng, prepareImage, readImage, writePng, type ImageSource, type PrepareOptions, type RawImage, type RgbImage } from './image.js'
 export { compare, type ImageScores } from './metrics.js'
-export { lfqLosses, lfqQuantize, type LfqLosses, type LfqOptions } from './lfq.js'
-export { MaskgitVqgan } from './maskgit.js'
-export { matmul, type Tensor } from './tensor.js'
+export { lfqLosses, lfqQuantize, type LfqLosses, type LfqOptions, type LfqQuantized } from './lfq.js'
+export { MaskgitVqgan, type MaskgitEncodeOptions, type MaskgitInfo } from './maskgit.js'
+export { type Tensor } from './tensor.js'
 export { Tokens, type TokensJSON, type TokensShape } from './tokens.js'
 export {
   Tokenizer,
@@ -21,7 +21,6 @@ export {
   type TokenizerInfo,
 } from './tokenizer.js'
 export { getNumThreads, setNumThreads } from './threads.js'
-export { platformName } from './binding.js'
 
 export {
   HubError,
@@ -32,10 +31,3 @@ export {
   type HubOptions,
   type HubProgress,
 } from './hub.js'
-
-import { native } from './binding.js'
-
-/** Version of the loaded native addon. */
-export function nativeVersion(): string {
-  return native().nativeVersion()
-}

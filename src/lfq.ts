@@ -4,12 +4,13 @@
  * read as an integer (channel k = bit k). Runs in Rust off the main thread.
  */
 import { native } from './binding.js'
-import { invalidArgument } from './errors.js'
-import { checkShape, type Tensor } from './tensor.js'
+import { integerParameter, invalidParameter } from './errors.js'
+import { checkTensor, type Tensor } from './tensor.js'
+import { Tokens } from './tokens.js'
 
 export interface LfqOptions {
   /** Depths to quantize (1..23). */
-  depths: number
+  depth: number
   /** β of the commitment loss. Default 0.25. */
   commitmentCost?: number
   /** w of the entropy loss. Default 0.02. */
@@ -30,21 +31,43 @@ export interface LfqLosses {
   total: number
 }
 
-function check(z: Tensor, o: LfqOptions): void {
-  if (!(z?.data instanceof Float32Array)) throw invalidArgument('z.data must be a Float32Array')
-  checkShape('z', z.data.length, z.shape)
-  if (z.shape.length !== 3) throw invalidArgument(`z must be [batch, tokens, bits], got [${z.shape.join(', ')}]`)
-  if (!Number.isInteger(o?.depths) || o.depths < 1 || o.depths > 23) throw invalidArgument(`depths must be an integer from 1 to 23, got ${o?.depths}`)
+/** What `lfqQuantize` returns: the tokens and the quantized latents. */
+export interface LfqQuantized {
+  /** One token per latent and depth, depth-major like every `Tokens` (`bitsPerToken` = the latent's channels). */
+  tokens: Tokens
+  /** Σ_s q_s over the depths quantized, the decoder's input: the shape of z. */
+  codes: Tensor
 }
 
-/** Tokens `[B, N, depths]` (depth fastest) and the quantized codes Σ q_s (shape of z) for latents z `[B, N, bits]`. */
-export async function lfqQuantize(z: Tensor, options: LfqOptions): Promise<{ tokens: Uint32Array; codes: Tensor }> {
-  check(z, options)
-  return native().lfqQuantize(z.data, [...z.shape], options)
+/** Checks z and the options up front and returns the options the binding takes. */
+function check(where: string, z: Tensor, options: LfqOptions): LfqOptions {
+  checkTensor(where, 'z', z)
+  if (z.shape.length !== 3 || z.shape.some((d) => d < 1)) {
+    throw invalidParameter(where, 'z.shape', '[batch, tokens, bits] of positive sizes', z.shape)
+  }
+  if (z.shape[2] < 1 || z.shape[2] > 32) throw invalidParameter(where, 'z.shape[2] (bits)', 'an integer from 1 to 32', z.shape[2])
+  if (!options || typeof options !== 'object') throw invalidParameter(where, 'options', 'an object with a depth', options)
+  const { depth, commitmentCost, entropyLossWeight, entropyLossTemperature, entropyGamma, entropyGroups } = options
+  integerParameter(where, 'options.depth', depth, 1, 23)
+  for (const [name, value] of Object.entries({ commitmentCost, entropyLossWeight, entropyGamma })) {
+    if (value !== undefined && !Number.isFinite(value)) throw invalidParameter(where, `options.${name}`, 'a finite number', value)
+  }
+  if (entropyLossTemperature !== undefined && !(Number.isFinite(entropyLossTemperature) && entropyLossTemperature > 0)) {
+    throw invalidParameter(where, 'options.entropyLossTemperature', 'a positive number', entropyLossTemperature)
+  }
+  if (entropyGroups !== undefined) integerParameter(where, 'options.entropyGroups', entropyGroups, 1, z.shape[2])
+  return { depth, commitmentCost, entropyLossWeight, entropyLossTemperature, entropyGamma, entropyGroups }
+}
+
+/** Tokens (depth-major, as `Tokens`) and the quantized codes Σ q_s (shape of z) for latents z `[B, N, bits]`. */
+export async function lfqQuantize(z: Tensor, options: LfqOptions): Promise<LfqQuantized> {
+  const o = check('lfqQuantize', z, options)
+  const { tokens, codes } = await native().lfqQuantize(z.data, [...z.shape], o)
+  const [depth, batch, numTokens] = tokens.shape
+  return { tokens: new Tokens(tokens.data, { batch, depth, numTokens }, z.shape[2]), codes }
 }
 
 /** The training losses (commitment + entropy, as the MARVEL recipe) of latents z `[B, N, bits]`. */
 export async function lfqLosses(z: Tensor, options: LfqOptions): Promise<LfqLosses> {
-  check(z, options)
-  return native().lfqLosses(z.data, [...z.shape], options)
+  return native().lfqLosses(z.data, [...z.shape], check('lfqLosses', z, options))
 }

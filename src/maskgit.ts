@@ -1,67 +1,127 @@
 import { native, type NativeBinding } from './binding.js'
-import { invalidArgument } from './errors.js'
-import { prepareImage, type RgbImage } from './image.js'
-import type { ImageInput } from './tokenizer.js'
+import { MarvelError, integerParameter, invalidArgument, invalidParameter } from './errors.js'
+import { prepareImage, type PrepareOptions } from './image.js'
+import type { Tensor } from './tensor.js'
+import { SerialQueue, decoded, type DecodedImage, type ImageInput } from './tokenizer.js'
 
 type NativeMaskgit = Awaited<ReturnType<NativeBinding['loadMaskgit']>>
+
+/** What a loaded MaskGIT-VQGAN is. */
+export interface MaskgitInfo {
+  /** Side of the square images it takes (256). */
+  imageSize: number
+  /** Side of the code grid (16): each image becomes `grid * grid` codes. */
+  grid: number
+  /** Codes lie in `0..codebookSize` (1024). */
+  codebookSize: number
+  /** Where the model was loaded from. */
+  source: string
+}
+
+export interface MaskgitEncodeOptions {
+  /** `'center-crop'` (default): resize the shorter side to the model's size and crop the centre. `'none'`: inputs must already have that size. */
+  resize?: PrepareOptions['resize']
+  /** Images per native call (memory bound for long lists). Default 16. */
+  batchSize?: number
+}
 
 /**
  * The MaskGIT-VQGAN (`maskgit-vqgan-imagenet-f16-256`): a 256x256 image to a 16x16 grid of codes from a
  * 1024-entry codebook and back. TiTok's stage-1 training learns to predict these codes ("proxy codes").
+ *
+ * ```ts
+ * const vq = await MaskgitVqgan.fromPretrained('maskgit-vqgan-imagenet-f16-256.bin')
+ * const codes = await vq.encode(['a.png', 'b.png'])     // 2 x 256 codes
+ * const [a] = await vq.decode(codes.subarray(0, 256))
+ * await a.toFile('a.recon.png')
+ * ```
  */
 export class MaskgitVqgan {
-  #native: NativeMaskgit | undefined
+  #native: NativeMaskgit
+  #disposed = false
+  /** Calls started and not yet finished; the native model is freed when this drops to zero after dispose(). */
+  #pending = 0
+  #queue = new SerialQueue()
+  readonly info: Readonly<MaskgitInfo>
 
-  private constructor(n: NativeMaskgit) {
-    this.#native = n
+  private constructor(nativeModel: NativeMaskgit, source: string) {
+    this.#native = nativeModel
+    const { imageSize, grid, codebookSize } = nativeModel.info
+    this.info = Object.freeze({ imageSize, grid, codebookSize, source })
   }
 
   /** A weights file (`maskgit-vqgan-imagenet-f16-256.bin`, `.safetensors`) or a folder holding one (+ optional config.json). */
   static async fromPretrained(path: string): Promise<MaskgitVqgan> {
-    if (typeof path !== 'string' || !path) throw invalidArgument('MaskgitVqgan.fromPretrained: path must be a file or folder')
-    return new MaskgitVqgan(await native().loadMaskgit(path))
+    if (typeof path !== 'string' || path.length === 0) {
+      throw invalidParameter('MaskgitVqgan.fromPretrained', 'path', 'a weights file or a folder', path)
+    }
+    return new MaskgitVqgan(await native().loadMaskgit(path), path)
   }
 
-  #model(): NativeMaskgit {
-    if (!this.#native) throw invalidArgument('this model was disposed')
-    return this.#native
+  /** Runs `work` against the native model, keeping the model alive until it ends even if dispose() comes first. */
+  async #use<T>(work: (model: NativeMaskgit) => Promise<T>): Promise<T> {
+    if (this.#disposed) throw invalidArgument('this model was disposed')
+    this.#pending++
+    try {
+      return await work(this.#native)
+    } finally {
+      if (--this.#pending === 0 && this.#disposed) this.#native.dispose()
+    }
   }
 
-  /** Side of the code grid (16). */
-  get grid(): number {
-    return this.#model().grid
-  }
-
-  /** Codes of each image, row-major over the grid: `codes[i * grid² + y * grid + x]`. */
-  async encode(images: ImageInput | ImageInput[], options: { resize?: 'center-crop' | 'none' } = {}): Promise<Uint32Array> {
-    const model = this.#model()
+  /** Codes of each image, row-major over its grid: `codes[i * grid² + y * grid + x]`. */
+  async encode(images: ImageInput | ImageInput[], options: MaskgitEncodeOptions = {}): Promise<Uint32Array> {
     const list = Array.isArray(images) ? images : [images]
-    if (list.length === 0) throw invalidArgument('encode: no images given')
-    const size = model.imageSize
-    const prepared: RgbImage[] = await Promise.all(list.map((img) => prepareImage(img, { size, resize: options.resize })))
-    const rgb = new Uint8Array(prepared.length * size * size * 3)
-    prepared.forEach((p, i) => rgb.set(p.data, i * size * size * 3))
-    return model.encode(rgb, prepared.length)
-  }
-
-  /** Images from `batch` code grids, as float `[batch, 3, size, size]` in [0, 1]. */
-  async decodeFloat(codes: Uint32Array, batch: number): Promise<{ data: Float32Array; shape: number[] }> {
-    if (!(codes instanceof Uint32Array)) throw invalidArgument('decodeFloat: codes must be a Uint32Array')
-    return this.#model().decodeFloat(codes, batch)
-  }
-
-  /** Images from `batch` code grids, as RGB bytes. */
-  async decode(codes: Uint32Array, batch: number): Promise<RgbImage[]> {
-    if (!(codes instanceof Uint32Array)) throw invalidArgument('decode: codes must be a Uint32Array')
-    const model = this.#model()
-    const size = model.imageSize
-    const rgb = await model.decode(codes, batch)
+    if (list.length === 0) throw invalidParameter('MaskgitVqgan.encode', 'images', 'at least one image', images)
+    const batchSize = integerParameter('MaskgitVqgan.encode', 'options.batchSize', options.batchSize ?? 16, 1, 0xffffffff)
+    const { imageSize: size, grid } = this.info
     const frame = size * size * 3
-    return Array.from({ length: batch }, (_, i) => ({ data: rgb.subarray(i * frame, (i + 1) * frame), width: size, height: size }))
+    return this.#use(async (model) => {
+      const codes = new Uint32Array(list.length * grid * grid)
+      for (let start = 0; start < list.length; start += batchSize) {
+        const prepared = await Promise.all(list.slice(start, start + batchSize).map((img) => prepareImage(img, { size, resize: options.resize })))
+        const rgb = new Uint8Array(prepared.length * frame)
+        prepared.forEach((p, i) => rgb.set(p.data, i * frame))
+        codes.set(await this.#queue.run(() => model.encode(rgb, prepared.length)), start * grid * grid)
+      }
+      return codes
+    })
   }
 
+  /** Checks that `codes` are whole grids; returns how many images they hold. Rust checks each code's range. */
+  #images(where: string, codes: Uint32Array): number {
+    if (!(codes instanceof Uint32Array)) throw invalidParameter(where, 'codes', 'a Uint32Array', codes)
+    const { grid } = this.info
+    const perImage = grid * grid
+    if (codes.length === 0 || codes.length % perImage !== 0) {
+      throw new MarvelError('MARVEL_SHAPE_MISMATCH', `${where}: codes hold ${codes.length} values, not whole ${grid}x${grid} grids (${perImage} per image)`)
+    }
+    return codes.length / perImage
+  }
+
+  /** Images from code grids (`grid²` codes each), as RGB bytes with `toPNG()` / `toFile()`. */
+  async decode(codes: Uint32Array): Promise<DecodedImage[]> {
+    const batch = this.#images('MaskgitVqgan.decode', codes)
+    const rgb = await this.#use((model) => this.#queue.run(() => model.decode(codes)))
+    const size = this.info.imageSize
+    const frame = size * size * 3
+    return Array.from({ length: batch }, (_, i) => decoded({ data: rgb.subarray(i * frame, (i + 1) * frame), width: size, height: size }))
+  }
+
+  /** Images from code grids as float `[batch, 3, size, size]` in [0, 1] (full precision, for comparisons). */
+  async decodeFloat(codes: Uint32Array): Promise<Tensor> {
+    this.#images('MaskgitVqgan.decodeFloat', codes)
+    return this.#use((model) => this.#queue.run(() => model.decodeFloat(codes)))
+  }
+
+  /** Free the model's memory (once calls in flight finish). Any later call throws. */
   dispose(): void {
-    this.#native?.dispose()
-    this.#native = undefined
+    if (this.#disposed) return
+    this.#disposed = true
+    if (this.#pending === 0) this.#native.dispose()
+  }
+
+  get disposed(): boolean {
+    return this.#disposed
   }
 }

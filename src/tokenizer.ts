@@ -56,7 +56,7 @@ export interface TokenizerInfo {
   source: string
 }
 
-function decoded(image: RgbImage): DecodedImage {
+export function decoded(image: RgbImage): DecodedImage {
   return Object.assign(image, {
     toPNG: () => encodePng(image),
     toFile: (path: string) => writePng(image, path),
@@ -64,7 +64,7 @@ function decoded(image: RgbImage): DecodedImage {
 }
 
 /** Runs tasks one at a time: calls on one model queue instead of competing for the same cores and memory. */
-class SerialQueue {
+export class SerialQueue {
   #tail: Promise<unknown> = Promise.resolve()
 
   run<T>(task: () => Promise<T>): Promise<T> {
@@ -103,7 +103,7 @@ export class Tokenizer {
       depth: i.depth,
       codebookSize: i.codebookSize,
       bitsPerToken: i.bitsPerToken,
-      bitsPerImage: i.numTokens * i.depth * i.bitsPerToken,
+      bitsPerImage: i.bitsPerImage,
       parameters: i.parameters,
       encoder: Object.freeze({ width: i.encoderWidth, layers: i.encoderLayers }),
       decoder: Object.freeze({ width: i.decoderWidth, layers: i.decoderLayers }),

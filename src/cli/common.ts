@@ -5,6 +5,7 @@ import { basename, extname, join } from 'node:path'
 
 import { InvalidArgumentError, type Command } from 'commander'
 
+import { weightFiles } from '../binding.js'
 import { MarvelError } from '../errors.js'
 import { createProgressPrinter, resolveModelFiles } from '../hub.js'
 import { Tokenizer } from '../tokenizer.js'
@@ -56,7 +57,7 @@ export async function loadModel(source: string): Promise<Tokenizer> {
 /** The weights file a loaded model came from, for `info` (local folder, or the hub cache without any request). */
 export async function weightsFile(source: string): Promise<string | undefined> {
   if (existsSync(source) && statSync(source).isDirectory()) {
-    return ['model.safetensors', 'pytorch_model.bin'].map((f) => join(source, f)).find((f) => existsSync(f))
+    return weightFiles().map((f) => join(source, f)).find((f) => existsSync(f))
   }
   try {
     return (await resolveModelFiles(source, { offline: true })).weights

@@ -7,7 +7,8 @@
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
-use marvel_core::quantize::lfq::{tokens_from_bytes, tokens_to_bytes, LfqConfig, ResidualLfq, SplitMix64};
+use marvel_core::quantize::lfq::{LfqConfig, ResidualLfq, SplitMix64};
+use marvel_core::tokens::bytes::{tokens_from_bytes, tokens_to_bytes};
 
 const B: usize = 64;
 const N: usize = 32;

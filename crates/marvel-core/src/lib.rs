@@ -3,6 +3,7 @@
 pub mod config;
 pub mod convert;
 pub mod error;
+pub mod image;
 pub mod init;
 pub mod metrics;
 pub mod model;
@@ -11,6 +12,7 @@ pub mod ops;
 pub mod quantize;
 pub mod runtime;
 pub mod tensor;
+pub mod tokens;
 pub mod tokenizer;
 pub mod train;
 pub mod weights;

@@ -1,10 +1,11 @@
 //! Small standalone tensor operations exposed to JavaScript. `matmul` is the dense kernel every model layer
 //! here reduces to, so it doubles as the measure of the machine's sgemm ceiling in `bench/`.
 
-use candle_core::Tensor;
+use candle_core::{Device, Tensor};
 
 use crate::error::Result;
 use crate::shape_mismatch;
+use crate::tensor::{tensor_from_slice, HostTensor};
 
 /// Batched matrix product of two row-major float32 tensors `(..., m, k) x (..., k, n)`; leading batch
 /// dimensions must be equal.
@@ -23,6 +24,14 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     }
     // gemm wants contiguous operands; views from callers may be strided.
     Ok(a.contiguous()?.matmul(&b.contiguous()?)?)
+}
+
+/// [`matmul`] on host buffers (row-major data with their shapes), as the bindings hold them; `a` and `b` name the
+/// operands in shape errors.
+pub fn matmul_host(a: &[f32], a_shape: &[usize], b: &[f32], b_shape: &[usize]) -> Result<HostTensor<f32>> {
+    let a = tensor_from_slice("a", a, a_shape, &Device::Cpu)?;
+    let b = tensor_from_slice("b", b, b_shape, &Device::Cpu)?;
+    HostTensor::from_tensor(&matmul(&a, &b)?)
 }
 
 #[cfg(test)]
@@ -48,5 +57,13 @@ mod tests {
         let err = matmul(&a, &a).unwrap_err();
         assert_eq!(err.code(), "MARVEL_SHAPE_MISMATCH");
         assert!(err.to_string().contains("[2, 3] x [2, 3]"), "{err}");
+    }
+
+    #[test]
+    fn matmul_host_checks_buffers_then_multiplies() {
+        let c = matmul_host(&[1., 2., 3., 4.], &[2, 2], &[5., 6., 7., 8.], &[2, 2]).unwrap();
+        assert_eq!((c.shape, c.data), (vec![2, 2], vec![19., 22., 43., 50.]));
+        let err = matmul_host(&[0.; 5], &[2, 3], &[0.; 6], &[3, 2]).unwrap_err();
+        assert!(err.to_string().contains("a: shape [2, 3] needs 6 elements"), "{err}");
     }
 }

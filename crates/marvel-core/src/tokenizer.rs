@@ -8,8 +8,9 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::config::{QuantizerConfig, TitokConfig};
 use crate::error::Result;
-use crate::quantize::lfq::token_bytes;
-use crate::model::titok::{images_from_u8_nhwc, images_to_u8_nhwc, Titok};
+use crate::tokens::TokenBatch;
+use crate::image::{images_from_u8_nhwc, images_to_u8_nhwc};
+use crate::model::titok::Titok;
 use crate::weights::build_shape_only;
 use crate::{invalid, shape_mismatch};
 
@@ -32,6 +33,8 @@ pub struct TokenizerInfo {
     pub codebook_size: u64,
     /// Bits to store one id: ceil(log2(codebook_size)).
     pub bits_per_token: u32,
+    /// Bits one image costs at full depth: num_tokens x depth x bits_per_token.
+    pub bits_per_image: u64,
     pub parameters: u64,
     pub encoder_width: usize,
     pub encoder_layers: usize,
@@ -43,54 +46,18 @@ pub struct TokenizerInfo {
 
 impl TokenizerInfo {
     /// Bits a whole image costs at `depth` depths.
-    pub fn bits_per_image(&self, depth: usize) -> u64 {
-        self.num_tokens as u64 * depth as u64 * self.bits_per_token as u64
-    }
-}
-
-/// Token ids of a batch, depth-major: `ids[(s * batch + b) * num_tokens + n]` is token n of image b at depth s.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TokenBatch {
-    pub ids: Vec<u32>,
-    pub depth: usize,
-    pub batch: usize,
-    pub num_tokens: usize,
-}
-
-impl TokenBatch {
-    pub fn new(ids: Vec<u32>, depth: usize, batch: usize, num_tokens: usize) -> Result<Self> {
-        crate::tensor::check_shape("tokens", ids.len(), &[depth, batch, num_tokens])?;
-        Ok(Self { ids, depth, batch, num_tokens })
-    }
-
-    /// The compact byte form (`quantize::lfq::token_bytes`), `bits` bits per id.
-    pub fn to_bytes(&self, bits: usize) -> Result<Vec<u8>> {
-        let (d, b, n) = (self.depth, self.batch, self.num_tokens);
-        // The byte format stores (batch, token, depth) with depth fastest.
-        let mut grid = vec![0u32; self.ids.len()];
-        for (i, &id) in self.ids.iter().enumerate() {
-            let (s, rest) = (i / (b * n), i % (b * n));
-            grid[rest * d + s] = id;
-        }
-        token_bytes::tokens_to_bytes(&grid, (b, n, d), bits)
-    }
-
-    /// Reads the compact byte form back; returns the ids and the bits per id it was written with.
-    pub fn from_bytes(bytes: &[u8]) -> Result<(Self, usize)> {
-        let g = token_bytes::tokens_from_bytes(bytes)?;
-        let (b, n, d) = (g.batch, g.tokens_per_image, g.depths);
-        let mut ids = vec![0u32; g.tokens.len()];
-        for (i, &id) in g.tokens.iter().enumerate() {
-            let (rest, s) = (i / d, i % d);
-            ids[s * b * n + rest] = id;
-        }
-        Ok((Self { ids, depth: d, batch: b, num_tokens: n }, g.bits))
+    pub fn bits_per_image_at(&self, depth: usize) -> u64 {
+        bits_per_image(self.num_tokens, depth, self.bits_per_token)
     }
 }
 
 pub struct Tokenizer {
     model: Titok,
     info: TokenizerInfo,
+}
+
+fn bits_per_image(num_tokens: usize, depth: usize, bits_per_token: u32) -> u64 {
+    num_tokens as u64 * depth as u64 * bits_per_token as u64
 }
 
 fn bits_for(codebook_size: u64) -> u32 {
@@ -202,7 +169,7 @@ impl Tokenizer {
             let images = if self.info.quantizer == "vq" {
                 self.model.decode_tokens(&chunk.squeeze(0)?)?
             } else {
-                self.model.decode_tokens_depths(&chunk.permute((1, 2, 0))?.contiguous()?, depth)?
+                self.model.decode_tokens_to_depth(&chunk.permute((1, 2, 0))?.contiguous()?, depth)?
             };
             each(images)?;
         }
@@ -248,6 +215,7 @@ fn describe(cfg: &TitokConfig) -> Result<TokenizerInfo> {
         depth,
         codebook_size,
         bits_per_token: bits_for(codebook_size),
+        bits_per_image: bits_per_image(cfg.num_latent_tokens, depth, bits_for(codebook_size)),
         parameters,
         encoder_width: cfg.encoder.width,
         encoder_layers: cfg.encoder.num_layers,

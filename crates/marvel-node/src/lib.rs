@@ -1,5 +1,6 @@
 //! Node bindings for marvel-core. Bindings only: convert and validate arguments, run the work as an async
-//! task, map errors. No model math lives here.
+//! task, map errors. No model math or orchestration lives here, and no candle: the core's facades take and
+//! return host buffers.
 
 #![deny(clippy::all)]
 
@@ -24,6 +25,12 @@ pub fn get_num_threads(env: Env) -> napi::Result<u32> {
 #[napi]
 pub fn set_num_threads(env: Env, threads: u32) -> napi::Result<()> {
     task::sync(&env, marvel_core::runtime::set_num_threads(threads as usize))
+}
+
+/// Weight files looked for in a model folder, in order of preference (the core's one list).
+#[napi]
+pub fn weight_files() -> Vec<String> {
+    marvel_core::model::WEIGHT_FILES.iter().map(|f| f.to_string()).collect()
 }
 
 /// Version of the native addon (the Rust crate version).

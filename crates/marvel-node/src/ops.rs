@@ -1,11 +1,11 @@
-//! Bindings for `marvel_core::ops`: standalone tensor operations.
+//! Bindings for `marvel_core::ops`: standalone tensor operations (internal: tests and `bench/` use them).
 
-use marvel_core::tensor::HostTensor;
+use marvel_core::ops::matmul_host;
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
 
 use crate::task::Job;
-use crate::tensor::{f32_tensor, Float32Tensor};
+use crate::tensor::{dims, Float32Tensor};
 
 /// Matrix product `(..., m, k) x (..., k, n)` of two float32 tensors, computed off the main thread.
 #[napi(ts_return_type = "Promise<Float32Tensor>")]
@@ -16,8 +16,7 @@ pub fn matmul(
     b_shape: Vec<u32>,
 ) -> AsyncTask<Job<(Float32Array, Vec<u32>, Float32Array, Vec<u32>), Float32Tensor>> {
     AsyncTask::new(Job::new((a, a_shape, b, b_shape), |(a, sa, b, sb)| {
-        let c = marvel_core::ops::matmul(&f32_tensor("a", a, sa)?, &f32_tensor("b", b, sb)?)?;
-        Ok(Float32Tensor::from(HostTensor::<f32>::from_tensor(&c)?))
+        Ok(Float32Tensor::from(matmul_host(a, &dims(sa), b, &dims(sb))?))
     }))
 }
 

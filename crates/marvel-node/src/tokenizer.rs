@@ -2,15 +2,16 @@
 
 use std::sync::Arc;
 
+use marvel_core::invalid;
 use marvel_core::tensor::HostTensor;
-use marvel_core::tokenizer::{TokenBatch, Tokenizer as CoreTokenizer, TokenizerInfo};
-use marvel_core::{invalid, MarvelError};
+use marvel_core::tokenizer::{Tokenizer as CoreTokenizer, TokenizerInfo};
+use marvel_core::tokens::TokenBatch;
 use napi::bindgen_prelude::*;
 use napi::Env;
 use napi_derive::napi;
 
 use crate::task::{sync, Job};
-use crate::tensor::Float32Tensor;
+use crate::tensor::{token_batch, Float32Tensor, TokenIds};
 
 /// What a loaded model is; mirrors `marvel_core::tokenizer::TokenizerInfo`.
 #[napi(object)]
@@ -22,6 +23,8 @@ pub struct ModelInfo {
     pub depth: u32,
     pub codebook_size: f64,
     pub bits_per_token: u32,
+    /// Bits per image at full depth.
+    pub bits_per_image: f64,
     pub parameters: f64,
     pub encoder_width: u32,
     pub encoder_layers: u32,
@@ -40,6 +43,7 @@ impl From<&TokenizerInfo> for ModelInfo {
             depth: i.depth as u32,
             codebook_size: i.codebook_size as f64,
             bits_per_token: i.bits_per_token,
+            bits_per_image: i.bits_per_image as f64,
             parameters: i.parameters as f64,
             encoder_width: i.encoder_width as u32,
             encoder_layers: i.encoder_layers as u32,
@@ -48,13 +52,6 @@ impl From<&TokenizerInfo> for ModelInfo {
             two_stage: i.two_stage,
         }
     }
-}
-
-/// Token ids, depth-major: `shape` is `[depth, batch, numTokens]`.
-#[napi(object)]
-pub struct TokenIds {
-    pub data: Uint32Array,
-    pub shape: Vec<u32>,
 }
 
 /// A loaded model. Calls run as async tasks and hold their own reference to the model, so `dispose()` while
@@ -70,19 +67,6 @@ impl NativeTokenizer {
             crate::task::CodedError::from(invalid!("this tokenizer was disposed")).into_napi(env)
         })
     }
-}
-
-fn batch_from(data: &Uint32Array, shape: &[u32]) -> marvel_core::Result<TokenBatch> {
-    let &[depth, batch, num_tokens] = shape else {
-        return Err(MarvelError::ShapeMismatch(format!(
-            "token shape must be [depth, batch, numTokens], got {shape:?}"
-        )));
-    };
-    TokenBatch::new(data.to_vec(), depth as usize, batch as usize, num_tokens as usize)
-}
-
-fn ids_of(t: TokenBatch) -> TokenIds {
-    TokenIds { shape: vec![t.depth as u32, t.batch as u32, t.num_tokens as u32], data: Uint32Array::new(t.ids) }
 }
 
 fn depth_arg(depth: Option<u32>) -> Option<usize> {
@@ -116,7 +100,7 @@ impl NativeTokenizer {
     ) -> napi::Result<AsyncTask<Job<(Arc<CoreTokenizer>, Uint8Array), TokenIds>>> {
         let model = self.model(&env)?;
         Ok(AsyncTask::new(Job::new((model, rgb), move |(model, rgb)| {
-            Ok(ids_of(model.encode_rgb(rgb, batch as usize, height as usize, width as usize)?))
+            Ok(model.encode_rgb(rgb, batch as usize, height as usize, width as usize)?.into())
         })))
     }
 
@@ -131,7 +115,7 @@ impl NativeTokenizer {
     ) -> napi::Result<AsyncTask<Job<(Arc<CoreTokenizer>, Uint32Array, Vec<u32>), Uint8Array>>> {
         let model = self.model(&env)?;
         Ok(AsyncTask::new(Job::new((model, ids, shape), move |(model, ids, shape)| {
-            let tokens = batch_from(ids, shape)?;
+            let tokens = token_batch(ids, shape)?;
             Ok(Uint8Array::new(model.decode_rgb(&tokens, depth_arg(depth))?))
         })))
     }
@@ -147,7 +131,7 @@ impl NativeTokenizer {
     ) -> napi::Result<AsyncTask<Job<(Arc<CoreTokenizer>, Uint32Array, Vec<u32>), Float32Tensor>>> {
         let model = self.model(&env)?;
         Ok(AsyncTask::new(Job::new((model, ids, shape), move |(model, ids, shape)| {
-            let tokens = batch_from(ids, shape)?;
+            let tokens = token_batch(ids, shape)?;
             let images = model.decode_float(&tokens, depth_arg(depth))?;
             Ok(Float32Tensor::from(HostTensor::<f32>::from_tensor(&images)?))
         })))
@@ -168,7 +152,7 @@ impl NativeTokenizer {
 /// Pack depth-major ids (`[depth, batch, numTokens]`) into the compact byte format, `bits` bits per id.
 #[napi]
 pub fn tokens_to_bytes(env: Env, ids: Uint32Array, shape: Vec<u32>, bits: u32) -> napi::Result<Buffer> {
-    sync(&env, batch_from(&ids, &shape).and_then(|t| t.to_bytes(bits as usize))).map(Buffer::from)
+    sync(&env, token_batch(&ids, &shape).and_then(|t| t.to_bytes(bits as usize))).map(Buffer::from)
 }
 
 /// Ids (depth-major) and bits per id read back from the compact byte format.
@@ -182,7 +166,7 @@ pub struct PackedTokens {
 #[napi]
 pub fn tokens_from_bytes(env: Env, bytes: Uint8Array) -> napi::Result<PackedTokens> {
     let (t, bits) = sync(&env, TokenBatch::from_bytes(&bytes))?;
-    Ok(PackedTokens { ids: ids_of(t), bits: bits as u32 })
+    Ok(PackedTokens { ids: t.into(), bits: bits as u32 })
 }
 
 /// Write a model folder with fresh random weights for `config_json` (a TiTok/MARVEL `config.json`).
@@ -193,10 +177,10 @@ pub fn create_random_model(dir: String, config_json: String, seed: u32) -> Async
     }))
 }
 
-/// Write a MARVEL model folder from a TiTok one: every tensor but the quantizer copied, LFQ with `num_depths`.
+/// Write a MARVEL model folder from a TiTok one: every tensor but the quantizer copied, LFQ with `depth` depths.
 #[napi(ts_return_type = "Promise<void>")]
-pub fn marvel_from_titok(src: String, dst: String, num_depths: u32) -> AsyncTask<Job<(String, String), ()>> {
+pub fn marvel_from_titok(src: String, dst: String, depth: u32) -> AsyncTask<Job<(String, String), ()>> {
     AsyncTask::new(Job::new((src, dst), move |(src, dst)| {
-        marvel_core::convert::marvel_from_titok(src, dst, num_depths as usize).map(|_| ())
+        marvel_core::convert::marvel_from_titok(src, dst, depth as usize).map(|_| ())
     }))
 }

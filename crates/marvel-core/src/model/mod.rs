@@ -3,3 +3,7 @@
 
 pub mod maskgit;
 pub mod titok;
+
+/// Weight files looked for in a model folder, in order of preference. The one list: the bindings hand it to
+/// TypeScript (`weightFiles()`), where the hub download and the CLI use it too.
+pub const WEIGHT_FILES: [&str; 2] = ["model.safetensors", "pytorch_model.bin"];

@@ -6,7 +6,6 @@ use candle_nn::VarBuilder;
 
 use super::LAYER_NORM_EPS;
 use super::{LayerNorm, Mlp, MultiheadAttention};
-use crate::config::VitConfig;
 
 #[derive(Debug, Clone)]
 pub struct ResidualAttentionBlock {
@@ -17,13 +16,13 @@ pub struct ResidualAttentionBlock {
 }
 
 impl ResidualAttentionBlock {
-    pub fn new(cfg: &VitConfig, vb: VarBuilder) -> Result<Self> {
-        let d = cfg.width;
+    /// A block over `width` channels with `num_heads` attention heads and an MLP of `mlp_width` hidden units.
+    pub fn new(width: usize, num_heads: usize, mlp_width: usize, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
-            ln_1: LayerNorm::new(d, LAYER_NORM_EPS, vb.pp("ln_1"))?,
-            attn: MultiheadAttention::new(d, cfg.num_heads, vb.pp("attn"))?,
-            ln_2: LayerNorm::new(d, LAYER_NORM_EPS, vb.pp("ln_2"))?,
-            mlp: Mlp::new(d, cfg.mlp_width(), vb.pp("mlp"))?,
+            ln_1: LayerNorm::new(width, LAYER_NORM_EPS, vb.pp("ln_1"))?,
+            attn: MultiheadAttention::new(width, num_heads, vb.pp("attn"))?,
+            ln_2: LayerNorm::new(width, LAYER_NORM_EPS, vb.pp("ln_2"))?,
+            mlp: Mlp::new(width, mlp_width, vb.pp("mlp"))?,
         })
     }
 }
@@ -119,9 +118,9 @@ mod tests {
     use candle_nn::VarMap;
 
     fn block(width: usize, heads: usize, dev: &Device) -> (ResidualAttentionBlock, VarMap) {
-        let cfg = VitConfig { width, num_layers: 1, num_heads: heads, patch_size: 16 };
         let vars = VarMap::new();
-        let block = ResidualAttentionBlock::new(&cfg, VarBuilder::from_varmap(&vars, DType::F32, dev)).unwrap();
+        let vb = VarBuilder::from_varmap(&vars, DType::F32, dev);
+        let block = ResidualAttentionBlock::new(width, heads, 4 * width, vb).unwrap();
         (block, vars)
     }
 
@@ -139,8 +138,7 @@ mod tests {
                 (k.clone(), noise)
             })
             .collect();
-        let cfg = VitConfig { width, num_layers: 1, num_heads: heads, patch_size: 16 };
-        ResidualAttentionBlock::new(&cfg, VarBuilder::from_tensors(ts, DType::F32, dev)).unwrap()
+        ResidualAttentionBlock::new(width, heads, 4 * width, VarBuilder::from_tensors(ts, DType::F32, dev)).unwrap()
     }
 
     /// The fused path against the composed one, for a stack of three blocks (the scratch buffers and the

@@ -52,3 +52,25 @@ pub fn conv1x1_as_linear(out_ch: usize, in_ch: usize, vb: candle_nn::VarBuilder)
     let bias = vb.get(out_ch, "bias")?;
     Ok(candle_nn::Linear::new(weight, Some(bias)))
 }
+
+#[cfg(test)]
+mod tests {
+    /// Lower layers know less: every layer takes plain sizes, so none reaches for a model's configuration.
+    #[test]
+    fn layers_do_not_import_the_model_config() {
+        let needle = concat!("crate::", "config");
+        let sources = [
+            ("mod.rs", include_str!("mod.rs")),
+            ("attention.rs", include_str!("attention.rs")),
+            ("block.rs", include_str!("block.rs")),
+            ("fused.rs", include_str!("fused.rs")),
+            ("kernels.rs", include_str!("kernels.rs")),
+            ("layer_norm.rs", include_str!("layer_norm.rs")),
+            ("mlp.rs", include_str!("mlp.rs")),
+            ("sgemm.rs", include_str!("sgemm.rs")),
+        ];
+        for (file, source) in sources {
+            assert!(!source.contains(needle), "nn/{file} uses {needle}");
+        }
+    }
+}

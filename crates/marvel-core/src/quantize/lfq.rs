@@ -8,7 +8,7 @@
 
 pub mod codes;
 pub mod entropy;
-pub mod token_bytes;
+mod host;
 
 #[cfg(test)]
 mod tests;
@@ -19,7 +19,7 @@ use candle_nn::VarBuilder;
 use crate::error::{MarvelError, Result};
 use crate::{invalid, shape_mismatch};
 
-pub use token_bytes::{pack_tokens, tokens_from_bytes, tokens_to_bytes, unpack_tokens, TokenGrid};
+pub use host::LfqLossValues;
 
 /// Settings of [`ResidualLfq`]; `LfqConfig::mdq` gives MDQ's stage-1 values.
 #[derive(Debug, Clone, PartialEq)]
@@ -117,7 +117,7 @@ pub struct LfqLosses {
 pub struct LfqTrainOutput {
     pub codes: LfqCodes,
     pub losses: LfqLosses,
-    pub depths: usize,
+    pub depth: usize,
 }
 
 /// SplitMix64 (Steele, Lea & Flood 2014): a seedable generator so that depth dropout is reproducible in tests and
@@ -236,9 +236,9 @@ impl ResidualLfq {
         &self.cfg
     }
 
-    fn check_depths(&self, depths: usize) -> Result<()> {
-        if depths == 0 || depths > self.cfg.num_depths {
-            return Err(invalid!("depths must be in 1..={}, got {depths}", self.cfg.num_depths));
+    fn check_depth(&self, depth: usize) -> Result<()> {
+        if depth == 0 || depth > self.cfg.num_depths {
+            return Err(invalid!("depth must be in 1..={}, got {depth}", self.cfg.num_depths));
         }
         Ok(())
     }
@@ -262,22 +262,22 @@ impl ResidualLfq {
         Ok((z3.to_dtype(DType::F32)?, layout))
     }
 
-    /// Quantizes z over the first `depths` depths: straight-through z_q, cum and the (B, N, depths) tokens.
-    pub fn quantize(&self, z: &Tensor, depths: usize) -> Result<LfqCodes> {
-        Ok(self.run(z, depths, false)?.0)
+    /// Quantizes z over the first `depth` depths: straight-through z_q, cum and the (B, N, depths) tokens.
+    pub fn quantize(&self, z: &Tensor, depth: usize) -> Result<LfqCodes> {
+        Ok(self.run(z, depth, false)?.0)
     }
 
-    /// The training losses of z over `depths` depths (MDQ uses 2).
-    pub fn losses(&self, z: &Tensor, depths: usize) -> Result<LfqLosses> {
-        Ok(self.run(z, depths, true)?.1.expect("losses were requested"))
+    /// The training losses of z over `depth` depths (MDQ uses 2).
+    pub fn losses(&self, z: &Tensor, depth: usize) -> Result<LfqLosses> {
+        Ok(self.run(z, depth, true)?.1.expect("losses were requested"))
     }
 
     /// A training forward: draws the depth count (depth dropout), then quantizes and computes the losses in one
     /// pass.
     pub fn forward_train(&self, z: &Tensor, rng: &mut SplitMix64) -> Result<LfqTrainOutput> {
-        let depths = self.sample_train_depths(rng);
-        let (codes, losses) = self.run(z, depths, true)?;
-        Ok(LfqTrainOutput { codes, losses: losses.expect("losses were requested"), depths })
+        let depth = self.sample_train_depths(rng);
+        let (codes, losses) = self.run(z, depth, true)?;
+        Ok(LfqTrainOutput { codes, losses: losses.expect("losses were requested"), depth })
     }
 
     /// Depth dropout: with probability `depth_dropout` a step trains on a prefix of 1..D-1 depths (uniform),
@@ -292,21 +292,21 @@ impl ResidualLfq {
         }
     }
 
-    fn run(&self, z: &Tensor, depths: usize, with_losses: bool) -> Result<(LfqCodes, Option<LfqLosses>)> {
-        self.check_depths(depths)?;
+    fn run(&self, z: &Tensor, depth: usize, with_losses: bool) -> Result<(LfqCodes, Option<LfqLosses>)> {
+        self.check_depth(depth)?;
         let bits = self.cfg.token_bits;
         let (z3, layout) = self.channels_last(z)?;
         let (b, n, _) = z3.dims3()?;
         let device = z3.device();
         let mut cum = z3.flatten_all()?.to_vec1::<f32>()?;
-        let mut tokens = vec![0u32; b * n * depths];
-        let mut q = if with_losses { vec![0f32; depths * cum.len()] } else { Vec::new() };
-        codes::quantize_in_place(&mut cum, bits, depths, &mut tokens, with_losses.then_some(&mut q[..]));
+        let mut tokens = vec![0u32; b * n * depth];
+        let mut q = if with_losses { vec![0f32; depth * cum.len()] } else { Vec::new() };
+        codes::quantize_in_place(&mut cum, bits, depth, &mut tokens, with_losses.then_some(&mut q[..]));
 
         let cum = Tensor::from_vec(cum, (b, n, bits), device)?;
         let z_q = (&z3 + (&cum - &z3)?.detach())?;
-        let tokens = Tensor::from_vec(tokens, (b, n, depths), device)?;
-        let losses = if with_losses { Some(self.losses_from_q(&z3, q, depths)?) } else { None };
+        let tokens = Tensor::from_vec(tokens, (b, n, depth), device)?;
+        let losses = if with_losses { Some(self.losses_from_q(&z3, q, depth)?) } else { None };
         let (z_q, cum) = match layout {
             Layout::ChannelsLast => (z_q, cum),
             Layout::ChannelsFirst => (to_channels_first(&z_q)?, to_channels_first(&cum)?),
@@ -314,15 +314,15 @@ impl ResidualLfq {
         Ok((LfqCodes { z_q, cum, tokens }, losses))
     }
 
-    /// Losses from the per-depth codes q (depths x rows x bits, constants): r_s = z - sum_{t<s} q_t carries the
+    /// Losses from the per-depth codes q (depth x rows x bits, constants): r_s = z - sum_{t<s} q_t carries the
     /// gradient to z.
-    fn losses_from_q(&self, z3: &Tensor, q: Vec<f32>, depths: usize) -> Result<LfqLosses> {
+    fn losses_from_q(&self, z3: &Tensor, q: Vec<f32>, depth: usize) -> Result<LfqLosses> {
         let cfg = &self.cfg;
         let bits = cfg.token_bits;
         let rows = z3.elem_count() / bits;
         let per_depth = rows * bits;
         let mut cum_before = vec![0f32; q.len()];
-        for s in 1..depths {
+        for s in 1..depth {
             let (done, next) = cum_before.split_at_mut(s * per_depth);
             let (prev_cum, prev_q) = (&done[(s - 1) * per_depth..], &q[(s - 1) * per_depth..s * per_depth]);
             for ((c, &pc), &pq) in next[..per_depth].iter_mut().zip(prev_cum).zip(prev_q) {
@@ -330,17 +330,17 @@ impl ResidualLfq {
             }
         }
         let device = z3.device();
-        let q = Tensor::from_vec(q, (depths, rows, bits), device)?;
-        let cum_before = Tensor::from_vec(cum_before, (depths, rows, bits), device)?;
+        let q = Tensor::from_vec(q, (depth, rows, bits), device)?;
+        let cum_before = Tensor::from_vec(cum_before, (depth, rows, bits), device)?;
         let r = z3.reshape((1, rows, bits))?.broadcast_sub(&cum_before)?;
 
         // MDQ: beta * mean((q_s - r_s)^2) per depth, averaged over depths.
-        let per_depth_mse = (&q - &r)?.sqr()?.reshape((depths, per_depth))?.mean(1)?;
+        let per_depth_mse = (&q - &r)?.sqr()?.reshape((depth, per_depth))?.mean(1)?;
         let commitment = (per_depth_mse * cfg.commitment_cost)?.mean(0)?;
 
         let (entropy, per_sample_entropy, avg_entropy) = if cfg.entropy_loss_weight != 0.0 {
             let groups = cfg.entropy_groups.unwrap_or(1);
-            let rows_all = r.reshape((depths * rows, bits))?;
+            let rows_all = r.reshape((depth * rows, bits))?;
             let terms = entropy::entropy_terms(&rows_all, groups, cfg.entropy_loss_temperature, cfg.entropy_gamma)?;
             let entropy = ((&terms.per_sample - &terms.avg)? * cfg.entropy_loss_weight)?;
             (entropy, terms.per_sample, terms.avg)
@@ -352,15 +352,15 @@ impl ResidualLfq {
         Ok(LfqLosses { commitment, entropy, per_sample_entropy, avg_entropy, total })
     }
 
-    /// cum_d for the first `depths` depths of `tokens` (B, N, >= depths), channels-last (B, N, bits) f32: the
+    /// cum_d for the first `depth` depths of `tokens` (B, N, >= depth), channels-last (B, N, bits) f32: the
     /// decoder input for a prefix of the tokens. Accepts U8, U32, I32 and I64 indices.
-    pub fn codes_from_tokens(&self, tokens: &Tensor, depths: usize) -> Result<Tensor> {
-        self.check_depths(depths)?;
+    pub fn codes_from_tokens(&self, tokens: &Tensor, depth: usize) -> Result<Tensor> {
+        self.check_depth(depth)?;
         let bits = self.cfg.token_bits;
         let (b, n, stride) =
             tokens.dims3().map_err(|_| shape_mismatch!("tokens must be (B, N, depths), got {:?}", tokens.dims()))?;
-        if stride < depths {
-            return Err(shape_mismatch!("tokens {:?} hold {stride} depth(s), {depths} requested", tokens.dims()));
+        if stride < depth {
+            return Err(shape_mismatch!("tokens {:?} hold {stride} depth(s), {depth} requested", tokens.dims()));
         }
         if !matches!(tokens.dtype(), DType::U8 | DType::U32 | DType::I32 | DType::I64) {
             return Err(invalid!("tokens must be integers, got {:?}", tokens.dtype()));
@@ -374,19 +374,19 @@ impl ResidualLfq {
         // U32 (what `quantize` returns) is read as is; the other integer types go through i64 to catch negatives.
         let host: Vec<u32> = if tokens.dtype() == DType::U32 {
             let host = tokens.flatten_all()?.to_vec1::<u32>()?;
-            if let Some(i) = (0..host.len()).find(|&i| i % stride < depths && u64::from(host[i]) >= limit) {
+            if let Some(i) = (0..host.len()).find(|&i| i % stride < depth && u64::from(host[i]) >= limit) {
                 return Err(out_of_range(i, i64::from(host[i])));
             }
             host
         } else {
             let wide = tokens.to_dtype(DType::I64)?.flatten_all()?.to_vec1::<i64>()?;
-            if let Some(i) = (0..wide.len()).find(|&i| i % stride < depths && !(0..limit as i64).contains(&wide[i])) {
+            if let Some(i) = (0..wide.len()).find(|&i| i % stride < depth && !(0..limit as i64).contains(&wide[i])) {
                 return Err(out_of_range(i, wide[i]));
             }
             wide.into_iter().map(|t| t as u32).collect()
         };
         let mut cum = vec![0f32; b * n * bits];
-        codes::cum_from_tokens(&host, stride, depths, bits, &mut cum);
+        codes::cum_from_tokens(&host, stride, depth, bits, &mut cum);
         Ok(Tensor::from_vec(cum, (b, n, bits), tokens.device())?)
     }
 }

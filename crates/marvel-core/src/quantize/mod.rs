@@ -63,11 +63,11 @@ impl Quantizer {
     }
 
     /// Token ids -> the decoder input (B, token_size, 1, N). VQ: ids (B, N) or (B, 1, N). LFQ: ids (B, N, d'), of which the
-    /// first `depths` are decoded (all d' when `None`). Any integer dtype; ids are range-checked.
-    pub fn dequantize(&self, tokens: &Tensor, depths: Option<usize>) -> Result<Tensor> {
+    /// first `depth` are decoded (all d' when `None`). Any integer dtype; ids are range-checked.
+    pub fn dequantize(&self, tokens: &Tensor, depth: Option<usize>) -> Result<Tensor> {
         match self {
             Self::Vq(vq) => {
-                if let Some(d) = depths.filter(|&d| d != 1) {
+                if let Some(d) = depth.filter(|&d| d != 1) {
                     return Err(invalid!("a VQ model has one depth, {d} requested"));
                 }
                 // The reference's own layout (B, 1, N) is accepted too.
@@ -82,7 +82,7 @@ impl Quantizer {
                 Ok(rows.transpose(1, 2)?.reshape((b, vq.token_size(), 1, n))?)
             }
             Self::Lfq(lfq) => {
-                let d = match depths {
+                let d = match depth {
                     Some(d) => d,
                     None => tokens.dims3().map(|(_, _, d)| d).unwrap_or(0),
                 };

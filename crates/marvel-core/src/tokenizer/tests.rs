@@ -102,9 +102,12 @@ fn info_describes_the_model() {
     assert_eq!((info.architecture, info.quantizer, info.num_tokens, info.depth), ("titok", "vq", 8, 1));
     assert_eq!((info.codebook_size, info.bits_per_token, info.two_stage), (4096, 12, true));
     assert_eq!(info.parameters, 675_087, "the fixture README counts 675087 values in 164 tensors");
-    assert_eq!(info.bits_per_image(1), 96);
+    assert_eq!((info.bits_per_image_at(1), info.bits_per_image), (96, 96));
     let (_, nonlegacy) = load("titok_vq_nonlegacy");
     assert_eq!((nonlegacy.info().bits_per_token, nonlegacy.info().parameters), (8, 340_516));
+    // Full depth: 8 tokens x 4 depths x 12 bits.
+    let (_, lfq) = load("marvel_lfq");
+    assert_eq!((lfq.info().bits_per_image, lfq.info().bits_per_image_at(2)), (384, 192));
 }
 
 #[test]
@@ -139,16 +142,4 @@ fn bad_inputs_are_named() {
 #[test]
 fn bits_cover_the_codebook() {
     assert_eq!([bits_for(2), bits_for(256), bits_for(257), bits_for(4096), bits_for(8192)], [1, 8, 9, 12, 13]);
-}
-
-#[test]
-fn token_bytes_round_trip_in_depth_major_order() {
-    let ids: Vec<u32> = (0..2 * 3 * 5).map(|i| (i * 37 % 4096) as u32).collect();
-    let t = TokenBatch::new(ids, 2, 3, 5).unwrap();
-    let bytes = t.to_bytes(12).unwrap();
-    assert_eq!(bytes.len(), 20 + (30 * 12usize).div_ceil(8));
-    let (back, bits) = TokenBatch::from_bytes(&bytes).unwrap();
-    assert_eq!((back, bits), (t.clone(), 12));
-    assert!(TokenBatch::from_bytes(&bytes[..bytes.len() - 1]).is_err());
-    assert!(t.to_bytes(10).is_err(), "id 1073 does not fit in 10 bits");
 }

@@ -12,6 +12,7 @@ mod encoder;
 mod norm;
 mod quantizer;
 mod res_block;
+mod rgb;
 mod vqgan;
 mod winograd;
 

@@ -12,10 +12,11 @@ use super::decoder::MaskgitDecoder;
 use super::encoder::MaskgitEncoder;
 use super::quantizer::MaskgitQuantizer;
 use crate::error::{MarvelError, Result};
+use crate::model::WEIGHT_FILES;
 use crate::weights::{load_strict, LoadOptions};
 
-/// Weight files looked for in a MaskGIT-VQGAN folder, in order of preference (the last is the released name).
-pub const VQGAN_WEIGHT_FILES: [&str; 3] = ["model.safetensors", "pytorch_model.bin", "maskgit-vqgan-imagenet-f16-256.bin"];
+/// The released checkpoint's file name, looked for after the model-folder names of [`WEIGHT_FILES`].
+pub const RELEASED_WEIGHTS_FILE: &str = "maskgit-vqgan-imagenet-f16-256.bin";
 
 #[derive(Debug, Clone)]
 pub struct MaskgitVqgan {
@@ -38,14 +39,16 @@ impl MaskgitVqgan {
     }
 
     /// Loads a checkpoint strictly: `path` is a weights file (released sizes) or a folder with one of
-    /// [`VQGAN_WEIGHT_FILES`] and an optional `config.json` holding a `maskgit_vqgan` object.
+    /// [`WEIGHT_FILES`] or [`RELEASED_WEIGHTS_FILE`] and an optional `config.json` holding a `maskgit_vqgan` object.
     pub fn from_pretrained(path: impl AsRef<Path>, device: &Device) -> Result<Self> {
         let path = path.as_ref();
         let (config, weights) = if path.is_dir() {
             let cfg_path = path.join("config.json");
             let config = if cfg_path.is_file() { MaskgitConfig::from_file(&cfg_path)? } else { MaskgitConfig::default() };
-            let weights = VQGAN_WEIGHT_FILES.iter().map(|f| path.join(f)).find(|p| p.is_file()).ok_or_else(|| {
-                MarvelError::Checkpoint(format!("{}: no {} found", path.display(), VQGAN_WEIGHT_FILES.join(" or ")))
+            let names = || WEIGHT_FILES.iter().chain([&RELEASED_WEIGHTS_FILE]);
+            let weights = names().map(|f| path.join(f)).find(|p| p.is_file()).ok_or_else(|| {
+                let names: Vec<&str> = names().copied().collect();
+                MarvelError::Checkpoint(format!("{}: no {} found", path.display(), names.join(" or ")))
             })?;
             (config, weights)
         } else if path.is_file() {

@@ -41,7 +41,7 @@ impl TitokDecoder {
         let grid = cfg.decoder_grid();
         let n = cfg.num_latent_tokens;
         let transformer = (0..vit.num_layers)
-            .map(|i| ResidualAttentionBlock::new(vit, vb.pp("transformer").pp(i)))
+            .map(|i| ResidualAttentionBlock::new(d, vit.num_heads, vit.mlp_width(), vb.pp("transformer").pp(i)))
             .collect::<Result<Vec<_>>>()?;
         let ffn = vb.pp("ffn");
         let head = if cfg.is_legacy {

@@ -37,7 +37,7 @@ impl TitokEncoder {
         let patch_weight = pe.get((d, 3, p, p), "weight")?.reshape((d, 3 * p * p))?;
         let patch_embed = Linear::new(patch_weight, Some(pe.get(d, "bias")?));
         let transformer = (0..vit.num_layers)
-            .map(|i| ResidualAttentionBlock::new(vit, vb.pp("transformer").pp(i)))
+            .map(|i| ResidualAttentionBlock::new(d, vit.num_heads, vit.mlp_width(), vb.pp("transformer").pp(i)))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             patch_embed,

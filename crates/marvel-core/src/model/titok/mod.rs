@@ -22,6 +22,7 @@ use candle_nn::VarBuilder;
 use crate::config::TitokConfig;
 use crate::error::{MarvelError, Result};
 use crate::model::maskgit::MaskgitDecoder;
+use crate::model::WEIGHT_FILES;
 use crate::quantize::Quantizer;
 use crate::weights::{load_strict, LoadOptions, LoadReport};
 use crate::{invalid, shape_mismatch};
@@ -45,9 +46,6 @@ pub struct Titok {
     device: Device,
     dtype: DType,
 }
-
-/// Weight files looked for in a model folder, in order of preference.
-pub const WEIGHT_FILES: [&str; 2] = ["model.safetensors", "pytorch_model.bin"];
 
 /// The first of [`WEIGHT_FILES`] present in `dir`.
 pub fn weights_file(dir: &Path) -> Result<std::path::PathBuf> {
@@ -185,44 +183,9 @@ impl Titok {
         self.decode(&z)
     }
 
-    /// LFQ: decode only the first `depths` depths of `tokens` (B, N, >= depths), the coarse-to-fine prefix.
-    pub fn decode_tokens_depths(&self, tokens: &Tensor, depths: usize) -> Result<Tensor> {
-        let z = self.quantize.dequantize(&tokens.to_device(&self.device)?, Some(depths))?;
+    /// LFQ: decode only the first `depth` depths of `tokens` (B, N, >= depth), the coarse-to-fine prefix.
+    pub fn decode_tokens_to_depth(&self, tokens: &Tensor, depth: usize) -> Result<Tensor> {
+        let z = self.quantize.dequantize(&tokens.to_device(&self.device)?, Some(depth))?;
         self.decode(&z)
     }
-}
-
-/// The model input for each byte value, f32(v) / 255 with IEEE division as the reference computes it
-/// (multiplying by a rounded 1/255 differs in the last bit for about half the values).
-pub fn u8_to_unit_table() -> [f32; 256] {
-    std::array::from_fn(|v| v as f32 / 255.0)
-}
-
-/// Interleaved RGB bytes (B, H, W, 3) -> the model input (B, 3, H, W) f32 in [0, 1].
-pub fn images_from_u8_nhwc(data: &[u8], shape: (usize, usize, usize), device: &Device) -> Result<Tensor> {
-    let (b, h, w) = shape;
-    crate::tensor::check_shape("images", data.len(), &[b, h, w, 3])?;
-    let table = u8_to_unit_table();
-    let plane = h * w;
-    let mut out = vec![0f32; data.len()];
-    for (img_in, img_out) in data.chunks_exact(3 * plane).zip(out.chunks_exact_mut(3 * plane)) {
-        for (i, px) in img_in.chunks_exact(3).enumerate() {
-            for c in 0..3 {
-                img_out[c * plane + i] = table[px[c] as usize];
-            }
-        }
-    }
-    Ok(Tensor::from_vec(out, (b, 3, h, w), device)?)
-}
-
-/// A reconstruction (B, 3, H, W) -> bytes (B, H, W, 3) as the reference's demo and evaluation do:
-/// clamp to [0, 1], times 255 in f32, then truncation (not rounding).
-pub fn images_to_u8_nhwc(images: &Tensor) -> Result<Vec<u8>> {
-    let (_, c, _, _) = images.dims4()?;
-    if c != 3 {
-        return Err(shape_mismatch!("images must be (B, 3, H, W), got {:?}", images.dims()));
-    }
-    let nhwc = images.to_dtype(DType::F32)?.permute((0, 2, 3, 1))?.flatten_all()?.to_vec1::<f32>()?;
-    // `as u8` truncates toward zero (and maps NaN to 0).
-    Ok(nhwc.into_iter().map(|v| (v.clamp(0.0, 1.0) * 255.0) as u8).collect())
 }

@@ -3,6 +3,7 @@ use candle_nn::VarBuilder;
 
 use super::*;
 use crate::config::TitokConfig;
+use crate::image::images_to_u8_nhwc;
 use crate::testutil::{max_abs_diff, Fixture};
 use crate::weights::{build_shape_only, LoadOptions};
 
@@ -95,7 +96,7 @@ fn parity_marvel_lfq_pipeline() {
     for d in 1..=4 {
         let z = model.quantizer().dequantize(&tokens, Some(d)).unwrap();
         check(case, &format!("z_q_depth{d}"), &z, fx.expected(&format!("z_q_depth{d}")), 0.0);
-        let recon = model.decode_tokens_depths(&tokens, d).unwrap();
+        let recon = model.decode_tokens_to_depth(&tokens, d).unwrap();
         check(case, &format!("recon_depth{d}"), &recon, fx.expected(&format!("recon_depth{d}")), 1e-4);
     }
 }
@@ -191,28 +192,6 @@ fn bad_arguments_are_named() {
     assert_eq!(err.code(), "MARVEL_SHAPE_MISMATCH");
     let err = model.decode(&Tensor::zeros((1, 4, 1, 6), DType::F32, &dev).unwrap()).unwrap_err();
     assert!(err.to_string().contains("(B, 4, 1, 5), got [1, 4, 1, 6]"), "{err}");
-}
-
-#[test]
-fn byte_images_round_trip() {
-    let table = u8_to_unit_table();
-    // IEEE division, not a multiply by a rounded reciprocal.
-    assert_eq!(table[3], 3.0f32 / 255.0);
-    assert_eq!(table[255], 1.0);
-    let (h, w) = (2, 3);
-    let bytes: Vec<u8> = (0..2 * h * w * 3).map(|i| (i * 13 % 256) as u8).collect();
-    let x = images_from_u8_nhwc(&bytes, (2, h, w), &Device::Cpu).unwrap();
-    assert_eq!(x.dims(), &[2, 3, h, w]);
-    // Pixel (b=1, y=1, x=2), channel 1 sits at NHWC offset ((1*h + 1)*w + 2)*3 + 1.
-    let v = x.get(1).unwrap().get(1).unwrap().get(1).unwrap().get(2).unwrap().to_scalar::<f32>().unwrap();
-    assert_eq!(v, table[bytes[((h + 1) * w + 2) * 3 + 1] as usize]);
-    // Back to bytes: f32(v / 255) * 255 can land one ulp below v and truncate to v - 1, as in the reference.
-    let back = images_to_u8_nhwc(&x).unwrap();
-    assert!(back.iter().zip(&bytes).all(|(&a, &b)| a == b || a + 1 == b), "{back:?} vs {bytes:?}");
-    assert!(images_from_u8_nhwc(&bytes[1..], (2, h, w), &Device::Cpu).is_err());
-    // Clamping and truncation: 0.999 * 255 = 254.7 -> 254.
-    let t = Tensor::new(&[-0.5f32, 0.999, 2.0], &Device::Cpu).unwrap().reshape((1, 3, 1, 1)).unwrap();
-    assert_eq!(images_to_u8_nhwc(&t).unwrap(), vec![0, 254, 255]);
 }
 
 /// Timing of the released TiTok-L-32 layout on this machine (zero weights: the same arithmetic as trained ones).

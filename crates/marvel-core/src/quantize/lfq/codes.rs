@@ -9,28 +9,28 @@ pub fn depth_scale(s: usize) -> f32 {
     0.5f32.powi(s as i32)
 }
 
-/// Residual sign quantization over `depths` depths, in place: `values` holds rows of `bits` channels of z on
+/// Residual sign quantization over `depth` depths, in place: `values` holds rows of `bits` channels of z on
 /// entry and the final cum on return (reusing the buffer saves an allocation that costs more than the loop).
 ///
 /// For each row: cum = 0; at depth s, r = z - cum, q = +2^-s where r > 0 and -2^-s elsewhere (sign(0) = -1, as
 /// MDQ's `z > 0` mask), token = sum_k [q_k > 0] 2^k, cum += q. Writes the tokens (`rows x depths`, depth fastest)
-/// and, when asked, every depth's q (`depths x rows x bits`, depth slowest: the order MDQ stacks its per-depth
+/// and, when asked, every depth's q (`depth x rows x bits`, depth slowest: the order MDQ stacks its per-depth
 /// affinities in).
 pub fn quantize_in_place(
     values: &mut [f32],
     bits: usize,
-    depths: usize,
+    depth: usize,
     tokens: &mut [u32],
     mut per_depth_q: Option<&mut [f32]>,
 ) {
     assert!((1..=32).contains(&bits) && values.len() % bits == 0);
     let rows = values.len() / bits;
-    assert_eq!(tokens.len(), rows * depths);
+    assert_eq!(tokens.len(), rows * depth);
     if let Some(q) = per_depth_q.as_deref() {
-        assert_eq!(q.len(), depths * values.len());
+        assert_eq!(q.len(), depth * values.len());
     }
     let mut z = [0f32; 32];
-    for (row, (vr, tr)) in values.chunks_exact_mut(bits).zip(tokens.chunks_exact_mut(depths)).enumerate() {
+    for (row, (vr, tr)) in values.chunks_exact_mut(bits).zip(tokens.chunks_exact_mut(depth)).enumerate() {
         let z = &mut z[..bits];
         z.copy_from_slice(vr);
         vr.fill(0.0);
@@ -73,15 +73,15 @@ pub fn index_of_signs(code: &[f32]) -> u32 {
     code.iter().enumerate().fold(0u32, |acc, (k, &v)| acc | (((v > 0.0) as u32) << k))
 }
 
-/// The first `depths` depth vectors of each token summed: cum_d = sum_{s<d} code(token_s) 2^-s. `tokens` holds
+/// The first `depth` depth vectors of each token summed: cum_d = sum_{s<d} code(token_s) 2^-s. `tokens` holds
 /// `rows x stride` indices (depth fastest; `stride >= depths`), already checked to be below 2^bits.
-pub fn cum_from_tokens(tokens: &[u32], stride: usize, depths: usize, bits: usize, cum: &mut [f32]) {
-    debug_assert!(depths <= stride && tokens.len() % stride == 0);
+pub fn cum_from_tokens(tokens: &[u32], stride: usize, depth: usize, bits: usize, cum: &mut [f32]) {
+    debug_assert!(depth <= stride && tokens.len() % stride == 0);
     debug_assert_eq!(cum.len(), tokens.len() / stride * bits);
     cum.fill(0.0);
     for (row, cr) in tokens.chunks_exact(stride).zip(cum.chunks_exact_mut(bits)) {
         // Same order of additions as `quantize_in_place` (0 + q_0 + q_1 + ...), so both give bit-identical sums.
-        for (s, &index) in row[..depths].iter().enumerate() {
+        for (s, &index) in row[..depth].iter().enumerate() {
             let scale = depth_scale(s).to_bits();
             for (k, ck) in cr.iter_mut().enumerate() {
                 *ck += signed(scale, (index >> k) & 1);

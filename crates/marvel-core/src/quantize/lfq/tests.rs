@@ -1,5 +1,5 @@
 //! Tests of the residual LFQ: parity with MDQ (fixture `marvel_lfq`), properties over random inputs, gradients,
-//! the token byte format, and an ignored throughput probe for `bench/`.
+//! and an ignored throughput probe for `bench/`.
 
 use std::collections::HashMap;
 
@@ -10,6 +10,7 @@ use super::codes::{fill_code, index_of_signs};
 use super::entropy::MAX_ENTROPY_ELEMENTS;
 use super::*;
 use crate::testutil::{max_abs_diff, Fixture};
+use crate::tokens::bytes::{tokens_from_bytes, tokens_to_bytes};
 
 const CPU: Device = Device::Cpu;
 
@@ -23,8 +24,8 @@ fn normals(rng: &mut SplitMix64, n: usize, scale: f32) -> Vec<f32> {
         .collect()
 }
 
-fn lfq(bits: usize, depths: usize) -> ResidualLfq {
-    ResidualLfq::from_config(LfqConfig::mdq(bits, depths)).unwrap()
+fn lfq(bits: usize, depth: usize) -> ResidualLfq {
+    ResidualLfq::from_config(LfqConfig::mdq(bits, depth)).unwrap()
 }
 
 fn scalar(t: &Tensor) -> f64 {
@@ -113,7 +114,7 @@ fn parity_checkpoint_buffers_are_checked() {
 fn random_case(seed: u64) -> (usize, usize, Tensor) {
     let mut rng = SplitMix64::new(seed);
     let bits = 1 + rng.below(16) as usize;
-    let depths = 1 + rng.below(6) as usize;
+    let depth = 1 + rng.below(6) as usize;
     let (b, n) = (1 + rng.below(3) as usize, 1 + rng.below(9) as usize);
     let scale = [0.05f32, 0.5, 1.0, 3.0][rng.below(4) as usize];
     let mut z = normals(&mut rng, b * n * bits, scale);
@@ -122,26 +123,26 @@ fn random_case(seed: u64) -> (usize, usize, Tensor) {
             *v = 0.0;
         }
     }
-    (bits, depths, Tensor::from_vec(z, (b, n, bits), &CPU).unwrap())
+    (bits, depth, Tensor::from_vec(z, (b, n, bits), &CPU).unwrap())
 }
 
 #[test]
 fn each_depth_adds_signed_powers_of_two_matching_its_token() {
     for seed in 0..200 {
-        let (bits, depths, z) = random_case(seed);
-        let q = lfq(bits, depths);
+        let (bits, depth, z) = random_case(seed);
+        let q = lfq(bits, depth);
         let zh = host(&z);
-        let all = q.quantize(&z, depths).unwrap();
+        let all = q.quantize(&z, depth).unwrap();
         let tokens = host_u32(&all.tokens);
         let mut prev = vec![0f32; zh.len()];
-        for d in 1..=depths {
+        for d in 1..=depth {
             let cum = host(&q.quantize(&z, d).unwrap().cum);
             let scale = 0.5f32.powi(d as i32 - 1);
             for (i, ((&c, &p), &zi)) in cum.iter().zip(&prev).zip(&zh).enumerate() {
                 let step = c - p;
                 assert!(step == scale || step == -scale, "seed {seed} depth {d}: step {step}");
                 assert_eq!(step > 0.0, zi - p > 0.0, "seed {seed}: sign of the residual");
-                let token = tokens[(i / bits) * depths + d - 1];
+                let token = tokens[(i / bits) * depth + d - 1];
                 assert_eq!((token >> (i % bits)) & 1 == 1, step > 0.0, "seed {seed}: token bit");
             }
             prev = cum;
@@ -161,10 +162,10 @@ fn indices_round_trip_through_sign_codes() {
         }
     }
     for seed in 0..100 {
-        let (bits, depths, z) = random_case(seed);
-        let q = lfq(bits, depths);
-        let tokens = q.quantize(&z, depths).unwrap().tokens;
-        for d in 1..=depths {
+        let (bits, depth, z) = random_case(seed);
+        let q = lfq(bits, depth);
+        let tokens = q.quantize(&z, depth).unwrap().tokens;
+        for d in 1..=depth {
             let cum = q.quantize(&z, d).unwrap().cum;
             assert_eq!(host(&q.codes_from_tokens(&tokens, d).unwrap()), host(&cum), "seed {seed} depth {d}");
         }
@@ -197,10 +198,10 @@ fn residual_bound_halves_with_each_depth() {
 #[test]
 fn channels_first_input_matches_channels_last() {
     for seed in 0..20 {
-        let (bits, depths, z) = random_case(seed);
-        let q = lfq(bits, depths);
-        let last = q.quantize(&z, depths).unwrap();
-        let first = q.quantize(&to_channels_first(&z).unwrap(), depths).unwrap();
+        let (bits, depth, z) = random_case(seed);
+        let q = lfq(bits, depth);
+        let last = q.quantize(&z, depth).unwrap();
+        let first = q.quantize(&to_channels_first(&z).unwrap(), depth).unwrap();
         assert_eq!(first.z_q.dims()[1..], [bits, 1, z.dim(1).unwrap()]);
         assert_eq!(host_u32(&first.tokens), host_u32(&last.tokens));
         assert_eq!(host(&to_channels_last(&first.z_q).unwrap()), host(&last.z_q));
@@ -210,15 +211,15 @@ fn channels_first_input_matches_channels_last() {
 #[test]
 fn straight_through_gradient_is_the_identity() {
     for seed in 0..20 {
-        let (bits, depths, z) = random_case(seed);
-        let q = lfq(bits, depths);
+        let (bits, depth, z) = random_case(seed);
+        let q = lfq(bits, depth);
         let w =
             Tensor::from_vec(normals(&mut SplitMix64::new(seed + 99), z.elem_count(), 1.0), z.shape(), &CPU).unwrap();
         for channels_first in [false, true] {
             let var = Var::from_tensor(&z).unwrap();
             let input =
                 if channels_first { to_channels_first(var.as_tensor()).unwrap() } else { var.as_tensor().clone() };
-            let mut z_q = q.quantize(&input, depths).unwrap().z_q;
+            let mut z_q = q.quantize(&input, depth).unwrap().z_q;
             if channels_first {
                 z_q = to_channels_last(&z_q).unwrap();
             }
@@ -229,11 +230,11 @@ fn straight_through_gradient_is_the_identity() {
 }
 
 /// MDQ's losses recomputed in f64 straight from the formulas, for a small number of bits.
-fn hand_losses(z: &[f32], bits: usize, depths: usize, cfg: &LfqConfig) -> [f64; 4] {
+fn hand_losses(z: &[f32], bits: usize, depth: usize, cfg: &LfqConfig) -> [f64; 4] {
     let rows = z.len() / bits;
     let n_codes = 1usize << bits;
     let (mut commit, mut probs) = (0.0, Vec::new());
-    for s in 0..depths {
+    for s in 0..depth {
         let mut mse = 0.0;
         for row in z.chunks(bits) {
             // cum before depth s, from the definition.
@@ -262,7 +263,7 @@ fn hand_losses(z: &[f32], bits: usize, depths: usize, cfg: &LfqConfig) -> [f64; 
         }
         commit += cfg.commitment_cost * mse / (rows * bits) as f64;
     }
-    commit /= depths as f64;
+    commit /= depth as f64;
     let clog = |p: f64| p.max(1e-5).ln();
     let per_sample =
         -probs.iter().map(|p| p.iter().map(|&v| v * clog(v)).sum::<f64>()).sum::<f64>() / probs.len() as f64;
@@ -274,15 +275,15 @@ fn hand_losses(z: &[f32], bits: usize, depths: usize, cfg: &LfqConfig) -> [f64; 
 #[test]
 fn losses_match_hand_computation_on_two_bits() {
     let z = [0.3f32, -0.7, 0.004, 0.02, -1.2, 0.9, 0.0, -0.05, 0.6, 0.25, -0.33, 0.11];
-    for (tau, depths) in [(0.01, 2), (0.5, 1), (0.5, 3), (2.0, 2)] {
+    for (tau, depth) in [(0.01, 2), (0.5, 1), (0.5, 3), (2.0, 2)] {
         let cfg = LfqConfig { entropy_loss_temperature: tau, entropy_gamma: 0.7, ..LfqConfig::mdq(2, 3) };
         let q = ResidualLfq::from_config(cfg.clone()).unwrap();
         let zt = Tensor::from_slice(&z, (2, 3, 2), &CPU).unwrap();
-        let l = q.losses(&zt, depths).unwrap();
-        let want = hand_losses(&z, 2, depths, &cfg);
+        let l = q.losses(&zt, depth).unwrap();
+        let want = hand_losses(&z, 2, depth, &cfg);
         let got = [scalar(&l.commitment), scalar(&l.per_sample_entropy), scalar(&l.avg_entropy), scalar(&l.entropy)];
         for (name, (g, w)) in ["commitment", "per_sample", "avg", "entropy"].iter().zip(got.iter().zip(want)) {
-            assert!((g - w).abs() <= 1e-5 * w.abs().max(1e-3), "tau {tau} depths {depths} {name}: {g} vs {w}");
+            assert!((g - w).abs() <= 1e-5 * w.abs().max(1e-3), "tau {tau} depths {depth} {name}: {g} vs {w}");
         }
         assert!((scalar(&l.total) - want[0] - want[3]).abs() <= 1e-6);
     }
@@ -438,64 +439,6 @@ fn checkpoint_buffers_are_optional_but_checked() {
     let mut powers = buffers(6);
     powers.insert("quantize.bits_to_indices".into(), Tensor::new(&[1i32, 2, 4, 8, 16, 33], &CPU).unwrap());
     assert!(build(powers, 6).unwrap_err().to_string().contains("quantize.bits_to_indices"));
-}
-
-// ---------------------------------------------------------------------------------------------- token bytes
-
-#[test]
-fn token_bytes_round_trip() {
-    for seed in 0..300 {
-        let mut rng = SplitMix64::new(seed);
-        let bits = 1 + rng.below(32) as usize;
-        let shape = (rng.below(4) as usize, rng.below(40) as usize, 1 + rng.below(5) as usize);
-        let count = shape.0 * shape.1 * shape.2;
-        let mask = if bits == 32 { u32::MAX } else { (1u32 << bits) - 1 };
-        let mut tokens: Vec<u32> = (0..count).map(|_| rng.next_u64() as u32 & mask).collect();
-        if let Some(t) = tokens.first_mut() {
-            *t = mask; // the largest value must survive
-        }
-        let packed = pack_tokens(&tokens, bits).unwrap();
-        assert_eq!(packed.len(), (count * bits).div_ceil(8));
-        assert_eq!(unpack_tokens(&packed, bits, count).unwrap(), tokens);
-        let bytes = tokens_to_bytes(&tokens, shape, bits).unwrap();
-        let grid = tokens_from_bytes(&bytes).unwrap();
-        assert_eq!((grid.batch, grid.tokens_per_image, grid.depths, grid.bits), (shape.0, shape.1, shape.2, bits));
-        assert_eq!(grid.tokens, tokens);
-    }
-}
-
-#[test]
-fn token_bytes_reject_damaged_buffers() {
-    let tokens: Vec<u32> = (0..3 * 8 * 4).map(|i| (i * 37 % 4096) as u32).collect();
-    let good = tokens_to_bytes(&tokens, (3, 8, 4), 12).unwrap();
-    assert_eq!(good.len(), 20 + 96 * 12 / 8);
-    let reject = |bytes: &[u8], needle: &str| {
-        let err = tokens_from_bytes(bytes).unwrap_err();
-        assert_eq!(err.code(), "MARVEL_INVALID_ARGUMENT");
-        assert!(err.to_string().contains(needle), "{err} (wanted {needle:?})");
-    };
-    reject(&good[..good.len() - 1], "truncated");
-    reject(&good[..10], "truncated header");
-    reject(&[good.as_slice(), &[0]].concat(), "trailing bytes");
-    let mut bad = good.clone();
-    bad[0] = b'X';
-    reject(&bad, "bad magic");
-    let mut bad = good.clone();
-    bad[4] = 2;
-    reject(&bad, "version 2");
-    let mut bad = good.clone();
-    bad[5] = 0;
-    reject(&bad, "bits per token 0");
-    let mut bad = good.clone();
-    bad[12] = 9; // 3 x 9 x 4 tokens promised, 3 x 8 x 4 present
-    reject(&bad, "truncated");
-    // 5 tokens of 3 bits leave 1 padding bit.
-    let mut odd = tokens_to_bytes(&[1, 2, 3, 4, 5], (1, 5, 1), 3).unwrap();
-    *odd.last_mut().unwrap() |= 0x80;
-    reject(&odd, "padding");
-    assert!(pack_tokens(&[4096], 12).unwrap_err().to_string().contains("does not fit in 12 bits"));
-    assert!(tokens_to_bytes(&tokens, (3, 8, 3), 12).is_err());
-    assert!(unpack_tokens(&good[20..50], 12, 96).is_err());
 }
 
 // ---------------------------------------------------------------------------------------------- throughput

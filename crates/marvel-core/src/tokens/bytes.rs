@@ -1,4 +1,5 @@
-//! Compact byte format for LFQ token grids, for storage and for passing tokens across the Node boundary.
+//! Compact byte format for token grids (VQ ids are the one-depth case), for storage and for passing tokens across
+//! the Node boundary.
 //!
 //! Layout (all integers little-endian), 20 header bytes then the payload:
 //!
@@ -25,12 +26,12 @@ pub const TOKEN_BYTES_MAGIC: [u8; 4] = *b"MLFQ";
 pub const TOKEN_BYTES_VERSION: u8 = 1;
 pub const TOKEN_BYTES_HEADER_LEN: usize = 20;
 
-/// A token grid read back from bytes: `tokens` is `batch x tokens_per_image x depths`, depth fastest.
+/// A token grid read back from bytes: `tokens` is `batch x num_tokens x depths`, depth fastest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenGrid {
     pub batch: usize,
-    pub tokens_per_image: usize,
-    pub depths: usize,
+    pub num_tokens: usize,
+    pub depth: usize,
     pub bits: usize,
     pub tokens: Vec<u32>,
 }
@@ -99,7 +100,7 @@ pub fn unpack_tokens(bytes: &[u8], bits: usize, count: usize) -> Result<Vec<u32>
     Ok(out)
 }
 
-/// Serialises a `shape = (batch, tokens_per_image, depths)` grid of `bits`-bit tokens with the header above.
+/// Serialises a `shape = (batch, num_tokens, depths)` grid of `bits`-bit tokens with the header above.
 pub fn tokens_to_bytes(tokens: &[u32], shape: (usize, usize, usize), bits: usize) -> Result<Vec<u8>> {
     check_bits(bits)?;
     let (b, n, d) = shape;
@@ -150,17 +151,17 @@ pub fn tokens_from_bytes(bytes: &[u8]) -> Result<TokenGrid> {
         return Err(corrupt(format!("reserved bytes {:?} are not zero", &bytes[6..8])));
     }
     let word = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
-    let (batch, tokens_per_image, depths) = (word(8), word(12), word(16));
+    let (batch, num_tokens, depth) = (word(8), word(12), word(16));
     let count = batch
-        .checked_mul(tokens_per_image)
-        .and_then(|x| x.checked_mul(depths))
-        .ok_or_else(|| corrupt(format!("grid {batch}x{tokens_per_image}x{depths} overflows")))?;
+        .checked_mul(num_tokens)
+        .and_then(|x| x.checked_mul(depth))
+        .ok_or_else(|| corrupt(format!("grid {batch}x{num_tokens}x{depth} overflows")))?;
     let need = payload_len(count, bits).ok_or_else(|| corrupt(format!("{count} tokens of {bits} bits overflow")))?;
     let payload = &bytes[TOKEN_BYTES_HEADER_LEN..];
     if payload.len() != need {
         let what = if payload.len() < need { "truncated" } else { "trailing bytes" };
         return Err(corrupt(format!(
-            "{what}: header says {batch}x{tokens_per_image}x{depths} tokens of {bits} bits = {need} payload bytes, \
+            "{what}: header says {batch}x{num_tokens}x{depth} tokens of {bits} bits = {need} payload bytes, \
              got {}",
             payload.len()
         )));
@@ -170,5 +171,5 @@ pub fn tokens_from_bytes(bytes: &[u8]) -> Result<TokenGrid> {
         return Err(corrupt("non-zero padding bits in the last byte".into()));
     }
     let tokens = unpack_tokens(payload, bits, count)?;
-    Ok(TokenGrid { batch, tokens_per_image, depths, bits, tokens })
+    Ok(TokenGrid { batch, num_tokens, depth, bits, tokens })
 }
