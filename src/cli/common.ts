@@ -6,6 +6,7 @@ import { basename, extname, join } from 'node:path'
 import { InvalidArgumentError, type Command } from 'commander'
 
 import { MarvelError } from '../errors.js'
+import { expectKind } from '../files.js'
 import { createProgressPrinter, resolveModelFiles } from '../hub.js'
 import { Tokenizer } from '../tokenizer.js'
 import { Tokens, type TokensJSON } from '../tokens.js'
@@ -110,6 +111,8 @@ export interface TokenFileJSON extends TokensJSON {
 
 /** Read a token file, `.bin` (`Tokens.toBytes()`) or `.json` (recognised by content, not by name). */
 export async function readTokenFile(path: string): Promise<{ tokens: Tokens; files?: string[] }> {
+  // A FIFO would block the read forever.
+  await expectKind(path, 'tokens')
   let bytes: Buffer
   try {
     bytes = await readFile(path)
