@@ -130,7 +130,11 @@ function checkRgb(image: RgbImage): void {
 /** Encode an RGB image as PNG. */
 export async function encodePng(image: RgbImage): Promise<Buffer> {
   checkRgb(image)
-  return sharp(image.data, { raw: { width: image.width, height: image.height, channels: 3 } }).png().toBuffer()
+  try {
+    return await sharp(image.data, { raw: { width: image.width, height: image.height, channels: 3 } }).png().toBuffer()
+  } catch (e) {
+    throw new MarvelError('MARVEL_IMAGE', `cannot encode a ${image.width}x${image.height} image as PNG: ${(e as Error).message}`, { cause: e })
+  }
 }
 
 /** Write an RGB image to a PNG file. */
