@@ -238,6 +238,7 @@ describe('failures', () => {
     failure(['encode', '--model', lfq, '--out', 'x.bin'], 2, 'MARVEL_INVALID_ARGUMENT', /missing required argument 'images'/)
     failure(['encode', 'photos', '--model', lfq], 2, 'MARVEL_INVALID_ARGUMENT', /--out/)
     failure(['encode', 'photos', '--model', lfq, '--out', 'x.bin', '--depth', '0'], 2, 'MARVEL_INVALID_ARGUMENT', /--depth must be a positive integer, got "0"/)
+    failure(['encode', 'photos', '--model', lfq, '--out', 'x.bin', '--batch-size', '65537'], 2, 'MARVEL_INVALID_ARGUMENT', /--batch-size must be at most 65536, got "65537"/)
     failure(['encode', 'photos', '--model', lfq, '--out', 'x.bin', '--depth', '4'], 2, 'MARVEL_INVALID_ARGUMENT', /--depth 4 is more than the 3/)
     failure(['encode', 'photos', '--model', lfq, '--out', 'x.txt'], 2, 'MARVEL_INVALID_ARGUMENT', /\.bin or \.json.*"x\.txt"/)
     failure(['reconstruct', 'photos', '--model', lfq, '--out', 'r', '--depth', 'two'], 2, 'MARVEL_INVALID_ARGUMENT', /"two"/)
