@@ -1,6 +1,8 @@
 /** The `marvel` command, run as a user runs it: the built dist/cli.js in a subprocess, on files made here. */
 import { execFileSync, spawnSync } from 'node:child_process'
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs'
+import { createServer } from 'node:http'
+import type { AddressInfo } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -236,6 +238,7 @@ describe('failures', () => {
     failure(['encode', '--model', lfq, '--out', 'x.bin'], 2, 'MARVEL_INVALID_ARGUMENT', /missing required argument 'images'/)
     failure(['encode', 'photos', '--model', lfq], 2, 'MARVEL_INVALID_ARGUMENT', /--out/)
     failure(['encode', 'photos', '--model', lfq, '--out', 'x.bin', '--depth', '0'], 2, 'MARVEL_INVALID_ARGUMENT', /--depth must be a positive integer, got "0"/)
+    failure(['encode', 'photos', '--model', lfq, '--out', 'x.bin', '--batch-size', '65537'], 2, 'MARVEL_INVALID_ARGUMENT', /--batch-size must be at most 65536, got "65537"/)
     failure(['encode', 'photos', '--model', lfq, '--out', 'x.bin', '--depth', '4'], 2, 'MARVEL_INVALID_ARGUMENT', /--depth 4 is more than the 3/)
     failure(['encode', 'photos', '--model', lfq, '--out', 'x.txt'], 2, 'MARVEL_INVALID_ARGUMENT', /\.bin or \.json.*"x\.txt"/)
     failure(['reconstruct', 'photos', '--model', lfq, '--out', 'r', '--depth', 'two'], 2, 'MARVEL_INVALID_ARGUMENT', /"two"/)
@@ -260,5 +263,70 @@ describe('failures', () => {
     expect(r.code).toBe(1)
     expect(r.stderr.split('\n')[0]).toMatch(/^marvel: .* \(MARVEL_IMAGE\)$/)
     expect(r.stderr).toMatch(/\n\s+at /)
+  })
+})
+
+describe('marvel encode --skip-errors', () => {
+  let mixed: string
+  beforeAll(async () => {
+    mixed = join(work, 'mixed')
+    mkdirSync(mixed)
+    for (const name of ['a.png', 'c.png']) await sharp(join(work, 'photos', 'b-wide.png')).png().toFile(join(mixed, name))
+    writeFileSync(join(mixed, 'b.png'), readFileSync(join(work, 'broken.png')))
+  })
+
+  it('without it, the first unreadable file stops the run and nothing is written', () => {
+    failure(['encode', 'mixed', '--model', lfq, '--out', 'mixed.bin'], 1, 'MARVEL_IMAGE', /mixed\/b\.png/)
+    expect(existsSync(join(work, 'mixed.bin'))).toBe(false)
+  })
+
+  it('with it, the others are encoded, each skipped file is named, and the exit code is 1', () => {
+    const r = marvel(['encode', 'mixed', '--model', lfq, '--out', 'mixed.json', '--skip-errors', '--json'])
+    expect(r.code).toBe(1)
+    const lines = r.stderr.trim().split('\n')
+    expect(lines).toHaveLength(2)
+    expect(lines[0]).toMatch(/^marvel: skipped mixed\/b\.png: cannot decode image .* \(MARVEL_IMAGE\)$/)
+    expect(lines[1]).toBe('marvel: 1 of 3 inputs skipped (named above); the other 2 are in mixed.json (MARVEL_IMAGE)')
+    const summary = JSON.parse(r.stdout)
+    expect(summary.files).toEqual(['mixed/a.png', 'mixed/c.png'])
+    expect(summary.skipped).toEqual([{ file: 'mixed/b.png', code: 'MARVEL_IMAGE', message: expect.stringContaining('mixed/b.png') }])
+    const written = JSON.parse(readFileSync(join(work, 'mixed.json'), 'utf8'))
+    expect(written.files).toEqual(['mixed/a.png', 'mixed/c.png'])
+    // The same tokens as encoding the good files alone.
+    ok(['encode', 'mixed/a.png', 'mixed/c.png', '--model', lfq, '--out', 'good.json'])
+    expect(written.ids).toEqual(JSON.parse(readFileSync(join(work, 'good.json'), 'utf8')).ids)
+  })
+
+  it('when every input is skipped it writes nothing', () => {
+    const r2 = marvel(['encode', 'broken.png', '--model', lfq, '--out', 'none.bin', '--skip-errors'])
+    expect(r2.code).toBe(1)
+    expect(r2.stderr).toMatch(/marvel: every input was skipped \(1\); nothing written to none\.bin \(MARVEL_IMAGE\)\n$/)
+    expect(existsSync(join(work, 'none.bin'))).toBe(false)
+  })
+})
+
+describe('inputs that are not regular files, and an unreachable hub', () => {
+  it.skipIf(process.platform === 'win32')('a FIFO given as an image or a token file fails at once (skipped on Windows: no mkfifo)', () => {
+    execFileSync('mkfifo', [join(work, 'pipe.png')])
+    execFileSync('mkfifo', [join(work, 'pipe.bin')])
+    const r = marvel(['encode', 'pipe.png', '--model', lfq, '--out', 'p.bin'])
+    expect(r.code).toBe(1)
+    expect(r.stderr).toBe('marvel: cannot read image pipe.png: it is a FIFO (named pipe), not a regular file (MARVEL_IO)\n')
+    failure(['decode', 'pipe.bin', '--model', lfq, '--out', 'p'], 1, 'MARVEL_IO', /tokens pipe\.bin: it is a FIFO/)
+  })
+
+  it('a hub that cannot be reached is MARVEL_HUB and says how to work offline', async () => {
+    // A loopback port with nothing listening: bind one, note it, close it.
+    const server = createServer()
+    await new Promise<void>((done) => server.listen(0, '127.0.0.1', done))
+    const { port } = server.address() as AddressInfo
+    await new Promise((done) => server.close(done))
+    const r = marvel(['info', 'org/model'], { HF_HUB_OFFLINE: '', HF_ENDPOINT: `http://127.0.0.1:${port}` })
+    expect(r.code).toBe(1)
+    expect(r.stderr).toMatch(/^marvel: cannot reach http:\/\/127\.0\.0\.1:\d+\/org\/model\/resolve\/main\/config\.json: ECONNREFUSED/)
+    expect(r.stderr).toContain('--model <folder>')
+    expect(r.stderr).toContain('HF_HUB_OFFLINE=1')
+    expect(r.stderr).toContain('HF_ENDPOINT')
+    expect(r.stderr).toMatch(/ \(MARVEL_HUB\)\n$/)
   })
 })

@@ -241,7 +241,8 @@ describe('hubDownload', () => {
     const cdnPath = `/cdn/${sha256(weights)}`
     hub.cutAfter.set(cdnPath, 100_000)
     const e = await rejection(hubDownload('org/tiny', 'model.safetensors', { endpoint, cacheDir }))
-    expect(e.code).toBe('MARVEL_IO')
+    expect(e.code).toBe('MARVEL_HUB')
+    expect((e as HubError).reason).toBe('unreachable')
     expect(e.message).toMatch(/interrupted/)
     const blobs = join(repoDir(cacheDir, 'org/tiny'), 'blobs')
     expect(listDir(blobs)).toEqual([`${sha256(weights)}.incomplete`])
@@ -360,17 +361,26 @@ describe('hubDownload', () => {
     expect(offline.message).toContain(repoDir(cacheDir, 'org/gone'))
     expect(offline.message).toMatch(/offline/)
 
+    // The server is closed: its loopback port has nothing listening.
     const down = await rejection(hubDownload('org/gone', 'other.json', { endpoint: url, cacheDir }))
-    expect(down.code).toBe('MARVEL_IO')
+    expect(down).toBeInstanceOf(HubError)
+    expect(down.code).toBe('MARVEL_HUB')
+    expect((down as HubError).reason).toBe('unreachable')
     expect(down.message).toContain(`cannot reach ${url}/org/gone/resolve/main/other.json`)
     expect(down.message).toContain('ECONNREFUSED')
+    expect(down.message).toContain('is not in the cache')
+    // How to carry on without the hub, once.
+    expect(down.message.match(/--model <folder>/g)).toHaveLength(1)
+    expect(down.message).toContain('HF_HUB_OFFLINE=1')
+    expect(down.message).toContain('HF_ENDPOINT')
   })
 
   it('gives up on a silent server after the timeout', async () => {
     hub.hang.add('org/tiny/slow.bin')
     const t0 = Date.now()
     const e = await rejection(hubDownload('org/tiny', 'slow.bin', { endpoint, cacheDir: freshCache(), timeout: 300 }))
-    expect(e.code).toBe('MARVEL_IO')
+    expect(e.code).toBe('MARVEL_HUB')
+    expect((e as HubError).reason).toBe('unreachable')
     expect(e.message).toMatch(/ETIMEDOUT/)
     expect(Date.now() - t0).toBeLessThan(5000)
   })
@@ -407,6 +417,14 @@ describe('hubDownload', () => {
     expect(rev.message).toContain('revision must be')
     const ep = await rejection(hubDownload('org/tiny', 'config.json', { endpoint: 'ftp://x', cacheDir }))
     expect(ep.message).toContain('"ftp://x"')
+    // 2^31 ms and more would make Node's timer fire at once instead of never.
+    for (const timeout of [0, -1, Number.NaN, 2 ** 31, Infinity, '5' as unknown as number]) {
+      const e = await rejection(hubDownload('org/tiny', 'config.json', { endpoint, cacheDir, timeout }))
+      expect(e.code).toBe('MARVEL_INVALID_ARGUMENT')
+      expect(e.message).toMatch(/hubDownload: expected timeout to be a number of milliseconds from 1 to 2147483647 but received/)
+    }
+    const nul = await rejection(hubDownload('org/tiny', 'config.json', { endpoint, cacheDir: `${cacheDir}\0x` }))
+    expect(nul.message).toMatch(/expected cacheDir to be a non-empty path without NUL bytes/)
     expect(hub.seen).toEqual([])
   })
 })

@@ -1,11 +1,13 @@
-import { mkdtempSync, writeFileSync } from 'node:fs'
+import { execFileSync } from 'node:child_process'
+import { closeSync, constants, mkdtempSync, openSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 
 import sharp, { type CreateRaw } from 'sharp'
-import { beforeAll, describe, expect, it } from 'vitest'
+import { afterEach, beforeAll, describe, expect, it } from 'vitest'
 
-import { encodePng, prepareImage, readImage, writePng, type RgbImage } from '../src/index.js'
+import { decodeSlots } from '../src/image.js'
+import { MarvelError, encodePng, getNumThreads, prepareImage, readImage, setNumThreads, writePng, type RgbImage } from '../src/index.js'
 
 const W = 24
 const H = 16
@@ -206,5 +208,102 @@ describe('prepareImage (model input geometry)', () => {
     const png = await encodePng(pattern(320, 256))
     const out = await prepareImage(png)
     expect([out.width, out.height]).toEqual([256, 256])
+  })
+})
+
+describe('paths that must not be read', () => {
+  it('a NUL byte in a path is refused, not cut off there (libvips would read the file before the NUL)', async () => {
+    const path = join(dir, 'real.png')
+    writeFileSync(path, await raw(gradient()).png().toBuffer())
+    const err = await readImage(`${path}\0.txt`).catch((e) => e)
+    expect(err).toBeInstanceOf(MarvelError)
+    expect(err.code).toBe('MARVEL_INVALID_ARGUMENT')
+    expect(err.message).toMatch(/readImage: expected an image path to be a path without NUL bytes/)
+    const err2 = await prepareImage(`${path}\0`).catch((e) => e)
+    expect(err2.code).toBe('MARVEL_INVALID_ARGUMENT')
+    expect((await writePng(gradient(), `${join(dir, 'out.png')}\0x`).catch((e) => e)).code).toBe('MARVEL_INVALID_ARGUMENT')
+  })
+
+  it('a directory is MARVEL_IO naming what it is', async () => {
+    const err = await readImage(dir).catch((e) => e)
+    expect(err.code).toBe('MARVEL_IO')
+    expect(err.message).toContain(`${dir}: it is a directory, not a regular file`)
+  })
+
+  it.skipIf(process.platform === 'win32')('a FIFO is refused at once instead of blocking a worker forever (skipped on Windows: no mkfifo)', async () => {
+    const fifo = join(dir, 'pipe.png')
+    execFileSync('mkfifo', [fifo])
+    try {
+      const outcome = await Promise.race([
+        readImage(fifo).then(
+          () => 'decoded',
+          (e) => e,
+        ),
+        new Promise((done) => setTimeout(() => done('still blocked after 5 s'), 5000)),
+      ])
+      expect(outcome).toBeInstanceOf(MarvelError)
+      expect((outcome as MarvelError).code).toBe('MARVEL_IO')
+      expect((outcome as MarvelError).message).toContain('it is a FIFO (named pipe), not a regular file')
+    } finally {
+      // Should a reader be stuck on the FIFO, a writer that opens and closes it lets the reader see end of file.
+      try {
+        closeSync(openSync(fifo, constants.O_WRONLY | constants.O_NONBLOCK))
+      } catch {
+        // ENXIO: nobody is reading, which is the expected case.
+      }
+    }
+  })
+})
+
+describe('truncation', () => {
+  it('every cut of a JPEG-compressed TIFF (sharp default) is MARVEL_IMAGE, never a black image', async () => {
+    const img = gradient()
+    const tiff = await raw(img).resize(64, 48, { kernel: 'nearest' }).tiff().toBuffer()
+    expect((await sharp(tiff).metadata()).format).toBe('tiff')
+    let accepted = 0
+    const codes = new Set<string>()
+    for (let cut = 8; cut < tiff.length; cut++) {
+      const err = await readImage(tiff.subarray(0, cut)).then(
+        () => undefined,
+        (e) => e,
+      )
+      if (err) codes.add(err.code)
+      else accepted++
+    }
+    expect(tiff.length).toBeGreaterThan(1000)
+    expect(accepted).toBe(0)
+    expect([...codes]).toEqual(['MARVEL_IMAGE'])
+    // The whole file still decodes.
+    expect((await readImage(tiff)).width).toBe(64)
+  })
+})
+
+describe('decoding bound', () => {
+  let threads: number
+  beforeAll(() => {
+    threads = getNumThreads()
+  })
+  afterEach(() => setNumThreads(threads))
+
+  it('never decodes more images at once than there are compute threads, and every result is right', async () => {
+    setNumThreads(2)
+    const big = await sharp({ create: { width: 1600, height: 1200, channels: 3, background: { r: 40, g: 90, b: 200 } } }).jpeg().toBuffer()
+    decodeSlots.peak = 0
+    const out = await Promise.all(Array.from({ length: 24 }, (_, i) => (i % 2 ? prepareImage(big, { size: 32 }) : readImage(big))))
+    expect(decodeSlots.peak).toBe(2)
+    expect(out.filter((o) => o.width === 32)).toHaveLength(12)
+    expect(out.filter((o) => o.width === 1600)).toHaveLength(12)
+
+    setNumThreads(5)
+    decodeSlots.peak = 0
+    await Promise.all(Array.from({ length: 24 }, () => prepareImage(big, { size: 32 })))
+    expect(decodeSlots.peak).toBe(5)
+  })
+
+  it('a failed decode gives its slot back', async () => {
+    setNumThreads(1)
+    const bad = await Promise.all(Array.from({ length: 5 }, () => readImage(Buffer.from('not an image')).catch((e) => e.code)))
+    expect(bad).toEqual(Array(5).fill('MARVEL_IMAGE'))
+    expect((await readImage(await raw(gradient()).png().toBuffer())).width).toBe(W)
   })
 })

@@ -1,10 +1,12 @@
 /**
  * "npm install of a prebuilt binary needs no Rust toolchain", shown without a registry: pack the root package and
- * this platform's package (holding the built .node), install both tarballs into an empty project with no cargo or
- * rustc on PATH, and call into the addon from there.
+ * this platform's package (holding the built .node) with scripts/pack.mjs (what `npm run pack:local` runs and the
+ * README's install-from-tarballs steps use), install both tarballs into an empty project with no cargo or rustc
+ * on PATH, and call into the addon from there.
  */
 import { execFileSync, spawnSync } from 'node:child_process'
-import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, writeFileSync } from 'node:fs'
+import { createRequire } from 'node:module'
 import { tmpdir } from 'node:os'
 import { delimiter, join, resolve } from 'node:path'
 
@@ -27,10 +29,6 @@ function pathWithoutRust(): string {
     .join(delimiter)
 }
 
-function pack(dir: string, dest: string): string {
-  const out = execFileSync(npm, ['pack', '--ignore-scripts', '--json', '--pack-destination', dest], { cwd: dir, encoding: 'utf8' })
-  return join(dest, JSON.parse(out)[0].filename)
-}
 
 function install(app: string, tarballs: string[]): void {
   mkdirSync(app, { recursive: true })
@@ -61,11 +59,21 @@ describe.skipIf(!ready)(`packaging (skipped when the addon for ${platform} or di
 
   beforeAll(() => {
     work = mkdtempSync(join(tmpdir(), 'marvel-pack-'))
-    const stage = join(work, 'platform-package')
-    cpSync(platformDir, stage, { recursive: true })
-    cpSync(binary, join(stage, `marvel.${platform}.node`))
-    rootTgz = pack(root, work)
-    platformTgz = pack(stage, work)
+    const out = execFileSync(process.execPath, [join(root, 'scripts', 'pack.mjs'), '--out', work, '--json'], { encoding: 'utf8' })
+    const packed = JSON.parse(out)
+    expect(packed.platformPackage).toBe(`marvel-tokenizer-${platform}`)
+    rootTgz = packed.root
+    platformTgz = packed.platform
+  })
+
+  it('the packed root package is what the README promises: no optionalDependencies pointing at unpublished packages', () => {
+    const manifest = JSON.parse(execFileSync('tar', ['-xzOf', rootTgz, 'package/package.json'], { encoding: 'utf8' }))
+    // Set at publish time by `napi pre-publish` (prepublishOnly); a local tarball installs its platform package beside it.
+    expect(manifest.optionalDependencies).toBeUndefined()
+    expect(manifest.scripts.prepublishOnly).toBe('napi pre-publish -t npm')
+    expect(manifest.engines.node).toBe('>=20')
+    const platformManifest = JSON.parse(execFileSync('tar', ['-xzOf', platformTgz, 'package/package.json'], { encoding: 'utf8' }))
+    expect(platformManifest.version).toBe(JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')).version)
   })
 
   it('the tarballs hold the built code and the binary, and nothing from the source tree', () => {
@@ -106,5 +114,24 @@ describe.skipIf(!ready)(`packaging (skipped when the addon for ${platform} or di
     expect(run.stderr).toContain(`marvel has no native binary for platform ${platform}`)
     expect(run.stderr).toContain(`marvel-tokenizer-${platform}`)
     expect(run.stderr).toContain('MARVEL_NATIVE_BINDING')
+  })
+})
+
+describe('the lockfile installs on the Node the README promises (>= 20) without EBADENGINE', () => {
+  // The oldest line the README promises, at its current release (engines ranges such as ^20.17.0 accept it).
+  const NODE_20 = '20.20.2'
+
+  it(`every locked package's engines.node accepts Node ${NODE_20}`, () => {
+    const semver = createRequire(join(root, 'node_modules', '@napi-rs', 'cli', 'package.json'))('semver') as {
+      satisfies(version: string, range: string): boolean
+    }
+    const lock = JSON.parse(readFileSync(join(root, 'package-lock.json'), 'utf8')) as {
+      packages: Record<string, { version?: string; engines?: { node?: string } | string[] }>
+    }
+    const refused = Object.entries(lock.packages)
+      .filter(([path, p]) => path !== '' && p.engines && !Array.isArray(p.engines) && p.engines.node)
+      .filter(([, p]) => !semver.satisfies(NODE_20, (p.engines as { node: string }).node))
+      .map(([path, p]) => `${path.replace(/^.*node_modules\//, '')}@${p.version} (${(p.engines as { node: string }).node})`)
+    expect(refused).toEqual([])
   })
 })

@@ -7,7 +7,7 @@ import { homedir } from 'node:os'
 import { join } from 'node:path'
 
 import { weightFiles } from './binding.js'
-import { MarvelError, invalidArgument } from './errors.js'
+import { MarvelError, invalidArgument, invalidParameter } from './errors.js'
 import { COMMIT_HASH, RepoCache, isFile } from './hub/cache.js'
 import { fetchBlob } from './hub/download.js'
 import { HubError, HubUnreachableError } from './hub/errors.js'
@@ -104,9 +104,7 @@ function checkRepoPath(fn: string, what: string, value: unknown): asserts value 
 }
 
 function settings(fn: string, options: HubOptions | undefined): Settings {
-  if (options !== undefined && (typeof options !== 'object' || options === null)) {
-    throw invalidArgument(`${fn}: options must be an object, got ${options === null ? 'null' : typeof options}`)
-  }
+  if (options !== undefined && (typeof options !== 'object' || options === null)) throw invalidParameter(fn, 'options', 'an object', options)
   const o = options ?? {}
   const env = process.env
   const revision = o.revision ?? 'main'
@@ -114,7 +112,7 @@ function settings(fn: string, options: HubOptions | undefined): Settings {
 
   const home = env.HF_HOME || join(env.XDG_CACHE_HOME || join(homedir(), '.cache'), 'huggingface')
   let cacheDir = o.cacheDir ?? (env.HF_HUB_CACHE || env.HUGGINGFACE_HUB_CACHE || join(home, 'hub'))
-  if (typeof cacheDir !== 'string' || cacheDir === '') throw invalidArgument(`${fn}: cacheDir must be a non-empty path, got ${JSON.stringify(cacheDir)}`)
+  if (typeof cacheDir !== 'string' || cacheDir === '' || cacheDir.includes('\0')) throw invalidParameter(fn, 'cacheDir', 'a non-empty path without NUL bytes', cacheDir)
   if (cacheDir === '~' || cacheDir.startsWith('~/')) cacheDir = join(homedir(), cacheDir.slice(1))
 
   const rawEndpoint = o.endpoint ?? (env.HF_ENDPOINT || 'https://huggingface.co')
@@ -125,19 +123,20 @@ function settings(fn: string, options: HubOptions | undefined): Settings {
     endpoint = undefined
   }
   if (!endpoint || (endpoint.protocol !== 'http:' && endpoint.protocol !== 'https:')) {
-    throw invalidArgument(`${fn}: endpoint must be an http(s) URL, got ${JSON.stringify(rawEndpoint)}`)
+    throw invalidParameter(fn, 'endpoint', 'an http(s) URL', rawEndpoint)
   }
 
   const token = o.token ?? (env.HF_TOKEN || undefined)
-  if (token !== undefined && typeof token !== 'string') throw invalidArgument(`${fn}: token must be a string, got ${typeof token}`)
+  if (token !== undefined && typeof token !== 'string') throw invalidParameter(fn, 'token', 'a string', token)
   const offline = o.offline ?? TRUE.has((env.HF_HUB_OFFLINE ?? '').trim().toLowerCase())
-  if (typeof offline !== 'boolean') throw invalidArgument(`${fn}: offline must be a boolean, got ${JSON.stringify(offline)}`)
+  if (typeof offline !== 'boolean') throw invalidParameter(fn, 'offline', 'a boolean', offline)
   const timeoutMs = o.timeout ?? 10_000
-  if (typeof timeoutMs !== 'number' || !Number.isFinite(timeoutMs) || timeoutMs <= 0) {
-    throw invalidArgument(`${fn}: timeout must be a positive number of milliseconds, got ${JSON.stringify(o.timeout)}`)
+  // Node's timers hold at most 2^31 - 1 ms (about 24.8 days) and fire at once beyond it.
+  if (typeof timeoutMs !== 'number' || !(timeoutMs >= 1 && timeoutMs <= 2 ** 31 - 1)) {
+    throw invalidParameter(fn, 'timeout', 'a number of milliseconds from 1 to 2147483647', o.timeout)
   }
   if (o.onProgress !== undefined && typeof o.onProgress !== 'function') {
-    throw invalidArgument(`${fn}: onProgress must be a function, got ${typeof o.onProgress}`)
+    throw invalidParameter(fn, 'onProgress', 'a function', o.onProgress)
   }
   return { revision, cacheDir, endpoint, token: token || undefined, offline, timeoutMs, onProgress: o.onProgress }
 }
@@ -237,7 +236,7 @@ async function fetchFile(repoId: string, filename: string, s: Settings): Promise
     if (!(e instanceof HubUnreachableError)) throw e
     const hit = await cached()
     if (hit) return hit
-    throw new HubUnreachableError(`${e.message}; ${at} is not in the cache ${cache.root} either`, { cause: e })
+    throw new HubUnreachableError(`${e.detail}; ${at} is not in the cache ${cache.root} either`, { cause: e })
   }
 
   await cache.writeRef(s.revision, meta.commit)

@@ -4,7 +4,12 @@
  */
 import sharp, { type Sharp } from 'sharp'
 
-import { MarvelError, invalidArgument } from './errors.js'
+import { MarvelError, integerParameter, invalidParameter } from './errors.js'
+import { expectKind, pathParameter } from './files.js'
+import { getNumThreads } from './threads.js'
+
+/** libvips' limit on an image side. */
+const MAX_SIDE = 10_000_000
 
 /** 8-bit RGB pixels, row-major, `data.length === width * height * 3`. */
 export interface RgbImage {
@@ -30,17 +35,63 @@ function describe(src: ImageSource): string {
   return 'sharp instance'
 }
 
+/**
+ * Decoding slots shared by the whole process. Each decode holds a full-resolution bitmap (36 MB for a 4K photo)
+ * until it is resized, and sharp's own queue only bounds the work, not those bitmaps; so without a bound, 200
+ * concurrent `encode()` calls held 200 of them (5.9 GB against 0.53 GB sequentially). The bound is the compute
+ * thread count (`getNumThreads()`, read at each acquire so `setNumThreads` applies at once): more decodes at
+ * once than cores only adds memory, not speed.
+ */
+class DecodeSlots {
+  #active = 0
+  #waiting: Array<() => void> = []
+  /** Most decodes seen running at once (read by the tests and the memory bench). */
+  peak = 0
+
+  async run<T>(task: () => Promise<T>): Promise<T> {
+    // A woken waiter finds its slot already counted (see #release), so no newcomer can slip in between.
+    if (this.#active < getNumThreads()) this.#active++
+    else await new Promise<void>((wake) => this.#waiting.push(wake))
+    this.peak = Math.max(this.peak, this.#active)
+    try {
+      return await task()
+    } finally {
+      this.#release()
+    }
+  }
+
+  #release(): void {
+    this.#active--
+    while (this.#waiting.length > 0 && this.#active < getNumThreads()) {
+      this.#active++
+      this.#waiting.shift()!()
+    }
+  }
+}
+
+export const decodeSlots = new DecodeSlots()
+
 /** Decode an image to RGB. Alpha is dropped (as PIL's `convert("RGB")`); CMYK and greyscale convert to sRGB. */
 export async function readImage(src: ImageSource): Promise<RgbImage> {
+  return decodeSlots.run(() => decode(src))
+}
+
+async function decode(src: ImageSource): Promise<RgbImage> {
   let pipeline: Sharp
   if (typeof src === 'string' || src instanceof Uint8Array) {
     if (src instanceof Uint8Array && src.length === 0) throw new MarvelError('MARVEL_IMAGE', 'cannot decode image: buffer is empty')
-    // failOn 'error' (not the default 'warning') would accept truncated files; reject them instead.
-    pipeline = sharp(src, { failOn: 'truncated', pages: 1, page: 0 })
+    if (typeof src === 'string') {
+      pathParameter('readImage', 'an image path', src)
+      await expectKind(src, 'image')
+    }
+    // sharp's levels, from lenient to strict: none, truncated, error, warning. 'truncated' still accepts a cut
+    // JPEG-compressed TIFF (sharp's default TIFF) as a black image; 'error' refuses every cut, and unlike
+    // 'warning' it keeps accepting valid files whose metadata libvips merely warns about.
+    pipeline = sharp(src, { failOn: 'error', pages: 1, page: 0 })
   } else if (src && typeof (src as Sharp).toBuffer === 'function') {
     pipeline = (src as Sharp).clone()
   } else {
-    throw invalidArgument(`readImage: expected a path, a Buffer/Uint8Array or a sharp instance, got ${typeof src}`)
+    throw invalidParameter('readImage', 'the image', 'a path, a Buffer/Uint8Array or a sharp instance', src)
   }
   try {
     const { data, info } = await pipeline
@@ -55,6 +106,7 @@ export async function readImage(src: ImageSource): Promise<RgbImage> {
   } catch (e) {
     if (e instanceof MarvelError) throw e
     const err = e as NodeJS.ErrnoException
+    // Gone between the check above and the read.
     if (typeof src === 'string' && /Input file is missing|no such file/i.test(err.message)) {
       throw new MarvelError('MARVEL_IO', `cannot read image ${src}: file not found`, { cause: e })
     }
@@ -64,10 +116,9 @@ export async function readImage(src: ImageSource): Promise<RgbImage> {
 
 function checkRgb(image: RgbImage): void {
   const { data, width, height } = image ?? ({} as RgbImage)
-  if (!(data instanceof Uint8Array)) throw invalidArgument('image.data must be a Uint8Array')
-  if (!Number.isInteger(width) || !Number.isInteger(height) || width < 1 || height < 1) {
-    throw invalidArgument(`image size must be positive integers, got ${width}x${height}`)
-  }
+  if (!(data instanceof Uint8Array)) throw invalidParameter('image', 'data', 'a Uint8Array', data)
+  integerParameter('image', 'width', width, 1, MAX_SIDE)
+  integerParameter('image', 'height', height, 1, MAX_SIDE)
   if (data.length !== width * height * 3) {
     throw new MarvelError(
       'MARVEL_SHAPE_MISMATCH',
@@ -79,11 +130,16 @@ function checkRgb(image: RgbImage): void {
 /** Encode an RGB image as PNG. */
 export async function encodePng(image: RgbImage): Promise<Buffer> {
   checkRgb(image)
-  return sharp(image.data, { raw: { width: image.width, height: image.height, channels: 3 } }).png().toBuffer()
+  try {
+    return await sharp(image.data, { raw: { width: image.width, height: image.height, channels: 3 } }).png().toBuffer()
+  } catch (e) {
+    throw new MarvelError('MARVEL_IMAGE', `cannot encode a ${image.width}x${image.height} image as PNG: ${(e as Error).message}`, { cause: e })
+  }
 }
 
 /** Write an RGB image to a PNG file. */
 export async function writePng(image: RgbImage, path: string): Promise<void> {
+  pathParameter('writePng', 'path', path)
   const png = await encodePng(image)
   const { writeFile } = await import('node:fs/promises')
   try {
@@ -117,13 +173,15 @@ function roundHalfEven(x: number): number {
  * `floor(size * long / short)` and the crop offsets are `round((side - size) / 2)`.
  */
 export async function prepareImage(src: ImageSource | RgbImage | RawImage, options: PrepareOptions = {}): Promise<RgbImage> {
-  const size = options.size ?? 256
+  if (options === null || typeof options !== 'object') throw invalidParameter('prepareImage', 'options', 'an object', options)
+  const size = integerParameter('prepareImage', 'size', options.size ?? 256, 1, MAX_SIDE)
   const mode = options.resize ?? 'center-crop'
-  if (!Number.isInteger(size) || size < 1) throw invalidArgument(`size must be a positive integer, got ${size}`)
-  if (mode !== 'center-crop' && mode !== 'none') {
-    throw invalidArgument(`resize must be 'center-crop' or 'none', got ${JSON.stringify(mode)}`)
-  }
-  const image = isRgbImage(src) ? await rgbOf(src) : await readImage(src)
+  if (mode !== 'center-crop' && mode !== 'none') throw invalidParameter('prepareImage', 'resize', "'center-crop' or 'none'", mode)
+  // One slot from decode to crop: the full-resolution bitmap lives until the resize below has run.
+  return decodeSlots.run(async () => cropped(isRgbImage(src) ? await rgbOf(src) : await decode(src), size, mode))
+}
+
+async function cropped(image: RgbImage, size: number, mode: 'center-crop' | 'none'): Promise<RgbImage> {
   const { width: w, height: h } = image
   if (w === size && h === size) return image
   if (mode === 'none') {
@@ -151,12 +209,14 @@ async function rgbOf(src: RgbImage | RawImage): Promise<RgbImage> {
     checkRgb(src)
     return src
   }
-  if (![1, 2, 4].includes(channels)) throw invalidArgument(`raw image channels must be 1, 2, 3 or 4, got ${channels}`)
+  if (![1, 2, 4].includes(channels)) throw invalidParameter('image', 'channels', '1, 2, 3 or 4', channels)
+  integerParameter('image', 'width', src.width, 1, MAX_SIDE)
+  integerParameter('image', 'height', src.height, 1, MAX_SIDE)
   const expected = src.width * src.height * channels
   if (src.data.length !== expected) {
     throw new MarvelError('MARVEL_SHAPE_MISMATCH', `raw ${src.width}x${src.height}x${channels} image needs ${expected} bytes, got ${src.data.length}`)
   }
-  return readImage(sharp(src.data, { raw: { width: src.width, height: src.height, channels } }))
+  return decode(sharp(src.data, { raw: { width: src.width, height: src.height, channels } }))
 }
 
 export function isRgbImage(x: unknown): x is RgbImage | RawImage {

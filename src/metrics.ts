@@ -10,7 +10,7 @@
  *   data_range=255, channel_axis=-1)`.
  */
 import { native } from './binding.js'
-import { MarvelError, invalidArgument } from './errors.js'
+import { MarvelError, integerParameter, invalidParameter } from './errors.js'
 import type { RgbImage } from './image.js'
 
 /** Scores of one image pair. */
@@ -23,15 +23,17 @@ export interface ImageScores {
 
 /** The smallest side SSIM's 11x11 window allows. */
 const MIN_SIDE = 11
+/** libvips' limit on an image side; images come from it. */
+const MAX_SIDE = 10_000_000
 
 function checkImage(image: RgbImage, label: string): void {
   if (!image || typeof image !== 'object' || !(image.data instanceof Uint8Array)) {
-    throw invalidArgument(`compare: ${label} must be an RGB image { data: Uint8Array, width, height }`)
+    throw invalidParameter('compare', label, 'an RGB image { data: Uint8Array, width, height }', image)
   }
   const { data, width, height } = image
-  if (!Number.isInteger(width) || !Number.isInteger(height) || width < MIN_SIDE || height < MIN_SIDE) {
-    throw invalidArgument(`compare: ${label} must be at least ${MIN_SIDE}x${MIN_SIDE} pixels (the SSIM window), got ${width}x${height}`)
-  }
+  // At least the SSIM window on each side.
+  integerParameter('compare', `${label}.width`, width, MIN_SIDE, MAX_SIDE)
+  integerParameter('compare', `${label}.height`, height, MIN_SIDE, MAX_SIDE)
   if (data.length !== width * height * 3) {
     throw new MarvelError('MARVEL_SHAPE_MISMATCH', `compare: ${label} is ${width}x${height} RGB and needs ${width * height * 3} bytes, got ${data.length}`)
   }
@@ -55,11 +57,11 @@ function stack(images: RgbImage[]): Uint8Array {
  * ```
  */
 export async function compare(a: RgbImage | RgbImage[], b: RgbImage | RgbImage[]): Promise<ImageScores[]> {
-  if (Array.isArray(a) !== Array.isArray(b)) throw invalidArgument('compare: a and b must both be images or both be arrays of images')
+  if (Array.isArray(a) !== Array.isArray(b)) throw invalidParameter('compare', 'b', `${Array.isArray(a) ? 'an array of images, as a is' : 'one image, as a is'}`, b)
   const left = Array.isArray(a) ? a : [a]
   const right = Array.isArray(b) ? b : [b]
-  if (left.length === 0) throw invalidArgument('compare: no images given')
-  if (left.length !== right.length) throw invalidArgument(`compare: a holds ${left.length} images but b holds ${right.length}`)
+  if (left.length === 0) throw invalidParameter('compare', 'a', 'a non-empty array of images', a)
+  if (left.length !== right.length) throw invalidParameter('compare', 'b', `an array of ${left.length} images, as a is`, b)
   const many = Array.isArray(a)
   left.forEach((img, i) => checkImage(img, many ? `a[${i}]` : 'a'))
   right.forEach((img, i) => checkImage(img, many ? `b[${i}]` : 'b'))

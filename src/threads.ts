@@ -1,5 +1,5 @@
 import { native } from './binding.js'
-import { invalidArgument } from './errors.js'
+import { integerParameter } from './errors.js'
 
 /**
  * Number of threads the compute kernels use. Defaults to the number of physical cores, or to
@@ -9,10 +9,10 @@ export function getNumThreads(): number {
   return native().getNumThreads()
 }
 
-/** Set the number of compute threads (1 to 1024). Calls already running finish on the previous setting. */
+/**
+ * Set the number of compute threads (1 to 1024). Calls already running finish on the previous setting. The same
+ * number bounds how many images are decoded at once across the process (see `readImage`).
+ */
 export function setNumThreads(threads: number): void {
-  if (!Number.isInteger(threads) || threads < 1 || threads > 1024) {
-    throw invalidArgument(`setNumThreads: threads must be an integer from 1 to 1024, got ${threads}`)
-  }
-  native().setNumThreads(threads)
+  native().setNumThreads(integerParameter('setNumThreads', 'threads', threads, 1, 1024))
 }

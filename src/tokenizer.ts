@@ -1,10 +1,11 @@
 import { existsSync, statSync } from 'node:fs'
-import { dirname } from 'node:path'
+import { dirname, join } from 'node:path'
 
 import type { Sharp } from 'sharp'
 
 import { native, type NativeBinding } from './binding.js'
-import { MarvelError, invalidArgument } from './errors.js'
+import { MarvelError, integerParameter, invalidArgument, invalidParameter } from './errors.js'
+import { canonicalPath, expectKind, pathParameter } from './files.js'
 import { resolveModelFiles, type HubOptions } from './hub.js'
 import { encodePng, prepareImage, writePng, type PrepareOptions, type RawImage, type RgbImage } from './image.js'
 import { Tokens } from './tokens.js'
@@ -118,9 +119,12 @@ export class Tokenizer {
    * `HF_HOME`, `HF_TOKEN` and `HF_HUB_OFFLINE` are honoured).
    */
   static async fromPretrained(source: string, options: FromPretrainedOptions = {}): Promise<Tokenizer> {
-    if (typeof source !== 'string' || source.length === 0) throw invalidArgument('fromPretrained: source must be a folder path or a repo id')
+    if (typeof source !== 'string' || source.length === 0) throw invalidParameter('fromPretrained', 'source', 'a model folder path or a repo id', source)
+    pathParameter('fromPretrained', 'source', source)
     let dir = source
-    if (!(existsSync(source) && statSync(source).isDirectory())) {
+    if (existsSync(source) && statSync(source).isDirectory()) {
+      await checkModelFolder(source)
+    } else {
       if (source.startsWith('.') || source.startsWith('/') || source.includes('\\') || source.split('/').length > 2) {
         throw new MarvelError('MARVEL_IO', `fromPretrained: model folder ${source} not found`)
       }
@@ -143,11 +147,19 @@ export class Tokenizer {
 
   /** Encode one image or a list of images (batched internally) to tokens. */
   async encode(images: ImageInput | ImageInput[], options: EncodeOptions = {}): Promise<Tokens> {
-    const list = Array.isArray(images) ? images : [images]
-    if (list.length === 0) throw invalidArgument('encode: no images given')
-    const batchSize = options.batchSize ?? 16
-    if (!Number.isInteger(batchSize) || batchSize < 1) throw invalidArgument(`encode: batchSize must be a positive integer, got ${batchSize}`)
+    const { list, batchSize } = this.#encodeArgs('encode', images, options)
     return this.#use((model) => this.#encodeWith(model, list, batchSize, options.resize))
+  }
+
+  #encodeArgs(where: string, images: ImageInput | ImageInput[], options: EncodeOptions): { list: ImageInput[]; batchSize: number } {
+    checkOptions(where, options)
+    const list = Array.isArray(images) ? images : [images]
+    if (list.length === 0) throw invalidParameter(where, 'images', 'an image or a non-empty array of images', images)
+    // 2^16 images of 256x256 RGB is a 12 GiB batch: beyond any memory the bound is meant to protect.
+    const batchSize = integerParameter(where, 'batchSize', options.batchSize ?? 16, 1, 65536)
+    const resize = options.resize ?? 'center-crop'
+    if (resize !== 'center-crop' && resize !== 'none') throw invalidParameter(where, 'resize', "'center-crop' or 'none'", resize)
+    return { list, batchSize }
   }
 
   async #encodeWith(model: NativeTokenizer, list: ImageInput[], batchSize: number, resize: EncodeOptions['resize']): Promise<Tokens> {
@@ -168,33 +180,61 @@ export class Tokenizer {
 
   /** Decode tokens to RGB images, at every depth they hold or the first `options.depth`. */
   async decode(tokens: Tokens, options: DecodeOptions = {}): Promise<DecodedImage[]> {
-    if (!(tokens instanceof Tokens)) throw invalidArgument('decode: expected a Tokens object (see Tokens.fromBytes / Tokens.fromJSON)')
-    const depth = options.depth ?? tokens.depth
-    if (!Number.isInteger(depth) || depth < 1 || depth > this.info.depth) {
-      throw invalidArgument(`decode: depth must be an integer from 1 to the model's ${this.info.depth}, got ${depth}`)
-    }
-    if (depth > tokens.depth) throw invalidArgument(`decode: depth ${depth} requested but the tokens hold ${tokens.depth}`)
+    const used = this.#decodeArgs('decode', tokens, options)
+    return this.#use((model) => this.#decodeWith(model, used))
+  }
+
+  /** The first `options.depth` depths of `tokens`, after checking both against the model. */
+  #decodeArgs(where: string, tokens: Tokens, options: DecodeOptions): Tokens {
+    checkOptions(where, options)
+    if (!(tokens instanceof Tokens)) throw invalidParameter(where, 'tokens', 'a Tokens object (see Tokens.fromBytes / Tokens.fromJSON)', tokens)
+    const used = tokens.slice(this.#depthArg(where, options.depth, tokens.depth))
+    this.#checkTokens(where, used)
+    return used
+  }
+
+  #depthArg(where: string, depth: number | undefined, held: number): number {
+    if (depth === undefined) return held
+    integerParameter(where, 'depth', depth, 1, this.info.depth)
+    if (depth > held) throw invalidParameter(where, 'depth', `at most the ${held} depth(s) the tokens hold`, depth)
+    return depth
+  }
+
+  #checkTokens(where: string, tokens: Tokens): void {
     if (tokens.numTokens !== this.info.numTokens) {
-      throw new MarvelError('MARVEL_SHAPE_MISMATCH', `decode: the model takes ${this.info.numTokens} tokens per image, got ${tokens.numTokens}`)
+      throw new MarvelError('MARVEL_SHAPE_MISMATCH', `${where}: the model takes ${this.info.numTokens} tokens per image, got ${tokens.numTokens}`)
     }
-    const { batch, numTokens } = tokens.shape
-    const used = tokens.slice(depth)
-    const rgb = await this.#use((model) => this.#queue.run(() => model.decode(used.data, [depth, batch, numTokens], depth)))
+    if (tokens.depth > this.info.depth) {
+      throw new MarvelError('MARVEL_SHAPE_MISMATCH', `${where}: the model has ${this.info.depth} depth(s) but the tokens hold ${tokens.depth}; pass { depth }`)
+    }
+  }
+
+  async #decodeWith(model: NativeTokenizer, used: Tokens): Promise<DecodedImage[]> {
+    const { batch, depth, numTokens } = used.shape
+    const rgb = await this.#queue.run(() => model.decode(used.data, [depth, batch, numTokens], depth))
     const size = this.info.imageSize
     const frame = size * size * 3
     return Array.from({ length: batch }, (_, i) => decoded({ data: rgb.subarray(i * frame, (i + 1) * frame), width: size, height: size }))
   }
 
-  /** Encode then decode: the model's reconstruction of each image. */
+  /**
+   * Encode then decode: the model's reconstruction of each image. The model is held through both halves, so a
+   * reconstruct() started before dispose() finishes like an encode() or decode() would.
+   */
   async reconstruct(images: ImageInput | ImageInput[], options: EncodeOptions & DecodeOptions = {}): Promise<DecodedImage[]> {
-    return this.decode(await this.encode(images, options), options)
+    const { list, batchSize } = this.#encodeArgs('reconstruct', images, options)
+    const depth = this.#depthArg('reconstruct', options.depth, this.info.depth)
+    return this.#use(async (model) => {
+      const tokens = await this.#encodeWith(model, list, batchSize, options.resize)
+      return this.#decodeWith(model, tokens.slice(depth))
+    })
   }
 
   /** Unclamped float reconstruction `[batch, 3, H, W]` (full precision, for comparisons with reference outputs). */
   async decodeFloat(tokens: Tokens, options: DecodeOptions = {}): Promise<{ data: Float32Array; shape: number[] }> {
-    if (!(tokens instanceof Tokens)) throw invalidArgument('decodeFloat: expected a Tokens object')
-    const { depth, batch, numTokens } = tokens.shape
-    return this.#use((model) => this.#queue.run(() => model.decodeFloat(tokens.data, [depth, batch, numTokens], options.depth)))
+    const used = this.#decodeArgs('decodeFloat', tokens, options)
+    const { depth, batch, numTokens } = used.shape
+    return this.#use((model) => this.#queue.run(() => model.decodeFloat(used.data, [depth, batch, numTokens], depth)))
   }
 
   /** Free the model's memory (once calls in flight finish). Any later call throws. */
@@ -211,7 +251,10 @@ export class Tokenizer {
 
 /** Write a model folder with fresh random weights for a TiTok/MARVEL `config.json` object (tests, training from scratch). */
 export async function createRandomModel(dir: string, config: object, seed = 0): Promise<void> {
-  if (!Number.isInteger(seed) || seed < 0 || seed > 0xffffffff) throw invalidArgument(`seed must be a 32-bit unsigned integer, got ${seed}`)
+  // An empty path would write into the current directory.
+  pathParameter('createRandomModel', 'dir', dir)
+  if (config === null || typeof config !== 'object' || Array.isArray(config)) throw invalidParameter('createRandomModel', 'config', 'a config.json object', config)
+  integerParameter('createRandomModel', 'seed', seed, 0, 0xffffffff)
   await native().createRandomModel(dir, JSON.stringify(config, null, 2), seed)
 }
 
@@ -221,7 +264,30 @@ export async function createRandomModel(dir: string, config: object, seed = 0): 
  * `config.json` + `model.safetensors` into `outDir`; fine-tune it with the trainer to get a useful MARVEL model.
  */
 export async function marvelFromTitok(titokDir: string, outDir: string, options: { depth?: number } = {}): Promise<void> {
-  const depth = options.depth ?? 4
-  if (!Number.isInteger(depth) || depth < 1 || depth > 23) throw invalidArgument(`depth must be an integer from 1 to 23, got ${depth}`)
+  pathParameter('marvelFromTitok', 'titokDir', titokDir)
+  pathParameter('marvelFromTitok', 'outDir', outDir)
+  checkOptions('marvelFromTitok', options)
+  const depth = integerParameter('marvelFromTitok', 'depth', options.depth ?? 4, 1, 23)
+  // Writing into the source folder would replace the checkpoint being read.
+  if (canonicalPath(titokDir) === canonicalPath(outDir)) {
+    throw invalidParameter('marvelFromTitok', 'outDir', `a folder other than titokDir (${titokDir})`, outDir)
+  }
+  await checkModelFolder(titokDir)
   await native().marvelFromTitok(titokDir, outDir, depth)
+}
+
+function checkOptions(where: string, options: unknown): void {
+  if (options === null || typeof options !== 'object') throw invalidParameter(where, 'options', 'an object', options)
+}
+
+/**
+ * The model files a folder holds are regular files: a FIFO named `config.json` or `model.safetensors` would block
+ * the native reader forever. Missing files are left to the native loader, which names what it looked for.
+ */
+async function checkModelFolder(dir: string): Promise<void> {
+  await expectKind(dir, 'model folder', 'directory')
+  for (const name of ['config.json', 'model.safetensors', 'pytorch_model.bin']) {
+    const path = join(dir, name)
+    if (existsSync(path)) await expectKind(path, 'model file')
+  }
 }

@@ -1,5 +1,8 @@
 import { native } from './binding.js'
-import { MarvelError, invalidArgument } from './errors.js'
+import { MarvelError, integerParameter, invalidParameter } from './errors.js'
+
+/** The most ids one container may hold: a Uint32Array's length limit on 64-bit engines is far above, memory is not. */
+const MAX_IDS = 2 ** 32 - 1
 
 /** Dimensions of a token container. */
 export interface TokensShape {
@@ -34,14 +37,11 @@ export class Tokens {
   readonly bitsPerToken: number
 
   constructor(data: Uint32Array, shape: TokensShape, bitsPerToken: number) {
-    if (!(data instanceof Uint32Array)) throw invalidArgument('Tokens: data must be a Uint32Array')
-    const { batch, depth, numTokens } = shape ?? ({} as TokensShape)
-    for (const [k, v] of Object.entries({ batch, depth, numTokens })) {
-      if (!Number.isInteger(v) || v < 1) throw invalidArgument(`Tokens: ${k} must be a positive integer, got ${v}`)
-    }
-    if (!Number.isInteger(bitsPerToken) || bitsPerToken < 1 || bitsPerToken > 32) {
-      throw invalidArgument(`Tokens: bitsPerToken must be an integer from 1 to 32, got ${bitsPerToken}`)
-    }
+    if (!(data instanceof Uint32Array)) throw invalidParameter('Tokens', 'data', 'a Uint32Array', data)
+    if (shape === null || typeof shape !== 'object') throw invalidParameter('Tokens', 'shape', 'an object { batch, depth, numTokens }', shape)
+    const { batch, depth, numTokens } = shape
+    for (const [k, v] of Object.entries({ batch, depth, numTokens })) integerParameter('Tokens', k, v, 1, MAX_IDS)
+    integerParameter('Tokens', 'bitsPerToken', bitsPerToken, 1, 32)
     if (data.length !== depth * batch * numTokens) {
       throw new MarvelError(
         'MARVEL_SHAPE_MISMATCH',
@@ -72,9 +72,7 @@ export class Tokens {
 
   /** The first `depth` depths, sharing this container's memory. */
   slice(depth: number): Tokens {
-    if (!Number.isInteger(depth) || depth < 1 || depth > this.depth) {
-      throw invalidArgument(`slice: depth must be an integer from 1 to ${this.depth}, got ${depth}`)
-    }
+    integerParameter('slice', 'depth', depth, 1, this.depth)
     const { batch, numTokens } = this.shape
     return new Tokens(this.data.subarray(0, depth * batch * numTokens), { batch, depth, numTokens }, this.bitsPerToken)
   }
@@ -82,9 +80,7 @@ export class Tokens {
   /** The tokens of image `index` alone (a copy). */
   image(index: number): Tokens {
     const { batch, depth, numTokens } = this.shape
-    if (!Number.isInteger(index) || index < 0 || index >= batch) {
-      throw invalidArgument(`image: index must be an integer from 0 to ${batch - 1}, got ${index}`)
-    }
+    integerParameter('image', 'index', index, 0, batch - 1)
     const out = new Uint32Array(depth * numTokens)
     for (let d = 0; d < depth; d++) {
       const start = (d * batch + index) * numTokens
@@ -95,7 +91,9 @@ export class Tokens {
 
   /** Join batches of tokens (same depth, token count and bits) into one batch, in order. */
   static concat(parts: readonly Tokens[]): Tokens {
-    if (parts.length === 0) throw invalidArgument('Tokens.concat: nothing to join')
+    if (!Array.isArray(parts) || parts.length === 0 || !parts.every((p) => p instanceof Tokens)) {
+      throw invalidParameter('Tokens.concat', 'parts', 'a non-empty array of Tokens', parts)
+    }
     if (parts.length === 1) return parts[0]
     const { depth, numTokens } = parts[0].shape
     const bits = parts[0].bitsPerToken
@@ -125,7 +123,7 @@ export class Tokens {
 
   /** Reads `toBytes()` output back. A truncated or corrupt buffer throws `MARVEL_INVALID_ARGUMENT`. */
   static fromBytes(bytes: Uint8Array): Tokens {
-    if (!(bytes instanceof Uint8Array)) throw invalidArgument('Tokens.fromBytes: expected a Buffer or Uint8Array')
+    if (!(bytes instanceof Uint8Array)) throw invalidParameter('Tokens.fromBytes', 'bytes', 'a Buffer or Uint8Array', bytes)
     const { ids, bits } = native().tokensFromBytes(bytes)
     const [depth, batch, numTokens] = ids.shape
     return new Tokens(ids.data, { batch, depth, numTokens }, bits)
@@ -142,9 +140,15 @@ export class Tokens {
   /** Reads `toJSON()` output back (after `JSON.parse`), checking every id fits `bitsPerToken`. */
   static fromJSON(json: TokensJSON): Tokens {
     if (!json || json.format !== 'marvel-tokens' || json.version !== 1) {
-      throw invalidArgument('Tokens.fromJSON: not a marvel-tokens version 1 object')
+      throw invalidParameter('Tokens.fromJSON', 'json', 'a marvel-tokens version 1 object (from tokens.toJSON())', json)
     }
-    const { batch, depth, numTokens, bitsPerToken, ids } = json
+    const { ids } = json
+    // Checked before they size an array: a negative or fractional count would otherwise raise a bare RangeError.
+    const [batch, depth, numTokens] = (['batch', 'depth', 'numTokens'] as const).map((k) => integerParameter('Tokens.fromJSON', k, json[k], 1, MAX_IDS))
+    const bitsPerToken = integerParameter('Tokens.fromJSON', 'bitsPerToken', json.bitsPerToken, 1, 32)
+    if (depth * batch * numTokens > MAX_IDS) {
+      throw invalidParameter('Tokens.fromJSON', 'depth x batch x numTokens', `at most ${MAX_IDS}`, depth * batch * numTokens)
+    }
     const flat = new Uint32Array(depth * batch * numTokens)
     const limit = 2 ** bitsPerToken
     if (!Array.isArray(ids) || ids.length !== depth) throw new MarvelError('MARVEL_SHAPE_MISMATCH', `Tokens.fromJSON: ids must hold ${depth} depths`)
@@ -154,7 +158,7 @@ export class Tokens {
       for (const row of perDepth) {
         if (!Array.isArray(row) || row.length !== numTokens) throw new MarvelError('MARVEL_SHAPE_MISMATCH', `Tokens.fromJSON: each image must hold ${numTokens} ids`)
         for (const id of row) {
-          if (!Number.isInteger(id) || id < 0 || id >= limit) throw invalidArgument(`Tokens.fromJSON: id ${id} does not fit ${bitsPerToken} bits`)
+          if (!Number.isInteger(id) || id < 0 || id >= limit) throw invalidParameter('Tokens.fromJSON', 'every id', `an integer that fits ${bitsPerToken} bits`, id)
           flat[i++] = id
         }
       }

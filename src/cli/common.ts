@@ -7,6 +7,7 @@ import { InvalidArgumentError, type Command } from 'commander'
 
 import { weightFiles } from '../binding.js'
 import { MarvelError } from '../errors.js'
+import { expectKind } from '../files.js'
 import { createProgressPrinter, resolveModelFiles } from '../hub.js'
 import { Tokenizer } from '../tokenizer.js'
 import { Tokens, type TokensJSON } from '../tokens.js'
@@ -21,12 +22,13 @@ export class UsageError extends MarvelError {
   }
 }
 
-/** commander parser for options that take a positive integer; the message names the bad value. */
-export function positiveInt(flag: string): (value: string) => number {
+/** commander parser for options that take a positive integer (at most `max`); the message names the bad value. */
+export function positiveInt(flag: string, max = Number.MAX_SAFE_INTEGER): (value: string) => number {
   return (value) => {
     if (!/^\d+$/.test(value.trim()) || Number(value) < 1 || !Number.isSafeInteger(Number(value))) {
       throw new InvalidArgumentError(`${flag} must be a positive integer, got ${JSON.stringify(value)}`)
     }
+    if (Number(value) > max) throw new InvalidArgumentError(`${flag} must be at most ${max}, got ${JSON.stringify(value)}`)
     return Number(value)
   }
 }
@@ -38,7 +40,8 @@ export function addModelOption(cmd: Command): Command {
 
 /** The images-per-native-call option (memory bound on long lists; the progress bar advances per batch). */
 export function addBatchOption(cmd: Command): Command {
-  return cmd.option('-b, --batch-size <n>', 'images per batch', positiveInt('--batch-size'), 16)
+  // The library's bound on encode()'s batchSize.
+  return cmd.option('-b, --batch-size <n>', 'images per batch', positiveInt('--batch-size', 65536), 16)
 }
 
 /** Load a model folder or hub repo (download progress on a terminal; HF_* variables honoured by the hub module). */
@@ -111,6 +114,8 @@ export interface TokenFileJSON extends TokensJSON {
 
 /** Read a token file, `.bin` (`Tokens.toBytes()`) or `.json` (recognised by content, not by name). */
 export async function readTokenFile(path: string): Promise<{ tokens: Tokens; files?: string[] }> {
+  // A FIFO would block the read forever.
+  await expectKind(path, 'tokens')
   let bytes: Buffer
   try {
     bytes = await readFile(path)

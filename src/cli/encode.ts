@@ -3,6 +3,8 @@ import { dirname, extname } from 'node:path'
 
 import { Option, type Command } from 'commander'
 
+import { MarvelError } from '../errors.js'
+import { prepareImage, type RgbImage } from '../image.js'
 import { Tokens } from '../tokens.js'
 import {
   UsageError,
@@ -28,7 +30,18 @@ interface EncodeFlags {
   batchSize: number
   resize: 'center-crop' | 'none'
   json?: boolean
+  skipErrors?: boolean
 }
+
+/** An input left out by --skip-errors, and why. */
+interface Skipped {
+  file: string
+  code: string
+  message: string
+}
+
+/** Failures that belong to one input file; anything else (a bug, a model error) stops the run even with --skip-errors. */
+const PER_FILE = new Set(['MARVEL_IO', 'MARVEL_IMAGE', 'MARVEL_SHAPE_MISMATCH'])
 
 export function tokenFormat(out: string): 'bin' | 'json' {
   const ext = extname(out).toLowerCase()
@@ -50,6 +63,10 @@ export function registerEncode(program: Command): void {
   cmd
     .addOption(new Option('--resize <mode>', 'center-crop: shorter side to the model size, centre crop; none: inputs must be exactly that size').choices(['center-crop', 'none']).default('center-crop'))
     .option('--json', 'print a JSON summary on stdout')
+    .option(
+      '--skip-errors',
+      'leave out inputs that cannot be read or decoded (each named on stderr), encode the rest, and exit with code 1 if any was left out',
+    )
     .action((images: string[], flags: EncodeFlags) => encode(images, flags))
 }
 
@@ -61,14 +78,40 @@ async function encode(args: string[], flags: EncodeFlags): Promise<void> {
     const depth = checkDepth(flags.depth ?? tok.info.depth, tok.info.depth)
     const progress = batchProgress('encode', files.length)
     const parts: Tokens[] = []
+    const encoded: string[] = []
+    const skipped: Skipped[] = []
     try {
       for (const chunk of batches(files, flags.batchSize)) {
-        const tokens = await tok.encode(chunk, { resize: flags.resize, batchSize: flags.batchSize })
-        parts.push(tokens.slice(depth))
+        // Each file is decoded on its own, so one bad file costs only itself (with --skip-errors) and is named.
+        const prepared = await Promise.all(
+          chunk.map((file) =>
+            prepareImage(file, { size: tok.info.imageSize, resize: flags.resize }).then(
+              (image): [string, RgbImage | MarvelError] => [file, image],
+              (e): [string, RgbImage | MarvelError] => {
+                if (flags.skipErrors && e instanceof MarvelError && PER_FILE.has(e.code)) return [file, e]
+                throw e
+              },
+            ),
+          ),
+        )
+        const good: RgbImage[] = []
+        for (const [file, result] of prepared) {
+          if (result instanceof MarvelError) {
+            skipped.push({ file, code: result.code, message: result.message })
+            process.stderr.write(`marvel: skipped ${file}: ${result.message} (${result.code})\n`)
+          } else {
+            good.push(result)
+            encoded.push(file)
+          }
+        }
+        if (good.length > 0) parts.push((await tok.encode(good, { batchSize: flags.batchSize })).slice(depth))
         progress.tick(chunk.length)
       }
     } finally {
       progress.done()
+    }
+    if (parts.length === 0) {
+      throw new MarvelError(skipped[0].code as MarvelError['code'], `every input was skipped (${skipped.length}); nothing written to ${flags.out}`)
     }
     const tokens = Tokens.concat(parts)
     await ensureDir(dirname(flags.out))
@@ -76,19 +119,20 @@ async function encode(args: string[], flags: EncodeFlags): Promise<void> {
       await writeOutput(flags.out, tokens.toBytes())
     } else {
       const { ids, ...head } = tokens.toJSON()
-      const json: TokenFileJSON = { ...head, files, ids }
+      const json: TokenFileJSON = { ...head, files: encoded, ids }
       await writeOutput(flags.out, JSON.stringify(json) + '\n')
     }
     const summary = {
       out: flags.out,
       format,
-      images: files.length,
+      images: encoded.length,
       depth: tokens.depth,
       numTokens: tokens.numTokens,
       bitsPerToken: tokens.bitsPerToken,
       bitsPerImage: tokens.bitsPerImage,
       bytes: await fileSize(flags.out),
-      files,
+      files: encoded,
+      skipped,
     }
     if (flags.json) {
       printJson(summary)
@@ -97,6 +141,14 @@ async function encode(args: string[], flags: EncodeFlags): Promise<void> {
       console.log(
         `encoded ${summary.images} image${s} -> ${flags.out} (${summary.bytes} bytes): ` +
           `${tokens.numTokens} tokens x ${tokens.depth} depth${tokens.depth === 1 ? '' : 's'} x ${tokens.bitsPerToken} bits = ${tokens.bitsPerImage} bits per image`,
+      )
+    }
+    if (skipped.length > 0) {
+      // The output holds the others; the exit code still tells a script that the set is incomplete.
+      const codes = [...new Set(skipped.map((s) => s.code))]
+      throw new MarvelError(
+        (codes.length === 1 ? codes[0] : 'MARVEL_IO') as MarvelError['code'],
+        `${skipped.length} of ${files.length} inputs skipped (named above); the other ${encoded.length} are in ${flags.out}`,
       )
     }
   } finally {

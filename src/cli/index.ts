@@ -67,8 +67,11 @@ function report(e: unknown, argv: string[], commands: string[]): number {
     process.stderr.write(`marvel: ${oneLine(e.message)}; see ${help} (MARVEL_INVALID_ARGUMENT)\n`)
     return EXIT_USAGE
   }
-  const err = e as Error & { code?: unknown }
-  const code = typeof err?.code === 'string' ? err.code : 'MARVEL_INTERNAL'
+  const err = e as Error & { code?: unknown; syscall?: unknown }
+  // Every failure line carries a documented code: a stray Node system error (EACCES, ...) is an I/O failure, and
+  // anything else uncoded is a bug in marvel.
+  const code =
+    typeof err?.code === 'string' && err.code.startsWith('MARVEL_') ? err.code : typeof err?.syscall === 'string' ? 'MARVEL_IO' : 'MARVEL_INTERNAL'
   process.stderr.write(`marvel: ${oneLine(err?.message ?? String(e))} (${code})\n`)
   if (process.env.MARVEL_DEBUG === '1' && err?.stack) process.stderr.write(`${err.stack}\n`)
   return e instanceof UsageError ? EXIT_USAGE : EXIT_FAILURE

@@ -50,7 +50,12 @@ async function glob(pattern: string): Promise<string[]> {
 }
 
 async function folderImages(dir: string): Promise<string[]> {
-  const entries = await readdir(dir, { withFileTypes: true })
+  let entries
+  try {
+    entries = await readdir(dir, { withFileTypes: true })
+  } catch (e) {
+    throw new MarvelError('MARVEL_IO', `cannot list folder ${dir}: ${(e as Error).message}`, { cause: e })
+  }
   return entries
     .filter((e) => isImageFile(e.name) && (e.isFile() || (e.isSymbolicLink() && fs.statSync(join(dir, e.name), { throwIfNoEntry: false })?.isFile())))
     .map((e) => join(dir, e.name))

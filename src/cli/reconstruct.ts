@@ -7,6 +7,7 @@ import { join } from 'node:path'
 import { InvalidArgumentError, Option, type Command } from 'commander'
 import sharp from 'sharp'
 
+import { MarvelError } from '../errors.js'
 import { prepareImage, writePng, type RgbImage } from '../image.js'
 import { compare } from '../metrics.js'
 import {
@@ -63,6 +64,14 @@ function rawInput(image: RgbImage) {
 
 /** Images side by side, left to right, as one PNG. */
 async function writeGrid(images: RgbImage[], path: string): Promise<void> {
+  try {
+    await renderGrid(images, path)
+  } catch (e) {
+    throw new MarvelError('MARVEL_IO', `cannot write ${path}: ${(e as Error).message}`, { cause: e })
+  }
+}
+
+async function renderGrid(images: RgbImage[], path: string): Promise<void> {
   const { width, height } = images[0]
   // composite() always yields RGBA; render it, then drop the (opaque) alpha so the grid is RGB like the other PNGs.
   const { data, info } = await sharp({ create: { width: width * images.length, height, channels: 3, background: { r: 0, g: 0, b: 0 } } })

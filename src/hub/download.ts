@@ -10,7 +10,7 @@ import { Transform } from 'node:stream'
 import { pipeline } from 'node:stream/promises'
 
 import { MarvelError } from '../errors.js'
-import { HubError } from './errors.js'
+import { HubError, HubUnreachableError } from './errors.js'
 import { drop, header, isNetworkError, request, describeNetworkError, type RequestOptions } from './http.js'
 import { throttle, type ProgressCallback } from './progress.js'
 
@@ -103,8 +103,7 @@ async function fill(job: BlobJob, partial: string, have: number, mayResume = tru
     },
   })
   const interrupted = (reason: string, cause?: unknown) =>
-    new MarvelError(
-      'MARVEL_IO',
+    new HubUnreachableError(
       `download of ${job.file} from ${url.href} was interrupted at ${start + received} of ${total ?? '?'} bytes (${reason}); ` +
         `the partial file ${partial} is kept and the next call resumes it`,
       { cause },

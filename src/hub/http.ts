@@ -34,6 +34,7 @@ export function header(headers: IncomingHttpHeaders, name: string): string | und
 
 function describeNetworkError(e: unknown): string {
   const err = e as NodeJS.ErrnoException
+  if (e instanceof HubUnreachableError) return e.detail
   return err.code ? `${err.code}${err.message && !err.message.includes(err.code) ? ` (${err.message})` : ''}` : String(err.message ?? e)
 }
 
