@@ -273,3 +273,124 @@ fn shape_only_build_records_without_allocating() {
     let names: Vec<_> = requested.iter().map(|r| (r.name.as_str(), r.shape.clone())).collect();
     assert_eq!(names, vec![("a", vec![2, 3]), ("b.c", vec![4])]);
 }
+
+/// Runs the ignored test `name` of this binary in a child process, so that a crash there (a stack overflow, a
+/// failed allocation) fails this test instead of killing the whole test run.
+fn run_in_child(name: &str) {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", name, "--ignored", "--test-threads=1"])
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && text.contains("1 passed"), "{name} in a child process: {}\n{text}", out.status);
+}
+
+/// A pickle of `depth` containers nested in one another, as `pickle.dumps` writes `[[[...]]]`, `((( ... )))`
+/// or `{None: {None: ...}}`.
+fn nested_pickle(kind: char, depth: usize) -> Vec<u8> {
+    let mut p = vec![0x80, 2];
+    match kind {
+        'l' => {
+            p.extend(std::iter::repeat_n(b']', depth));
+            p.extend(std::iter::repeat_n(b'a', depth - 1));
+        }
+        't' => {
+            p.extend(std::iter::repeat_n(b'(', depth));
+            p.extend(std::iter::repeat_n(b't', depth));
+        }
+        _ => {
+            for _ in 0..depth - 1 {
+                p.extend([b'}', b'N']);
+            }
+            p.push(b'}');
+            p.extend(std::iter::repeat_n(b's', depth - 1));
+        }
+    }
+    p.push(b'.');
+    p
+}
+
+#[test]
+fn deeply_nested_pickles_fail_cleanly() {
+    run_in_child("weights::tests::deeply_nested_pickles_child");
+}
+
+#[test]
+#[ignore = "run in a child process by deeply_nested_pickles_fail_cleanly"]
+fn deeply_nested_pickles_child() {
+    let dir = Scratch::new("deep-pickle");
+    for (kind, depth) in [('l', 50_000), ('l', 1_000_000), ('t', 50_000), ('d', 50_000), ('l', 101)] {
+        let zip = stored_zip(&[("archive/data.pkl", nested_pickle(kind, depth)), ("archive/version", b"3\n".to_vec())]);
+        let p = dir.file("pytorch_model.bin", &zip);
+        let msg = checkpoint_message(load_toy(&p, false));
+        assert!(msg.contains("pytorch_model.bin") && msg.contains("nests deeper than 100 levels"), "{kind} {depth}: {msg}");
+    }
+    // At the bound the nesting is accepted, and the file is refused for what it is: no state dict.
+    let zip = stored_zip(&[("archive/data.pkl", nested_pickle('l', 100)), ("archive/version", b"3\n".to_vec())]);
+    let msg = checkpoint_message(load_toy(&dir.file("pytorch_model.bin", &zip), false));
+    assert!(msg.contains("no tensors found"), "{msg}");
+}
+
+#[test]
+fn non_finite_weights_are_refused_naming_the_tensor() {
+    let dir = Scratch::new("nan");
+    let dev = Device::Cpu;
+    for (bad, what) in [(f32::NAN, "NaN"), (f32::INFINITY, "inf"), (f32::NEG_INFINITY, "-inf")] {
+        let b = Tensor::new(&[1f32, 1., bad, 1.], &dev).unwrap();
+        let p = dir.file("model.safetensors", &safetensors_bytes(&[("a", good_tensors()[0].1.clone()), ("b.c", b.clone())]));
+        let msg = checkpoint_message(load_toy(&p, false));
+        assert!(msg.contains(&format!("b.c: holds {what} (element 2)")), "{msg}");
+        // Also when stored in half precision, and in a PyTorch checkpoint.
+        let p = dir.file("half.safetensors", &safetensors_bytes(&[("a", good_tensors()[0].1.clone()), ("b.c", b.to_dtype(DType::F16).unwrap())]));
+        assert!(checkpoint_message(load_toy(&p, false)).contains("b.c: holds"));
+        let p = dir.file("pytorch_model.bin", &toy_pytorch_bytes(&[1., 1., bad, 1.]));
+        let msg = checkpoint_message(load_toy(&p, false));
+        assert!(msg.contains(&format!("b.c: holds {what} (element 2)")), "{msg}");
+    }
+    // Large finite values are fine.
+    let b = Tensor::new(&[f32::MAX, f32::MIN, 0., 1e-45], &dev).unwrap();
+    let p = dir.file("model.safetensors", &safetensors_bytes(&[("a", good_tensors()[0].1.clone()), ("b.c", b)]));
+    load_toy(&p, false).unwrap();
+}
+
+#[test]
+fn a_config_that_disagrees_with_the_checkpoint_fails_before_allocating() {
+    run_in_child("weights::tests::a_config_that_disagrees_child");
+}
+
+#[test]
+#[ignore = "run in a child process by a_config_that_disagrees_with_the_checkpoint_fails_before_allocating"]
+fn a_config_that_disagrees_child() {
+    use crate::config::TitokConfig;
+    use crate::model::titok::Titok;
+    let dir = Scratch::new("absurd");
+    let json = r#"{"model": {"vq_model": {
+        "quantize_mode": "lfq", "token_size": 6, "num_depths": 2, "num_latent_tokens": 4,
+        "vit_enc_model_size": "custom", "vit_enc_width": 32, "vit_enc_num_layers": 1, "vit_enc_num_heads": 2,
+        "vit_dec_model_size": "custom", "vit_dec_width": 32, "vit_dec_num_layers": 1, "vit_dec_num_heads": 2,
+        "vit_enc_patch_size": 16, "vit_dec_patch_size": 16, "is_legacy": true, "finetune_decoder": true,
+        "pixel_decoder": {"hidden_channels": 8, "channel_mult": [1, 1, 2, 2, 4], "num_res_blocks": 1,
+            "z_channels": 16, "codebook_size": 1024, "norm_num_groups": 8}}},
+        "dataset": {"preprocessing": {"crop_size": 256}}}"#;
+    crate::init::write_random_model(&dir.0, json, 1).unwrap();
+    let weights = dir.0.join("model.safetensors");
+    let good = TitokConfig::from_json_str(json).unwrap();
+    Titok::load(&good, &weights, &Device::Cpu, &LoadOptions::default()).unwrap();
+    // Sizes no machine can allocate (the model reshapes its patch embedding, which would copy 2^40 x 768
+    // floats), and layer counts that would build forever.
+    type Edit = fn(&mut TitokConfig);
+    let edits: [(Edit, &str); 5] = [
+        (|c| c.encoder.width = 1 << 40, "latent_tokens: shape [4, 32] in the checkpoint, the model needs [4, 1099511627776]"),
+        (|c| c.encoder.num_layers = 1_000_000_000, "encoder.transformer.1.ln_1.weight: missing"),
+        (|c| c.decoder.num_layers = 1_000_000_000, "decoder.transformer.1.ln_1.weight: missing"),
+        (|c| c.pixel_decoder.as_mut().unwrap().num_res_blocks = 1_000_000_000, "pixel_decoder.mid.1.norm1.weight: missing"),
+        (|c| c.pixel_decoder.as_mut().unwrap().hidden_channels = 1 << 40, "the model needs"),
+    ];
+    for (edit, expected) in edits {
+        let mut cfg = good.clone();
+        edit(&mut cfg);
+        let err = Titok::load(&cfg, &weights, &Device::Cpu, &LoadOptions::default()).err().unwrap();
+        assert_eq!(err.code(), "MARVEL_CHECKPOINT", "{err}");
+        assert!(err.to_string().contains(expected), "expected {expected:?} in: {err}");
+    }
+}
