@@ -145,6 +145,66 @@ mod tests {
         std::fs::remove_dir_all(&dst).unwrap();
     }
 
+    const TINY_VQ: &str = r#"{"model": {"vq_model": {
+        "codebook_size": 16, "token_size": 6, "num_latent_tokens": 4,
+        "vit_enc_model_size": "custom", "vit_enc_width": 32, "vit_enc_num_layers": 1, "vit_enc_num_heads": 2,
+        "vit_dec_model_size": "custom", "vit_dec_width": 32, "vit_dec_num_layers": 1, "vit_dec_num_heads": 2,
+        "vit_enc_patch_size": 16, "vit_dec_patch_size": 16, "is_legacy": false, "finetune_decoder": false}},
+        "dataset": {"preprocessing": {"crop_size": 256}}}"#;
+
+    fn scratch(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("marvel-convert-{name}-{}", std::process::id()));
+        std::fs::remove_dir_all(&dir).ok();
+        dir
+    }
+
+    #[test]
+    fn a_random_titok_converts_tensor_by_tensor_and_loads() {
+        let (src, dst) = (scratch("rand-src"), scratch("rand-dst"));
+        crate::init::write_random_model(&src, TINY_VQ, 5).unwrap();
+        let cfg = marvel_from_titok(&src, &dst, 3).unwrap();
+        assert_eq!(cfg.num_latent_tokens, 4);
+        let (a, b) = (Checkpoint::open(src.join("model.safetensors")).unwrap(), Checkpoint::open(dst.join("model.safetensors")).unwrap());
+        let kept: Vec<_> = a.tensors().keys().filter(|k| !k.starts_with("quantize.")).cloned().collect();
+        assert_eq!(b.tensors().keys().cloned().collect::<Vec<_>>(), kept);
+        for k in &kept {
+            assert_eq!(max_abs_diff(&a.load(k, &Device::Cpu).unwrap(), &b.load(k, &Device::Cpu).unwrap()), 0.0, "{k}");
+        }
+        let tok = crate::tokenizer::Tokenizer::from_pretrained(&dst).unwrap();
+        assert_eq!((tok.info().architecture, tok.info().depth), ("marvel", 3));
+        std::fs::remove_dir_all(&src).unwrap();
+        std::fs::remove_dir_all(&dst).unwrap();
+    }
+
+    #[test]
+    fn the_source_folder_is_never_the_destination() {
+        let src = scratch("self");
+        crate::init::write_random_model(&src, TINY_VQ, 5).unwrap();
+        let before = std::fs::read(src.join("model.safetensors")).unwrap();
+        let mut same = vec![src.clone(), src.join("."), src.join("..").join(src.file_name().unwrap())];
+        #[cfg(unix)]
+        {
+            // A link to the folder, and a new folder whose weights file is a link to the source's.
+            let link = scratch("self-link");
+            std::os::unix::fs::symlink(&src, &link).unwrap();
+            let holder = scratch("self-holder");
+            std::fs::create_dir_all(&holder).unwrap();
+            std::os::unix::fs::symlink(src.join("model.safetensors"), holder.join("model.safetensors")).unwrap();
+            same.extend([link, holder]);
+        }
+        for dst in &same {
+            let err = marvel_from_titok(&src, dst, 2).unwrap_err();
+            assert_eq!(err.code(), "MARVEL_INVALID_ARGUMENT", "{}: {err}", dst.display());
+        }
+        assert_eq!(std::fs::read(src.join("model.safetensors")).unwrap(), before);
+        for empty in [("", src.to_str().unwrap()), (src.to_str().unwrap(), "")] {
+            assert_eq!(marvel_from_titok(empty.0, empty.1, 2).unwrap_err().code(), "MARVEL_INVALID_ARGUMENT");
+        }
+        for p in same.iter().skip(3).chain([&src]) {
+            std::fs::remove_file(p).or_else(|_| std::fs::remove_dir_all(p)).unwrap();
+        }
+    }
+
     #[test]
     fn config_conversion_rewrites_the_quantizer_only() {
         let titok = r#"{"model": {"vq_model": {"codebook_size": 4096, "token_size": 12, "use_l2_norm": true,

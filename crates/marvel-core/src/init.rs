@@ -99,6 +99,29 @@ mod tests {
     }
 
     #[test]
+    fn an_empty_path_is_refused_not_the_current_directory() {
+        let err = write_random_model("", TINY, 0).unwrap_err();
+        assert_eq!(err.code(), "MARVEL_INVALID_ARGUMENT");
+        assert!(err.to_string().contains("empty path"), "{err}");
+    }
+
+    /// The weights file gets the mode every other file gets (0666 less the umask), as config.json does.
+    #[cfg(unix)]
+    #[test]
+    fn the_weights_file_respects_the_umask() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("marvel-init-mode-{}", std::process::id()));
+        write_random_model(&dir, TINY, 1).unwrap();
+        let reference = dir.join("reference");
+        std::fs::File::create(&reference).unwrap();
+        let mode = |f: &str| std::fs::metadata(dir.join(f)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode("model.safetensors"), mode("reference"));
+        assert_eq!(mode("config.json"), mode("reference"));
+        assert!(!dir.join("model.safetensors.partial").exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn a_bad_config_writes_nothing() {
         let dir = std::env::temp_dir().join(format!("marvel-init-bad-{}", std::process::id()));
         let err = write_random_model(&dir, r#"{"model": {"vq_model": {"quantize_mode": "fsq"}}}"#, 0).unwrap_err();
