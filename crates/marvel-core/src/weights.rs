@@ -148,7 +148,7 @@ impl Checkpoint {
     /// Reads one tensor as stored (no dtype conversion); a float tensor must hold finite values only.
     pub fn load(&self, name: &str, device: &Device) -> Result<Tensor> {
         let loaded = catch_unwind(AssertUnwindSafe(|| match &self.source {
-            Source::Safetensors(st) => st.read(name, &Device::Cpu),
+            Source::Safetensors(st) => st.read(name),
             Source::Pytorch(pth) => pth
                 .get(name)
                 .and_then(|t| t.ok_or_else(|| candle_core::Error::CannotFindTensor { path: name.to_string() }))

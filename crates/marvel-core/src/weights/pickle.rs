@@ -118,9 +118,13 @@ fn skip<R: Read>(r: &mut R, n: u64) -> Result<(), String> {
     Ok(())
 }
 
+/// GLOBAL's module and class names; anything longer than 64 KiB is not a name.
 fn skip_line<R: BufRead>(r: &mut R) -> Result<(), String> {
     let mut line = Vec::new();
-    r.read_until(b'\n', &mut line).map_err(|e| e.to_string())?;
+    r.take(1 << 16).read_until(b'\n', &mut line).map_err(|e| e.to_string())?;
+    if line.last() != Some(&b'\n') {
+        return Err("malformed pickle: a GLOBAL name without an end of line".into());
+    }
     Ok(())
 }
 

@@ -144,9 +144,9 @@ impl SafetensorsFile {
         Ok(Self { file, data_start: 8 + header_len, entries })
     }
 
-    /// Reads one tensor as stored. f32 data is read directly into the tensor's storage; other dtypes pass through
-    /// one byte buffer of the tensor's size.
-    pub fn read(&self, name: &str, device: &Device) -> std::result::Result<Tensor, String> {
+    /// Reads one tensor as stored, into CPU memory. f32 data is read directly into the tensor's storage; other
+    /// dtypes pass through one byte buffer of the tensor's size.
+    pub fn read(&self, name: &str) -> std::result::Result<Tensor, String> {
         let e = self.entries.get(name).ok_or_else(|| "not in the file".to_string())?;
         let dtype = e.dtype.ok_or_else(|| format!("dtype {} is not supported", e.dtype_name))?;
         let offset = self.data_start + e.begin;
@@ -163,12 +163,7 @@ impl SafetensorsFile {
             read_exact_at(&self.file, &mut bytes, offset).map_err(io)?;
             Tensor::from_raw_buffer(&bytes, dtype, &e.shape, &Device::Cpu)
         };
-        let tensor = tensor.map_err(|err| err.to_string())?;
-        if device.is_cpu() {
-            Ok(tensor)
-        } else {
-            tensor.to_device(device).map_err(|err| err.to_string())
-        }
+        tensor.map_err(|err| err.to_string())
     }
 }
 
@@ -182,9 +177,12 @@ fn parse_entry(info: &Value) -> std::result::Result<Entry, String> {
         .iter()
         .map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok()).ok_or("a dimension is not a size"))
         .collect::<std::result::Result<_, _>>()?;
-    let offsets: Vec<u64> =
-        info.get("data_offsets").and_then(Value::as_array).ok_or("no data_offsets")?.iter().filter_map(Value::as_u64).collect();
-    let [begin, end] = offsets[..] else { return Err("data_offsets is not two byte offsets".into()) };
+    let offsets: Option<Vec<u64>> =
+        info.get("data_offsets").and_then(Value::as_array).map(|v| v.iter().map(Value::as_u64).collect::<Option<_>>())
+            .ok_or("no data_offsets")?;
+    let Some([begin, end]) = offsets.as_deref().and_then(|o| <[u64; 2]>::try_from(o).ok()) else {
+        return Err("data_offsets is not two byte offsets".into());
+    };
     let bytes = shape.iter().try_fold(size, |acc, &d| acc.checked_mul(d as u64)).ok_or("its size overflows")?;
     if end < begin || end - begin != bytes {
         return Err(format!("shape {shape:?} of {dtype_name} is {bytes} bytes, data_offsets [{begin}, {end}] hold {}",

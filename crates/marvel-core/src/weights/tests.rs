@@ -6,7 +6,10 @@ struct Scratch(PathBuf);
 
 impl Scratch {
     fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("marvel-weights-{}-{name}", std::process::id()));
+        // Tests run in parallel threads and several may ask for the same name.
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("marvel-weights-{}-{name}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         Scratch(dir)
     }
@@ -393,4 +396,61 @@ fn a_config_that_disagrees_child() {
         assert_eq!(err.code(), "MARVEL_CHECKPOINT", "{err}");
         assert!(err.to_string().contains(expected), "expected {expected:?} in: {err}");
     }
+}
+
+/// A safetensors file from a hand-written header and data section.
+fn raw_safetensors(header: &str, data: &[u8]) -> Vec<u8> {
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(header.as_bytes());
+    bytes.extend_from_slice(data);
+    bytes
+}
+
+#[test]
+fn inconsistent_tables_of_contents_are_refused() {
+    let dir = Scratch::new("toc");
+    let cases = [
+        (r#"{"a":{"dtype":"F32","shape":[2,3],"data_offsets":[0,24]},"b.c":{"dtype":"F32","shape":[4],"data_offsets":[8,24]}}"#, "overlap"),
+        (r#"{"a":{"dtype":"F32","shape":[2,3],"data_offsets":[0,20]}}"#, "is 24 bytes"),
+        (r#"{"a":{"dtype":"F32","shape":[2,3],"data_offsets":[0,"24"]}}"#, "data_offsets is not two byte offsets"),
+        (r#"{"a":{"dtype":"F31","shape":[2,3],"data_offsets":[0,24]}}"#, "unknown dtype F31"),
+        (r#"{"a":{"dtype":"F32","shape":[4294967296,4294967296,4294967296],"data_offsets":[0,24]}}"#, "overflows"),
+        (r#"[1, 2]"#, "not a JSON object"),
+    ];
+    for (header, expected) in cases {
+        let p = dir.file("model.safetensors", &raw_safetensors(header, &[0u8; 40]));
+        let msg = checkpoint_message(load_toy(&p, false));
+        assert!(msg.contains("not a valid safetensors file") && msg.contains(expected), "{expected}: {msg}");
+    }
+}
+
+#[test]
+fn written_files_read_back_in_every_dtype_with_candle_and_here() {
+    let dir = Scratch::new("write");
+    let dev = Device::Cpu;
+    let base = Tensor::arange(0f32, 6., &dev).unwrap().reshape((2, 3)).unwrap();
+    let tensors: Vec<(String, Tensor)> = [DType::F32, DType::F16, DType::BF16, DType::F64, DType::U8, DType::U32, DType::I64]
+        .iter()
+        .map(|&d| (format!("t.{d:?}"), base.to_dtype(d).unwrap()))
+        .chain([("strided".to_string(), base.t().unwrap())])
+        .collect();
+    let specs: Vec<TensorSpec> =
+        tensors.iter().map(|(n, t)| TensorSpec { name: n.clone(), shape: t.dims().to_vec(), dtype: t.dtype() }).collect();
+    let path = dir.0.join("out.safetensors");
+    let mut next = tensors.iter();
+    write_safetensors(&path, &specs, |_| Ok(next.next().unwrap().1.clone())).unwrap();
+    let by_candle = candle_core::safetensors::load(&path, &dev).unwrap();
+    let ours = Checkpoint::open(&path).unwrap();
+    for (name, t) in &tensors {
+        let want = t.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        for got in [by_candle[name].clone(), ours.load(name, &dev).unwrap()] {
+            assert_eq!((got.dtype(), got.dims()), (t.dtype(), t.dims()), "{name}");
+            assert_eq!(got.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap(), want, "{name}");
+        }
+    }
+    // A tensor that is not what its spec says leaves no file behind.
+    let bad = dir.0.join("bad.safetensors");
+    let err = write_safetensors(&bad, &specs[..1], |_| Ok(base.to_dtype(DType::F16).unwrap())).unwrap_err();
+    assert_eq!(err.code(), "MARVEL_INVALID_ARGUMENT");
+    assert!(!bad.exists() && !dir.0.join("bad.safetensors.partial").exists());
 }
