@@ -1,5 +1,7 @@
 use super::*;
+use crate::error::MarvelError;
 use std::collections::HashMap;
+use std::path::PathBuf;
 
 /// A scratch folder unique to this test process and name, removed on drop.
 struct Scratch(PathBuf);
