@@ -73,7 +73,7 @@ impl Checkpoint {
 
     fn open_pytorch(path: &Path) -> Result<Self> {
         // Before candle builds any value: it recurses over them, and a stack overflow cannot be caught.
-        pickle::check_pickles(path).map_err(|e| ckpt_err(path, e))?;
+        let storages = pickle::check_archive(path).map_err(|e| ckpt_err(path, e))?;
         let open = |key: Option<&str>| {
             catch_unwind(AssertUnwindSafe(|| candle_core::pickle::PthTensors::new(path, key)))
                 .map_err(|p| ckpt_err(path, format!("unreadable PyTorch checkpoint ({})", panic_message(p))))?
@@ -92,6 +92,30 @@ impl Checkpoint {
         }
         if pth.tensor_infos().is_empty() {
             return Err(ckpt_err(path, "no tensors found (expected a state dict of name -> tensor)"));
+        }
+        // candle allocates a tensor from its shape before reading its storage: a shape larger than the storage
+        // would ask for memory the file cannot fill.
+        let mut short: Vec<String> = pth
+            .tensor_infos()
+            .iter()
+            .filter_map(|(name, ti)| {
+                let needed = ti.layout.dims().iter().try_fold(ti.dtype.size_in_bytes() as u64, |a, &d| a.checked_mul(d as u64));
+                let needed = needed.and_then(|n| n.checked_add(ti.layout.start_offset() as u64));
+                let held = storages.get(&ti.path).copied().unwrap_or(0);
+                match needed {
+                    Some(n) if n <= held => None,
+                    _ => Some(format!(
+                        "{name}: shape {:?} of {:?} needs more than the {held} bytes of its storage {}",
+                        ti.layout.dims(),
+                        ti.dtype,
+                        ti.path
+                    )),
+                }
+            })
+            .collect();
+        if !short.is_empty() {
+            short.sort();
+            return Err(ckpt_err(path, format!("tensor(s) larger than their data:\n  {}", short.join("\n  "))));
         }
         let tensors = pth
             .tensor_infos()

@@ -1,4 +1,6 @@
-//! A pre-flight pass over a PyTorch checkpoint's pickle streams before candle's reader sees them.
+//! A pre-flight pass over a PyTorch zip checkpoint before candle's reader sees it: its pickle streams are
+//! bounded (below), and its entries measured, so that each tensor's shape can be checked against the storage it
+//! is read from before candle allocates it.
 //!
 //! candle's unpickler runs the stack machine in a loop, but the values it builds are nested `Object`s that it then
 //! clones, formats (`{:?}` in its conversion errors) and drops recursively: a pickle nesting lists 50,000 deep
@@ -246,10 +248,12 @@ fn scan_stream<R: BufRead>(r: &mut R) -> Result<(), String> {
     }
 }
 
-/// Scans every `*data.pkl` of the zip checkpoint at `path` (the entries candle reads). `Err` carries the reason,
-/// for the caller to wrap with the file name.
-pub fn check_pickles(path: &Path) -> Result<(), String> {
+/// Scans every `*data.pkl` of the zip checkpoint at `path` (the entries candle reads) and returns the bytes each
+/// entry can deliver: its size, and for a compressed entry no more than deflate's largest ratio (1032:1) of its
+/// compressed size, which the file holds. `Err` carries the reason, for the caller to wrap with the file name.
+pub fn check_archive(path: &Path) -> Result<HashMap<String, u64>, String> {
     let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let file_len = file.metadata().map_err(|e| e.to_string())?.len();
     let mut zip = zip::ZipArchive::new(BufReader::new(file))
         .map_err(|e| format!("not a PyTorch zip checkpoint (torch.save format): {e}"))?;
     let names = zip
@@ -257,12 +261,17 @@ pub fn check_pickles(path: &Path) -> Result<(), String> {
         .map(|n| n.map(|n| n.into_owned()))
         .collect::<Result<Vec<String>, _>>()
         .map_err(|e| format!("not a PyTorch zip checkpoint (torch.save format): {e}"))?;
-    let names = names.into_iter().filter(|n| n.ends_with("data.pkl"));
+    let mut sizes = HashMap::new();
     for name in names {
         let entry = zip.by_name(&name).map_err(|e| format!("{name}: {e}"))?;
-        scan_stream(&mut BufReader::new(entry)).map_err(|e| format!("{name}: {e}"))?;
+        let compressed = entry.compressed_size().min(file_len);
+        let bound = if entry.compression() == zip::CompressionMethod::Stored { compressed } else { compressed * 1032 };
+        sizes.insert(name.clone(), entry.size().min(bound));
+        if name.ends_with("data.pkl") {
+            scan_stream(&mut BufReader::new(entry)).map_err(|e| format!("{name}: {e}"))?;
+        }
     }
-    Ok(())
+    Ok(sizes)
 }
 
 #[cfg(test)]

@@ -219,7 +219,12 @@ fn stored_zip(entries: &[(&str, Vec<u8>)]) -> Vec<u8> {
 
 /// The toy state dict as `torch.save` writes it; `b_values` is the storage behind `b.c` (4 values).
 fn toy_pytorch_bytes(b_values: &[f32]) -> Vec<u8> {
-    let hex: String = TOY_PICKLE_HEX.concat();
+    toy_pytorch_bytes_with(b_values, |hex| hex)
+}
+
+/// [`toy_pytorch_bytes`] with its pickle (as hex) edited by `edit`.
+fn toy_pytorch_bytes_with(b_values: &[f32], edit: impl FnOnce(String) -> String) -> Vec<u8> {
+    let hex: String = edit(TOY_PICKLE_HEX.concat());
     let pickle: Vec<u8> =
         (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect();
     let f32s = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
@@ -238,10 +243,11 @@ fn pytorch_zip_checkpoints_load() {
     let (toy, report) = load_toy(&p, false).unwrap();
     assert_eq!(toy.a.to_vec2::<f32>().unwrap(), vec![vec![0., 1., 2.], vec![3., 4., 5.]]);
     assert_eq!(report.used, 2);
-    // A storage shorter than its tensor is reported with the tensor's name, not a panic.
+    // A storage shorter than its tensor is reported with the tensor's name when the file is opened, before
+    // anything is allocated for it.
     let p = dir.file("short.bin", &toy_pytorch_bytes(&[1.; 2]));
-    let msg = checkpoint_message(load_toy(&p, false));
-    assert!(msg.contains("b.c: cannot read the data"), "{msg}");
+    let msg = checkpoint_message(Checkpoint::open(&p).map(|_| unreachable!()));
+    assert!(msg.contains("b.c: shape [4] of F32 needs more than the 8 bytes of its storage archive/data/1"), "{msg}");
 }
 
 #[test]
@@ -455,4 +461,23 @@ fn written_files_read_back_in_every_dtype_with_candle_and_here() {
     let err = write_safetensors(&bad, &specs[..1], |_| Ok(base.to_dtype(DType::F16).unwrap())).unwrap_err();
     assert_eq!(err.code(), "MARVEL_INVALID_ARGUMENT");
     assert!(!bad.exists() && !dir.0.join("bad.safetensors.partial").exists());
+}
+
+#[test]
+fn pytorch_shapes_larger_than_their_storage_fail_before_allocating() {
+    run_in_child("weights::tests::pytorch_shapes_larger_than_their_storage_child");
+}
+
+#[test]
+#[ignore = "run in a child process by pytorch_shapes_larger_than_their_storage_fail_before_allocating"]
+fn pytorch_shapes_larger_than_their_storage_child() {
+    let dir = Scratch::new("pth-huge");
+    // `b.c` declared (2^30, 2^30) with strides (2^30, 1), a C-contiguous 4 EiB tensor over a 16-byte storage:
+    // BININT1 4, TUPLE1 becomes BININT 2^30, BININT 2^30, TUPLE2 (and the strides likewise).
+    let bytes = toy_pytorch_bytes_with(&[1.; 4], |hex| {
+        hex.replacen("4b04857111", "4a000000404a00000040867111", 1).replacen("4b01857112", "4a000000404b01867112", 1)
+    });
+    let p = dir.file("pytorch_model.bin", &bytes);
+    let msg = checkpoint_message(load_toy(&p, false));
+    assert!(msg.contains("b.c: shape [1073741824, 1073741824] of F32 needs more than the 16 bytes"), "{msg}");
 }
