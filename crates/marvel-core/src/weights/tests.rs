@@ -478,6 +478,14 @@ fn pytorch_shapes_larger_than_their_storage_child() {
         hex.replacen("4b04857111", "4a000000404a00000040867111", 1).replacen("4b01857112", "4a000000404b01867112", 1)
     });
     let p = dir.file("pytorch_model.bin", &bytes);
-    let msg = checkpoint_message(load_toy(&p, false));
+    // Opening must refuse it: marvelFromTitok reads every tensor of an opened checkpoint, with no model to check
+    // the shapes against.
+    let msg = match Checkpoint::open(&p) {
+        Err(MarvelError::Checkpoint(msg)) => msg,
+        Err(other) => panic!("expected a checkpoint error, got {other:?}"),
+        Ok(ckpt) => panic!("opened; reading b.c gives {:?}", ckpt.load("b.c", &Device::Cpu).map(|t| t.dims().to_vec())),
+    };
     assert!(msg.contains("b.c: shape [1073741824, 1073741824] of F32 needs more than the 16 bytes"), "{msg}");
+    // And a load reports it the same way.
+    assert!(checkpoint_message(load_toy(&p, false)).contains("needs more than the 16 bytes"));
 }
