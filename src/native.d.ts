@@ -62,6 +62,12 @@ export interface ImageScores {
   ssim: Float64Array
 }
 
+/**
+ * What a model folder holds, checked like a load from `config.json` and the weights file's header alone (no
+ * weight is read), off the main thread.
+ */
+export declare function inspectModel(dir: string): Promise<ModelInfo>
+
 /** The training losses of latents z `[B, N, bits]` over `depth` depths. */
 export declare function lfqLosses(z: Float32Array, shape: Array<number>, options: LfqOptions): Promise<LfqLosses>
 

@@ -5,13 +5,15 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+
 use candle_core::{DType, Device, Tensor};
 
 use crate::config::TitokConfig;
 use crate::error::{MarvelError, Result};
 use crate::model::titok::Titok;
 use crate::quantize::lfq::SplitMix64;
-use crate::weights::{build_shape_only, Requested};
+use crate::invalid;
+use crate::weights::{build_shape_only, write_safetensors, Requested, TensorSpec};
 
 /// Initial value of one parameter, chosen from its name and shape: norms start at identity (weight 1, bias 0),
 /// biases at 0, everything else uniform with variance 1/fan_in (fan_in = product of all but the first dim),
@@ -40,17 +42,26 @@ pub fn random_weights(cfg: &TitokConfig, seed: u64) -> Result<HashMap<String, Te
     requested.iter().map(|r| Ok((r.name.clone(), init_one(r, &mut rng)?))).collect()
 }
 
-/// Writes a model folder: `config_json` verbatim (after checking it parses) and random weights for it.
+/// Writes a model folder: `config_json` verbatim (after checking it parses) and random weights for it, the same
+/// as [`random_weights`] gives for `seed`. Each tensor is made as it is written, so the writer holds one at a time.
 pub fn write_random_model(dir: impl AsRef<Path>, config_json: &str, seed: u64) -> Result<TitokConfig> {
     let dir = dir.as_ref();
+    // An empty path would resolve to the current directory.
+    if dir.as_os_str().is_empty() {
+        return Err(invalid!("createRandomModel needs a folder to write to, got an empty path"));
+    }
     let cfg = TitokConfig::from_json_str(config_json)?;
-    let weights = random_weights(&cfg, seed)?;
+    let (_, requested) = build_shape_only(DType::F32, &Device::Cpu, |vb| Titok::new(&cfg, vb))?;
+    let specs: Vec<TensorSpec> =
+        requested.iter().map(|r| TensorSpec { name: r.name.clone(), shape: r.shape.clone(), dtype: r.dtype }).collect();
     std::fs::create_dir_all(dir).map_err(|e| MarvelError::io(dir, e))?;
     let config_path = dir.join("config.json");
     std::fs::write(&config_path, config_json).map_err(|e| MarvelError::io(&config_path, e))?;
-    let weights_path = dir.join("model.safetensors");
-    candle_core::safetensors::save(&weights, &weights_path)
-        .map_err(|e| MarvelError::io(&weights_path, std::io::Error::other(e.to_string())))?;
+    let mut rng = SplitMix64::new(seed);
+    let mut next = requested.iter();
+    write_safetensors(&dir.join("model.safetensors"), &specs, |_| {
+        init_one(next.next().expect("one request per spec"), &mut rng)
+    })?;
     Ok(cfg)
 }
 
@@ -84,6 +95,29 @@ mod tests {
         let loaded = candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu).unwrap();
         assert_eq!(sum(&a), sum(&loaded));
         assert_ne!(sum(&a), sum(&b));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_empty_path_is_refused_not_the_current_directory() {
+        let err = write_random_model("", TINY, 0).unwrap_err();
+        assert_eq!(err.code(), "MARVEL_INVALID_ARGUMENT");
+        assert!(err.to_string().contains("empty path"), "{err}");
+    }
+
+    /// The weights file gets the mode every other file gets (0666 less the umask), as config.json does.
+    #[cfg(unix)]
+    #[test]
+    fn the_weights_file_respects_the_umask() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("marvel-init-mode-{}", std::process::id()));
+        write_random_model(&dir, TINY, 1).unwrap();
+        let reference = dir.join("reference");
+        std::fs::File::create(&reference).unwrap();
+        let mode = |f: &str| std::fs::metadata(dir.join(f)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode("model.safetensors"), mode("reference"));
+        assert_eq!(mode("config.json"), mode("reference"));
+        assert!(!dir.join("model.safetensors.partial").exists());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

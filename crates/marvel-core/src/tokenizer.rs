@@ -11,7 +11,7 @@ use crate::error::Result;
 use crate::tokens::TokenBatch;
 use crate::image::{images_from_u8_nhwc, images_to_u8_nhwc};
 use crate::model::titok::Titok;
-use crate::weights::build_shape_only;
+use crate::weights::{build_shape_only, Requested, ReturnMemoryOnDrop};
 use crate::{invalid, shape_mismatch};
 
 /// Images per forward pass: bounds activation memory for large batches (the L-32 encoder holds ~0.5 GB of
@@ -54,6 +54,8 @@ impl TokenizerInfo {
 pub struct Tokenizer {
     model: Titok,
     info: TokenizerInfo,
+    /// Last, so it drops after the model.
+    _memory: ReturnMemoryOnDrop,
 }
 
 fn bits_per_image(num_tokens: usize, depth: usize, bits_per_token: u32) -> u64 {
@@ -72,7 +74,15 @@ impl Tokenizer {
 
     pub fn new(model: Titok) -> Result<Self> {
         let info = describe(model.config())?;
-        Ok(Self { model, info })
+        Ok(Self { model, info, _memory: ReturnMemoryOnDrop })
+    }
+
+    /// What the model folder `dir` holds, checked as strictly as [`Self::from_pretrained`] checks it (config,
+    /// then every tensor's name, shape and dtype) from `config.json` and the weights file's table of contents
+    /// alone: no weight is read, so it costs a few MB whatever the model's size.
+    pub fn inspect(dir: impl AsRef<Path>) -> Result<TokenizerInfo> {
+        let (cfg, requested) = Titok::check_pretrained(dir)?;
+        Ok(describe_requested(&cfg, &requested))
     }
 
     pub fn info(&self) -> &TokenizerInfo {
@@ -200,14 +210,18 @@ impl Tokenizer {
 }
 
 fn describe(cfg: &TitokConfig) -> Result<TokenizerInfo> {
+    // Count parameters from the model's own tensor requests (no allocation): exactly what a checkpoint holds.
+    let (_, requested) = build_shape_only(DType::F32, &Device::Cpu, |vb| Titok::new(cfg, vb))?;
+    Ok(describe_requested(cfg, &requested))
+}
+
+fn describe_requested(cfg: &TitokConfig, requested: &[Requested]) -> TokenizerInfo {
     let (quantizer, depth, codebook_size) = match &cfg.quantizer {
         QuantizerConfig::Vq(vq) => ("vq", 1, vq.codebook_size as u64),
         QuantizerConfig::Lfq(lfq) => ("lfq", lfq.num_depths, 1u64 << lfq.token_bits),
     };
-    // Count parameters from the model's own tensor requests (no allocation): exactly what a checkpoint holds.
-    let (_, requested) = build_shape_only(DType::F32, &Device::Cpu, |vb| Titok::new(cfg, vb))?;
     let parameters = requested.iter().filter(|r| r.dtype.is_float()).map(|r| r.shape.iter().product::<usize>() as u64).sum();
-    Ok(TokenizerInfo {
+    TokenizerInfo {
         architecture: if quantizer == "lfq" { "marvel" } else { "titok" },
         quantizer,
         image_size: cfg.image_size,
@@ -222,7 +236,7 @@ fn describe(cfg: &TitokConfig) -> Result<TokenizerInfo> {
         decoder_width: cfg.decoder.width,
         decoder_layers: cfg.decoder.num_layers,
         two_stage: cfg.pixel_decoder.is_some(),
-    })
+    }
 }
 
 #[cfg(test)]

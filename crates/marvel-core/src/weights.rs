@@ -6,151 +6,39 @@
 //! same recording backend without a file ([`build_shape_only`]) builds a model from zero-sized broadcast
 //! placeholders, which gives its parameter list and count without allocating the weights.
 //!
-//! Formats: `model.safetensors` (memory-mapped) and PyTorch's zip `pytorch_model.bin` / `.pt` / `.pth`, read by
-//! candle's pickle reader, which interprets the data only and never runs code from the file.
+//! Formats: `model.safetensors` (read tensor by tensor straight into each tensor's storage, see
+//! [`safetensors`]) and PyTorch's zip `pytorch_model.bin` / `.pt` / `.pth`, read by candle's pickle reader, which
+//! interprets the data only and never runs code from the file, after [`pickle`] has bounded its nesting.
+//!
+//! Every float tensor is checked finite as it is read: NaN or infinite weights would load and silently decode
+//! every image to black.
+//!
+//! A config that disagrees with the checkpoint must fail before it allocates anything: a mismatched or missing
+//! tensor gets a placeholder only when it is no larger than the largest stored tensor (so whatever the model
+//! computes from it costs no more than reading that tensor), and the build stops after [`MAX_PROBLEMS`]
+//! problems, so `num_layers: 1e9` stops at the first layers the file lacks.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::path::{Path, PathBuf};
+use std::collections::BTreeSet;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::{Init, VarBuilder};
 
-use crate::error::{MarvelError, Result};
+use crate::error::Result;
 
-/// Name, shape and dtype of one stored tensor.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StoredTensor {
-    pub shape: Vec<usize>,
-    /// `None` for a dtype candle cannot represent (e.g. safetensors `BOOL`); loading it is an error.
-    pub dtype: Option<DType>,
-    /// The dtype as the file names it, for messages.
-    pub dtype_name: String,
-}
+mod checkpoint;
+mod pickle;
+mod safetensors;
 
-enum Source {
-    Safetensors(MmapedSafetensors),
-    Pytorch(candle_core::pickle::PthTensors),
-}
+use checkpoint::ckpt_err;
+pub use checkpoint::{first_non_finite, Checkpoint, StoredTensor};
+pub use pickle::{MAX_NESTING, MAX_OBJECTS};
+pub use safetensors::{write_safetensors, TensorSpec};
 
-/// An opened checkpoint: its table of contents, read and validated up front; tensor data is read on request.
-pub struct Checkpoint {
-    path: PathBuf,
-    source: Source,
-    tensors: BTreeMap<String, StoredTensor>,
-}
-
-fn ckpt_err(path: &Path, msg: impl std::fmt::Display) -> MarvelError {
-    MarvelError::Checkpoint(format!("{}: {msg}", path.display()))
-}
-
-fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
-    p.downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| p.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "unknown panic".into())
-}
-
-impl Checkpoint {
-    /// Opens `path`: `.bin`, `.pt` and `.pth` as PyTorch zip checkpoints, anything else as safetensors.
-    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
-        let path = path.as_ref();
-        let meta = std::fs::metadata(path).map_err(|e| MarvelError::io(path, e))?;
-        if !meta.is_file() {
-            return Err(ckpt_err(path, "not a file"));
-        }
-        let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
-        match ext.as_str() {
-            "bin" | "pt" | "pth" => Self::open_pytorch(path),
-            _ => Self::open_safetensors(path),
-        }
-    }
-
-    fn open_safetensors(path: &Path) -> Result<Self> {
-        // SAFETY: the map is read-only; as with any mmap, the file must not be truncated while it is in use.
-        let st = unsafe { MmapedSafetensors::new(path) }
-            .map_err(|e| ckpt_err(path, format!("not a valid safetensors file: {}", root_cause(&e))))?;
-        let mut tensors = BTreeMap::new();
-        for (name, view) in st.tensors() {
-            let dtype = DType::try_from(view.dtype()).ok();
-            let info = StoredTensor { shape: view.shape().to_vec(), dtype, dtype_name: format!("{:?}", view.dtype()) };
-            tensors.insert(name, info);
-        }
-        Ok(Self { path: path.to_path_buf(), source: Source::Safetensors(st), tensors })
-    }
-
-    fn open_pytorch(path: &Path) -> Result<Self> {
-        let open = |key: Option<&str>| {
-            catch_unwind(AssertUnwindSafe(|| candle_core::pickle::PthTensors::new(path, key)))
-                .map_err(|p| ckpt_err(path, format!("unreadable PyTorch checkpoint ({})", panic_message(p))))?
-                .map_err(|e| {
-                    ckpt_err(path, format!("not a PyTorch zip checkpoint (torch.save format): {}", root_cause(&e)))
-                })
-        };
-        let mut pth = open(None)?;
-        // Training checkpoints often nest the weights one level down.
-        for key in ["state_dict", "model"] {
-            if pth.tensor_infos().is_empty() {
-                if let Ok(nested) = open(Some(key)) {
-                    pth = nested;
-                }
-            }
-        }
-        if pth.tensor_infos().is_empty() {
-            return Err(ckpt_err(path, "no tensors found (expected a state dict of name -> tensor)"));
-        }
-        let tensors = pth
-            .tensor_infos()
-            .iter()
-            .map(|(name, ti)| {
-                let info = StoredTensor {
-                    shape: ti.layout.dims().to_vec(),
-                    dtype: Some(ti.dtype),
-                    dtype_name: format!("{:?}", ti.dtype),
-                };
-                (name.clone(), info)
-            })
-            .collect();
-        Ok(Self { path: path.to_path_buf(), source: Source::Pytorch(pth), tensors })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// Every stored tensor, sorted by name.
-    pub fn tensors(&self) -> &BTreeMap<String, StoredTensor> {
-        &self.tensors
-    }
-
-    /// Reads one tensor as stored (no dtype conversion).
-    pub fn load(&self, name: &str, device: &Device) -> Result<Tensor> {
-        let loaded = catch_unwind(AssertUnwindSafe(|| match &self.source {
-            Source::Safetensors(st) => st.load(name, device),
-            Source::Pytorch(pth) => pth
-                .get(name)
-                .and_then(|t| t.ok_or_else(|| candle_core::Error::CannotFindTensor { path: name.to_string() })),
-        }));
-        match loaded {
-            Ok(Ok(t)) => Ok(t),
-            Ok(Err(e)) => Err(ckpt_err(&self.path, format!("{name}: cannot read the data: {}", root_cause(&e)))),
-            Err(p) => Err(ckpt_err(&self.path, format!("{name}: cannot read the data ({})", panic_message(p)))),
-        }
-    }
-}
-
-/// candle wraps errors in context and backtraces; the innermost message is the one that names the problem.
-fn root_cause(e: &candle_core::Error) -> String {
-    match e {
-        candle_core::Error::WithBacktrace { inner, .. } => root_cause(inner),
-        candle_core::Error::WithPath { inner, .. } => root_cause(inner),
-        candle_core::Error::Context { inner, .. } => root_cause(inner),
-        other => other.to_string(),
-    }
-}
+/// Problems collected before a load gives up: a screenful, and the bound on the work a wrong config can cause.
+pub const MAX_PROBLEMS: usize = 20;
 
 /// One tensor a model asked for while it was built.
 #[derive(Debug, Clone, PartialEq)]
@@ -172,8 +60,11 @@ impl Recorder {
         self.requested.lock().unwrap_or_else(|p| p.into_inner()).push(r);
     }
 
-    fn problem(&self, msg: String) {
-        self.problems.lock().unwrap_or_else(|p| p.into_inner()).push(msg);
+    /// Records a problem; `false` once [`MAX_PROBLEMS`] are recorded and the build should stop.
+    fn problem(&self, msg: String) -> bool {
+        let mut problems = self.problems.lock().unwrap_or_else(|p| p.into_inner());
+        problems.push(msg);
+        problems.len() < MAX_PROBLEMS
     }
 
     fn take(&self) -> (Vec<Requested>, Vec<String>) {
@@ -197,36 +88,53 @@ fn compatible(stored: DType, wanted: DType) -> bool {
 struct CheckpointBackend {
     ckpt: Arc<Checkpoint>,
     rec: Arc<Recorder>,
+    /// Element count of the largest stored tensor: the bound on a placeholder.
+    largest: usize,
+    /// `false` checks names, shapes and dtypes only and reads no data ([`check_strict`]).
+    read_data: bool,
+}
+
+impl CheckpointBackend {
+    fn new(ckpt: Arc<Checkpoint>, rec: Arc<Recorder>, read_data: bool) -> Self {
+        let largest = ckpt.tensors().values().map(|t| t.shape.iter().product::<usize>()).max().unwrap_or(0);
+        Self { ckpt, rec, largest, read_data }
+    }
+
+    /// After a problem: a stand-in so the build can go on and report every problem, unless the stand-in would
+    /// be larger than anything in the file (a config asking for absurd sizes) or enough problems are recorded.
+    fn after_problem(&self, msg: String, s: &Shape, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        let go_on = self.rec.problem(msg);
+        if go_on && s.elem_count() <= self.largest {
+            placeholder(s, dtype, dev)
+        } else {
+            Err(candle_core::Error::Msg("the checkpoint does not match the model".into()))
+        }
+    }
 }
 
 impl SimpleBackend for CheckpointBackend {
     fn get(&self, s: Shape, name: &str, _: Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
         self.rec.request(name, &s, dtype);
-        let Some(info) = self.ckpt.tensors.get(name) else {
-            self.rec.problem(format!("{name}: missing (the model needs shape {:?})", s.dims()));
-            return placeholder(&s, dtype, dev);
+        let Some(info) = self.ckpt.tensors().get(name) else {
+            return self.after_problem(format!("{name}: missing (the model needs shape {:?})", s.dims()), &s, dtype, dev);
         };
         if info.shape != s.dims() {
-            self.rec.problem(format!(
-                "{name}: shape {:?} in the checkpoint, the model needs {:?}",
-                info.shape,
-                s.dims()
-            ));
-            return placeholder(&s, dtype, dev);
+            let msg = format!("{name}: shape {:?} in the checkpoint, the model needs {:?}", info.shape, s.dims());
+            return self.after_problem(msg, &s, dtype, dev);
         }
         match info.dtype {
             Some(stored) if compatible(stored, dtype) => {}
             _ => {
-                self.rec.problem(format!("{name}: stored as {}, the model needs {dtype:?}", info.dtype_name));
-                return placeholder(&s, dtype, dev);
+                let msg = format!("{name}: stored as {}, the model needs {dtype:?}", info.dtype_name);
+                return self.after_problem(msg, &s, dtype, dev);
             }
+        }
+        if !self.read_data {
+            return placeholder(&s, dtype, dev);
         }
         match self.ckpt.load(name, dev).and_then(|t| Ok(t.to_dtype(dtype)?)) {
             Ok(t) => Ok(t),
-            Err(e) => {
-                self.rec.problem(e.to_string());
-                placeholder(&s, dtype, dev)
-            }
+            Err(e) => self.after_problem(e.to_string(), &s, dtype, dev),
         }
     }
 
@@ -234,15 +142,18 @@ impl SimpleBackend for CheckpointBackend {
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
         let info = self
             .ckpt
-            .tensors
+            .tensors()
             .get(name)
             .ok_or_else(|| candle_core::Error::CannotFindTensor { path: name.to_string() })?;
         self.rec.request(name, &Shape::from(info.shape.clone()), dtype);
+        if !self.read_data {
+            return placeholder(&Shape::from(info.shape.clone()), dtype, dev);
+        }
         self.ckpt.load(name, dev).map_err(|e| candle_core::Error::Msg(e.to_string()))?.to_dtype(dtype)
     }
 
     fn contains_tensor(&self, name: &str) -> bool {
-        self.ckpt.tensors.contains_key(name)
+        self.ckpt.tensors().contains_key(name)
     }
 }
 
@@ -318,20 +229,49 @@ pub fn load_strict_from<M>(
     opts: &LoadOptions,
     build: impl FnOnce(VarBuilder) -> Result<M>,
 ) -> Result<(M, LoadReport)> {
+    let (model, requested) = build_checked(&ckpt, device, opts, true, build)?;
+    Ok((model, report_unused(&ckpt, &requested, opts)?))
+}
+
+/// The checks of [`load_strict_from`] against the checkpoint's table of contents alone: builds the model from
+/// placeholders where every tensor is stored with the right shape and dtype, reading no data. Returns the
+/// tensors the model asked for (for its parameter count) and the usage report.
+pub fn check_strict<M>(
+    ckpt: Arc<Checkpoint>,
+    opts: &LoadOptions,
+    build: impl FnOnce(VarBuilder) -> Result<M>,
+) -> Result<(Vec<Requested>, LoadReport)> {
+    let (_, requested) = build_checked(&ckpt, &Device::Cpu, opts, false, build)?;
+    let report = report_unused(&ckpt, &requested, opts)?;
+    Ok((requested, report))
+}
+
+fn build_checked<M>(
+    ckpt: &Arc<Checkpoint>,
+    device: &Device,
+    opts: &LoadOptions,
+    read_data: bool,
+    build: impl FnOnce(VarBuilder) -> Result<M>,
+) -> Result<(M, Vec<Requested>)> {
     let rec = Arc::new(Recorder::default());
-    let backend = CheckpointBackend { ckpt: ckpt.clone(), rec: rec.clone() };
+    let backend = CheckpointBackend::new(ckpt.clone(), rec.clone(), read_data);
     let vb = VarBuilder::from_backend(Box::new(backend), opts.dtype, device.clone());
     let built = build(vb);
     let (requested, problems) = rec.take();
-    let path = ckpt.path();
     if !problems.is_empty() {
         // A placeholder may also have made the build fail; the recorded problems are the cause to report.
+        let more = if problems.len() >= MAX_PROBLEMS { " (stopped there)" } else { "" };
         return Err(ckpt_err(
-            path,
-            format!("{} tensor(s) do not match the model:\n{}", problems.len(), summarize(&problems, 20)),
+            ckpt.path(),
+            format!("{} tensor(s) do not match the model{more}:\n{}", problems.len(), summarize(&problems, MAX_PROBLEMS)),
         ));
     }
-    let model = built?;
+    Ok((built?, requested))
+}
+
+/// The stored tensors nobody asked for: an error unless `opts` allows them.
+fn report_unused(ckpt: &Checkpoint, requested: &[Requested], opts: &LoadOptions) -> Result<LoadReport> {
+    let path = ckpt.path();
     let used: BTreeSet<&str> = requested.iter().map(|r| r.name.as_str()).collect();
     let unexpected: Vec<String> = ckpt.tensors().keys().filter(|k| !used.contains(k.as_str())).cloned().collect();
     if !unexpected.is_empty() && !opts.allow_unexpected {
@@ -344,7 +284,27 @@ pub fn load_strict_from<M>(
             ),
         ));
     }
-    Ok((model, LoadReport { used: used.len(), unexpected }))
+    Ok(LoadReport { used: used.len(), unexpected })
+}
+
+/// Held by whatever owns a loaded model, after the model: when it drops, the memory the model's tensors freed is
+/// handed back to the operating system.
+///
+/// glibc serves allocations above its mmap threshold with their own mappings, but raises that threshold to the
+/// size of each such block freed (up to 32 MiB), so from a model's second load on its tensors come from the heap
+/// arenas, and freeing them leaves a whole model resident in the process. `malloc_trim(0)` returns the free
+/// pages of every arena. Other allocators (musl, macOS, Windows) return large blocks themselves.
+#[derive(Debug, Default)]
+pub struct ReturnMemoryOnDrop;
+
+impl Drop for ReturnMemoryOnDrop {
+    fn drop(&mut self) {
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        // SAFETY: malloc_trim only releases free memory; it is thread-safe in glibc.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+    }
 }
 
 /// Builds a model without weights: every parameter is a zero broadcast from a single element, so even the

@@ -81,6 +81,13 @@ pub fn load_tokenizer(dir: String) -> AsyncTask<Job<String, NativeTokenizer>> {
     }))
 }
 
+/// What a model folder holds, checked like a load from `config.json` and the weights file's header alone (no
+/// weight is read), off the main thread.
+#[napi(ts_return_type = "Promise<ModelInfo>")]
+pub fn inspect_model(dir: String) -> AsyncTask<Job<String, ModelInfo>> {
+    AsyncTask::new(Job::new(dir, |dir| Ok(ModelInfo::from(&CoreTokenizer::inspect(dir)?))))
+}
+
 #[napi]
 impl NativeTokenizer {
     #[napi(getter)]

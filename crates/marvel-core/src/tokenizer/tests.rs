@@ -143,3 +143,30 @@ fn bad_inputs_are_named() {
 fn bits_cover_the_codebook() {
     assert_eq!([bits_for(2), bits_for(256), bits_for(257), bits_for(4096), bits_for(8192)], [1, 8, 9, 12, 13]);
 }
+
+#[test]
+fn inspect_checks_a_folder_like_a_load_without_reading_weights() {
+    let dir = std::env::temp_dir().join(format!("marvel-inspect-{}", std::process::id()));
+    let json = r#"{"model": {"vq_model": {
+        "quantize_mode": "lfq", "token_size": 6, "num_depths": 3, "num_latent_tokens": 4,
+        "vit_enc_model_size": "custom", "vit_enc_width": 32, "vit_enc_num_layers": 1, "vit_enc_num_heads": 2,
+        "vit_dec_model_size": "custom", "vit_dec_width": 32, "vit_dec_num_layers": 1, "vit_dec_num_heads": 2,
+        "vit_enc_patch_size": 16, "vit_dec_patch_size": 16, "is_legacy": false, "finetune_decoder": false}},
+        "dataset": {"preprocessing": {"crop_size": 256}}}"#;
+    crate::init::write_random_model(&dir, json, 3).unwrap();
+    let loaded = Tokenizer::from_pretrained(&dir).unwrap().info().clone();
+    assert_eq!(Tokenizer::inspect(&dir).unwrap(), loaded);
+    // Every weight byte set to 0xff (a NaN): a load refuses it, inspect never reads it.
+    let path = dir.join("model.safetensors");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let data_start = 8 + u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    bytes[data_start..].fill(0xff);
+    std::fs::write(&path, &bytes).unwrap();
+    assert_eq!(Tokenizer::from_pretrained(&dir).err().unwrap().code(), "MARVEL_CHECKPOINT");
+    assert_eq!(Tokenizer::inspect(&dir).unwrap(), loaded);
+    // A config the weights do not fit is refused as a load refuses it.
+    std::fs::write(dir.join("config.json"), json.replace(r#""vit_enc_width": 32"#, r#""vit_enc_width": 64"#)).unwrap();
+    let err = Tokenizer::inspect(&dir).unwrap_err();
+    assert!(err.code() == "MARVEL_CHECKPOINT" && err.to_string().contains("latent_tokens: shape [4, 32]"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

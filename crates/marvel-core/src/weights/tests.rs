@@ -1,12 +1,17 @@
 use super::*;
+use crate::error::MarvelError;
 use std::collections::HashMap;
+use std::path::PathBuf;
 
 /// A scratch folder unique to this test process and name, removed on drop.
 struct Scratch(PathBuf);
 
 impl Scratch {
     fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("marvel-weights-{}-{name}", std::process::id()));
+        // Tests run in parallel threads and several may ask for the same name.
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("marvel-weights-{}-{name}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         Scratch(dir)
     }
@@ -214,7 +219,12 @@ fn stored_zip(entries: &[(&str, Vec<u8>)]) -> Vec<u8> {
 
 /// The toy state dict as `torch.save` writes it; `b_values` is the storage behind `b.c` (4 values).
 fn toy_pytorch_bytes(b_values: &[f32]) -> Vec<u8> {
-    let hex: String = TOY_PICKLE_HEX.concat();
+    toy_pytorch_bytes_with(b_values, |hex| hex)
+}
+
+/// [`toy_pytorch_bytes`] with its pickle (as hex) edited by `edit`.
+fn toy_pytorch_bytes_with(b_values: &[f32], edit: impl FnOnce(String) -> String) -> Vec<u8> {
+    let hex: String = edit(TOY_PICKLE_HEX.concat());
     let pickle: Vec<u8> =
         (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect();
     let f32s = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
@@ -233,10 +243,11 @@ fn pytorch_zip_checkpoints_load() {
     let (toy, report) = load_toy(&p, false).unwrap();
     assert_eq!(toy.a.to_vec2::<f32>().unwrap(), vec![vec![0., 1., 2.], vec![3., 4., 5.]]);
     assert_eq!(report.used, 2);
-    // A storage shorter than its tensor is reported with the tensor's name, not a panic.
+    // A storage shorter than its tensor is reported with the tensor's name when the file is opened, before
+    // anything is allocated for it.
     let p = dir.file("short.bin", &toy_pytorch_bytes(&[1.; 2]));
-    let msg = checkpoint_message(load_toy(&p, false));
-    assert!(msg.contains("b.c: cannot read the data"), "{msg}");
+    let msg = checkpoint_message(Checkpoint::open(&p).map(|_| unreachable!()));
+    assert!(msg.contains("b.c: shape [4] of F32 needs more than the 8 bytes of its storage archive/data/1"), "{msg}");
 }
 
 #[test]
@@ -272,4 +283,209 @@ fn shape_only_build_records_without_allocating() {
     assert_eq!(toy.a.stride(), &[0, 0]);
     let names: Vec<_> = requested.iter().map(|r| (r.name.as_str(), r.shape.clone())).collect();
     assert_eq!(names, vec![("a", vec![2, 3]), ("b.c", vec![4])]);
+}
+
+/// Runs the ignored test `name` of this binary in a child process, so that a crash there (a stack overflow, a
+/// failed allocation) fails this test instead of killing the whole test run.
+fn run_in_child(name: &str) {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", name, "--ignored", "--test-threads=1"])
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && text.contains("1 passed"), "{name} in a child process: {}\n{text}", out.status);
+}
+
+/// A pickle of `depth` containers nested in one another, as `pickle.dumps` writes `[[[...]]]`, `((( ... )))`
+/// or `{None: {None: ...}}`.
+fn nested_pickle(kind: char, depth: usize) -> Vec<u8> {
+    let mut p = vec![0x80, 2];
+    match kind {
+        'l' => {
+            p.extend(std::iter::repeat_n(b']', depth));
+            p.extend(std::iter::repeat_n(b'a', depth - 1));
+        }
+        't' => {
+            p.extend(std::iter::repeat_n(b'(', depth));
+            p.extend(std::iter::repeat_n(b't', depth));
+        }
+        _ => {
+            for _ in 0..depth - 1 {
+                p.extend([b'}', b'N']);
+            }
+            p.push(b'}');
+            p.extend(std::iter::repeat_n(b's', depth - 1));
+        }
+    }
+    p.push(b'.');
+    p
+}
+
+#[test]
+fn deeply_nested_pickles_fail_cleanly() {
+    run_in_child("weights::tests::deeply_nested_pickles_child");
+}
+
+#[test]
+#[ignore = "run in a child process by deeply_nested_pickles_fail_cleanly"]
+fn deeply_nested_pickles_child() {
+    let dir = Scratch::new("deep-pickle");
+    for (kind, depth) in [('l', 50_000), ('l', 1_000_000), ('t', 50_000), ('d', 50_000), ('l', 101)] {
+        let zip = stored_zip(&[("archive/data.pkl", nested_pickle(kind, depth)), ("archive/version", b"3\n".to_vec())]);
+        let p = dir.file("pytorch_model.bin", &zip);
+        let msg = checkpoint_message(load_toy(&p, false));
+        assert!(msg.contains("pytorch_model.bin") && msg.contains("nests deeper than 100 levels"), "{kind} {depth}: {msg}");
+    }
+    // At the bound the nesting is accepted, and the file is refused for what it is: no state dict.
+    let zip = stored_zip(&[("archive/data.pkl", nested_pickle('l', 100)), ("archive/version", b"3\n".to_vec())]);
+    let msg = checkpoint_message(load_toy(&dir.file("pytorch_model.bin", &zip), false));
+    assert!(msg.contains("no tensors found"), "{msg}");
+}
+
+#[test]
+fn non_finite_weights_are_refused_naming_the_tensor() {
+    let dir = Scratch::new("nan");
+    let dev = Device::Cpu;
+    for (bad, what) in [(f32::NAN, "NaN"), (f32::INFINITY, "inf"), (f32::NEG_INFINITY, "-inf")] {
+        let b = Tensor::new(&[1f32, 1., bad, 1.], &dev).unwrap();
+        let p = dir.file("model.safetensors", &safetensors_bytes(&[("a", good_tensors()[0].1.clone()), ("b.c", b.clone())]));
+        let msg = checkpoint_message(load_toy(&p, false));
+        assert!(msg.contains(&format!("b.c: holds {what} (element 2)")), "{msg}");
+        // Also when stored in half precision, and in a PyTorch checkpoint.
+        let p = dir.file("half.safetensors", &safetensors_bytes(&[("a", good_tensors()[0].1.clone()), ("b.c", b.to_dtype(DType::F16).unwrap())]));
+        assert!(checkpoint_message(load_toy(&p, false)).contains("b.c: holds"));
+        let p = dir.file("pytorch_model.bin", &toy_pytorch_bytes(&[1., 1., bad, 1.]));
+        let msg = checkpoint_message(load_toy(&p, false));
+        assert!(msg.contains(&format!("b.c: holds {what} (element 2)")), "{msg}");
+    }
+    // Large finite values are fine.
+    let b = Tensor::new(&[f32::MAX, f32::MIN, 0., 1e-45], &dev).unwrap();
+    let p = dir.file("model.safetensors", &safetensors_bytes(&[("a", good_tensors()[0].1.clone()), ("b.c", b)]));
+    load_toy(&p, false).unwrap();
+}
+
+#[test]
+fn a_config_that_disagrees_with_the_checkpoint_fails_before_allocating() {
+    run_in_child("weights::tests::a_config_that_disagrees_child");
+}
+
+#[test]
+#[ignore = "run in a child process by a_config_that_disagrees_with_the_checkpoint_fails_before_allocating"]
+fn a_config_that_disagrees_child() {
+    use crate::config::TitokConfig;
+    use crate::model::titok::Titok;
+    let dir = Scratch::new("absurd");
+    let json = r#"{"model": {"vq_model": {
+        "quantize_mode": "lfq", "token_size": 6, "num_depths": 2, "num_latent_tokens": 4,
+        "vit_enc_model_size": "custom", "vit_enc_width": 32, "vit_enc_num_layers": 1, "vit_enc_num_heads": 2,
+        "vit_dec_model_size": "custom", "vit_dec_width": 32, "vit_dec_num_layers": 1, "vit_dec_num_heads": 2,
+        "vit_enc_patch_size": 16, "vit_dec_patch_size": 16, "is_legacy": true, "finetune_decoder": true,
+        "pixel_decoder": {"hidden_channels": 8, "channel_mult": [1, 1, 2, 2, 4], "num_res_blocks": 1,
+            "z_channels": 16, "codebook_size": 1024, "norm_num_groups": 8}}},
+        "dataset": {"preprocessing": {"crop_size": 256}}}"#;
+    crate::init::write_random_model(&dir.0, json, 1).unwrap();
+    let weights = dir.0.join("model.safetensors");
+    let good = TitokConfig::from_json_str(json).unwrap();
+    Titok::load(&good, &weights, &Device::Cpu, &LoadOptions::default()).unwrap();
+    // Sizes no machine can allocate (the model reshapes its patch embedding, which would copy 2^40 x 768
+    // floats), and layer counts that would build forever.
+    type Edit = fn(&mut TitokConfig);
+    let edits: [(Edit, &str); 5] = [
+        (|c| c.encoder.width = 1 << 40, "latent_tokens: shape [4, 32] in the checkpoint, the model needs [4, 1099511627776]"),
+        (|c| c.encoder.num_layers = 1_000_000_000, "encoder.transformer.1.ln_1.weight: missing"),
+        (|c| c.decoder.num_layers = 1_000_000_000, "decoder.transformer.1.ln_1.weight: missing"),
+        (|c| c.pixel_decoder.as_mut().unwrap().num_res_blocks = 1_000_000_000, "pixel_decoder.mid.1.norm1.weight: missing"),
+        (|c| c.pixel_decoder.as_mut().unwrap().hidden_channels = 1 << 40, "the model needs"),
+    ];
+    for (edit, expected) in edits {
+        let mut cfg = good.clone();
+        edit(&mut cfg);
+        let err = Titok::load(&cfg, &weights, &Device::Cpu, &LoadOptions::default()).err().unwrap();
+        assert_eq!(err.code(), "MARVEL_CHECKPOINT", "{err}");
+        assert!(err.to_string().contains(expected), "expected {expected:?} in: {err}");
+    }
+}
+
+/// A safetensors file from a hand-written header and data section.
+fn raw_safetensors(header: &str, data: &[u8]) -> Vec<u8> {
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(header.as_bytes());
+    bytes.extend_from_slice(data);
+    bytes
+}
+
+#[test]
+fn inconsistent_tables_of_contents_are_refused() {
+    let dir = Scratch::new("toc");
+    let cases = [
+        (r#"{"a":{"dtype":"F32","shape":[2,3],"data_offsets":[0,24]},"b.c":{"dtype":"F32","shape":[4],"data_offsets":[8,24]}}"#, "overlap"),
+        (r#"{"a":{"dtype":"F32","shape":[2,3],"data_offsets":[0,20]}}"#, "is 24 bytes"),
+        (r#"{"a":{"dtype":"F32","shape":[2,3],"data_offsets":[0,"24"]}}"#, "data_offsets is not two byte offsets"),
+        (r#"{"a":{"dtype":"F31","shape":[2,3],"data_offsets":[0,24]}}"#, "unknown dtype F31"),
+        (r#"{"a":{"dtype":"F32","shape":[4294967296,4294967296,4294967296],"data_offsets":[0,24]}}"#, "overflows"),
+        (r#"[1, 2]"#, "not a JSON object"),
+    ];
+    for (header, expected) in cases {
+        let p = dir.file("model.safetensors", &raw_safetensors(header, &[0u8; 40]));
+        let msg = checkpoint_message(load_toy(&p, false));
+        assert!(msg.contains("not a valid safetensors file") && msg.contains(expected), "{expected}: {msg}");
+    }
+}
+
+#[test]
+fn written_files_read_back_in_every_dtype_with_candle_and_here() {
+    let dir = Scratch::new("write");
+    let dev = Device::Cpu;
+    let base = Tensor::arange(0f32, 6., &dev).unwrap().reshape((2, 3)).unwrap();
+    let tensors: Vec<(String, Tensor)> = [DType::F32, DType::F16, DType::BF16, DType::F64, DType::U8, DType::U32, DType::I64]
+        .iter()
+        .map(|&d| (format!("t.{d:?}"), base.to_dtype(d).unwrap()))
+        .chain([("strided".to_string(), base.t().unwrap())])
+        .collect();
+    let specs: Vec<TensorSpec> =
+        tensors.iter().map(|(n, t)| TensorSpec { name: n.clone(), shape: t.dims().to_vec(), dtype: t.dtype() }).collect();
+    let path = dir.0.join("out.safetensors");
+    let mut next = tensors.iter();
+    write_safetensors(&path, &specs, |_| Ok(next.next().unwrap().1.clone())).unwrap();
+    let by_candle = candle_core::safetensors::load(&path, &dev).unwrap();
+    let ours = Checkpoint::open(&path).unwrap();
+    for (name, t) in &tensors {
+        let want = t.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        for got in [by_candle[name].clone(), ours.load(name, &dev).unwrap()] {
+            assert_eq!((got.dtype(), got.dims()), (t.dtype(), t.dims()), "{name}");
+            assert_eq!(got.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap(), want, "{name}");
+        }
+    }
+    // A tensor that is not what its spec says leaves no file behind.
+    let bad = dir.0.join("bad.safetensors");
+    let err = write_safetensors(&bad, &specs[..1], |_| Ok(base.to_dtype(DType::F16).unwrap())).unwrap_err();
+    assert_eq!(err.code(), "MARVEL_INVALID_ARGUMENT");
+    assert!(!bad.exists() && !dir.0.join("bad.safetensors.partial").exists());
+}
+
+#[test]
+fn pytorch_shapes_larger_than_their_storage_fail_before_allocating() {
+    run_in_child("weights::tests::pytorch_shapes_larger_than_their_storage_child");
+}
+
+#[test]
+#[ignore = "run in a child process by pytorch_shapes_larger_than_their_storage_fail_before_allocating"]
+fn pytorch_shapes_larger_than_their_storage_child() {
+    let dir = Scratch::new("pth-huge");
+    // `b.c` declared (2^30, 2^30) with strides (2^30, 1), a C-contiguous 4 EiB tensor over a 16-byte storage:
+    // BININT1 4, TUPLE1 becomes BININT 2^30, BININT 2^30, TUPLE2 (and the strides likewise).
+    let bytes = toy_pytorch_bytes_with(&[1.; 4], |hex| {
+        hex.replacen("4b04857111", "4a000000404a00000040867111", 1).replacen("4b01857112", "4a000000404b01867112", 1)
+    });
+    let p = dir.file("pytorch_model.bin", &bytes);
+    // Opening must refuse it: marvelFromTitok reads every tensor of an opened checkpoint, with no model to check
+    // the shapes against.
+    let msg = match Checkpoint::open(&p) {
+        Err(MarvelError::Checkpoint(msg)) => msg,
+        Err(other) => panic!("expected a checkpoint error, got {other:?}"),
+        Ok(ckpt) => panic!("opened; reading b.c gives {:?}", ckpt.load("b.c", &Device::Cpu).map(|t| t.dims().to_vec())),
+    };
+    assert!(msg.contains("b.c: shape [1073741824, 1073741824] of F32 needs more than the 16 bytes"), "{msg}");
+    // And a load reports it the same way.
+    assert!(checkpoint_message(load_toy(&p, false)).contains("needs more than the 16 bytes"));
 }

@@ -24,7 +24,7 @@ use crate::error::{MarvelError, Result};
 use crate::model::maskgit::MaskgitDecoder;
 use crate::model::WEIGHT_FILES;
 use crate::quantize::Quantizer;
-use crate::weights::{load_strict, LoadOptions, LoadReport};
+use crate::weights::{check_strict, load_strict, Checkpoint, LoadOptions, LoadReport, Requested};
 use crate::{invalid, shape_mismatch};
 
 /// The second stage of two-stage models: the pixel codebook and the MaskGIT decoder.
@@ -45,6 +45,13 @@ pub struct Titok {
     pixel: Option<PixelStage>,
     device: Device,
     dtype: DType,
+}
+
+fn folder_config(dir: &Path) -> Result<TitokConfig> {
+    if !dir.is_dir() {
+        return Err(MarvelError::io(dir, std::io::Error::new(std::io::ErrorKind::NotFound, "model folder not found")));
+    }
+    TitokConfig::from_path(dir.join("config.json"))
 }
 
 /// The first of [`WEIGHT_FILES`] present in `dir`.
@@ -84,11 +91,18 @@ impl Titok {
     /// Loads a model folder: `config.json` plus `model.safetensors` (or `pytorch_model.bin`), strictly.
     pub fn from_pretrained(dir: impl AsRef<Path>, device: &Device) -> Result<Self> {
         let dir = dir.as_ref();
-        if !dir.is_dir() {
-            return Err(MarvelError::io(dir, std::io::Error::new(std::io::ErrorKind::NotFound, "model folder not found")));
-        }
-        let cfg = TitokConfig::from_path(dir.join("config.json"))?;
+        let cfg = folder_config(dir)?;
         Ok(Self::load(&cfg, weights_file(dir)?, device, &LoadOptions::default())?.0)
+    }
+
+    /// The checks of [`Self::from_pretrained`] without reading the weights: the folder's config, and the tensors
+    /// the model asks for, each stored with its shape and dtype.
+    pub fn check_pretrained(dir: impl AsRef<Path>) -> Result<(TitokConfig, Vec<Requested>)> {
+        let dir = dir.as_ref();
+        let cfg = folder_config(dir)?;
+        let ckpt = std::sync::Arc::new(Checkpoint::open(weights_file(dir)?)?);
+        let (requested, _) = check_strict(ckpt, &LoadOptions::default(), |vb| Self::new(&cfg, vb))?;
+        Ok((cfg, requested))
     }
 
     /// Builds the model for `cfg` from one weight file; see [`crate::weights::load_strict`] for the checks.
