@@ -173,7 +173,7 @@ fn config_err(msg: String) -> MarvelError {
 impl TitokConfig {
     pub fn from_path(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|e| MarvelError::io(path, e))?;
+        let text = read_text(path)?;
         Self::from_json_str(&text).map_err(|e| match e {
             MarvelError::Config(msg) => config_err(format!("{}: {msg}", path.display())),
             other => other,
@@ -271,6 +271,18 @@ impl TitokConfig {
     pub fn encoder_grid(&self) -> usize {
         self.image_size / self.encoder.patch_size
     }
+}
+
+/// A config file's text. Bytes that are not UTF-8 are a bad config (`MarvelError::Config`), not a failed read.
+pub fn read_text(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).map_err(|e| MarvelError::io(path, e))?;
+    String::from_utf8(bytes).map_err(|e| {
+        config_err(format!(
+            "{}: not UTF-8 text (invalid byte at offset {}); config.json must be JSON",
+            path.display(),
+            e.utf8_error().valid_up_to()
+        ))
+    })
 }
 
 /// The object key whose value ends at (line, column) (1-based, as serde_json reports): the nearest `"key":`

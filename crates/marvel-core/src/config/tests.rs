@@ -179,6 +179,13 @@ fn from_path_names_the_file() {
     assert!(msg.contains("bad.json"), "{msg}");
     let err = TitokConfig::from_path(dir.join("absent.json")).unwrap_err();
     assert_eq!(err.code(), "MARVEL_IO");
+    // A file that reads fine but is not text is a bad config, not an I/O failure.
+    let binary = dir.join("binary.json");
+    std::fs::write(&binary, b"{\"model\": \xff}").unwrap();
+    let msg = config_message(TitokConfig::from_path(&binary));
+    assert!(msg.contains("binary.json: not UTF-8 text (invalid byte at offset 10)"), "{msg}");
+    let err = crate::model::maskgit::MaskgitConfig::from_file(&binary).unwrap_err();
+    assert_eq!(err.code(), "MARVEL_CONFIG");
     std::fs::remove_dir_all(&dir).ok();
 }
 

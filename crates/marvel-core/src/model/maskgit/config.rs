@@ -89,7 +89,7 @@ impl MaskgitConfig {
     /// Reads and validates `path` (a config.json), as [`Self::from_config_json`].
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|e| MarvelError::io(path, e))?;
+        let text = crate::config::read_text(path)?;
         let value: serde_json::Value = serde_json::from_str(&text)
             .map_err(|e| MarvelError::Config(format!("{}: {e}", path.display())))?;
         Self::from_config_json(&value).map_err(|e| match e {
