@@ -401,6 +401,27 @@ function mutateImage(b, r, others) {
     v.setUint32(29, crc32(out.subarray(12, 29)))
     return out
   }
+  const isTiff = (b[0] === 0x49 && b[1] === 0x49) || (b[0] === 0x4d && b[1] === 0x4d)
+  if (isTiff && b.length > 16 && r.chance(0.3)) {
+    // One IFD entry's value (width, height, strip offsets and byte counts, bits per sample, ...).
+    const out = b.slice()
+    const v = new DataView(out.buffer)
+    const le = b[0] === 0x49
+    const ifd = v.getUint32(4, le)
+    if (ifd + 2 <= out.length) {
+      const entries = v.getUint16(ifd, le)
+      const at = ifd + 2 + 12 * r.int(Math.max(1, entries)) + 8
+      if (at + 4 <= out.length) v.setUint32(at, r.pick([0, 1, 7, 9, 0xffff, 0x10000, 0x7fffffff, 0xffffffff, b.length, b.length + 1]), le)
+    }
+    return out
+  }
+  const sof = b[0] === 0xff && b[1] === 0xd8 ? b.findIndex((x, i) => x === 0xff && (b[i + 1] === 0xc0 || b[i + 1] === 0xc2)) : -1
+  if (sof > 0 && sof + 9 <= b.length && r.chance(0.2)) {
+    // JPEG frame header: height and width.
+    const out = b.slice()
+    new DataView(out.buffer).setUint16(sof + r.pick([5, 7]), r.pick([0, 1, 65535, 30000]))
+    return out
+  }
   if (isGif && b.length > 10 && r.chance(0.2)) {
     const out = b.slice()
     new DataView(out.buffer).setUint16(r.pick([6, 8]), r.pick([0, 1, 65535]), true)
