@@ -219,30 +219,7 @@ describe('fuzz: mutated inputs never crash, hang or throw an uncoded error', () 
 
   it('mutations are reproducible from (seed, index) and change the input', async () => {
     const seeds = await readSeeds(seedDir)
-    it('createRandomModel refuses absurd sizes and misspelled keys before allocating anything', async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'marvel-fuzz-create-'))
-    const edit = (vq: Record<string, unknown>) => {
-      const cfg = tinyConfig() as { model: { vq_model: Record<string, unknown> } }
-      Object.assign(cfg.model.vq_model, vq)
-      return cfg
-    }
-    const cases: Array<[object, RegExp]> = [
-      [edit({ vit_enc_width: 65536 }), /vit_enc_width = 65536 is above the limit of 8192/],
-      [edit({ num_latent_tokens: 1e9 }), /num_latent_tokens = 1000000000 is above the limit/],
-      [edit({ vit_dec_num_layers: 1e9 }), /vit_dec_num_layers = 1000000000 is above the limit/],
-      [edit({ vit_enc_width: 8192, vit_enc_num_layers: 200, vit_enc_num_heads: 8 }), /this config has 1\.6e11 parameters \(644\.\d GB as f32\), above the limit/],
-      [edit({ vit_enc_widht: 64 }), /unknown key model\.vq_model\.vit_enc_widht; did you mean vit_enc_width\?/],
-    ]
-    for (const [config, message] of cases) {
-      const err = await createRandomModel(join(dir, 'm'), config).catch((e: unknown) => e)
-      expect(err).toBeInstanceOf(MarvelError)
-      expect((err as MarvelError).code).toBe('MARVEL_CONFIG')
-      expect((err as MarvelError).message).toMatch(message)
-      expect(existsSync(join(dir, 'm'))).toBe(false)
-    }
-  })
-
-  for (const klass of CLASSES) {
+    for (const klass of CLASSES) {
       const a = mutateInput(klass, seeds, 7, 3)
       expect(Buffer.compare(Buffer.from(a), Buffer.from(mutateInput(klass, seeds, 7, 3)))).toBe(0)
       const distinct = new Set(Array.from({ length: 30 }, (_, i) => Buffer.from(mutateInput(klass, seeds, 7, i)).toString('base64')))
@@ -261,7 +238,10 @@ describe('fuzz: mutated inputs never crash, hang or throw an uncoded error', () 
       [edit({ vit_enc_width: 65536 }), /vit_enc_width = 65536 is above the limit of 8192/],
       [edit({ num_latent_tokens: 1e9 }), /num_latent_tokens = 1000000000 is above the limit/],
       [edit({ vit_dec_num_layers: 1e9 }), /vit_dec_num_layers = 1000000000 is above the limit/],
-      [edit({ vit_enc_width: 8192, vit_enc_num_layers: 200, vit_enc_num_heads: 8 }), /this config has 1\.6e11 parameters \(644\.\d GB as f32\), above the limit/],
+      [
+        edit({ vit_enc_width: 8192, vit_enc_num_layers: 200, vit_enc_num_heads: 8 }),
+        /this config has 1\.6e11 parameters \(644\.\d GB as f32\), above the limit/,
+      ],
       [edit({ vit_enc_widht: 64 }), /unknown key model\.vq_model\.vit_enc_widht; did you mean vit_enc_width\?/],
     ]
     for (const [config, message] of cases) {

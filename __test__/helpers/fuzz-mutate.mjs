@@ -216,13 +216,16 @@ function editSafetensors(b, r, choice) {
 
 // ---- PyTorch zip (.bin): a pickle of the state dict plus one storage file per tensor ----
 
+const CRC_TABLE = Uint32Array.from({ length: 256 }, (_, n) => {
+  let c = n
+  for (let k = 0; k < 8; k++) c = c & 1 ? (c >>> 1) ^ 0xedb88320 : c >>> 1
+  return c
+})
+
 /** CRC-32 (IEEE), which zip readers check. */
 export function crc32(data) {
   let crc = ~0
-  for (const byte of data) {
-    crc ^= byte
-    for (let k = 0; k < 8; k++) crc = crc & 1 ? (crc >>> 1) ^ 0xedb88320 : crc >>> 1
-  }
+  for (let i = 0; i < data.length; i++) crc = CRC_TABLE[(crc ^ data[i]) & 0xff] ^ (crc >>> 8)
   return ~crc >>> 0
 }
 
