@@ -71,7 +71,7 @@ function newestMtime(path: string): number {
 }
 
 /** A crashed or hung worker is replaced, from the next input on, this many times before the class gives up. */
-const MAX_RESTARTS = 30
+const MAX_RESTARTS = 100
 
 /**
  * Runs one class in child processes; every way a child can go wrong becomes a Failure naming the input. A child
@@ -163,7 +163,7 @@ async function report(klass: FuzzClass, failures: Failure[]): Promise<string> {
   const dir = join(tmpdir(), 'marvel-fuzz-repro')
   mkdirSync(dir, { recursive: true })
   return failures
-    .slice(0, 40)
+    .slice(0, 100)
     .map(({ index, what }) => {
       let file = ''
       if (index >= 0) {
