@@ -1,10 +1,18 @@
 //! TiTok's `config.json`, as published with the released checkpoints:
 //! `{"model": {"vq_model": {...}}, "dataset": {"preprocessing": {"crop_size": 256}}}`.
 //!
-//! [`ConfigFile`] mirrors the JSON (serde; unrelated sections such as `generator`, `experiment` or `losses` are
-//! ignored). [`TitokConfig`] is the checked, resolved form the model is built from: size names are turned into
-//! widths, the reference defaults are applied to absent keys, and every inconsistency is reported up front as a
-//! `MarvelError::Config` that names the key and its value.
+//! [`ConfigFile`] mirrors the JSON (serde; training sections such as `experiment` or `losses` pass through, but
+//! a key marvel does not know in a section it reads is refused: [`keys`]). [`TitokConfig`] is the checked,
+//! resolved form the model is built from: size names are turned into widths, the reference defaults are applied
+//! to absent keys, sizes are held to sanity bounds ([`bounds`]), and every inconsistency is reported up front as a
+//! `MarvelError::Config` that names the key and its value. [`TitokConfig::parameter_count`] sizes the model
+//! from the config alone ([`size`]).
+
+pub mod bounds;
+mod keys;
+mod size;
+
+pub use keys::check_known_keys;
 
 use std::path::Path;
 
@@ -165,7 +173,7 @@ fn config_err(msg: String) -> MarvelError {
 impl TitokConfig {
     pub fn from_path(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|e| MarvelError::io(path, e))?;
+        let text = read_text(path)?;
         Self::from_json_str(&text).map_err(|e| match e {
             MarvelError::Config(msg) => config_err(format!("{}: {msg}", path.display())),
             other => other,
@@ -173,6 +181,11 @@ impl TitokConfig {
     }
 
     pub fn from_json_str(text: &str) -> Result<Self> {
+        // Keys are checked on the plain JSON first, so that a misspelled key is reported as such rather than as
+        // the missing key it was meant to be. Syntax errors fall through to the typed parse, which reports them.
+        if let Ok(value) = serde_json::from_str::<serde_json::Value>(text) {
+            check_known_keys(&value)?;
+        }
         let file: ConfigFile = serde_json::from_str(text).map_err(|e| {
             // serde_json reports where a value has the wrong type but not which key it belongs to.
             // A missing field is reported at the end of its object, where the key before is unrelated.
@@ -189,6 +202,10 @@ impl TitokConfig {
     pub fn from_file(file: &ConfigFile) -> Result<Self> {
         let m = &file.model.vq_model;
         let image_size = file.dataset.preprocessing.crop_size;
+        if image_size == 0 {
+            return Err(config_err("dataset.preprocessing.crop_size must be at least 1, got 0".into()));
+        }
+        bounds::check(m, image_size)?;
         let encoder = resolve_vit(
             "vit_enc",
             &m.vit_enc_model_size,
@@ -254,6 +271,18 @@ impl TitokConfig {
     pub fn encoder_grid(&self) -> usize {
         self.image_size / self.encoder.patch_size
     }
+}
+
+/// A config file's text. Bytes that are not UTF-8 are a bad config (`MarvelError::Config`), not a failed read.
+pub fn read_text(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).map_err(|e| MarvelError::io(path, e))?;
+    String::from_utf8(bytes).map_err(|e| {
+        config_err(format!(
+            "{}: not UTF-8 text (invalid byte at offset {}); config.json must be JSON",
+            path.display(),
+            e.utf8_error().valid_up_to()
+        ))
+    })
 }
 
 /// The object key whose value ends at (line, column) (1-based, as serde_json reports): the nearest `"key":`
@@ -384,6 +413,10 @@ fn resolve_quantizer(m: &VqModelSection) -> Result<QuantizerConfig> {
 }
 
 fn check_pixel_decoder(pd: &MaskgitConfig, image_size: usize, decoder: &VitConfig) -> Result<()> {
+    // The pixel decoder's output is the decoded image, which marvel returns as RGB.
+    if pd.num_channels != 3 {
+        return Err(config_err(format!("pixel_decoder.num_channels = {} must be 3 (RGB)", pd.num_channels)));
+    }
     if pd.codebook_size != LEGACY_LOGITS {
         return Err(config_err(format!(
             "pixel_decoder.codebook_size = {} must be {LEGACY_LOGITS}: the legacy head predicts {LEGACY_LOGITS} \

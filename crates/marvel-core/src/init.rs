@@ -35,8 +35,31 @@ fn init_one(r: &Requested, rng: &mut SplitMix64) -> Result<Tensor> {
     Ok(Tensor::from_vec(values, r.shape.as_slice(), &Device::Cpu)?.to_dtype(r.dtype)?)
 }
 
+/// The most parameters a random model may have: 2e9 (8 GB as f32, all of it held in memory while the file is
+/// written), three times TiTok-L-32 with its pixel decoder. Sizes past it are refused before anything is
+/// allocated instead of running the machine out of memory.
+pub const MAX_RANDOM_MODEL_PARAMETERS: u64 = 2_000_000_000;
+
+/// Refuses a config whose model has more than [`MAX_RANDOM_MODEL_PARAMETERS`], counted from its sizes alone.
+pub fn check_random_model_size(cfg: &TitokConfig) -> Result<()> {
+    let n = cfg.parameter_count();
+    if n > MAX_RANDOM_MODEL_PARAMETERS {
+        let gb = |params: u64| params as f64 * 4.0 / 1e9;
+        return Err(MarvelError::Config(format!(
+            "this config has {:.1e} parameters ({:.1} GB as f32), above the limit of {:.1e} parameters ({:.1} GB) \
+             for a random model",
+            n as f64,
+            gb(n),
+            MAX_RANDOM_MODEL_PARAMETERS as f64,
+            gb(MAX_RANDOM_MODEL_PARAMETERS)
+        )));
+    }
+    Ok(())
+}
+
 /// Every parameter `cfg` needs, freshly initialised from `seed`.
 pub fn random_weights(cfg: &TitokConfig, seed: u64) -> Result<HashMap<String, Tensor>> {
+    check_random_model_size(cfg)?;
     let (_, requested) = build_shape_only(DType::F32, &Device::Cpu, |vb| Titok::new(cfg, vb))?;
     let mut rng = SplitMix64::new(seed);
     requested.iter().map(|r| Ok((r.name.clone(), init_one(r, &mut rng)?))).collect()
@@ -51,6 +74,7 @@ pub fn write_random_model(dir: impl AsRef<Path>, config_json: &str, seed: u64) -
         return Err(invalid!("createRandomModel needs a folder to write to, got an empty path"));
     }
     let cfg = TitokConfig::from_json_str(config_json)?;
+    check_random_model_size(&cfg)?;
     let (_, requested) = build_shape_only(DType::F32, &Device::Cpu, |vb| Titok::new(&cfg, vb))?;
     let specs: Vec<TensorSpec> =
         requested.iter().map(|r| TensorSpec { name: r.name.clone(), shape: r.shape.clone(), dtype: r.dtype }).collect();
@@ -68,6 +92,7 @@ pub fn write_random_model(dir: impl AsRef<Path>, config_json: &str, seed: u64) -
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::VitConfig;
     use crate::tokenizer::Tokenizer;
 
     const TINY: &str = r#"{"model": {"vq_model": {
@@ -119,6 +144,32 @@ mod tests {
         assert_eq!(mode("config.json"), mode("reference"));
         assert!(!dir.join("model.safetensors.partial").exists());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_oversized_model_is_refused_before_anything_is_allocated() {
+        // Width 8192 (the largest accepted) with 64 layers on each side: 2 x 64 x 12 x 8192^2 = 1.0e11 parameters,
+        // 412 GB as f32; without the check the first allocation would abort the process.
+        let json = ["enc", "dec"].iter().fold(TINY.to_string(), |json, side| {
+            json.replace(
+                &format!("\"vit_{side}_width\": 32, \"vit_{side}_num_layers\": 1"),
+                &format!("\"vit_{side}_width\": 8192, \"vit_{side}_num_layers\": 64"),
+            )
+        });
+        let dir = std::env::temp_dir().join(format!("marvel-init-huge-{}", std::process::id()));
+        let err = write_random_model(&dir, &json, 0).unwrap_err();
+        assert_eq!(err.code(), "MARVEL_CONFIG");
+        assert_eq!(
+            err.to_string(),
+            "this config has 1.0e11 parameters (412.4 GB as f32), above the limit of 2.0e9 parameters (8.0 GB) for a \
+             random model"
+        );
+        assert!(!dir.exists());
+        // The same widths with one layer each fit.
+        let cfg = TitokConfig::from_json_str(&json).unwrap();
+        let one_layer = |vit: VitConfig| VitConfig { num_layers: 1, ..vit };
+        let (encoder, decoder) = (one_layer(cfg.encoder), one_layer(cfg.decoder));
+        check_random_model_size(&TitokConfig { encoder, decoder, ..cfg }).unwrap();
     }
 
     #[test]

@@ -8,6 +8,15 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{MarvelError, Result};
 
+/// Sanity bounds of [`MaskgitConfig::validate`]: channels of any level, z_channels and hidden_channels.
+pub const MAX_CHANNELS: usize = 16384;
+pub const MAX_RES_BLOCKS: usize = 64;
+pub const MAX_CODEBOOK_SIZE: usize = 1 << 20;
+pub const MAX_IMAGE_CHANNELS: usize = 64;
+pub const MAX_RESOLUTION: usize = 4096;
+/// Resolution levels (the image is halved between consecutive ones).
+pub const MAX_LEVELS: usize = 8;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct MaskgitConfig {
@@ -57,6 +66,7 @@ impl Default for MaskgitConfig {
 impl MaskgitConfig {
     /// Reads the `maskgit_vqgan` object of a config.json value; released sizes when the object is absent.
     pub fn from_config_json(value: &serde_json::Value) -> Result<Self> {
+        crate::config::check_known_keys(value)?;
         let cfg = match value.get("maskgit_vqgan") {
             Some(obj) => serde_json::from_value::<Self>(obj.clone()).map_err(|e| {
                 // serde_json does not say which field failed; retrying the keys one at a time finds it.
@@ -79,7 +89,7 @@ impl MaskgitConfig {
     /// Reads and validates `path` (a config.json), as [`Self::from_config_json`].
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|e| MarvelError::io(path, e))?;
+        let text = crate::config::read_text(path)?;
         let value: serde_json::Value = serde_json::from_str(&text)
             .map_err(|e| MarvelError::Config(format!("{}: {e}", path.display())))?;
         Self::from_config_json(&value).map_err(|e| match e {
@@ -105,6 +115,35 @@ impl MaskgitConfig {
     /// Side of the latent grid: the image is halved between consecutive levels (16 for 256 px, 5 levels).
     pub fn latent_side(&self) -> usize {
         self.resolution >> (self.num_levels() - 1)
+    }
+
+    /// Parameters of the decoder half (what TiTok's two-stage models carry as `pixel_decoder`), counted from the
+    /// sizes alone; [`Self::validate`] first.
+    pub fn decoder_parameter_count(&self) -> u64 {
+        let conv = |c_in: usize, c_out: usize, k: usize, bias: bool| {
+            (c_out * c_in * k * k + if bias { c_out } else { 0 }) as u64
+        };
+        // GroupNorm, 3x3 conv, GroupNorm, 3x3 conv, and a 1x1 shortcut on the output when the width changes.
+        let res_block = |c_in: usize, c_out: usize| {
+            (2 * c_in + 2 * c_out) as u64
+                + conv(c_in, c_out, 3, false)
+                + conv(c_out, c_out, 3, false)
+                + if c_in != c_out { conv(c_out, c_out, 1, false) } else { 0 }
+        };
+        let (levels, c_mid, blocks) = (self.num_levels(), self.deepest_channels(), self.num_res_blocks);
+        let mut n = conv(self.z_channels, c_mid, 3, true) + blocks as u64 * res_block(c_mid, c_mid);
+        for i in 0..levels {
+            let (mut c_in, c_out) = (self.level_channels((i + 1).min(levels - 1)), self.level_channels(i));
+            for _ in 0..blocks {
+                n += res_block(c_in, c_out);
+                c_in = c_out;
+            }
+            if i != 0 {
+                n += conv(c_out, c_out, 3, true);
+            }
+        }
+        let c_first = self.level_channels(0);
+        n + 2 * c_first as u64 + conv(c_first, self.num_channels, 3, true)
     }
 
     /// Checks that the sizes describe a buildable model; every message names the offending key.
@@ -137,6 +176,28 @@ impl MaskgitConfig {
         }
         if let Some(i) = self.channel_mult.iter().position(|&m| m == 0) {
             return bad(format!("channel_mult[{i}] must be positive"));
+        }
+        // Sanity bounds, checked before any size is multiplied or allocated: generous multiples of the released
+        // model's values (in parentheses), so that only typos and corrupt files fail.
+        for (key, v, max, released) in [
+            ("hidden_channels", self.hidden_channels, MAX_CHANNELS, 128),
+            ("num_res_blocks", self.num_res_blocks, MAX_RES_BLOCKS, 2),
+            ("z_channels", self.z_channels, MAX_CHANNELS, 256),
+            ("codebook_size", self.codebook_size, MAX_CODEBOOK_SIZE, 1024),
+            ("num_channels", self.num_channels, MAX_IMAGE_CHANNELS, 3),
+            ("resolution", self.resolution, MAX_RESOLUTION, 256),
+            ("channel_mult length", self.channel_mult.len(), MAX_LEVELS, 5),
+        ] {
+            if v > max {
+                return bad(format!("{key} = {v} is above the limit of {max} (the released model uses {released})"));
+            }
+        }
+        if let Some(i) = self.channel_mult.iter().position(|&m| m > MAX_CHANNELS / self.hidden_channels) {
+            return bad(format!(
+                "level {i} has hidden_channels {} x channel_mult {} channels, above the limit of {MAX_CHANNELS} (the \
+                 released model's deepest level has 512)",
+                self.hidden_channels, self.channel_mult[i]
+            ));
         }
         // Every level's channel count passes through a GroupNorm.
         for i in 0..self.num_levels() {
@@ -192,6 +253,11 @@ mod tests {
             (serde_json::json!({"resolution": 100}), "resolution 100"),
             (serde_json::json!({"channel_mult": []}), "channel_mult must not be empty"),
             (serde_json::json!({"z_channels": 0}), "z_channels must be positive"),
+            (serde_json::json!({"num_res_blocks": 1_000_000_000}), "num_res_blocks = 1000000000 is above the limit"),
+            (serde_json::json!({"hidden_channels": 65536}), "hidden_channels = 65536 is above the limit of 16384"),
+            (serde_json::json!({"channel_mult": [1, 2, 4096]}), "level 2 has hidden_channels 128 x channel_mult 4096"),
+            (serde_json::json!({"channel_mult": [1, 1, 1, 1, 1, 1, 1, 1, 1], "resolution": 512}), "channel_mult length = 9 is above"),
+            (serde_json::json!({"resolution": 1 << 20}), "resolution = 1048576 is above the limit of 4096"),
         ];
         for (obj, msg) in cases {
             let err = MaskgitConfig::from_config_json(&serde_json::json!({ "maskgit_vqgan": obj })).unwrap_err();
