@@ -165,3 +165,23 @@ describe('decoding bound through encode()', () => {
     }
   })
 })
+
+describe('inspect', () => {
+  it('gives the info a load gives, without reading a weight', async () => {
+    expect(await Tokenizer.inspect(dir)).toEqual(tok.info)
+    // Weights overwritten with NaN (0xff bytes) past the header: a load refuses them, inspect never reads them.
+    const copy = mkdtempSync(join(tmpdir(), 'marvel-inspect-'))
+    writeFileSync(join(copy, 'config.json'), readFileSync(join(dir, 'config.json')))
+    const weights = readFileSync(join(dir, 'model.safetensors'))
+    const dataStart = 8 + Number(weights.readBigUInt64LE(0))
+    weights.fill(0xff, dataStart)
+    writeFileSync(join(copy, 'model.safetensors'), weights)
+    await failure(Tokenizer.fromPretrained(copy), 'MARVEL_CHECKPOINT', /NaN/)
+    expect({ ...(await Tokenizer.inspect(copy)), source: dir }).toEqual(tok.info)
+  })
+
+  it('refuses what a load refuses before reading weights', async () => {
+    await failure(Tokenizer.inspect(''), 'MARVEL_INVALID_ARGUMENT', /^inspect: expected source/)
+    await failure(Tokenizer.inspect(join(work, 'nowhere')), 'MARVEL_IO', /^inspect: model folder .* not found/)
+  })
+})

@@ -11,6 +11,7 @@ import { encodePng, prepareImage, writePng, type PrepareOptions, type RawImage, 
 import { Tokens } from './tokens.js'
 
 type NativeTokenizer = Awaited<ReturnType<NativeBinding['loadTokenizer']>>
+type ModelInfo = Awaited<ReturnType<NativeBinding['inspectModel']>>
 
 /** One image to encode: a file path, an encoded image (PNG/JPEG/WebP/...), a sharp pipeline or raw pixels. */
 export type ImageInput = string | Buffer | Uint8Array | Sharp | RawImage | RgbImage
@@ -75,6 +76,38 @@ export class SerialQueue {
   }
 }
 
+/** The local folder behind `source` (a folder, or a hub repo id resolved into the cache), checked before any read. */
+async function modelFolder(fn: string, source: string, options: FromPretrainedOptions): Promise<string> {
+  if (typeof source !== 'string' || source.length === 0) throw invalidParameter(fn, 'source', 'a model folder path or a repo id', source)
+  pathParameter(fn, 'source', source)
+  if (existsSync(source) && statSync(source).isDirectory()) {
+    await checkModelFolder(source)
+    return source
+  }
+  if (source.startsWith('.') || source.startsWith('/') || source.includes('\\') || source.split('/').length > 2) {
+    throw new MarvelError('MARVEL_IO', `${fn}: model folder ${source} not found`)
+  }
+  return dirname((await resolveModelFiles(source, options)).config)
+}
+
+function toInfo(i: ModelInfo, source: string): Readonly<TokenizerInfo> {
+  return Object.freeze({
+    architecture: i.architecture as TokenizerInfo['architecture'],
+    quantizer: i.quantizer as TokenizerInfo['quantizer'],
+    imageSize: i.imageSize,
+    numTokens: i.numTokens,
+    depth: i.depth,
+    codebookSize: i.codebookSize,
+    bitsPerToken: i.bitsPerToken,
+    bitsPerImage: i.bitsPerImage,
+    parameters: i.parameters,
+    encoder: Object.freeze({ width: i.encoderWidth, layers: i.encoderLayers }),
+    decoder: Object.freeze({ width: i.decoderWidth, layers: i.decoderLayers }),
+    twoStage: i.twoStage,
+    source,
+  })
+}
+
 /**
  * A TiTok or MARVEL image tokenizer: images to a handful of discrete tokens and back.
  *
@@ -95,22 +128,7 @@ export class Tokenizer {
 
   private constructor(nativeTokenizer: NativeTokenizer, source: string) {
     this.#native = nativeTokenizer
-    const i = nativeTokenizer.info
-    this.info = Object.freeze({
-      architecture: i.architecture as TokenizerInfo['architecture'],
-      quantizer: i.quantizer as TokenizerInfo['quantizer'],
-      imageSize: i.imageSize,
-      numTokens: i.numTokens,
-      depth: i.depth,
-      codebookSize: i.codebookSize,
-      bitsPerToken: i.bitsPerToken,
-      bitsPerImage: i.bitsPerImage,
-      parameters: i.parameters,
-      encoder: Object.freeze({ width: i.encoderWidth, layers: i.encoderLayers }),
-      decoder: Object.freeze({ width: i.decoderWidth, layers: i.decoderLayers }),
-      twoStage: i.twoStage,
-      source,
-    })
+    this.info = toInfo(nativeTokenizer.info, source)
   }
 
   /**
@@ -119,19 +137,16 @@ export class Tokenizer {
    * `HF_HOME`, `HF_TOKEN` and `HF_HUB_OFFLINE` are honoured).
    */
   static async fromPretrained(source: string, options: FromPretrainedOptions = {}): Promise<Tokenizer> {
-    if (typeof source !== 'string' || source.length === 0) throw invalidParameter('fromPretrained', 'source', 'a model folder path or a repo id', source)
-    pathParameter('fromPretrained', 'source', source)
-    let dir = source
-    if (existsSync(source) && statSync(source).isDirectory()) {
-      await checkModelFolder(source)
-    } else {
-      if (source.startsWith('.') || source.startsWith('/') || source.includes('\\') || source.split('/').length > 2) {
-        throw new MarvelError('MARVEL_IO', `fromPretrained: model folder ${source} not found`)
-      }
-      const files = await resolveModelFiles(source, options)
-      dir = dirname(files.config)
-    }
-    return new Tokenizer(await native().loadTokenizer(dir), source)
+    return new Tokenizer(await native().loadTokenizer(await modelFolder('fromPretrained', source, options)), source)
+  }
+
+  /**
+   * What `fromPretrained(source)` would give as `info`, read from `config.json` and the weights file's header only:
+   * no weight is read, so it costs megabytes where a load costs the model's size. The folder is checked as a load
+   * checks it (every tensor present with its shape), so a folder that inspects cleanly has a loadable layout.
+   */
+  static async inspect(source: string, options: FromPretrainedOptions = {}): Promise<Readonly<TokenizerInfo>> {
+    return toInfo(await native().inspectModel(await modelFolder('inspect', source, options)), source)
   }
 
   /** Runs `work` against the native model, keeping the model alive until it ends even if dispose() comes first. */

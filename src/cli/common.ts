@@ -46,13 +46,16 @@ export function addBatchOption(cmd: Command): Command {
 
 /** Load a model folder or hub repo (download progress on a terminal; HF_* variables honoured by the hub module). */
 export async function loadModel(source: string): Promise<Tokenizer> {
+  return withModelOption(() => Tokenizer.fromPretrained(source, { onProgress: createProgressPrinter(process.stderr) }))
+}
+
+/** Runs a model lookup, naming `--model` in its errors: on the command line the option is what the user knows. */
+export async function withModelOption<T>(lookup: () => Promise<T>): Promise<T> {
   try {
-    return await Tokenizer.fromPretrained(source, { onProgress: createProgressPrinter(process.stderr) })
+    return await lookup()
   } catch (e) {
-    // The library's messages name its function; on the command line the option is what the user knows.
-    if (e instanceof MarvelError && e.message.startsWith('fromPretrained: ')) {
-      throw new MarvelError(e.code, `--model ${e.message.slice('fromPretrained: '.length)}`, { cause: e })
-    }
+    const m = e instanceof MarvelError ? /^(fromPretrained|inspect): (.*)$/s.exec(e.message) : null
+    if (m) throw new MarvelError((e as MarvelError).code, `--model ${m[2]}`, { cause: e })
     throw e
   }
 }

@@ -1,7 +1,9 @@
 /** `marvel info`: what a model is and what its tokens cost. */
 import type { Command } from 'commander'
 
-import { DEFAULT_MODEL, fileSize, formatBytes, formatCount, loadModel, printJson, weightsFile } from './common.js'
+import { createProgressPrinter } from '../hub.js'
+import { Tokenizer } from '../tokenizer.js'
+import { DEFAULT_MODEL, fileSize, formatBytes, formatCount, printJson, weightsFile, withModelOption } from './common.js'
 
 export function registerInfo(program: Command): void {
   program
@@ -14,55 +16,51 @@ export function registerInfo(program: Command): void {
 }
 
 async function info(source: string, flags: { json?: boolean }): Promise<void> {
-  const tok = await loadModel(source)
-  try {
-    const i = tok.info
-    const weights = await weightsFile(source)
-    const weightsBytes = weights ? await fileSize(weights).catch(() => undefined) : undefined
-    const byDepth = Array.from({ length: i.depth }, (_, d) => ({
-      depth: d + 1,
-      bitsPerImage: i.numTokens * (d + 1) * i.bitsPerToken,
-      bytesPerImage: Math.ceil((i.numTokens * (d + 1) * i.bitsPerToken) / 8),
-    }))
-    const out = {
-      source,
-      architecture: i.architecture,
-      quantizer: i.quantizer,
-      imageSize: i.imageSize,
-      numTokens: i.numTokens,
-      depth: i.depth,
-      codebookSize: i.codebookSize,
-      bitsPerToken: i.bitsPerToken,
-      bitsPerImage: i.bitsPerImage,
-      bytesPerImage: Math.ceil(i.bitsPerImage / 8),
-      byDepth,
-      parameters: i.parameters,
-      encoder: i.encoder,
-      decoder: i.decoder,
-      twoStage: i.twoStage,
-      weightsFile: weights ?? null,
-      weightsBytes: weightsBytes ?? null,
-    }
-    if (flags.json) {
-      printJson(out)
-      return
-    }
-    const lines: Array<[string, string]> = [
-      ['model', source],
-      ['architecture', `${i.architecture} (${i.twoStage ? 'two-stage, MaskGIT pixel decoder' : 'single-stage'})`],
-      ['quantizer', `${i.quantizer}, codebook ${i.codebookSize} (${i.bitsPerToken} bits per token)`],
-      ['image size', `${i.imageSize}x${i.imageSize}`],
-      ['tokens', `${i.numTokens} per image`],
-      ['depth', String(i.depth)],
-      ['bits per image', byDepth.map((d) => `${d.bitsPerImage} (depth ${d.depth}, ${d.bytesPerImage} bytes)`).join(', ')],
-      ['parameters', `${formatCount(i.parameters)} (${i.parameters})`],
-      ['encoder', `width ${i.encoder.width}, ${i.encoder.layers} layers`],
-      ['decoder', `width ${i.decoder.width}, ${i.decoder.layers} layers`],
-      ['weights', weights ? `${weights}${weightsBytes === undefined ? '' : ` (${formatBytes(weightsBytes)})`}` : 'unknown'],
-    ]
-    const width = Math.max(...lines.map(([k]) => k.length))
-    for (const [k, v] of lines) console.log(`${k.padEnd(width)}  ${v}`)
-  } finally {
-    tok.dispose()
+  // The config and the weights header say all that info prints: no weight is read (megabytes, not the model's size).
+  const i = await withModelOption(() => Tokenizer.inspect(source, { onProgress: createProgressPrinter(process.stderr) }))
+  const weights = await weightsFile(source)
+  const weightsBytes = weights ? await fileSize(weights).catch(() => undefined) : undefined
+  const byDepth = Array.from({ length: i.depth }, (_, d) => ({
+    depth: d + 1,
+    bitsPerImage: i.numTokens * (d + 1) * i.bitsPerToken,
+    bytesPerImage: Math.ceil((i.numTokens * (d + 1) * i.bitsPerToken) / 8),
+  }))
+  const out = {
+    source,
+    architecture: i.architecture,
+    quantizer: i.quantizer,
+    imageSize: i.imageSize,
+    numTokens: i.numTokens,
+    depth: i.depth,
+    codebookSize: i.codebookSize,
+    bitsPerToken: i.bitsPerToken,
+    bitsPerImage: i.bitsPerImage,
+    bytesPerImage: Math.ceil(i.bitsPerImage / 8),
+    byDepth,
+    parameters: i.parameters,
+    encoder: i.encoder,
+    decoder: i.decoder,
+    twoStage: i.twoStage,
+    weightsFile: weights ?? null,
+    weightsBytes: weightsBytes ?? null,
   }
+  if (flags.json) {
+    printJson(out)
+    return
+  }
+  const lines: Array<[string, string]> = [
+    ['model', source],
+    ['architecture', `${i.architecture} (${i.twoStage ? 'two-stage, MaskGIT pixel decoder' : 'single-stage'})`],
+    ['quantizer', `${i.quantizer}, codebook ${i.codebookSize} (${i.bitsPerToken} bits per token)`],
+    ['image size', `${i.imageSize}x${i.imageSize}`],
+    ['tokens', `${i.numTokens} per image`],
+    ['depth', String(i.depth)],
+    ['bits per image', byDepth.map((d) => `${d.bitsPerImage} (depth ${d.depth}, ${d.bytesPerImage} bytes)`).join(', ')],
+    ['parameters', `${formatCount(i.parameters)} (${i.parameters})`],
+    ['encoder', `width ${i.encoder.width}, ${i.encoder.layers} layers`],
+    ['decoder', `width ${i.decoder.width}, ${i.decoder.layers} layers`],
+    ['weights', weights ? `${weights}${weightsBytes === undefined ? '' : ` (${formatBytes(weightsBytes)})`}` : 'unknown'],
+  ]
+  const width = Math.max(...lines.map(([k]) => k.length))
+  for (const [k, v] of lines) console.log(`${k.padEnd(width)}  ${v}`)
 }

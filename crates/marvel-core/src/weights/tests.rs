@@ -388,22 +388,30 @@ fn a_config_that_disagrees_child() {
     let good = TitokConfig::from_json_str(json).unwrap();
     Titok::load(&good, &weights, &Device::Cpu, &LoadOptions::default()).unwrap();
     // Sizes no machine can allocate (the model reshapes its patch embedding, which would copy 2^40 x 768
-    // floats), and layer counts that would build forever.
+    // floats), and layer counts that would build forever. The ViT sizes reach the loader, which compares them with
+    // the checkpoint; the pixel decoder's are refused by its config bounds first (the load validates them again, as
+    // a config built in code skips parsing). Either way nothing is allocated.
     type Edit = fn(&mut TitokConfig);
-    let edits: [(Edit, &str); 5] = [
-        (|c| c.encoder.width = 1 << 40, "latent_tokens: shape [4, 32] in the checkpoint, the model needs [4, 1099511627776]"),
-        (|c| c.encoder.num_layers = 1_000_000_000, "encoder.transformer.1.ln_1.weight: missing"),
-        (|c| c.decoder.num_layers = 1_000_000_000, "decoder.transformer.1.ln_1.weight: missing"),
-        (|c| c.pixel_decoder.as_mut().unwrap().num_res_blocks = 1_000_000_000, "pixel_decoder.mid.1.norm1.weight: missing"),
-        (|c| c.pixel_decoder.as_mut().unwrap().hidden_channels = 1 << 40, "the model needs"),
+    let edits: [(Edit, &str, &str); 5] = [
+        (|c| c.encoder.width = 1 << 40, "MARVEL_CHECKPOINT", "latent_tokens: shape [4, 32] in the checkpoint, the model needs [4, 1099511627776]"),
+        (|c| c.encoder.num_layers = 1_000_000_000, "MARVEL_CHECKPOINT", "encoder.transformer.1.ln_1.weight: missing"),
+        (|c| c.decoder.num_layers = 1_000_000_000, "MARVEL_CHECKPOINT", "decoder.transformer.1.ln_1.weight: missing"),
+        (|c| c.pixel_decoder.as_mut().unwrap().num_res_blocks = 1_000_000_000, "MARVEL_CONFIG", "num_res_blocks = 1000000000 is above the limit"),
+        (|c| c.pixel_decoder.as_mut().unwrap().hidden_channels = 1 << 40, "MARVEL_CONFIG", "above the limit"),
     ];
-    for (edit, expected) in edits {
+    for (edit, code, expected) in edits {
         let mut cfg = good.clone();
         edit(&mut cfg);
         let err = Titok::load(&cfg, &weights, &Device::Cpu, &LoadOptions::default()).err().unwrap();
-        assert_eq!(err.code(), "MARVEL_CHECKPOINT", "{err}");
+        assert_eq!(err.code(), code, "{err}");
         assert!(err.to_string().contains(expected), "expected {expected:?} in: {err}");
     }
+    // Within the config bounds but not what the checkpoint holds: the loader's comparison refuses it.
+    let mut cfg = good.clone();
+    cfg.pixel_decoder.as_mut().unwrap().num_res_blocks = 64;
+    let err = Titok::load(&cfg, &weights, &Device::Cpu, &LoadOptions::default()).err().unwrap();
+    assert_eq!(err.code(), "MARVEL_CHECKPOINT", "{err}");
+    assert!(err.to_string().contains("pixel_decoder.mid.1.norm1.weight: missing"), "{err}");
 }
 
 /// A safetensors file from a hand-written header and data section.
