@@ -3,7 +3,7 @@ import { join } from 'node:path'
 import { describe, expect, it } from 'vitest'
 
 import { Tokens, lfqLosses, lfqQuantize } from '../src/index.js'
-import { hasParity, maxAbsDiff, parityDir, readSafetensors } from './helpers/fixtures.js'
+import { hasParity, parityTitle, maxAbsDiff, parityDir, readSafetensors } from './helpers/fixtures.js'
 
 /** The fixture's channels-first encoder output (B, bits, 1, N) as channels-last (B, N, bits). */
 function channelsLast(values: Float64Array, [b, c, , n]: number[]): Float32Array {
@@ -12,7 +12,7 @@ function channelsLast(values: Float64Array, [b, c, , n]: number[]): Float32Array
   return out
 }
 
-describe.skipIf(!hasParity)('LFQ parity through the API (skipped: parity fixtures not found at ../shared/parity or $MARVEL_PARITY_DIR)', () => {
+describe.skipIf(!hasParity)(parityTitle('LFQ parity through the API'), () => {
   const expected = hasParity ? readSafetensors(join(parityDir, 'marvel_lfq', 'expected.safetensors')) : {}
 
   it('tokens of 4 depths and the codes at each depth equal the reference', async () => {

@@ -3,7 +3,7 @@ import { join } from 'node:path'
 import { describe, expect, it } from 'vitest'
 
 import { MaskgitVqgan } from '../src/index.js'
-import { hasParity, maxAbsDiff, parityDir, readSafetensors } from './helpers/fixtures.js'
+import { hasParity, parityTitle, maxAbsDiff, parityDir, readSafetensors } from './helpers/fixtures.js'
 
 describe('MaskgitVqgan argument checks', () => {
   it('a path that is not a string names the parameter', async () => {
@@ -13,7 +13,7 @@ describe('MaskgitVqgan argument checks', () => {
   })
 })
 
-describe.skipIf(!hasParity)('MaskGIT-VQGAN through the API (skipped: parity fixtures not found at ../shared/parity or $MARVEL_PARITY_DIR)', () => {
+describe.skipIf(!hasParity)(parityTitle('MaskGIT-VQGAN through the API'), () => {
   const dir = join(parityDir, 'maskgit_vqgan')
   const files = [0, 1, 2].map((i) => join(dir, `image_${i}.png`))
 

@@ -6,7 +6,7 @@ import sharp from 'sharp'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 
 import { MarvelError, Tokenizer, Tokens, createRandomModel, marvelFromTitok } from '../src/index.js'
-import { hasParity, maxAbsDiff, parityDir, readSafetensors } from './helpers/fixtures.js'
+import { hasParity, parityTitle, maxAbsDiff, parityDir, readSafetensors } from './helpers/fixtures.js'
 import { tinyConfig, tinyModel } from './helpers/models.js'
 
 const pattern = (w: number, h: number, seed = 0) => {
@@ -23,7 +23,7 @@ function depthMajor(values: Float64Array, shape: number[]): number[] {
   return out
 }
 
-describe.skipIf(!hasParity)('parity with the reference through the API (skipped: parity fixtures not found at ../shared/parity or $MARVEL_PARITY_DIR)', () => {
+describe.skipIf(!hasParity)(parityTitle('parity with the reference through the API'), () => {
   for (const [name, depths] of [['titok_vq_legacy', 1], ['titok_vq_nonlegacy', 1], ['marvel_lfq', 4]] as const) {
     it(`${name}: encoding the fixture PNGs gives the fixture tokens and reconstructions`, async () => {
       const dir = join(parityDir, name)
@@ -59,7 +59,7 @@ describe.skipIf(!hasParity)('parity with the reference through the API (skipped:
   }
 })
 
-describe.skipIf(!hasParity)('MARVEL from TiTok (skipped: parity fixtures not found at ../shared/parity or $MARVEL_PARITY_DIR)', () => {
+describe.skipIf(!hasParity)(parityTitle('MARVEL from TiTok'), () => {
   it('converts the TiTok fixture into a 4-depth MARVEL model that loads and decodes at every depth', async () => {
     const out = mkdtempSync(join(tmpdir(), 'marvel-convert-'))
     await marvelFromTitok(join(parityDir, 'titok_vq_legacy'), out, { depth: 4 })

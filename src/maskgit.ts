@@ -1,8 +1,9 @@
 import { native, type NativeBinding } from './binding.js'
-import { MarvelError, integerParameter, invalidArgument, invalidParameter } from './errors.js'
+import { MarvelError, integerParameter, invalidParameter } from './errors.js'
 import { prepareImage, type PrepareOptions } from './image.js'
 import type { Tensor } from './tensor.js'
-import { SerialQueue, decoded, type DecodedImage, type ImageInput } from './tokenizer.js'
+import { NativeLease } from './lease.js'
+import { decoded, type DecodedImage, type ImageInput } from './tokenizer.js'
 
 type NativeMaskgit = Awaited<ReturnType<NativeBinding['loadMaskgit']>>
 
@@ -37,15 +38,11 @@ export interface MaskgitEncodeOptions {
  * ```
  */
 export class MaskgitVqgan {
-  #native: NativeMaskgit
-  #disposed = false
-  /** Calls started and not yet finished; the native model is freed when this drops to zero after dispose(). */
-  #pending = 0
-  #queue = new SerialQueue()
+  readonly #lease: NativeLease<NativeMaskgit>
   readonly info: Readonly<MaskgitInfo>
 
   private constructor(nativeModel: NativeMaskgit, source: string) {
-    this.#native = nativeModel
+    this.#lease = new NativeLease(nativeModel, 'model')
     const { imageSize, grid, codebookSize } = nativeModel.info
     this.info = Object.freeze({ imageSize, grid, codebookSize, source })
   }
@@ -58,31 +55,20 @@ export class MaskgitVqgan {
     return new MaskgitVqgan(await native().loadMaskgit(path), path)
   }
 
-  /** Runs `work` against the native model, keeping the model alive until it ends even if dispose() comes first. */
-  async #use<T>(work: (model: NativeMaskgit) => Promise<T>): Promise<T> {
-    if (this.#disposed) throw invalidArgument('this model was disposed')
-    this.#pending++
-    try {
-      return await work(this.#native)
-    } finally {
-      if (--this.#pending === 0 && this.#disposed) this.#native.dispose()
-    }
-  }
-
   /** Codes of each image, row-major over its grid: `codes[i * grid² + y * grid + x]`. */
   async encode(images: ImageInput | ImageInput[], options: MaskgitEncodeOptions = {}): Promise<Uint32Array> {
     const list = Array.isArray(images) ? images : [images]
     if (list.length === 0) throw invalidParameter('MaskgitVqgan.encode', 'images', 'at least one image', images)
-    const batchSize = integerParameter('MaskgitVqgan.encode', 'options.batchSize', options.batchSize ?? 16, 1, 0xffffffff)
+    const batchSize = integerParameter('MaskgitVqgan.encode', 'options.batchSize', options.batchSize ?? 16, 1, 65536)
     const { imageSize: size, grid } = this.info
     const frame = size * size * 3
-    return this.#use(async (model) => {
+    return this.#lease.use(async (model) => {
       const codes = new Uint32Array(list.length * grid * grid)
       for (let start = 0; start < list.length; start += batchSize) {
         const prepared = await Promise.all(list.slice(start, start + batchSize).map((img) => prepareImage(img, { size, resize: options.resize })))
         const rgb = new Uint8Array(prepared.length * frame)
         prepared.forEach((p, i) => rgb.set(p.data, i * frame))
-        codes.set(await this.#queue.run(() => model.encode(rgb, prepared.length)), start * grid * grid)
+        codes.set(await this.#lease.queue.run(() => model.encode(rgb, prepared.length)), start * grid * grid)
       }
       return codes
     })
@@ -102,7 +88,7 @@ export class MaskgitVqgan {
   /** Images from code grids (`grid²` codes each), as RGB bytes with `toPNG()` / `toFile()`. */
   async decode(codes: Uint32Array): Promise<DecodedImage[]> {
     const batch = this.#images('MaskgitVqgan.decode', codes)
-    const rgb = await this.#use((model) => this.#queue.run(() => model.decode(codes)))
+    const rgb = await this.#lease.step((model) => model.decode(codes))
     const size = this.info.imageSize
     const frame = size * size * 3
     return Array.from({ length: batch }, (_, i) => decoded({ data: rgb.subarray(i * frame, (i + 1) * frame), width: size, height: size }))
@@ -111,17 +97,15 @@ export class MaskgitVqgan {
   /** Images from code grids as float `[batch, 3, size, size]` in [0, 1] (full precision, for comparisons). */
   async decodeFloat(codes: Uint32Array): Promise<Tensor> {
     this.#images('MaskgitVqgan.decodeFloat', codes)
-    return this.#use((model) => this.#queue.run(() => model.decodeFloat(codes)))
+    return this.#lease.step((model) => model.decodeFloat(codes))
   }
 
   /** Free the model's memory (once calls in flight finish). Any later call throws. */
   dispose(): void {
-    if (this.#disposed) return
-    this.#disposed = true
-    if (this.#pending === 0) this.#native.dispose()
+    this.#lease.dispose()
   }
 
   get disposed(): boolean {
-    return this.#disposed
+    return this.#lease.disposed
   }
 }

@@ -4,10 +4,11 @@ import { dirname, join } from 'node:path'
 import type { Sharp } from 'sharp'
 
 import { native, type NativeBinding } from './binding.js'
-import { MarvelError, integerParameter, invalidArgument, invalidParameter } from './errors.js'
+import { MarvelError, integerParameter, invalidParameter } from './errors.js'
 import { canonicalPath, expectKind, pathParameter } from './files.js'
 import { resolveModelFiles, type HubOptions } from './hub.js'
 import { encodePng, prepareImage, writePng, type PrepareOptions, type RawImage, type RgbImage } from './image.js'
+import { NativeLease } from './lease.js'
 import { Tokens } from './tokens.js'
 
 type NativeTokenizer = Awaited<ReturnType<NativeBinding['loadTokenizer']>>
@@ -65,17 +66,6 @@ export function decoded(image: RgbImage): DecodedImage {
   })
 }
 
-/** Runs tasks one at a time: calls on one model queue instead of competing for the same cores and memory. */
-export class SerialQueue {
-  #tail: Promise<unknown> = Promise.resolve()
-
-  run<T>(task: () => Promise<T>): Promise<T> {
-    const result = this.#tail.then(task, task)
-    this.#tail = result.catch(() => undefined)
-    return result
-  }
-}
-
 /** The local folder behind `source` (a folder, or a hub repo id resolved into the cache), checked before any read. */
 async function modelFolder(fn: string, source: string, options: FromPretrainedOptions): Promise<string> {
   if (typeof source !== 'string' || source.length === 0) throw invalidParameter(fn, 'source', 'a model folder path or a repo id', source)
@@ -119,15 +109,11 @@ function toInfo(i: ModelInfo, source: string): Readonly<TokenizerInfo> {
  * ```
  */
 export class Tokenizer {
-  #native: NativeTokenizer
-  #disposed = false
-  /** Calls started and not yet finished; the native model is freed when this drops to zero after dispose(). */
-  #pending = 0
-  #queue = new SerialQueue()
+  readonly #lease: NativeLease<NativeTokenizer>
   readonly info: Readonly<TokenizerInfo>
 
   private constructor(nativeTokenizer: NativeTokenizer, source: string) {
-    this.#native = nativeTokenizer
+    this.#lease = new NativeLease(nativeTokenizer, 'tokenizer')
     this.info = toInfo(nativeTokenizer.info, source)
   }
 
@@ -149,21 +135,10 @@ export class Tokenizer {
     return toInfo(await native().inspectModel(await modelFolder('inspect', source, options)), source)
   }
 
-  /** Runs `work` against the native model, keeping the model alive until it ends even if dispose() comes first. */
-  async #use<T>(work: (model: NativeTokenizer) => Promise<T>): Promise<T> {
-    if (this.#disposed) throw invalidArgument('this tokenizer was disposed')
-    this.#pending++
-    try {
-      return await work(this.#native)
-    } finally {
-      if (--this.#pending === 0 && this.#disposed) this.#native.dispose()
-    }
-  }
-
   /** Encode one image or a list of images (batched internally) to tokens. */
   async encode(images: ImageInput | ImageInput[], options: EncodeOptions = {}): Promise<Tokens> {
     const { list, batchSize } = this.#encodeArgs('encode', images, options)
-    return this.#use((model) => this.#encodeWith(model, list, batchSize, options.resize))
+    return this.#lease.use((model) => this.#encodeWith(model, list, batchSize, options.resize))
   }
 
   #encodeArgs(where: string, images: ImageInput | ImageInput[], options: EncodeOptions): { list: ImageInput[]; batchSize: number } {
@@ -186,7 +161,7 @@ export class Tokenizer {
       const prepared = await Promise.all(chunk.map((img) => prepareImage(img, { size, resize })))
       const rgb = new Uint8Array(prepared.length * frame)
       prepared.forEach((p, i) => rgb.set(p.data, i * frame))
-      const ids = await this.#queue.run(() => model.encode(rgb, prepared.length, size, size))
+      const ids = await this.#lease.queue.run(() => model.encode(rgb, prepared.length, size, size))
       const [depth, batch, numTokens] = ids.shape
       parts.push(new Tokens(ids.data, { batch, depth, numTokens }, this.info.bitsPerToken))
     }
@@ -196,7 +171,7 @@ export class Tokenizer {
   /** Decode tokens to RGB images, at every depth they hold or the first `options.depth`. */
   async decode(tokens: Tokens, options: DecodeOptions = {}): Promise<DecodedImage[]> {
     const used = this.#decodeArgs('decode', tokens, options)
-    return this.#use((model) => this.#decodeWith(model, used))
+    return this.#lease.use((model) => this.#decodeWith(model, used))
   }
 
   /** The first `options.depth` depths of `tokens`, after checking both against the model. */
@@ -226,7 +201,7 @@ export class Tokenizer {
 
   async #decodeWith(model: NativeTokenizer, used: Tokens): Promise<DecodedImage[]> {
     const { batch, depth, numTokens } = used.shape
-    const rgb = await this.#queue.run(() => model.decode(used.data, [depth, batch, numTokens], depth))
+    const rgb = await this.#lease.queue.run(() => model.decode(used.data, [depth, batch, numTokens], depth))
     const size = this.info.imageSize
     const frame = size * size * 3
     return Array.from({ length: batch }, (_, i) => decoded({ data: rgb.subarray(i * frame, (i + 1) * frame), width: size, height: size }))
@@ -239,7 +214,7 @@ export class Tokenizer {
   async reconstruct(images: ImageInput | ImageInput[], options: EncodeOptions & DecodeOptions = {}): Promise<DecodedImage[]> {
     const { list, batchSize } = this.#encodeArgs('reconstruct', images, options)
     const depth = this.#depthArg('reconstruct', options.depth, this.info.depth)
-    return this.#use(async (model) => {
+    return this.#lease.use(async (model) => {
       const tokens = await this.#encodeWith(model, list, batchSize, options.resize)
       return this.#decodeWith(model, tokens.slice(depth))
     })
@@ -249,18 +224,16 @@ export class Tokenizer {
   async decodeFloat(tokens: Tokens, options: DecodeOptions = {}): Promise<{ data: Float32Array; shape: number[] }> {
     const used = this.#decodeArgs('decodeFloat', tokens, options)
     const { depth, batch, numTokens } = used.shape
-    return this.#use((model) => this.#queue.run(() => model.decodeFloat(used.data, [depth, batch, numTokens], depth)))
+    return this.#lease.step((model) => model.decodeFloat(used.data, [depth, batch, numTokens], depth))
   }
 
   /** Free the model's memory (once calls in flight finish). Any later call throws. */
   dispose(): void {
-    if (this.#disposed) return
-    this.#disposed = true
-    if (this.#pending === 0) this.#native.dispose()
+    this.#lease.dispose()
   }
 
   get disposed(): boolean {
-    return this.#disposed
+    return this.#lease.disposed
   }
 }
 

@@ -50,3 +50,7 @@ export function maxAbsDiff(actual: ArrayLike<number>, expected: ArrayLike<number
   for (let i = 0; i < expected.length; i++) m = Math.max(m, Math.abs(actual[i] - expected[i]))
   return m
 }
+
+/** A parity suite's title: says why it is skipped only when it is (vitest prints the title either way). */
+export const parityTitle = (title: string): string =>
+  hasParity ? title : `${title} (skipped: parity fixtures not found at ../shared/parity or $MARVEL_PARITY_DIR)`
