@@ -4,13 +4,12 @@
 //   node bench/memory.mjs create <dir>          write an L-32-size random model (createRandomModel)
 //   node bench/memory.mjs baseline              import the package and load the addon, nothing else
 //   node bench/memory.mjs load <dir>            Tokenizer.fromPretrained
-//   node bench/memory.mjs inspect <dir>         the native inspect (config.json + weights header), when built in
+//   node bench/memory.mjs inspect <dir>         Tokenizer.inspect (config.json + weights header, what `marvel info` uses)
 //   node bench/memory.mjs convert <src> <dst>   marvelFromTitok
 //   node bench/memory.mjs reload <dir>          load, dispose, three times; prints the resident MB after each
 import { readFileSync } from 'node:fs'
-import { createRequire } from 'node:module'
 
-import { createRandomModel, marvelFromTitok, platformName, Tokenizer } from '../dist/index.js'
+import { createRandomModel, marvelFromTitok, Tokenizer } from '../dist/index.js'
 
 /** TiTok-L-32's sizes (the released `tokenizer_titok_l32_imagenet` config): ViT-L encoder and decoder, 32 tokens,
  * VQ 4096 x 12, legacy head and the released MaskGIT pixel decoder (the default when `pixel_decoder` is absent). */
@@ -52,12 +51,7 @@ switch (step) {
     break
   }
   case 'inspect': {
-    const binding = createRequire(import.meta.url)(`../marvel.${platformName()}.node`)
-    if (typeof binding.inspectModel !== 'function') {
-      console.log(JSON.stringify({ skipped: 'the addon has no inspectModel' }))
-      break
-    }
-    const info = await binding.inspectModel(a)
+    const info = await Tokenizer.inspect(a)
     console.log(JSON.stringify({ parameters: info.parameters }))
     break
   }

@@ -47,7 +47,7 @@ printf '%-28s %11s %9s %9s\n' step "peak RSS" "/ weights" time
 run "node + addon (baseline)" "$NODE" bench/memory.mjs baseline
 run "Tokenizer.fromPretrained" "$NODE" bench/memory.mjs load "$MODEL"
 run "marvel info" "$NODE" dist/cli.js info "$MODEL"
-run "native inspect" "$NODE" bench/memory.mjs inspect "$MODEL"
+run "Tokenizer.inspect" "$NODE" bench/memory.mjs inspect "$MODEL"
 rm -rf "$OUT"
 run "marvelFromTitok" "$NODE" bench/memory.mjs convert "$MODEL" "$OUT"
 rm -rf "$OUT"
