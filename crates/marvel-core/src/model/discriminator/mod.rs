@@ -193,11 +193,20 @@ impl NLayerDiscriminator {
                 x.dims()
             ));
         }
-        let window = (hh / LOGIT_GRID, ww / LOGIT_GRID);
-        let h = h.max_pool2d_with_stride(window, window)?;
+        let h = max_pool(&h, hh / LOGIT_GRID, ww / LOGIT_GRID)?;
         let h = leaky_relu(&self.logits_hidden.forward(&h)?)?;
         self.logits_out.forward(&h)
     }
+}
+
+/// Non-overlapping (kh, kw) max pooling as two reductions over a window view. Not candle's `max_pool2d`: its
+/// backward (candle-core 0.11) multiplies the gradient by the fraction of maxima in the window, 1/4 for a
+/// single maximum in 2x2, instead of passing it whole to the maximum as torch does.
+fn max_pool(x: &Tensor, kh: usize, kw: usize) -> Result<Tensor> {
+    let (b, c, h, w) = x.dims4()?;
+    let (ho, wo) = (h / kh, w / kw);
+    let windows = x.reshape((b, c, ho, kh, wo, kw))?;
+    Ok(windows.max_keepdim(5)?.max_keepdim(3)?.reshape((b, c, ho, wo))?)
 }
 
 #[cfg(test)]

@@ -70,3 +70,16 @@ fn frozen_view_shares_weights_without_gradients() {
     let shift = (c - b).unwrap().mean_all().unwrap().to_scalar::<f32>().unwrap();
     assert!((shift - 1.0).abs() < 1e-5, "{shift}");
 }
+
+/// The pooled gradient goes whole to each window's maximum (candle's own max_pool2d backward passes a quarter).
+#[test]
+fn max_pool_gradient_goes_to_the_maximum() {
+    let dev = Device::Cpu;
+    let x = candle_core::Var::new(&[[[[1f32, 5.0, 2.0, 0.0], [3.0, 4.0, 9.0, 1.0]]]], &dev).unwrap();
+    let y = max_pool(x.as_tensor(), 2, 2).unwrap();
+    assert_eq!(y.flatten_all().unwrap().to_vec1::<f32>().unwrap(), [5.0, 9.0]);
+    let w = Tensor::new(&[[[[2f32, 3.0]]]], &dev).unwrap();
+    let grads = (y * w).unwrap().sum_all().unwrap().backward().unwrap();
+    let g = grads.get(x.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    assert_eq!(g, [0.0, 2.0, 0.0, 0.0, 0.0, 0.0, 3.0, 0.0]);
+}
