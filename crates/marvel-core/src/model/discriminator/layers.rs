@@ -123,7 +123,7 @@ const GROUP_NORM_EPS: f64 = 1e-5;
 
 impl GroupNorm {
     pub fn new(channels: usize, groups: usize, vb: VarBuilder, params: &mut Params) -> Result<Self> {
-        if groups == 0 || channels % groups != 0 {
+        if groups == 0 || !channels.is_multiple_of(groups) {
             return Err(crate::invalid!("GroupNorm: {channels} channels do not split into {groups} groups"));
         }
         let weight = params.get(&vb, &[channels], "weight")?;

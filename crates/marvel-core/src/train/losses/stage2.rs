@@ -1,7 +1,7 @@
 //! `ReconstructionLoss_Stage2` (bytedance/1d-tokenizer modeling/modules/losses.py) with the stage-2 yaml's
 //! `losses` block. Two calls per training step, on the same reconstructions:
-//! - generator: w_rec * mse(x, recon) + w_perc * perceptual(x, recon) + w_q * quantizer_loss
-//!   + d_weight * factor * (-mean(D(recon))), summed in this order; D is frozen here (its parameters get no
+//! - generator: w_rec * mse(x, recon) + w_perc * perceptual(x, recon) + w_q * quantizer_loss plus
+//!   d_weight * factor * (-mean(D(recon))), summed in this order; D is frozen here (its parameters get no
 //!   gradient), and is not run at all before `discriminator_start` (factor 0).
 //! - discriminator: factor * hinge(D(x), D(recon.detach())) + w_lecam * lecam, then the LeCam EMAs move.
 
@@ -291,5 +291,33 @@ impl Stage2Loss {
             self.lecam.update(mean_real, mean_fake, self.cfg.lecam_ema_decay);
         }
         Ok(DiscriminatorLoss { total, hinge, lecam, lecam_unweighted, logits_real, logits_fake, mean_real, mean_fake })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An empty `losses` block gives the stage-2 yaml's values; unsupported or negative settings are refused
+    /// with a message naming the key.
+    #[test]
+    fn config_defaults_and_validation() {
+        let cfg = Stage2LossConfig::default();
+        assert_eq!((cfg.discriminator_start, cfg.discriminator_weight, cfg.perceptual_weight), (20_000, 0.01, 0.1));
+        assert_eq!((cfg.lecam_regularization_weight, cfg.lecam_ema_decay), (0.001, 0.999));
+        assert_eq!(cfg.perceptual_convnext, ConvNextConfig::small());
+        assert_eq!(cfg.discriminator.hidden_channels, 128);
+        cfg.validate().unwrap();
+        for (json, key) in [
+            (r#"{"perceptual_loss": "lpips-convnext_s-1.0-0.1"}"#, "perceptual_loss"),
+            (r#"{"reconstruction_loss": "l3"}"#, "reconstruction_loss"),
+            (r#"{"discriminator_weight": -0.01}"#, "discriminator_weight"),
+            (r#"{"lecam_ema_decay": 1.5}"#, "lecam_ema_decay"),
+        ] {
+            let bad: Stage2LossConfig = serde_json::from_str(json).unwrap();
+            let err = bad.validate().unwrap_err();
+            assert_eq!(err.code(), "MARVEL_INVALID_ARGUMENT");
+            assert!(err.to_string().contains(key), "{err}");
+        }
     }
 }
