@@ -5,6 +5,7 @@
 use candle_core::{Module, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
+use super::depthwise::DepthwiseConv;
 use super::norm::ChannelNorm;
 use crate::error::Result;
 
@@ -12,6 +13,8 @@ use crate::error::Result;
 pub struct CnBlock {
     dw_weight: Tensor,
     dw_bias: Tensor,
+    /// The CPU path for constant weights (see `depthwise.rs`).
+    dw_cpu: DepthwiseConv,
     norm: ChannelNorm,
     fc1: Linear,
     fc2: Linear,
@@ -25,8 +28,10 @@ impl CnBlock {
     /// 3 and 5 (linears); 1 and 6 are the permutes, 4 the GELU.
     pub fn new(channels: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
         let b = vb.pp("block");
+        let dw_weight = b.pp("0").get((channels, 1, 7, 7), "weight")?;
         Ok(Self {
-            dw_weight: b.pp("0").get((channels, 1, 7, 7), "weight")?,
+            dw_cpu: DepthwiseConv::new(&dw_weight)?,
+            dw_weight,
             dw_bias: b.pp("0").get(channels, "bias")?,
             norm: ChannelNorm::new(channels, eps, b.pp("2"))?,
             fc1: candle_nn::linear(channels, 4 * channels, b.pp("3"))?,
@@ -38,7 +43,12 @@ impl CnBlock {
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let c = self.channels;
-        let h = x.conv2d(&self.dw_weight, 3, 1, 1, c)?.broadcast_add(&self.dw_bias.reshape((1, c, 1, 1))?)?;
+        let h = if DepthwiseConv::applies(x, &self.dw_weight) {
+            self.dw_cpu.forward(x)?
+        } else {
+            x.conv2d(&self.dw_weight, 3, 1, 1, c)?
+        };
+        let h = h.broadcast_add(&self.dw_bias.reshape((1, c, 1, 1))?)?;
         let h = h.permute((0, 2, 3, 1))?.contiguous()?;
         let h = self.norm.forward_last(&h)?;
         let h = self.fc2.forward(&self.fc1.forward(&h)?.gelu_erf()?)?;

@@ -7,9 +7,11 @@
 //! differentiable ops so that a loss on the logits backpropagates into the input image.
 
 mod block;
+mod depthwise;
 mod norm;
 
 pub use block::CnBlock;
+pub use depthwise::DepthwiseConv;
 pub use norm::ChannelNorm;
 
 use candle_core::{Module, Tensor};
