@@ -8,6 +8,7 @@ pub mod accumulate;
 pub mod clip;
 pub mod ema;
 pub mod grads;
+pub mod losses;
 pub mod optim;
 pub mod schedule;
 
