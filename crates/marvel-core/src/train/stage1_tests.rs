@@ -1,0 +1,141 @@
+//! The stage-1 recipe against `titok_stage1_grads` (VQ) and `marvel_stage1_grads` (LFQ, 2 depths): the loss
+//! components, the tokens and the gradient of every parameter, per the fixtures' tolerances (losses relative 1e-5,
+//! entropy terms 1e-4; gradients per tensor max |diff| <= r * max |expected| + 1e-9 with r = 1e-4 for VQ
+//! (README.md) and 1e-3 for LFQ (TRAINING.md)). Each case prints its worst tensor (`--nocapture`). Also: what is
+//! trainable gets a non-zero gradient and the frozen MaskGIT-VQGAN none.
+
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::{VarBuilder, VarMap};
+
+use super::stage1::*;
+use crate::config::TitokConfig;
+use crate::model::maskgit::{MaskgitConfig, MaskgitVqgan};
+use crate::model::titok::Titok;
+use crate::quantize::lfq::SplitMix64;
+use crate::testutil::{max_abs_diff, Fixture};
+use crate::weights::{build_shape_only, LoadOptions};
+
+/// A model whose parameters are the variables of a `VarMap`, with their names in the model's order.
+struct Trainable {
+    model: Titok,
+    varmap: VarMap,
+    names: Vec<String>,
+}
+
+impl Trainable {
+    /// From stored tensors: every parameter the model asks for is taken from `stored`, which must hold it with
+    /// the requested shape.
+    fn from_tensors(cfg: &TitokConfig, stored: &std::collections::HashMap<String, Tensor>) -> Trainable {
+        let (_, params) = build_shape_only(DType::F32, &Device::Cpu, |vb| Titok::new(cfg, vb)).unwrap();
+        let varmap = VarMap::new();
+        for p in &params {
+            let t = stored.get(&p.name).unwrap_or_else(|| panic!("{}: not stored", p.name));
+            assert_eq!(t.dims(), p.shape.as_slice(), "{}: stored shape differs", p.name);
+            varmap.data().lock().unwrap().insert(p.name.clone(), Var::from_tensor(t).unwrap());
+        }
+        let model = Titok::new(cfg, VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu)).unwrap();
+        // Nothing was created on the way (VarMap would have initialised a missing name).
+        assert_eq!(varmap.all_vars().len(), params.len());
+        Trainable { model, varmap, names: params.into_iter().map(|p| p.name).collect() }
+    }
+
+    fn var(&self, name: &str) -> Var {
+        self.varmap.data().lock().unwrap().get(name).unwrap_or_else(|| panic!("no variable {name}")).clone()
+    }
+}
+
+/// The fixture's model, loaded strictly: the checkpoint must hold exactly the tensors the model uses (LFQ buffers
+/// included, which are checked but are not parameters), each with its shape.
+fn load_case(case: &str) -> (Fixture, Trainable) {
+    let fx = Fixture::load(case);
+    let cfg = TitokConfig::from_path(fx.dir.join("config.json")).unwrap();
+    let path = fx.dir.join("model.safetensors");
+    // The inference loader's strict checks (it reads the data: the LFQ buffers are checked by value).
+    Titok::load(&cfg, &path, &Device::Cpu, &LoadOptions::default()).unwrap();
+    let stored = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+    (fx, Trainable::from_tensors(&cfg, &stored))
+}
+
+fn quantizer_weight(fx: &Fixture) -> f64 {
+    let text = std::fs::read_to_string(fx.dir.join("config.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v["losses"]["quantizer_weight"].as_f64().unwrap()
+}
+
+/// Runs the case and compares the components in `losses` (name in the output, name in the fixture, relative
+/// tolerance), the tokens and every `grad.*` of the fixture with relative tolerance `grad_rel`.
+fn run_case(case: &str, losses: &[(&str, &str, f64)], grad_rel: f64) {
+    let (fx, t) = load_case(case);
+    let cfg = Stage1Config { quantizer_weight: quantizer_weight(&fx) };
+    let codes = fx.input("proxy_codes");
+    let out = stage1_loss(&t.model, &fx.images_f32(), codes, &cfg, &mut SplitMix64::new(0)).unwrap();
+
+    let want_tokens = fx.expected("tokens").flatten_all().unwrap().to_vec1::<i64>().unwrap();
+    let got_tokens = out.tokens.to_dtype(DType::I64).unwrap().flatten_all().unwrap().to_vec1::<i64>().unwrap();
+    assert_eq!(got_tokens, want_tokens, "{case}: tokens differ");
+
+    for &(ours, theirs, rel) in losses {
+        let got = out.components[ours] as f64;
+        let want = fx.expected(theirs).flatten_all().unwrap().to_vec1::<f32>().unwrap()[0] as f64;
+        let err = (got - want).abs() / want.abs().max(1e-30);
+        eprintln!("{case}: {ours} {got:.7e} vs {want:.7e} (relative {err:.2e})");
+        assert!(err <= rel, "{case}: {ours} = {got}, expected {want} (relative error {err:.3e} > {rel})");
+    }
+    let loss = out.loss.to_scalar::<f32>().unwrap();
+    assert_eq!(loss, out.components["total_loss"]);
+
+    let grads = out.loss.backward().unwrap();
+    let expected: Vec<&String> = fx.expected.keys().filter(|k| k.starts_with("grad.")).collect();
+    assert_eq!(expected.len(), t.names.len(), "{case}: the fixture has a gradient for every parameter");
+    let mut worst = (String::new(), 0f64);
+    for name in &t.names {
+        let want = fx.expected(&format!("grad.{name}"));
+        let got = grads.get(t.var(name).as_tensor()).unwrap_or_else(|| panic!("{case}: {name} got no gradient"));
+        assert_eq!(got.dims(), want.dims(), "{case}: grad.{name} shape");
+        let scale = want.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap() as f64;
+        let err = max_abs_diff(got, want) as f64;
+        let ratio = err / scale.max(1e-30);
+        assert!(
+            err <= grad_rel * scale + 1e-9,
+            "{case}: grad.{name} max |diff| {err:.3e} > {grad_rel} x max |expected| {scale:.3e}"
+        );
+        if ratio > worst.1 {
+            worst = (name.clone(), ratio);
+        }
+    }
+    eprintln!(
+        "{case}: {} gradients within {grad_rel} of their max; worst grad.{} at {:.2e} of its max",
+        t.names.len(),
+        worst.0,
+        worst.1
+    );
+}
+
+#[test]
+#[cfg_attr(not(marvel_parity), ignore = "parity fixtures not found at ../shared/parity or $MARVEL_PARITY_DIR")]
+fn parity_titok_stage1_grads() {
+    let losses = [
+        ("total_loss", "loss", 1e-5),
+        ("reconstruction_loss", "reconstruction_loss", 1e-5),
+        ("quantizer_loss", "quantizer_loss", 1e-5),
+        ("commitment_loss", "commitment_loss", 1e-5),
+        ("codebook_loss", "codebook_loss", 1e-5),
+    ];
+    run_case("titok_stage1_grads", &losses, 1e-4);
+}
+
+#[test]
+#[cfg_attr(not(marvel_parity), ignore = "parity fixtures not found at ../shared/parity or $MARVEL_PARITY_DIR")]
+fn parity_marvel_stage1_grads() {
+    let losses = [
+        ("total_loss", "loss", 1e-5),
+        ("reconstruction_loss", "reconstruction_loss", 1e-5),
+        ("quantizer_loss", "quantizer_loss", 1e-4),
+        ("commitment_loss", "commitment_loss", 1e-5),
+        ("codebook_loss", "codebook_loss", 1e-4),
+        ("entropy_loss", "entropy_loss", 1e-4),
+        ("per_sample_entropy", "per_sample_entropy", 1e-4),
+        ("avg_entropy", "avg_entropy", 1e-4),
+    ];
+    run_case("marvel_stage1_grads", &losses, 1e-3);
+}
