@@ -12,6 +12,7 @@ use crate::config::TitokConfig;
 use crate::model::maskgit::{MaskgitConfig, MaskgitVqgan};
 use crate::model::titok::Titok;
 use crate::quantize::lfq::SplitMix64;
+use crate::quantize::ResidualLfq;
 use crate::testutil::{max_abs_diff, Fixture};
 use crate::weights::{build_shape_only, LoadOptions};
 
@@ -198,7 +199,8 @@ fn every_parameter_learns_and_the_maskgit_gets_no_gradient() {
     let images = Tensor::rand(0f32, 1f32, (2, 3, 64, 64), &Device::Cpu).unwrap();
     let codes = proxy_codes(&vqgan, &images).unwrap();
     assert_eq!(codes.dims(), &[2, 16]);
-    let distinct: std::collections::BTreeSet<u32> = codes.flatten_all().unwrap().to_vec1::<u32>().unwrap().into_iter().collect();
+    let distinct: std::collections::BTreeSet<u32> =
+        codes.flatten_all().unwrap().to_vec1::<u32>().unwrap().into_iter().collect();
     assert!(distinct.len() > 1, "the targets are not all one code");
     for quantizer in ["vq", "lfq"] {
         let t = tiny(quantizer);
@@ -214,4 +216,71 @@ fn every_parameter_learns_and_the_maskgit_gets_no_gradient() {
         }
         eprintln!("{quantizer}: {} parameters with non-zero gradients, MaskGIT untouched", t.names.len());
     }
+}
+
+/// Depth dropout draws from the caller's generator only: the same state gives the same depth and loss, the
+/// tokens and losses cover exactly the drawn depths, and a generator restored from its saved state continues
+/// the same sequence.
+#[test]
+fn depth_dropout_is_seeded_and_restorable() {
+    let mut t = tiny("lfq");
+    let mut cfg = t.model.config().clone();
+    let crate::config::QuantizerConfig::Lfq(lfq) = &mut cfg.quantizer else { unreachable!() };
+    lfq.depth_dropout = 0.5;
+    let dropout = ResidualLfq::from_config(lfq.clone()).unwrap();
+    t.model = Titok::new(&cfg, VarBuilder::from_varmap(&t.varmap, DType::F32, &Device::Cpu)).unwrap();
+
+    let images = Tensor::rand(0f32, 1f32, (2, 3, 64, 64), &Device::Cpu).unwrap();
+    let codes = Tensor::arange(0u32, 32, &Device::Cpu).unwrap().reshape((2, 4, 4)).unwrap();
+    let mut rng = SplitMix64::new(42);
+    let mut depths = Vec::new();
+    for _ in 0..12 {
+        let saved = rng.state();
+        let want_depth = dropout.sample_train_depths(&mut SplitMix64::new(saved));
+        let out = stage1_loss(&t.model, &images, &codes, &Stage1Config::default(), &mut rng).unwrap();
+        assert_eq!(out.depth, want_depth);
+        assert_eq!(out.tokens.dims(), &[2, 4, want_depth]);
+        let again =
+            stage1_loss(&t.model, &images, &codes, &Stage1Config::default(), &mut SplitMix64::new(saved)).unwrap();
+        assert_eq!(again.components, out.components, "same generator state, same step");
+        depths.push(out.depth);
+    }
+    assert!(depths.contains(&3) && depths.iter().any(|&d| d < 3), "depths drawn: {depths:?}");
+    eprintln!("depths drawn with dropout 0.5: {depths:?}");
+}
+
+#[test]
+fn bad_targets_and_models_are_refused_with_a_reason() {
+    let t = tiny("vq");
+    let images = Tensor::rand(0f32, 1f32, (2, 3, 64, 64), &Device::Cpu).unwrap();
+    let run = |codes: &Tensor| {
+        stage1_loss(&t.model, &images, codes, &Stage1Config::default(), &mut SplitMix64::new(0)).unwrap_err()
+    };
+    let mut bad = vec![5i64; 32];
+    bad[21] = 1024;
+    let err = run(&Tensor::from_vec(bad, (2, 16), &Device::Cpu).unwrap());
+    assert_eq!(err.code(), "MARVEL_INVALID_ARGUMENT");
+    assert!(err.to_string().contains("1024 at (image 1, position 5)"), "{err}");
+    let err = run(&Tensor::from_vec(vec![-1i32; 32], (2, 16), &Device::Cpu).unwrap());
+    assert!(err.to_string().contains("-1 at (image 0, position 0)"), "{err}");
+    let err = run(&Tensor::zeros((2, 256), DType::U32, &Device::Cpu).unwrap());
+    assert_eq!(err.code(), "MARVEL_SHAPE_MISMATCH");
+    assert!(err.to_string().contains("(2, 16) or (2, 4, 4)"), "{err}");
+    let err = run(&Tensor::zeros((3, 16), DType::U32, &Device::Cpu).unwrap());
+    assert_eq!(err.code(), "MARVEL_SHAPE_MISMATCH");
+    let err = run(&Tensor::zeros((2, 16), DType::F32, &Device::Cpu).unwrap());
+    assert!(err.to_string().contains("must be integers"), "{err}");
+
+    let codes = Tensor::zeros((2, 16), DType::U32, &Device::Cpu).unwrap();
+    let bad_weight = Stage1Config { quantizer_weight: f64::NAN };
+    let err = stage1_loss(&t.model, &images, &codes, &bad_weight, &mut SplitMix64::new(0)).unwrap_err();
+    assert!(err.to_string().contains("quantizer_weight"), "{err}");
+
+    let mut cfg = t.model.config().clone();
+    cfg.is_legacy = false;
+    let vb = VarBuilder::from_varmap(&VarMap::new(), DType::F32, &Device::Cpu);
+    let pixel_head = Titok::new(&cfg, vb).unwrap();
+    let err = stage1_loss(&pixel_head, &images, &codes, &Stage1Config::default(), &mut SplitMix64::new(0)).unwrap_err();
+    assert_eq!(err.code(), "MARVEL_CONFIG");
+    assert!(err.to_string().contains("is_legacy = false"), "{err}");
 }
