@@ -284,3 +284,31 @@ fn bad_targets_and_models_are_refused_with_a_reason() {
     assert_eq!(err.code(), "MARVEL_CONFIG");
     assert!(err.to_string().contains("is_legacy = false"), "{err}");
 }
+
+/// The pieces a stage-1 trainer wires together (loss, named gradients, clipping, AdamW) learn: on one fixed batch
+/// the loss falls within a few steps.
+#[test]
+fn a_few_adamw_steps_lower_the_stage1_loss() {
+    use crate::train::{clip_grad_norm, AdamW, AdamWConfig, Gradients};
+    for quantizer in ["vq", "lfq"] {
+        let t = tiny(quantizer);
+        let params: Vec<(String, Var)> = t.names.iter().map(|n| (n.clone(), t.var(n))).collect();
+        let config = AdamWConfig { learning_rate: 1e-2, beta1: 0.9, beta2: 0.99, weight_decay: 1e-4, epsilon: 1e-8 };
+        let mut opt = AdamW::new(config, params.clone()).unwrap();
+        let images = Tensor::rand(0f32, 1f32, (2, 3, 64, 64), &Device::Cpu).unwrap();
+        let codes = Tensor::arange(0u32, 32, &Device::Cpu).unwrap().reshape((2, 16)).unwrap();
+        let mut rng = SplitMix64::new(3);
+        let mut losses = Vec::new();
+        for _ in 0..20 {
+            let out = stage1_loss(&t.model, &images, &codes, &Stage1Config::default(), &mut rng).unwrap();
+            losses.push(out.components["total_loss"]);
+            let mut grads = Gradients::from_store(&params, &out.loss.backward().unwrap()).unwrap();
+            assert_eq!(grads.len(), params.len());
+            clip_grad_norm(&mut grads, 1.0).unwrap();
+            opt.step(&grads).unwrap();
+        }
+        let (first, last) = (losses[0], *losses.last().unwrap());
+        eprintln!("{quantizer}: stage-1 loss {first:.4} -> {last:.4} in {} steps", losses.len());
+        assert!(last < 0.5 * first, "{quantizer}: loss {losses:?}");
+    }
+}
