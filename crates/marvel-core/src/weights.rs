@@ -138,7 +138,9 @@ impl SimpleBackend for CheckpointBackend {
         }
     }
 
-    /// For optional buffers whose shape the model checks itself (after `contains_tensor`).
+    /// For optional buffers that the model checks itself (after `contains_tensor`). They are read even by a
+    /// check that reads no weights: the model checks them by value (the LFQ's `codebook` and
+    /// `bits_to_indices`), and a zero placeholder would fail that check.
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
         let info = self
             .ckpt
@@ -146,9 +148,6 @@ impl SimpleBackend for CheckpointBackend {
             .get(name)
             .ok_or_else(|| candle_core::Error::CannotFindTensor { path: name.to_string() })?;
         self.rec.request(name, &Shape::from(info.shape.clone()), dtype);
-        if !self.read_data {
-            return placeholder(&Shape::from(info.shape.clone()), dtype, dev);
-        }
         self.ckpt.load(name, dev).map_err(|e| candle_core::Error::Msg(e.to_string()))?.to_dtype(dtype)
     }
 

@@ -2,7 +2,8 @@
 //! `utils/train_utils.py`, `utils/lr_schedulers.py`, `modeling/modules/ema_model.py`) number for number, checked
 //! against the `optim_schedule_ema` fixture. Per optimizer step the reference loop runs: backward (accumulated
 //! over micro-batches), [`clip_grad_norm`], [`AdamW::step`] with the [`CosineSchedule`]'s rate, then
-//! [`Ema::update`]. Nothing here draws random numbers.
+//! [`Ema::update`]. The stage-1 recipe's loss ([`stage1_loss`]) draws only the LFQ depth dropout, from the caller's
+//! seeded generator.
 
 pub mod accumulate;
 pub mod clip;
@@ -11,6 +12,7 @@ pub mod grads;
 pub mod losses;
 pub mod optim;
 pub mod schedule;
+pub mod stage1;
 
 pub use accumulate::GradAccumulator;
 pub use clip::{clip_grad_norm, global_norm, ClipOutcome};
@@ -18,6 +20,9 @@ pub use ema::{Ema, EmaConfig};
 pub use grads::Gradients;
 pub use optim::{excluded_from_weight_decay, AdamW, AdamWConfig};
 pub use schedule::CosineSchedule;
+pub use stage1::{proxy_codes, stage1_loss, Stage1Config, Stage1Output};
 
 #[cfg(test)]
 mod parity_tests;
+#[cfg(test)]
+mod stage1_tests;

@@ -497,3 +497,26 @@ fn pytorch_shapes_larger_than_their_storage_child() {
     // And a load reports it the same way.
     assert!(checkpoint_message(load_toy(&p, false)).contains("needs more than the 16 bytes"));
 }
+
+/// Regression: `check_strict` (what `Tokenizer.inspect` runs) handed zero placeholders for optional buffers, so a
+/// model that checks a buffer's values (the MDQ LFQ's `codebook`) refused every checkpoint that carries it.
+#[test]
+fn a_check_without_data_still_reads_the_buffers_a_model_checks_by_value() {
+    let dir = Scratch::new("buffers");
+    let mut tensors = good_tensors();
+    tensors.push(("buf", Tensor::new(&[1f32, 2., 4.], &Device::Cpu).unwrap()));
+    let p = dir.file("model.safetensors", &safetensors_bytes(&tensors));
+    let build = |vb: VarBuilder| -> Result<Toy> {
+        let toy = build_toy(vb.clone())?;
+        if vb.contains_tensor("buf") {
+            let buf = vb.get_unchecked_dtype("buf", DType::F32)?.to_vec1::<f32>()?;
+            if buf != [1., 2., 4.] {
+                return Err(MarvelError::Checkpoint(format!("buf holds {buf:?}")));
+            }
+        }
+        Ok(toy)
+    };
+    let ckpt = Arc::new(Checkpoint::open(&p).unwrap());
+    let (requested, report) = check_strict(ckpt, &LoadOptions::default(), build).unwrap();
+    assert_eq!((requested.len(), report.unexpected.len()), (3, 0));
+}
