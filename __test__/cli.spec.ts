@@ -315,6 +315,18 @@ describe('inputs that are not regular files, and an unreachable hub', () => {
     failure(['decode', 'pipe.bin', '--model', lfq, '--out', 'p'], 1, 'MARVEL_IO', /tokens pipe\.bin: it is a FIFO/)
   })
 
+  it.skipIf(process.platform === 'win32')('a FIFO named like an image in an encoded folder is named, skipped with --skip-errors, fatal without (skipped on Windows: no mkfifo)', async () => {
+    mkdirSync(join(work, 'imgs'))
+    for (const name of ['a', 'b', 'c', 'd']) await sharp(join(work, 'photos', 'b-wide.png')).toFile(join(work, 'imgs', `${name}.png`))
+    execFileSync('mkfifo', [join(work, 'imgs', 'e.png')])
+    const skipped = marvel(['encode', 'imgs', '--model', lfq, '--out', 'imgs.json', '--skip-errors', '--json'])
+    expect(skipped.code).toBe(1)
+    expect(skipped.stderr).toContain('marvel: skipped imgs/e.png: cannot read image imgs/e.png: it is a FIFO (named pipe), not a regular file (MARVEL_IO)\n')
+    expect(skipped.stderr).toMatch(/marvel: 1 of 5 inputs skipped \(named above\); the other 4 are in imgs\.json \(MARVEL_IO\)\n$/)
+    expect(JSON.parse(skipped.stdout).skipped).toEqual([{ file: 'imgs/e.png', code: 'MARVEL_IO', message: expect.stringContaining('FIFO') }])
+    failure(['encode', 'imgs', '--model', lfq, '--out', 'imgs.bin'], 1, 'MARVEL_IO', /^marvel: cannot read image imgs\/e\.png: it is a FIFO/)
+  })
+
   it('a hub that cannot be reached is MARVEL_HUB and says how to work offline', async () => {
     // A loopback port with nothing listening: bind one, note it, close it.
     const server = createServer()
@@ -328,5 +340,36 @@ describe('inputs that are not regular files, and an unreachable hub', () => {
     expect(r.stderr).toContain('HF_HUB_OFFLINE=1')
     expect(r.stderr).toContain('HF_ENDPOINT')
     expect(r.stderr).toMatch(/ \(MARVEL_HUB\)\n$/)
+  })
+})
+
+describe.skipIf(process.platform === 'win32')('outputs that are not regular files (skipped on Windows: no mkfifo)', () => {
+  /** `marvel ...args` with a short time limit: before the check, writing to a FIFO nobody reads blocked forever. */
+  function refused(args: string[], message: RegExp): void {
+    const r = spawnSync(process.execPath, [cli, ...args], {
+      cwd: work,
+      encoding: 'utf8',
+      env: { ...process.env, HF_HOME: join(work, 'hf'), HF_HUB_OFFLINE: '1', MARVEL_DEBUG: '' },
+      timeout: 30_000,
+    })
+    expect(r.signal, `marvel ${args.join(' ')} did not finish`).toBeNull()
+    expect(r.status, r.stderr).toBe(1)
+    expect(r.stderr).toMatch(/ \(MARVEL_IO\)\n$/)
+    expect(r.stderr).toMatch(message)
+  }
+
+  it('decode, encode and reconstruct refuse a FIFO where they would write a PNG, a grid or a token file', () => {
+    ok(['encode', 'photos/b-wide.png', '--model', lfq, '--out', 'one.json'])
+    mkdirSync(join(work, 'od'))
+    execFileSync('mkfifo', [join(work, 'od', 'b-wide.png')])
+    refused(['decode', 'one.json', '--model', lfq, '-o', 'od'], /^marvel: cannot write image od\/b-wide\.png: it is a FIFO \(named pipe\), not a regular file/)
+    execFileSync('mkfifo', [join(work, 'tokens-fifo.bin')])
+    refused(['encode', 'photos/b-wide.png', '--model', lfq, '--out', 'tokens-fifo.bin'], /^marvel: cannot write output tokens-fifo\.bin: it is a FIFO/)
+    mkdirSync(join(work, 'rd'))
+    execFileSync('mkfifo', [join(work, 'rd', 'b-wide.grid.png')])
+    refused(['reconstruct', 'photos/b-wide.png', '--model', lfq, '-o', 'rd', '--depth', '1'], /^marvel: cannot write grid rd\/b-wide\.grid\.png: it is a FIFO/)
+    mkdirSync(join(work, 'rd2'))
+    execFileSync('mkfifo', [join(work, 'rd2', 'b-wide.d1.png')])
+    refused(['reconstruct', 'photos/b-wide.png', '--model', lfq, '-o', 'rd2', '--depth', '1'], /^marvel: cannot write image rd2\/b-wide\.d1\.png: it is a FIFO/)
   })
 })

@@ -64,7 +64,9 @@ describe('LFQ argument checks', () => {
     expect(zero?.code).toBe('MARVEL_INVALID_ARGUMENT')
     expect(zero?.message).toBe('lfqQuantize: expected options.depth to be an integer from 1 to 23 but received number 0')
     expect((await err(lfqLosses(z, { depth: 1.5 })))?.message).toMatch(/^lfqLosses: expected options.depth/)
-    expect((await err(lfqQuantize(z, { depths: 2 } as never)))?.message).toMatch(/options.depth .* received undefined/)
+    // A misspelt option is named, not ignored.
+    expect((await err(lfqQuantize(z, { depths: 2 } as never)))?.message).toMatch(/^lfqQuantize: unknown option "depths" \(did you mean depth\?\); accepted: depth, /)
+    expect((await err(lfqQuantize(z, {} as never)))?.message).toMatch(/options.depth .* received undefined/)
     expect((await err(lfqQuantize({ data: new Float32Array(5), shape: [2, 3, 4] }, { depth: 1 })))?.code).toBe('MARVEL_SHAPE_MISMATCH')
     expect((await err(lfqQuantize({ data: new Float32Array(24), shape: [24] }, { depth: 1 })))?.message).toMatch(/expected z.shape to be \[batch, tokens, bits\]/)
     expect((await err(lfqQuantize({ data: new Float32Array(0), shape: [0, 3, 4] }, { depth: 1 })))?.code).toBe('MARVEL_INVALID_ARGUMENT')

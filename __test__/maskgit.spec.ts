@@ -1,15 +1,42 @@
+import { execFileSync } from 'node:child_process'
+import { mkdirSync, mkdtempSync } from 'node:fs'
+import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 
 import { describe, expect, it } from 'vitest'
 
-import { MaskgitVqgan } from '../src/index.js'
+import { MarvelError, MaskgitVqgan } from '../src/index.js'
 import { hasParity, parityTitle, maxAbsDiff, parityDir, readSafetensors } from './helpers/fixtures.js'
 
 describe('MaskgitVqgan argument checks', () => {
   it('a path that is not a string names the parameter', async () => {
     const err = await MaskgitVqgan.fromPretrained(42 as never).catch((e) => e)
     expect(err.code).toBe('MARVEL_INVALID_ARGUMENT')
-    expect(err.message).toBe('MaskgitVqgan.fromPretrained: expected path to be a weights file or a folder but received number 42')
+    expect(err.message).toBe('fromPretrained: expected path to be a weights file or a folder but received number 42')
+  })
+
+  it('a NUL byte is an argument error, a missing path is "file not found"', async () => {
+    const nul = await MaskgitVqgan.fromPretrained('weights\0.bin').catch((e) => e)
+    expect(nul).toBeInstanceOf(MarvelError)
+    expect(nul.code).toBe('MARVEL_INVALID_ARGUMENT')
+    expect(nul.message).toBe('fromPretrained: expected path to be a path without NUL bytes but received "weights\\u0000.bin"')
+    const missing = await MaskgitVqgan.fromPretrained(join(tmpdir(), 'marvel-no-such-weights.bin')).catch((e) => e)
+    expect(missing.code).toBe('MARVEL_IO')
+    expect(missing.message).toMatch(/marvel-no-such-weights\.bin: file not found/)
+  })
+
+  it.skipIf(process.platform === 'win32')('a FIFO as the weights file, or as a folder\'s config.json, is named as a FIFO (skipped on Windows: no mkfifo)', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'marvel-vq-fifo-'))
+    execFileSync('mkfifo', [join(dir, 'weights.bin')])
+    const file = await MaskgitVqgan.fromPretrained(join(dir, 'weights.bin')).catch((e) => e)
+    expect(file.code).toBe('MARVEL_IO')
+    expect(file.message).toMatch(/weights\.bin: it is a FIFO \(named pipe\), not a regular file/)
+    const folder = join(dir, 'model')
+    mkdirSync(folder)
+    execFileSync('mkfifo', [join(folder, 'config.json')])
+    const config = await MaskgitVqgan.fromPretrained(folder).catch((e) => e)
+    expect(config.code).toBe('MARVEL_IO')
+    expect(config.message).toMatch(/config\.json: it is a FIFO/)
   })
 })
 
@@ -46,10 +73,12 @@ describe.skipIf(!hasParity)(parityTitle('MaskGIT-VQGAN through the API'), () => 
     expect((await vq.decode(tooMany).catch((e) => e)).message).toMatch(/1024/)
     const partial = await vq.decode(new Uint32Array(100)).catch((e) => e)
     expect(partial.code).toBe('MARVEL_SHAPE_MISMATCH')
-    expect(partial.message).toBe('MaskgitVqgan.decode: codes hold 100 values, not whole 16x16 grids (256 per image)')
+    expect(partial.message).toBe('decode: codes hold 100 values, not whole 16x16 grids (256 per image)')
     expect((await vq.decodeFloat([1, 2] as never).catch((e) => e)).message).toMatch(/expected codes to be a Uint32Array but received an array/)
-    expect((await vq.encode(files[0], { batchSize: 0 }).catch((e) => e)).message).toMatch(/expected options.batchSize to be an integer from 1/)
-    expect((await vq.encode([]).catch((e) => e)).message).toMatch(/expected images to be at least one image/)
+    expect((await vq.encode(files[0], { batchSize: 0 }).catch((e) => e)).message).toBe('encode: expected batchSize to be an integer from 1 to 65536 but received number 0')
+    expect((await vq.encode([]).catch((e) => e)).message).toBe('encode: expected images to be an image or a non-empty array of images but received an array of length 0')
+    // Named as Tokenizer.encode names it.
+    expect((await vq.encode(files[0], { resize: 'stretch' as never }).catch((e) => e)).message).toBe("encode: expected resize to be 'center-crop' or 'none' but received \"stretch\"")
     expect((await MaskgitVqgan.fromPretrained(join(dir, 'nope')).catch((e) => e)).code).toBe('MARVEL_IO')
     vq.dispose()
   })

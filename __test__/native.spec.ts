@@ -1,5 +1,5 @@
 import { spawnSync } from 'node:child_process'
-import { readFileSync } from 'node:fs'
+import { readdirSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { describe, expect, it } from 'vitest'
 
@@ -72,6 +72,19 @@ describe('the public exports', () => {
     expect(weightFiles()).toEqual(['model.safetensors', 'pytorch_model.bin'])
     expect(weightFiles()).toBe(weightFiles())
     expect(Object.isFrozen(weightFiles())).toBe(true)
+  })
+
+  it('no TypeScript file spells a weight-file name as a string: they all ask weightFiles()', () => {
+    const src = join(__dirname, '..', 'src')
+    const files = (readdirSync(src, { recursive: true }) as string[]).filter((f) => f.endsWith('.ts') && !f.endsWith('.d.ts'))
+    const spelled: string[] = []
+    for (const file of files) {
+      // Comments may name the files (documentation); code may not.
+      const code = readFileSync(join(src, file), 'utf8').replace(/\/\*[\s\S]*?\*\//g, '').replace(/\/\/.*$/gm, '')
+      for (const name of weightFiles()) if (new RegExp(`(['"\`])${name.replace('.', '\\.')}\\1`).test(code)) spelled.push(`${file}: ${name}`)
+    }
+    expect(files.length).toBeGreaterThan(10)
+    expect(spelled).toEqual([])
   })
 })
 

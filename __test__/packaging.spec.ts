@@ -71,7 +71,7 @@ describe.skipIf(!ready)(`packaging (skipped when the addon for ${platform} or di
     // Set at publish time by `napi pre-publish` (prepublishOnly); a local tarball installs its platform package beside it.
     expect(manifest.optionalDependencies).toBeUndefined()
     expect(manifest.scripts.prepublishOnly).toBe('napi pre-publish -t npm')
-    expect(manifest.engines.node).toBe('>=20')
+    expect(manifest.engines.node).toBe(JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')).engines.node)
     const platformManifest = JSON.parse(execFileSync('tar', ['-xzOf', platformTgz, 'package/package.json'], { encoding: 'utf8' }))
     expect(platformManifest.version).toBe(JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')).version)
   })
@@ -117,21 +117,47 @@ describe.skipIf(!ready)(`packaging (skipped when the addon for ${platform} or di
   })
 })
 
-describe('the lockfile installs on the Node the README promises (>= 20) without EBADENGINE', () => {
-  // The oldest line the README promises, at its current release (engines ranges such as ^20.17.0 accept it).
-  const NODE_20 = '20.20.2'
+describe('engines.node is what the lockfile installs on, without EBADENGINE', () => {
+  const pkg = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')) as { engines: { node: string }; napi: { targets: string[] } }
+  const semver = createRequire(join(root, 'node_modules', '@napi-rs', 'cli', 'package.json'))('semver') as {
+    satisfies(version: string, range: string): boolean
+    minVersion(range: string): { version: string } | null
+    Range: new (range: string) => { set: Array<Array<{ value: string }>> }
+  }
+  const lock = JSON.parse(readFileSync(join(root, 'package-lock.json'), 'utf8')) as {
+    packages: Record<string, { version?: string; engines?: { node?: string } | string[]; os?: string[]; cpu?: string[] }>
+  }
+  // The (os, cpu) pairs marvel ships for: a locked package limited to other platforms (sharp's win32-ia32 build, the
+  // wasm32 fallbacks) is never installed with marvel, so its engines range does not bind.
+  const platforms = pkg.napi.targets.map((t) => {
+    const [arch, , os] = t.split('-')
+    return { os: os === 'windows' ? 'win32' : os, cpu: arch === 'x86_64' ? 'x64' : arch === 'aarch64' ? 'arm64' : arch }
+  })
+  const installable = (p: { os?: string[]; cpu?: string[] }) =>
+    platforms.some(({ os, cpu }) => (!p.os || p.os.includes(os)) && (!p.cpu || p.cpu.includes(cpu)))
+  const locked = Object.entries(lock.packages)
+    .filter(([path, p]) => path !== '' && p.engines && !Array.isArray(p.engines) && p.engines.node && installable(p))
+    .map(([path, p]) => ({ name: `${path.replace(/^.*node_modules\//, '')}@${p.version}`, range: (p.engines as { node: string }).node }))
+  // The lowest release of each line the field allows (for "^20.19.0 || ^22.13.0 || >=24.0.0": 20.19.0, 22.13.0, 24.0.0).
+  const lowest = new semver.Range(pkg.engines.node).set.map((comparators) => semver.minVersion(comparators.map((c) => c.value).join(' '))!.version)
 
-  it(`every locked package's engines.node accepts Node ${NODE_20}`, () => {
-    const semver = createRequire(join(root, 'node_modules', '@napi-rs', 'cli', 'package.json'))('semver') as {
-      satisfies(version: string, range: string): boolean
-    }
-    const lock = JSON.parse(readFileSync(join(root, 'package-lock.json'), 'utf8')) as {
-      packages: Record<string, { version?: string; engines?: { node?: string } | string[] }>
-    }
-    const refused = Object.entries(lock.packages)
-      .filter(([path, p]) => path !== '' && p.engines && !Array.isArray(p.engines) && p.engines.node)
-      .filter(([, p]) => !semver.satisfies(NODE_20, (p.engines as { node: string }).node))
-      .map(([path, p]) => `${path.replace(/^.*node_modules\//, '')}@${p.version} (${(p.engines as { node: string }).node})`)
+  it(`the lowest Node of each line engines.node allows (${lowest.join(', ')}) satisfies every locked engines range`, () => {
+    expect(locked.length).toBeGreaterThan(50)
+    expect(lowest.length).toBeGreaterThan(0)
+    const refused = lowest.flatMap((version) => locked.filter((p) => !semver.satisfies(version, p.range)).map((p) => `Node ${version}: ${p.name} (${p.range})`))
     expect(refused).toEqual([])
+  })
+
+  it('the platform packages, the README and .ci/run promise the same Node', () => {
+    for (const dir of readdirSync(join(root, 'npm'))) {
+      expect(JSON.parse(readFileSync(join(root, 'npm', dir, 'package.json'), 'utf8')).engines.node, dir).toBe(pkg.engines.node)
+    }
+    const readme = readFileSync(join(root, 'README.md'), 'utf8')
+    expect(readme).toContain(`Node ${pkg.engines.node}`)
+    expect(readme).not.toMatch(/Node ≥ 20\b|Node >= ?20\b/)
+    const ci = readFileSync(join(root, '.ci', 'run'), 'utf8')
+    // .ci/run reads the range from package.json rather than repeating it.
+    expect(ci).toContain('require("./package.json").engines.node')
+    expect(ci).not.toMatch(/maj < 20/)
   })
 })

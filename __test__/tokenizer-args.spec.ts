@@ -3,7 +3,7 @@
  * anything is read or written (empty, NUL bytes, a FIFO in a model folder, an output folder equal to the input),
  * and reconstruct() keeping the model through both its halves when dispose() comes in between.
  */
-import { execFileSync } from 'node:child_process'
+import { execFileSync, spawnSync } from 'node:child_process'
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -132,6 +132,46 @@ describe('paths', () => {
   })
 })
 
+describe('outputs that are not regular files', () => {
+  // In a child with a time limit: before the check, writing to a FIFO nobody reads blocked forever.
+  it.skipIf(process.platform === 'win32')('writePng, image.toFile and the model writers refuse a FIFO instead of blocking (skipped on Windows: no mkfifo)', () => {
+    const out = join(work, 'fifo-out')
+    mkdirSync(out)
+    execFileSync('mkfifo', [join(out, 'a.png')])
+    mkdirSync(join(out, 'model'))
+    execFileSync('mkfifo', [join(out, 'model', 'config.json')])
+    const script = `
+      const m = await import(${JSON.stringify(join(__dirname, '..', 'dist', 'index.js'))})
+      const img = { data: new Uint8Array(4 * 4 * 3), width: 4, height: 4 }
+      const tok = await m.Tokenizer.fromPretrained(${JSON.stringify(dir)})
+      const [decoded] = await tok.decode(await tok.encode({ data: new Uint8Array(256 * 256 * 3), width: 256, height: 256 }))
+      const calls = {
+        writePng: () => m.writePng(img, ${JSON.stringify(join(out, 'a.png'))}),
+        toFile: () => decoded.toFile(${JSON.stringify(join(out, 'a.png'))}),
+        nul: () => m.writePng(img, 'x\\0.png'),
+        createRandomModel: () => m.createRandomModel(${JSON.stringify(join(out, 'model'))}, ${JSON.stringify(tinyConfig())}, 1),
+        marvelFromTitok: () => m.marvelFromTitok(${JSON.stringify(dir)}, ${JSON.stringify(join(out, 'model'))}),
+      }
+      for (const [name, call] of Object.entries(calls)) {
+        const e = await call().then(() => undefined, (e) => e)
+        console.log(JSON.stringify([name, e?.code, e?.message]))
+      }
+      tok.dispose()
+    `
+    const r = spawnSync(process.execPath, ['--input-type=module', '-e', script], { encoding: 'utf8', timeout: 30_000 })
+    expect(r.signal, `timed out: ${r.stdout}`).toBeNull()
+    expect(r.stderr).toBe('')
+    const results = Object.fromEntries(r.stdout.trim().split('\n').map((line) => { const [name, code, message] = JSON.parse(line); return [name, { code, message }] }))
+    expect(results.writePng).toEqual({ code: 'MARVEL_IO', message: `cannot write image ${join(out, 'a.png')}: it is a FIFO (named pipe), not a regular file` })
+    expect(results.toFile).toEqual(results.writePng)
+    expect(results.nul.code).toBe('MARVEL_INVALID_ARGUMENT')
+    expect(results.nul.message).toMatch(/^writePng: expected path to be a path without NUL bytes/)
+    for (const writer of ['createRandomModel', 'marvelFromTitok']) {
+      expect(results[writer]).toEqual({ code: 'MARVEL_IO', message: `cannot write model file ${join(out, 'model', 'config.json')}: it is a FIFO (named pipe), not a regular file` })
+    }
+  })
+})
+
 describe('dispose', () => {
   it('reconstruct() started before dispose() finishes (the model is held through encode and decode)', async () => {
     const t = await Tokenizer.fromPretrained(dir)
@@ -178,6 +218,17 @@ describe('inspect', () => {
     writeFileSync(join(copy, 'model.safetensors'), weights)
     await failure(Tokenizer.fromPretrained(copy), 'MARVEL_CHECKPOINT', /NaN/)
     expect({ ...(await Tokenizer.inspect(copy)), source: dir }).toEqual(tok.info)
+  })
+
+  it('bits per image at each depth come from the core (bits_per_image_at), the last one being bitsPerImage', async () => {
+    const info = await Tokenizer.inspect(dir)
+    // 4 tokens of 6 bits per depth, 3 depths.
+    expect(info.bitsPerImageByDepth).toEqual([24, 48, 72])
+    expect(tok.info.bitsPerImageByDepth).toEqual(info.bitsPerImageByDepth)
+    expect(info.bitsPerImageByDepth.at(-1)).toBe(info.bitsPerImage)
+    // A token object's own figure (tokens x depth x bits) agrees with the core's at every depth it may hold.
+    const tokens = await tok.encode(image(1))
+    expect([1, 2, 3].map((d) => tokens.slice(d).bitsPerImage)).toEqual(info.bitsPerImageByDepth)
   })
 
   it('refuses what a load refuses before reading weights', async () => {

@@ -59,3 +59,20 @@ export function integerParameter(where: string, name: string, value: unknown, mi
   }
   return value
 }
+
+/**
+ * `options` as an object holding only `accepted` keys; `undefined` (the argument left out) reads as `{}`. `null`,
+ * a number or an array is refused, and so is an unknown key: a misspelt or renamed option (`depths` for `depth`)
+ * would otherwise be ignored silently and the call would run with the default.
+ */
+export function optionsParameter<T extends object>(where: string, options: T | undefined, accepted: readonly string[]): T {
+  if (options === undefined) return {} as T
+  if (options === null || typeof options !== 'object' || Array.isArray(options)) throw invalidParameter(where, 'options', 'an object', options)
+  for (const key of Object.keys(options)) {
+    if (accepted.includes(key)) continue
+    const near = accepted.find((a) => a.toLowerCase() === key.toLowerCase() || `${a}s` === key || `${key}s` === a)
+    const list = accepted.length === 0 ? 'none' : accepted.join(', ')
+    throw invalidArgument(`${where}: unknown option ${JSON.stringify(key)}${near ? ` (did you mean ${near}?)` : ''}; accepted: ${list}`)
+  }
+  return options
+}

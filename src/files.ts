@@ -49,6 +49,19 @@ export async function expectKind(path: string, what: string, kind: Kind = 'file'
 }
 
 /**
+ * `value` as a path a file may be written to: a path parameter (see `pathParameter`) naming nothing yet or a
+ * regular file (links followed). Writing to a FIFO blocks until some reader opens it, which from a CLI is forever,
+ * and a device or a socket is never what an output path means: both are refused with `MARVEL_IO` before any write.
+ */
+export async function outputPath(where: string, name: string, value: unknown, what: string): Promise<string> {
+  const path = pathParameter(where, name, value)
+  const info = await stat(path).catch(() => undefined)
+  // Absent (or unreachable: the write itself then fails with the system's reason).
+  if (info && !info.isFile()) throw new MarvelError('MARVEL_IO', `cannot write ${what} ${path}: it is ${kindOf(info)}, not a regular file`)
+  return path
+}
+
+/**
  * The canonical form of `path`: symbolic links of its longest existing prefix resolved, the rest appended. Two
  * paths naming one folder (`out`, `./out/`, a link to it) compare equal even when the folder does not exist yet.
  */

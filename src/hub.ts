@@ -7,7 +7,7 @@ import { homedir } from 'node:os'
 import { join } from 'node:path'
 
 import { weightFiles } from './binding.js'
-import { MarvelError, invalidArgument, invalidParameter } from './errors.js'
+import { MarvelError, invalidArgument, invalidParameter, optionsParameter } from './errors.js'
 import { COMMIT_HASH, RepoCache, isFile } from './hub/cache.js'
 import { fetchBlob } from './hub/download.js'
 import { HubError, HubUnreachableError } from './hub/errors.js'
@@ -103,9 +103,11 @@ function checkRepoPath(fn: string, what: string, value: unknown): asserts value 
   }
 }
 
-function settings(fn: string, options: HubOptions | undefined): Settings {
-  if (options !== undefined && (typeof options !== 'object' || options === null)) throw invalidParameter(fn, 'options', 'an object', options)
-  const o = options ?? {}
+/** Every key of `HubOptions`: an options object holding any other is refused (see `optionsParameter`). */
+export const HUB_OPTIONS: readonly string[] = ['revision', 'cacheDir', 'endpoint', 'token', 'offline', 'timeout', 'onProgress']
+
+function settings(fn: string, options: HubOptions | undefined, accepted: readonly string[] = HUB_OPTIONS): Settings {
+  const o = optionsParameter(fn, options, accepted)
   const env = process.env
   const revision = o.revision ?? 'main'
   checkRepoPath(fn, 'revision', revision)
@@ -293,12 +295,12 @@ export async function snapshotDownload(repoId: string, filenames: readonly strin
  */
 export async function resolveModelFiles(repoId: string, options?: ResolveModelOptions): Promise<ModelFiles> {
   checkRepoId('resolveModelFiles', repoId)
+  const s = settings('resolveModelFiles', options, [...HUB_OPTIONS, 'weights'])
   const candidates = options?.weights ?? weightFiles()
   if (!Array.isArray(candidates) || candidates.length === 0) {
     throw invalidArgument(`resolveModelFiles: weights must be a non-empty array of file names, got ${JSON.stringify(candidates)}`)
   }
   for (const f of candidates) checkRepoPath('resolveModelFiles', 'weights entry', f)
-  const s = settings('resolveModelFiles', options)
   const config = await fetchFile(repoId, 'config.json', s)
   const pinned = { ...s, revision: config.commit }
   const misses: HubError[] = []

@@ -4,8 +4,8 @@
  */
 import sharp, { type Sharp } from 'sharp'
 
-import { MarvelError, integerParameter, invalidParameter } from './errors.js'
-import { expectKind, pathParameter } from './files.js'
+import { MarvelError, integerParameter, invalidParameter, optionsParameter } from './errors.js'
+import { expectKind, outputPath, pathParameter } from './files.js'
 import { getNumThreads } from './threads.js'
 
 /** libvips' limit on an image side. */
@@ -114,22 +114,23 @@ async function decode(src: ImageSource): Promise<RgbImage> {
   }
 }
 
-function checkRgb(image: RgbImage): void {
-  const { data, width, height } = image ?? ({} as RgbImage)
-  if (!(data instanceof Uint8Array)) throw invalidParameter('image', 'data', 'a Uint8Array', data)
-  integerParameter('image', 'width', width, 1, MAX_SIDE)
-  integerParameter('image', 'height', height, 1, MAX_SIDE)
+function checkRgb(where: string, image: RgbImage): void {
+  if (image === null || typeof image !== 'object') throw invalidParameter(where, 'image', 'an RGB image { data: Uint8Array, width, height }', image)
+  const { data, width, height } = image
+  if (!(data instanceof Uint8Array)) throw invalidParameter(where, 'image.data', 'a Uint8Array', data)
+  integerParameter(where, 'image.width', width, 1, MAX_SIDE)
+  integerParameter(where, 'image.height', height, 1, MAX_SIDE)
   if (data.length !== width * height * 3) {
     throw new MarvelError(
       'MARVEL_SHAPE_MISMATCH',
-      `RGB image of ${width}x${height} needs ${width * height * 3} bytes, got ${data.length}`,
+      `${where}: RGB image of ${width}x${height} needs ${width * height * 3} bytes, got ${data.length}`,
     )
   }
 }
 
 /** Encode an RGB image as PNG. */
 export async function encodePng(image: RgbImage): Promise<Buffer> {
-  checkRgb(image)
+  checkRgb('encodePng', image)
   try {
     return await sharp(image.data, { raw: { width: image.width, height: image.height, channels: 3 } }).png().toBuffer()
   } catch (e) {
@@ -139,7 +140,8 @@ export async function encodePng(image: RgbImage): Promise<Buffer> {
 
 /** Write an RGB image to a PNG file. */
 export async function writePng(image: RgbImage, path: string): Promise<void> {
-  pathParameter('writePng', 'path', path)
+  checkRgb('writePng', image)
+  await outputPath('writePng', 'path', path, 'image')
   const png = await encodePng(image)
   const { writeFile } = await import('node:fs/promises')
   try {
@@ -173,7 +175,7 @@ function roundHalfEven(x: number): number {
  * `floor(size * long / short)` and the crop offsets are `round((side - size) / 2)`.
  */
 export async function prepareImage(src: ImageSource | RgbImage | RawImage, options: PrepareOptions = {}): Promise<RgbImage> {
-  if (options === null || typeof options !== 'object') throw invalidParameter('prepareImage', 'options', 'an object', options)
+  options = optionsParameter('prepareImage', options, ['size', 'resize'])
   const size = integerParameter('prepareImage', 'size', options.size ?? 256, 1, MAX_SIDE)
   const mode = options.resize ?? 'center-crop'
   if (mode !== 'center-crop' && mode !== 'none') throw invalidParameter('prepareImage', 'resize', "'center-crop' or 'none'", mode)
@@ -206,12 +208,12 @@ async function cropped(image: RgbImage, size: number, mode: 'center-crop' | 'non
 async function rgbOf(src: RgbImage | RawImage): Promise<RgbImage> {
   const channels = 'channels' in src ? src.channels : 3
   if (channels === 3) {
-    checkRgb(src)
+    checkRgb('prepareImage', src)
     return src
   }
-  if (![1, 2, 4].includes(channels)) throw invalidParameter('image', 'channels', '1, 2, 3 or 4', channels)
-  integerParameter('image', 'width', src.width, 1, MAX_SIDE)
-  integerParameter('image', 'height', src.height, 1, MAX_SIDE)
+  if (![1, 2, 4].includes(channels)) throw invalidParameter('prepareImage', 'image.channels', '1, 2, 3 or 4', channels)
+  integerParameter('prepareImage', 'image.width', src.width, 1, MAX_SIDE)
+  integerParameter('prepareImage', 'image.height', src.height, 1, MAX_SIDE)
   const expected = src.width * src.height * channels
   if (src.data.length !== expected) {
     throw new MarvelError('MARVEL_SHAPE_MISMATCH', `raw ${src.width}x${src.height}x${channels} image needs ${expected} bytes, got ${src.data.length}`)
@@ -221,4 +223,26 @@ async function rgbOf(src: RgbImage | RawImage): Promise<RgbImage> {
 
 export function isRgbImage(x: unknown): x is RgbImage | RawImage {
   return !!x && typeof x === 'object' && (x as RgbImage).data instanceof Uint8Array && 'width' in x && 'height' in x && !(x instanceof Uint8Array)
+}
+
+/** What an encoder takes as one image (the `ImageInput` of `Tokenizer.encode` and `MaskgitVqgan.encode`). */
+function isImageInput(x: unknown): boolean {
+  return typeof x === 'string' || x instanceof Uint8Array || (!!x && typeof (x as Sharp).toBuffer === 'function') || isRgbImage(x)
+}
+
+/**
+ * `images` (one image or an array of them) as a non-empty list, every entry checked before any is decoded: a hole
+ * in the array or a number would otherwise surface as a bare TypeError from deep inside a batch.
+ */
+export function imageList<T>(where: string, images: T | T[]): T[] {
+  const list = Array.isArray(images) ? images : [images]
+  if (list.length === 0) throw invalidParameter(where, 'images', 'an image or a non-empty array of images', images)
+  const many = Array.isArray(images)
+  // An index loop: forEach and map skip holes.
+  for (let i = 0; i < list.length; i++) {
+    if (!isImageInput(list[i])) {
+      throw invalidParameter(where, many ? `images[${i}]` : 'images', 'a path, an encoded image (Buffer), a sharp instance or raw pixels { data, width, height }', list[i])
+    }
+  }
+  return list
 }

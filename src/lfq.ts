@@ -4,7 +4,7 @@
  * read as an integer (channel k = bit k). Runs in Rust off the main thread.
  */
 import { native } from './binding.js'
-import { integerParameter, invalidParameter } from './errors.js'
+import { integerParameter, invalidParameter, optionsParameter } from './errors.js'
 import { checkTensor, type Tensor } from './tensor.js'
 import { Tokens } from './tokens.js'
 
@@ -39,6 +39,8 @@ export interface LfqQuantized {
   codes: Tensor
 }
 
+const LFQ_OPTIONS = ['depth', 'commitmentCost', 'entropyLossWeight', 'entropyLossTemperature', 'entropyGamma', 'entropyGroups']
+
 /** Checks z and the options up front and returns the options the binding takes. */
 function check(where: string, z: Tensor, options: LfqOptions): LfqOptions {
   checkTensor(where, 'z', z)
@@ -46,8 +48,8 @@ function check(where: string, z: Tensor, options: LfqOptions): LfqOptions {
     throw invalidParameter(where, 'z.shape', '[batch, tokens, bits] of positive sizes', z.shape)
   }
   if (z.shape[2] < 1 || z.shape[2] > 32) throw invalidParameter(where, 'z.shape[2] (bits)', 'an integer from 1 to 32', z.shape[2])
-  if (!options || typeof options !== 'object') throw invalidParameter(where, 'options', 'an object with a depth', options)
-  const { depth, commitmentCost, entropyLossWeight, entropyLossTemperature, entropyGamma, entropyGroups } = options
+  if (options === undefined) throw invalidParameter(where, 'options', 'an object with a depth', options)
+  const { depth, commitmentCost, entropyLossWeight, entropyLossTemperature, entropyGamma, entropyGroups } = optionsParameter(where, options, LFQ_OPTIONS)
   integerParameter(where, 'options.depth', depth, 1, 23)
   for (const [name, value] of Object.entries({ commitmentCost, entropyLossWeight, entropyGamma })) {
     if (value !== undefined && !Number.isFinite(value)) throw invalidParameter(where, `options.${name}`, 'a finite number', value)
@@ -69,5 +71,7 @@ export async function lfqQuantize(z: Tensor, options: LfqOptions): Promise<LfqQu
 
 /** The training losses (commitment + entropy, as the MARVEL recipe) of latents z `[B, N, bits]`. */
 export async function lfqLosses(z: Tensor, options: LfqOptions): Promise<LfqLosses> {
-  return native().lfqLosses(z.data, [...z.shape], check('lfqLosses', z, options))
+  // Checked before z.data and z.shape are read: a null z would otherwise raise a bare TypeError here.
+  const o = check('lfqLosses', z, options)
+  return native().lfqLosses(z.data, [...z.shape], o)
 }

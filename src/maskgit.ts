@@ -1,6 +1,11 @@
-import { native, type NativeBinding } from './binding.js'
-import { MarvelError, integerParameter, invalidParameter } from './errors.js'
-import { prepareImage, type PrepareOptions } from './image.js'
+import { existsSync } from 'node:fs'
+import { stat } from 'node:fs/promises'
+import { join } from 'node:path'
+
+import { native, weightFiles, type NativeBinding } from './binding.js'
+import { MarvelError, integerParameter, invalidParameter, optionsParameter } from './errors.js'
+import { expectKind, pathParameter } from './files.js'
+import { imageList, prepareImage, type PrepareOptions } from './image.js'
 import type { Tensor } from './tensor.js'
 import { NativeLease } from './lease.js'
 import { decoded, type DecodedImage, type ImageInput } from './tokenizer.js'
@@ -49,23 +54,36 @@ export class MaskgitVqgan {
 
   /** A weights file (`maskgit-vqgan-imagenet-f16-256.bin`, `.safetensors`) or a folder holding one (+ optional config.json). */
   static async fromPretrained(path: string): Promise<MaskgitVqgan> {
-    if (typeof path !== 'string' || path.length === 0) {
-      throw invalidParameter('MaskgitVqgan.fromPretrained', 'path', 'a weights file or a folder', path)
+    if (typeof path !== 'string' || path.length === 0) throw invalidParameter('fromPretrained', 'path', 'a weights file or a folder', path)
+    pathParameter('fromPretrained', 'path', path)
+    // As Tokenizer.fromPretrained: the path and a folder's model files are checked before the native loader runs,
+    // so a FIFO or a socket is named as such (the loader skips what is not a regular file, and would fall back to
+    // the default config or to another weights file without a word).
+    const info = await stat(path).catch(() => undefined)
+    if (info?.isDirectory()) {
+      for (const name of ['config.json', ...weightFiles()]) {
+        const file = join(path, name)
+        if (existsSync(file)) await expectKind(file, 'model file')
+      }
+    } else {
+      await expectKind(path, 'weights file')
     }
     return new MaskgitVqgan(await native().loadMaskgit(path), path)
   }
 
   /** Codes of each image, row-major over its grid: `codes[i * grid² + y * grid + x]`. */
-  async encode(images: ImageInput | ImageInput[], options: MaskgitEncodeOptions = {}): Promise<Uint32Array> {
-    const list = Array.isArray(images) ? images : [images]
-    if (list.length === 0) throw invalidParameter('MaskgitVqgan.encode', 'images', 'at least one image', images)
-    const batchSize = integerParameter('MaskgitVqgan.encode', 'options.batchSize', options.batchSize ?? 16, 1, 65536)
+  async encode(images: ImageInput | ImageInput[], options?: MaskgitEncodeOptions): Promise<Uint32Array> {
+    options = optionsParameter('encode', options, ['resize', 'batchSize'])
+    const list = imageList('encode', images)
+    const batchSize = integerParameter('encode', 'batchSize', options.batchSize ?? 16, 1, 65536)
+    const resize = options.resize ?? 'center-crop'
+    if (resize !== 'center-crop' && resize !== 'none') throw invalidParameter('encode', 'resize', "'center-crop' or 'none'", resize)
     const { imageSize: size, grid } = this.info
     const frame = size * size * 3
     return this.#lease.use(async (model) => {
       const codes = new Uint32Array(list.length * grid * grid)
       for (let start = 0; start < list.length; start += batchSize) {
-        const prepared = await Promise.all(list.slice(start, start + batchSize).map((img) => prepareImage(img, { size, resize: options.resize })))
+        const prepared = await Promise.all(list.slice(start, start + batchSize).map((img) => prepareImage(img, { size, resize })))
         const rgb = new Uint8Array(prepared.length * frame)
         prepared.forEach((p, i) => rgb.set(p.data, i * frame))
         codes.set(await this.#lease.queue.run(() => model.encode(rgb, prepared.length)), start * grid * grid)
@@ -87,7 +105,7 @@ export class MaskgitVqgan {
 
   /** Images from code grids (`grid²` codes each), as RGB bytes with `toPNG()` / `toFile()`. */
   async decode(codes: Uint32Array): Promise<DecodedImage[]> {
-    const batch = this.#images('MaskgitVqgan.decode', codes)
+    const batch = this.#images('decode', codes)
     const rgb = await this.#lease.step((model) => model.decode(codes))
     const size = this.info.imageSize
     const frame = size * size * 3
@@ -96,7 +114,7 @@ export class MaskgitVqgan {
 
   /** Images from code grids as float `[batch, 3, size, size]` in [0, 1] (full precision, for comparisons). */
   async decodeFloat(codes: Uint32Array): Promise<Tensor> {
-    this.#images('MaskgitVqgan.decodeFloat', codes)
+    this.#images('decodeFloat', codes)
     return this.#lease.step((model) => model.decodeFloat(codes))
   }
 

@@ -63,8 +63,9 @@ export async function compare(a: RgbImage | RgbImage[], b: RgbImage | RgbImage[]
   if (left.length === 0) throw invalidParameter('compare', 'a', 'a non-empty array of images', a)
   if (left.length !== right.length) throw invalidParameter('compare', 'b', `an array of ${left.length} images, as a is`, b)
   const many = Array.isArray(a)
-  left.forEach((img, i) => checkImage(img, many ? `a[${i}]` : 'a'))
-  right.forEach((img, i) => checkImage(img, many ? `b[${i}]` : 'b'))
+  // Index loops: forEach skips the holes of a sparse array, which would then reach the native call.
+  for (let i = 0; i < left.length; i++) checkImage(left[i], many ? `a[${i}]` : 'a')
+  for (let i = 0; i < right.length; i++) checkImage(right[i], many ? `b[${i}]` : 'b')
   left.forEach((img, i) => {
     const other = right[i]
     if (img.width !== other.width || img.height !== other.height) {

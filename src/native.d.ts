@@ -132,6 +132,8 @@ export interface ModelInfo {
   bitsPerToken: number
   /** Bits per image at full depth. */
   bitsPerImage: number
+  /** Bits per image when the first d depths are kept, d = 1..=depth (the core's `bits_per_image_at`). */
+  bitsPerImageByDepth: Array<number>
   parameters: number
   encoderWidth: number
   encoderLayers: number

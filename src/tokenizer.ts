@@ -3,11 +3,11 @@ import { dirname, join } from 'node:path'
 
 import type { Sharp } from 'sharp'
 
-import { native, type NativeBinding } from './binding.js'
-import { MarvelError, integerParameter, invalidParameter } from './errors.js'
-import { canonicalPath, expectKind, pathParameter } from './files.js'
-import { resolveModelFiles, type HubOptions } from './hub.js'
-import { encodePng, prepareImage, writePng, type PrepareOptions, type RawImage, type RgbImage } from './image.js'
+import { native, weightFiles, type NativeBinding } from './binding.js'
+import { MarvelError, integerParameter, invalidParameter, optionsParameter } from './errors.js'
+import { canonicalPath, expectKind, outputPath, pathParameter } from './files.js'
+import { HUB_OPTIONS, resolveModelFiles, type HubOptions } from './hub.js'
+import { encodePng, imageList, prepareImage, writePng, type PrepareOptions, type RawImage, type RgbImage } from './image.js'
 import { NativeLease } from './lease.js'
 import { Tokens } from './tokens.js'
 
@@ -50,6 +50,8 @@ export interface TokenizerInfo {
   bitsPerToken: number
   /** Bits per image at full depth. */
   bitsPerImage: number
+  /** Bits per image when the first d depths are kept: `bitsPerImageByDepth[d - 1]`, d = 1..depth (from the core). */
+  bitsPerImageByDepth: readonly number[]
   parameters: number
   encoder: { width: number; layers: number }
   decoder: { width: number; layers: number }
@@ -67,7 +69,8 @@ export function decoded(image: RgbImage): DecodedImage {
 }
 
 /** The local folder behind `source` (a folder, or a hub repo id resolved into the cache), checked before any read. */
-async function modelFolder(fn: string, source: string, options: FromPretrainedOptions): Promise<string> {
+async function modelFolder(fn: string, source: string, options: FromPretrainedOptions | undefined): Promise<string> {
+  options = optionsParameter(fn, options, HUB_OPTIONS)
   if (typeof source !== 'string' || source.length === 0) throw invalidParameter(fn, 'source', 'a model folder path or a repo id', source)
   pathParameter(fn, 'source', source)
   if (existsSync(source) && statSync(source).isDirectory()) {
@@ -90,6 +93,7 @@ function toInfo(i: ModelInfo, source: string): Readonly<TokenizerInfo> {
     codebookSize: i.codebookSize,
     bitsPerToken: i.bitsPerToken,
     bitsPerImage: i.bitsPerImage,
+    bitsPerImageByDepth: Object.freeze([...i.bitsPerImageByDepth]),
     parameters: i.parameters,
     encoder: Object.freeze({ width: i.encoderWidth, layers: i.encoderLayers }),
     decoder: Object.freeze({ width: i.decoderWidth, layers: i.decoderLayers }),
@@ -122,7 +126,7 @@ export class Tokenizer {
    * Face repo id such as `yucornetto/tokenizer_titok_l32_imagenet` (downloaded into the hub cache; `HF_ENDPOINT`,
    * `HF_HOME`, `HF_TOKEN` and `HF_HUB_OFFLINE` are honoured).
    */
-  static async fromPretrained(source: string, options: FromPretrainedOptions = {}): Promise<Tokenizer> {
+  static async fromPretrained(source: string, options?: FromPretrainedOptions): Promise<Tokenizer> {
     return new Tokenizer(await native().loadTokenizer(await modelFolder('fromPretrained', source, options)), source)
   }
 
@@ -131,20 +135,19 @@ export class Tokenizer {
    * no weight is read, so it costs megabytes where a load costs the model's size. The folder is checked as a load
    * checks it (every tensor present with its shape), so a folder that inspects cleanly has a loadable layout.
    */
-  static async inspect(source: string, options: FromPretrainedOptions = {}): Promise<Readonly<TokenizerInfo>> {
+  static async inspect(source: string, options?: FromPretrainedOptions): Promise<Readonly<TokenizerInfo>> {
     return toInfo(await native().inspectModel(await modelFolder('inspect', source, options)), source)
   }
 
   /** Encode one image or a list of images (batched internally) to tokens. */
-  async encode(images: ImageInput | ImageInput[], options: EncodeOptions = {}): Promise<Tokens> {
-    const { list, batchSize } = this.#encodeArgs('encode', images, options)
-    return this.#lease.use((model) => this.#encodeWith(model, list, batchSize, options.resize))
+  async encode(images: ImageInput | ImageInput[], options?: EncodeOptions): Promise<Tokens> {
+    const o = optionsParameter('encode', options, ENCODE_OPTIONS)
+    const { list, batchSize } = this.#encodeArgs('encode', images, o)
+    return this.#lease.use((model) => this.#encodeWith(model, list, batchSize, o.resize))
   }
 
   #encodeArgs(where: string, images: ImageInput | ImageInput[], options: EncodeOptions): { list: ImageInput[]; batchSize: number } {
-    checkOptions(where, options)
-    const list = Array.isArray(images) ? images : [images]
-    if (list.length === 0) throw invalidParameter(where, 'images', 'an image or a non-empty array of images', images)
+    const list = imageList(where, images)
     // 2^16 images of 256x256 RGB is a 12 GiB batch: beyond any memory the bound is meant to protect.
     const batchSize = integerParameter(where, 'batchSize', options.batchSize ?? 16, 1, 65536)
     const resize = options.resize ?? 'center-crop'
@@ -169,14 +172,14 @@ export class Tokenizer {
   }
 
   /** Decode tokens to RGB images, at every depth they hold or the first `options.depth`. */
-  async decode(tokens: Tokens, options: DecodeOptions = {}): Promise<DecodedImage[]> {
+  async decode(tokens: Tokens, options?: DecodeOptions): Promise<DecodedImage[]> {
     const used = this.#decodeArgs('decode', tokens, options)
     return this.#lease.use((model) => this.#decodeWith(model, used))
   }
 
   /** The first `options.depth` depths of `tokens`, after checking both against the model. */
-  #decodeArgs(where: string, tokens: Tokens, options: DecodeOptions): Tokens {
-    checkOptions(where, options)
+  #decodeArgs(where: string, tokens: Tokens, options: DecodeOptions | undefined): Tokens {
+    options = optionsParameter(where, options, DECODE_OPTIONS)
     if (!(tokens instanceof Tokens)) throw invalidParameter(where, 'tokens', 'a Tokens object (see Tokens.fromBytes / Tokens.fromJSON)', tokens)
     const used = tokens.slice(this.#depthArg(where, options.depth, tokens.depth))
     this.#checkTokens(where, used)
@@ -211,17 +214,18 @@ export class Tokenizer {
    * Encode then decode: the model's reconstruction of each image. The model is held through both halves, so a
    * reconstruct() started before dispose() finishes like an encode() or decode() would.
    */
-  async reconstruct(images: ImageInput | ImageInput[], options: EncodeOptions & DecodeOptions = {}): Promise<DecodedImage[]> {
-    const { list, batchSize } = this.#encodeArgs('reconstruct', images, options)
-    const depth = this.#depthArg('reconstruct', options.depth, this.info.depth)
+  async reconstruct(images: ImageInput | ImageInput[], options?: EncodeOptions & DecodeOptions): Promise<DecodedImage[]> {
+    const o = optionsParameter('reconstruct', options, [...ENCODE_OPTIONS, ...DECODE_OPTIONS])
+    const { list, batchSize } = this.#encodeArgs('reconstruct', images, o)
+    const depth = this.#depthArg('reconstruct', o.depth, this.info.depth)
     return this.#lease.use(async (model) => {
-      const tokens = await this.#encodeWith(model, list, batchSize, options.resize)
+      const tokens = await this.#encodeWith(model, list, batchSize, o.resize)
       return this.#decodeWith(model, tokens.slice(depth))
     })
   }
 
   /** Unclamped float reconstruction `[batch, 3, H, W]` (full precision, for comparisons with reference outputs). */
-  async decodeFloat(tokens: Tokens, options: DecodeOptions = {}): Promise<{ data: Float32Array; shape: number[] }> {
+  async decodeFloat(tokens: Tokens, options?: DecodeOptions): Promise<{ data: Float32Array; shape: number[] }> {
     const used = this.#decodeArgs('decodeFloat', tokens, options)
     const { depth, batch, numTokens } = used.shape
     return this.#lease.step((model) => model.decodeFloat(used.data, [depth, batch, numTokens], depth))
@@ -243,6 +247,7 @@ export async function createRandomModel(dir: string, config: object, seed = 0): 
   pathParameter('createRandomModel', 'dir', dir)
   if (config === null || typeof config !== 'object' || Array.isArray(config)) throw invalidParameter('createRandomModel', 'config', 'a config.json object', config)
   integerParameter('createRandomModel', 'seed', seed, 0, 0xffffffff)
+  await checkOutputFolder('createRandomModel', dir)
   await native().createRandomModel(dir, JSON.stringify(config, null, 2), seed)
 }
 
@@ -251,22 +256,21 @@ export async function createRandomModel(dir: string, config: object, seed = 0): 
  * are copied unchanged and the vector quantizer becomes a `depth`-depth lookup-free quantizer. Writes
  * `config.json` + `model.safetensors` into `outDir`; fine-tune it with the trainer to get a useful MARVEL model.
  */
-export async function marvelFromTitok(titokDir: string, outDir: string, options: { depth?: number } = {}): Promise<void> {
+export async function marvelFromTitok(titokDir: string, outDir: string, options?: { depth?: number }): Promise<void> {
   pathParameter('marvelFromTitok', 'titokDir', titokDir)
   pathParameter('marvelFromTitok', 'outDir', outDir)
-  checkOptions('marvelFromTitok', options)
-  const depth = integerParameter('marvelFromTitok', 'depth', options.depth ?? 4, 1, 23)
+  const depth = integerParameter('marvelFromTitok', 'depth', optionsParameter('marvelFromTitok', options, ['depth']).depth ?? 4, 1, 23)
   // Writing into the source folder would replace the checkpoint being read.
   if (canonicalPath(titokDir) === canonicalPath(outDir)) {
     throw invalidParameter('marvelFromTitok', 'outDir', `a folder other than titokDir (${titokDir})`, outDir)
   }
   await checkModelFolder(titokDir)
+  await checkOutputFolder('marvelFromTitok', outDir)
   await native().marvelFromTitok(titokDir, outDir, depth)
 }
 
-function checkOptions(where: string, options: unknown): void {
-  if (options === null || typeof options !== 'object') throw invalidParameter(where, 'options', 'an object', options)
-}
+const ENCODE_OPTIONS = ['resize', 'batchSize'] as const
+const DECODE_OPTIONS = ['depth'] as const
 
 /**
  * The model files a folder holds are regular files: a FIFO named `config.json` or `model.safetensors` would block
@@ -274,8 +278,14 @@ function checkOptions(where: string, options: unknown): void {
  */
 async function checkModelFolder(dir: string): Promise<void> {
   await expectKind(dir, 'model folder', 'directory')
-  for (const name of ['config.json', 'model.safetensors', 'pytorch_model.bin']) {
+  for (const name of ['config.json', ...weightFiles()]) {
     const path = join(dir, name)
     if (existsSync(path)) await expectKind(path, 'model file')
   }
+}
+
+/** The files a model writer creates in `dir` are absent or regular files: a FIFO there would block the writer forever. */
+async function checkOutputFolder(where: string, dir: string): Promise<void> {
+  // The writers write the preferred weights format, the first of the core's list.
+  for (const name of ['config.json', weightFiles()[0]]) await outputPath(where, 'dir', join(dir, name), 'model file')
 }

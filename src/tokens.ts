@@ -65,7 +65,12 @@ export class Tokens {
     return this.shape.numTokens
   }
 
-  /** Bits per image at the depth held (tokens x depth x bits per token). */
+  /**
+   * Bits per image at the depth held (tokens x depth x bits per token). Kept in TypeScript because it is a property
+   * of this token object, not of a model (these tokens may come from a file or `lfqQuantize`): it is the per-image
+   * share of the payload the byte format writes (`tokens/bytes.rs`: every id in exactly `bitsPerToken` bits, so
+   * `batch * numTokens * depth * bitsPerToken` bits in all), and the formula of the core's `bits_per_image_at`.
+   */
   get bitsPerImage(): number {
     return this.numTokens * this.depth * this.bitsPerToken
   }
@@ -91,8 +96,10 @@ export class Tokens {
 
   /** Join batches of tokens (same depth, token count and bits) into one batch, in order. */
   static concat(parts: readonly Tokens[]): Tokens {
-    if (!Array.isArray(parts) || parts.length === 0 || !parts.every((p) => p instanceof Tokens)) {
-      throw invalidParameter('Tokens.concat', 'parts', 'a non-empty array of Tokens', parts)
+    if (!Array.isArray(parts) || parts.length === 0) throw invalidParameter('Tokens.concat', 'parts', 'a non-empty array of Tokens', parts)
+    // An index loop: every() skips the holes of a sparse array.
+    for (let i = 0; i < parts.length; i++) {
+      if (!(parts[i] instanceof Tokens)) throw invalidParameter('Tokens.concat', `parts[${i}]`, 'a Tokens object', parts[i])
     }
     if (parts.length === 1) return parts[0]
     const { depth, numTokens } = parts[0].shape

@@ -7,7 +7,7 @@ import { InvalidArgumentError, type Command } from 'commander'
 
 import { weightFiles } from '../binding.js'
 import { MarvelError } from '../errors.js'
-import { expectKind } from '../files.js'
+import { expectKind, outputPath } from '../files.js'
 import { createProgressPrinter, resolveModelFiles } from '../hub.js'
 import { Tokenizer } from '../tokenizer.js'
 import { Tokens, type TokensJSON } from '../tokens.js'
@@ -99,6 +99,7 @@ export async function ensureDir(dir: string): Promise<void> {
 }
 
 export async function writeOutput(path: string, data: string | Uint8Array): Promise<void> {
+  await outputPath('--out', 'path', path, 'output')
   try {
     await writeFile(path, data)
   } catch (e) {

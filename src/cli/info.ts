@@ -20,11 +20,8 @@ async function info(source: string, flags: { json?: boolean }): Promise<void> {
   const i = await withModelOption(() => Tokenizer.inspect(source, { onProgress: createProgressPrinter(process.stderr) }))
   const weights = await weightsFile(source)
   const weightsBytes = weights ? await fileSize(weights).catch(() => undefined) : undefined
-  const byDepth = Array.from({ length: i.depth }, (_, d) => ({
-    depth: d + 1,
-    bitsPerImage: i.numTokens * (d + 1) * i.bitsPerToken,
-    bytesPerImage: Math.ceil((i.numTokens * (d + 1) * i.bitsPerToken) / 8),
-  }))
+  // The core's figures; bytes are the token file's payload per image (whole bytes, as Tokens.toBytes pads).
+  const byDepth = i.bitsPerImageByDepth.map((bits, d) => ({ depth: d + 1, bitsPerImage: bits, bytesPerImage: Math.ceil(bits / 8) }))
   const out = {
     source,
     architecture: i.architecture,

@@ -17,10 +17,6 @@ const hasWildcard = (s: string) => /[*?]/.test(s)
 
 type GlobFn = (pattern: string) => AsyncIterable<string>
 
-async function isFile(path: string): Promise<boolean> {
-  return (await stat(path).catch(() => undefined))?.isFile() ?? false
-}
-
 /** `*` and `?` of one path segment as a regex; like a shell, wildcards do not match a leading dot. */
 function segmentRegex(segment: string): RegExp {
   const body = segment.replace(/[.+^${}()|[\]\\]/g, '\\$&').replace(/\*/g, '[^/]*').replace(/\?/g, '[^/]')
@@ -44,9 +40,8 @@ async function glob(pattern: string): Promise<string[]> {
     const names = await readdir(dir).catch(() => [] as string[])
     for (const name of names) if (re.test(name)) found.push(slash < 0 ? name : join(dir, name))
   }
-  const files: string[] = []
-  for (const path of found) if (isImageFile(path) && (await isFile(path))) files.push(path)
-  return files.sort()
+  // As for a folder: what is named like an image but is not a regular file is kept, to be refused by name.
+  return found.filter(isImageFile).sort()
 }
 
 async function folderImages(dir: string): Promise<string[]> {
@@ -56,8 +51,10 @@ async function folderImages(dir: string): Promise<string[]> {
   } catch (e) {
     throw new MarvelError('MARVEL_IO', `cannot list folder ${dir}: ${(e as Error).message}`, { cause: e })
   }
+  // Every entry named like an image, whatever it is: a FIFO, a folder or a dangling link called e.png is then refused
+  // by name when it is read (skipped with --skip-errors), instead of vanishing from the count.
   return entries
-    .filter((e) => isImageFile(e.name) && (e.isFile() || (e.isSymbolicLink() && fs.statSync(join(dir, e.name), { throwIfNoEntry: false })?.isFile())))
+    .filter((e) => isImageFile(e.name))
     .map((e) => join(dir, e.name))
     .sort()
 }

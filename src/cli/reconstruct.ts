@@ -8,6 +8,7 @@ import { InvalidArgumentError, Option, type Command } from 'commander'
 import sharp from 'sharp'
 
 import { MarvelError } from '../errors.js'
+import { outputPath } from '../files.js'
 import { prepareImage, writePng, type RgbImage } from '../image.js'
 import { compare } from '../metrics.js'
 import {
@@ -64,6 +65,7 @@ function rawInput(image: RgbImage) {
 
 /** Images side by side, left to right, as one PNG. */
 async function writeGrid(images: RgbImage[], path: string): Promise<void> {
+  await outputPath('reconstruct', 'grid path', path, 'grid')
   try {
     await renderGrid(images, path)
   } catch (e) {
@@ -122,7 +124,7 @@ async function reconstruct(args: string[], flags: ReconstructFlags): Promise<voi
     } finally {
       progress.done()
     }
-    const rows = depths.map((depth, j) => ({ depth, bitsPerImage: tok.info.numTokens * depth * tok.info.bitsPerToken, psnr: mean(psnr[j]), ssim: mean(ssim[j]) }))
+    const rows = depths.map((depth, j) => ({ depth, bitsPerImage: tok.info.bitsPerImageByDepth[depth - 1], psnr: mean(psnr[j]), ssim: mean(ssim[j]) }))
     if (flags.json) {
       printJson({ model: flags.model, images: files.length, imageSize: size, depths: rows, perImage })
       return

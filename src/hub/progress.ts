@@ -1,5 +1,7 @@
 /** Download progress: a throttled reporter for `onProgress`, and a one-line terminal printer for CLIs. */
 
+import { invalidParameter } from '../errors.js'
+
 export interface HubProgress {
   /** The file's name in the repository, e.g. `model.safetensors`. */
   file: string
@@ -57,6 +59,9 @@ export function formatProgress(p: HubProgress, bytesPerSecond: number): string {
  * complete. Prints nothing when the stream is not a terminal, so logs and pipes stay clean.
  */
 export function createProgressPrinter(stream: ProgressStream = process.stderr): ProgressCallback {
+  if (stream === null || typeof stream !== 'object' || typeof stream.write !== 'function') {
+    throw invalidParameter('createProgressPrinter', 'stream', 'a writable stream (an object with write())', stream)
+  }
   if (!stream.isTTY) return () => {}
   // Speed counts only bytes fetched in this run, not a resumed prefix.
   const started = new Map<string, { at: number; bytes: number }>()

@@ -25,6 +25,8 @@ pub struct ModelInfo {
     pub bits_per_token: u32,
     /// Bits per image at full depth.
     pub bits_per_image: f64,
+    /// Bits per image when the first d depths are kept, d = 1..=depth (the core's `bits_per_image_at`).
+    pub bits_per_image_by_depth: Vec<f64>,
     pub parameters: f64,
     pub encoder_width: u32,
     pub encoder_layers: u32,
@@ -44,6 +46,7 @@ impl From<&TokenizerInfo> for ModelInfo {
             codebook_size: i.codebook_size as f64,
             bits_per_token: i.bits_per_token,
             bits_per_image: i.bits_per_image as f64,
+            bits_per_image_by_depth: (1..=i.depth).map(|d| i.bits_per_image_at(d) as f64).collect(),
             parameters: i.parameters as f64,
             encoder_width: i.encoder_width as u32,
             encoder_layers: i.encoder_layers as u32,

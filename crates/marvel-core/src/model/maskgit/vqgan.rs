@@ -54,7 +54,7 @@ impl MaskgitVqgan {
         } else if path.is_file() {
             (MaskgitConfig::default(), path.to_path_buf())
         } else {
-            return Err(MarvelError::io(path, std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or folder")));
+            return Err(MarvelError::io(path, not_a_checkpoint(path)));
         };
         Ok(load_strict(weights, device, &LoadOptions::default(), |vb| Self::load(&config, vb))?.0)
     }
@@ -101,6 +101,16 @@ impl MaskgitVqgan {
     }
 }
 
+/// Why `path`, neither a folder nor a regular file, cannot be loaded: missing, or present as something else (a FIFO,
+/// a socket, a device), which "not found" would misreport.
+fn not_a_checkpoint(path: &Path) -> std::io::Error {
+    match std::fs::metadata(path) {
+        Ok(_) => std::io::Error::new(std::io::ErrorKind::InvalidInput, "it exists but is neither a regular file nor a folder"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or folder"),
+        Err(e) => e,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -135,6 +145,21 @@ mod tests {
         MaskgitVqgan::load(&MaskgitConfig::default(), vb).unwrap();
         let keys = rec.0.lock().unwrap().clone();
         keys
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_fifo_is_reported_as_present_but_not_loadable() {
+        let dir = std::env::temp_dir().join(format!("marvel-vqgan-fifo-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let fifo = dir.join("weights.bin");
+        let _ = std::fs::remove_file(&fifo);
+        assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+        let err = MaskgitVqgan::from_pretrained(&fifo, &Device::Cpu).err().unwrap().to_string();
+        assert!(err.contains("neither a regular file nor a folder"), "{err}");
+        let missing = MaskgitVqgan::from_pretrained(dir.join("nope.bin"), &Device::Cpu).err().unwrap().to_string();
+        assert!(missing.contains("no such file or folder"), "{missing}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
