@@ -9,7 +9,7 @@
 //! from the config alone ([`size`]).
 
 pub mod bounds;
-mod keys;
+pub(crate) mod keys;
 mod size;
 
 pub use keys::check_known_keys;
