@@ -61,7 +61,7 @@ impl RecipeKind {
 pub struct Batch<'a> {
     /// (B, 3, S, S) float32 in [0, 1].
     pub images: &'a Tensor,
-    /// (B, grid²) MaskGIT codes of the images (stage 1), when the caller has them.
+    /// (B, L) I64 MaskGIT codes of the images (stage 1), when the caller has them.
     pub proxy_codes: Option<&'a Tensor>,
 }
 

@@ -62,6 +62,9 @@ impl Recipe for SingleRecipe {
     }
 
     fn loss(&mut self, model: &Titok, batch: &Batch, rng: &mut SplitMix64) -> Result<RecipeLoss> {
+        if batch.proxy_codes.is_some() {
+            return Err(crate::invalid!("the single recipe trains on pixels and takes no proxy codes"));
+        }
         let x = batch.images;
         let z = model.encode_latent(x)?;
         let mut components = Vec::new();

@@ -110,6 +110,11 @@ fn load_weights(path: &Path, wanted: &[Requested], lfq_target: bool) -> Result<H
     Ok(out)
 }
 
+/// `text` parsed as JSON, or an argument error naming `what`.
+pub fn json_arg(what: &str, text: &str) -> Result<Value> {
+    serde_json::from_str(text).map_err(|e| invalid!("{what} is not valid JSON: {e}"))
+}
+
 impl Trainer {
     /// A trainer for the training config `config` (the object a reference-style yaml parses to), starting from
     /// the model folder `init` (TiTok or MARVEL, loaded strictly) or from fresh weights drawn from `seed`.
@@ -130,6 +135,11 @@ impl Trainer {
             }
         };
         Self::build(cfg, seed, &wanted, weights, SplitMix64::new(seed ^ TRAIN_STREAM))
+    }
+
+    /// [`Trainer::create`] for a config given as JSON text (what the Node binding passes).
+    pub fn create_from_json(config_json: &str, init: Option<&Path>, seed: u64) -> Result<Self> {
+        Self::create(json_arg("the training config", config_json)?, init, seed)
     }
 
     pub(crate) fn build(
@@ -220,10 +230,26 @@ impl Trainer {
         images_from_u8_nhwc(images, (batch, s, s), &Device::Cpu)
     }
 
+    /// `proxy_codes` (B * L values, L codes per image) as a (B, L) I64 tensor.
+    fn proxy_codes(&self, codes: Option<&[i32]>, batch: usize) -> Result<Option<Tensor>> {
+        let Some(codes) = codes else { return Ok(None) };
+        if codes.is_empty() || codes.len() % batch != 0 {
+            return Err(shape_mismatch!("proxy codes must hold the same number of codes for each of the {batch} image(s), got {} values", codes.len()));
+        }
+        let values: Vec<i64> = codes.iter().map(|&c| i64::from(c)).collect();
+        Ok(Some(Tensor::from_vec(values, (batch, codes.len() / batch), &Device::Cpu)?))
+    }
+
     /// The gradients of one micro-batch and its loss, without touching the weights.
-    pub fn gradients(&mut self, images: &[u8], batch: usize, proxy_codes: Option<&Tensor>) -> Result<(Gradients, f32, Vec<(String, f32)>)> {
+    pub fn gradients(
+        &mut self,
+        images: &[u8],
+        batch: usize,
+        proxy_codes: Option<&[i32]>,
+    ) -> Result<(Gradients, f32, Vec<(String, f32)>)> {
         let x = self.images(images, batch)?;
-        let out = self.recipe.loss(&self.model, &Batch { images: &x, proxy_codes }, &mut self.rng)?;
+        let codes = self.proxy_codes(proxy_codes, batch)?;
+        let out = self.recipe.loss(&self.model, &Batch { images: &x, proxy_codes: codes.as_ref() }, &mut self.rng)?;
         let loss = out.total.to_dtype(DType::F32)?.to_scalar::<f32>()?;
         if !loss.is_finite() {
             return Err(invalid!("the loss is {loss} at step {}; the weights were not updated", self.step + 1));
@@ -232,9 +258,10 @@ impl Trainer {
         Ok((Gradients::from_store(&self.trainable, &store)?, loss, out.components))
     }
 
-    /// One micro-batch: `images` (B, S, S, 3) bytes. Completes an optimizer step every
+    /// One micro-batch: `images` (B, S, S, 3) bytes, and for stage 1 optionally the images' MaskGIT codes
+    /// (B * 256 values). Completes an optimizer step every
     /// `gradient_accumulation_steps` calls.
-    pub fn step(&mut self, images: &[u8], batch: usize, proxy_codes: Option<&Tensor>) -> Result<StepOutput> {
+    pub fn step(&mut self, images: &[u8], batch: usize, proxy_codes: Option<&[i32]>) -> Result<StepOutput> {
         let (grads, loss, mut components) = self.gradients(images, batch, proxy_codes)?;
         let lr = self.schedule.lr(self.step);
         let Some(mut grads) = self.accumulator.add(&grads)? else {
