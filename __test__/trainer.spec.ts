@@ -20,7 +20,7 @@ function tinyTrainingConfig(training: Record<string, unknown> = {}) {
     model: {
       vq_model: {
         quantize_mode: 'lfq', token_size: 6, num_depths: 3, num_latent_tokens: 4,
-        entropy_loss_weight: 0.02, entropy_loss_temperature: 0.01, entropy_gamma: 1.0,
+        entropy_loss_weight: 0.02, entropy_loss_temperature: 0.01, entropy_gamma: 1.0, depth_dropout: 0.5,
         vit_enc_model_size: 'custom', vit_enc_width: 32, vit_enc_num_layers: 1, vit_enc_num_heads: 2,
         vit_dec_model_size: 'custom', vit_dec_width: 32, vit_dec_num_layers: 1, vit_dec_num_heads: 2,
         vit_enc_patch_size: 8, vit_dec_patch_size: 8, is_legacy: false, finetune_decoder: false,

@@ -106,6 +106,10 @@ fn unknown_training_keys_and_disabled_terms_are_refused_before_any_step() {
     cfg["model"]["vq_model"]["is_legacy"] = json!(true);
     let err = Trainer::create(cfg, None, 0).unwrap_err();
     assert!(err.to_string().contains("stage1 recipe is not available"), "{err}");
+    let mut cfg = tiny_config(1e-3, json!({}));
+    cfg["model"]["vq_model"]["depth_dropout"] = json!(1.5);
+    let err = Trainer::create(cfg, None, 0).unwrap_err();
+    assert!(err.to_string().contains("depth_dropout must be a probability in [0, 1], got 1.5"), "{err}");
     let err = Trainer::create(tiny_config(1e-3, json!({"recipe": "singel"})), None, 0).unwrap_err();
     assert!(err.to_string().contains("training.recipe must be"), "{err}");
     let mut t = Trainer::create(tiny_config(1e-3, json!({})), None, 0).unwrap();
@@ -187,6 +191,7 @@ fn resume_config() -> Value {
     // Depth dropout makes the RNG state matter; accumulation and clipping are on.
     let mut cfg = tiny_config(2e-3, json!({"gradient_accumulation_steps": 2}));
     cfg["model"]["vq_model"]["entropy_loss_weight"] = json!(0.02);
+    cfg["model"]["vq_model"]["depth_dropout"] = json!(0.5);
     cfg
 }
 
@@ -211,10 +216,14 @@ fn resuming_in_a_fresh_process_continues_bit_for_bit() {
     let imgs = images(2);
     let mut straight = Trainer::create(resume_config(), None, 5).unwrap();
     let mut losses = Vec::new();
+    let mut depths = std::collections::BTreeSet::new();
     for _ in 0..40 {
-        losses.push(straight.step(&imgs, 2, None).unwrap().loss);
+        let out = straight.step(&imgs, 2, None).unwrap();
+        losses.push(out.loss);
+        depths.insert(out.components.iter().find(|(n, _)| n == "train_depths").unwrap().1 as usize);
     }
     assert_eq!(straight.steps(), 20);
+    assert!(depths.len() > 1, "depth dropout draws from the saved RNG: {depths:?}");
 
     let dir = scratch("resume");
     let mut first = Trainer::create(resume_config(), None, 5).unwrap();
