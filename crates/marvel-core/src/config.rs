@@ -411,7 +411,6 @@ fn resolve_quantizer(m: &VqModelSection) -> Result<QuantizerConfig> {
                 entropy_gamma: m.entropy_gamma.unwrap_or(1.0),
                 entropy_groups: m.entropy_groups,
                 depth_dropout: m.depth_dropout.unwrap_or(0.0),
-                ..LfqConfig::mdq(m.token_size, 1)
             };
             cfg.validate()?;
             Ok(QuantizerConfig::Lfq(cfg))

@@ -72,6 +72,9 @@ pub struct RecipeLoss {
     pub components: Vec<(String, f32)>,
 }
 
+/// Named tensors to be written as one safetensors file of a checkpoint folder.
+pub type StateFile = (String, Vec<(String, Tensor)>);
+
 pub trait Recipe: Send + Sync {
     fn kind(&self) -> RecipeKind;
 
@@ -89,7 +92,7 @@ pub trait Recipe: Send + Sync {
 
     /// Extra state for a checkpoint: (file name in the checkpoint folder, named tensors), e.g. the
     /// discriminator's weights and its optimizer's moments.
-    fn state(&self) -> Result<Vec<(String, Vec<(String, Tensor)>)>> {
+    fn state(&self) -> Result<Vec<StateFile>> {
         Ok(Vec::new())
     }
 

@@ -41,6 +41,9 @@ pub struct StepOutput {
     pub grad_norm: Option<f32>,
 }
 
+/// One micro-batch's gradients (trainable parameters only), its loss and the loss's components.
+pub type MicroBatch = (Gradients, f32, Vec<(String, f32)>);
+
 pub struct Trainer {
     pub(crate) cfg: TrainConfig,
     pub(crate) seed: u64,
@@ -246,7 +249,7 @@ impl Trainer {
         images: &[u8],
         batch: usize,
         proxy_codes: Option<&[i32]>,
-    ) -> Result<(Gradients, f32, Vec<(String, f32)>)> {
+    ) -> Result<MicroBatch> {
         let x = self.images(images, batch)?;
         let codes = self.proxy_codes(proxy_codes, batch)?;
         let out = self.recipe.loss(&self.model, &Batch { images: &x, proxy_codes: codes.as_ref() }, &mut self.rng)?;

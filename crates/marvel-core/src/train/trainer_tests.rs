@@ -254,3 +254,29 @@ fn resuming_in_a_fresh_process_continues_bit_for_bit() {
     eprintln!("resume: {} losses and {} tensors (weights, EMA, AdamW) bit-identical", want.len(), a.len());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_save_replaces_the_previous_checkpoint_whole_and_leaves_no_temporary_folder() {
+    let parent = scratch("atomic");
+    std::fs::create_dir_all(&parent).unwrap();
+    let dir = parent.join("latest");
+    let mut t = Trainer::create(tiny_config(1e-3, json!({})), None, 4).unwrap();
+    t.step(&images(1), 1, None).unwrap();
+    t.save(&dir, json!({"at": 1})).unwrap();
+    std::fs::write(dir.join("stale.txt"), "from an older run").unwrap();
+    t.step(&images(1), 1, None).unwrap();
+    t.save(&dir, json!({"at": 2})).unwrap();
+    let (again, pos) = Trainer::resume(&dir).unwrap();
+    assert_eq!((again.steps(), pos), (2, json!({"at": 2})));
+    assert!(!dir.join("stale.txt").exists(), "the new checkpoint replaces the folder, it does not merge into it");
+    let names: Vec<String> =
+        std::fs::read_dir(&parent).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert_eq!(names, ["latest"]);
+    // A destination that cannot become a folder fails before anything is written.
+    let file = parent.join("a-file");
+    std::fs::write(&file, "x").unwrap();
+    assert_eq!(t.save(&file, json!(null)).unwrap_err().code(), "MARVEL_INVALID_ARGUMENT");
+    let err = Trainer::resume(&parent.join("nothing")).unwrap_err();
+    assert_eq!(err.code(), "MARVEL_IO");
+    std::fs::remove_dir_all(&parent).unwrap();
+}
