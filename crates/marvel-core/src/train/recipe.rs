@@ -102,6 +102,12 @@ pub trait Recipe: Send + Sync {
     }
 }
 
+/// Whether `name` lies under one of `prefixes` (`"encoder."`, or a whole key such as `"latent_tokens"`): the
+/// usual body of [`Recipe::trainable`] for a recipe that freezes parts of the model.
+pub fn under_any(name: &str, prefixes: &[&str]) -> bool {
+    prefixes.iter().any(|p| name.starts_with(p))
+}
+
 /// Builds the recipe `kind` for `cfg`, loading any network it needs.
 pub fn build_recipe(kind: RecipeKind, cfg: &TrainConfig) -> Result<Box<dyn Recipe>> {
     match kind {

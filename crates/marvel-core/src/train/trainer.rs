@@ -68,12 +68,12 @@ impl std::fmt::Debug for Trainer {
 
 /// A fresh model's weights. The one place that decides initialisation, so that moving it into the layers
 /// changes nothing here.
-fn fresh_weights(cfg: &TitokConfig, seed: u64) -> Result<HashMap<String, Tensor>> {
+pub(crate) fn fresh_weights(cfg: &TitokConfig, seed: u64) -> Result<HashMap<String, Tensor>> {
     crate::init::random_weights(cfg, seed)
 }
 
 /// The tensors the model asks for, in order.
-fn requested(cfg: &TitokConfig) -> Result<Vec<Requested>> {
+pub(crate) fn requested(cfg: &TitokConfig) -> Result<Vec<Requested>> {
     Ok(build_shape_only(DType::F32, &Device::Cpu, |vb| Titok::new(cfg, vb))?.1)
 }
 
@@ -149,11 +149,22 @@ impl Trainer {
         cfg: TrainConfig,
         seed: u64,
         wanted: &[Requested],
-        mut weights: HashMap<String, Tensor>,
+        weights: HashMap<String, Tensor>,
         rng: SplitMix64,
     ) -> Result<Self> {
-        let kind = RecipeKind::select(&cfg)?;
-        let recipe = build_recipe(kind, &cfg)?;
+        let recipe = build_recipe(RecipeKind::select(&cfg)?, &cfg)?;
+        Self::build_with(cfg, seed, wanted, weights, rng, recipe)
+    }
+
+    /// [`Trainer::build`] with a given recipe (tests and recipes under development).
+    pub(crate) fn build_with(
+        cfg: TrainConfig,
+        seed: u64,
+        wanted: &[Requested],
+        mut weights: HashMap<String, Tensor>,
+        rng: SplitMix64,
+        recipe: Box<dyn Recipe>,
+    ) -> Result<Self> {
         let mut params = Vec::with_capacity(wanted.len());
         let mut built = HashMap::new();
         for r in wanted {
