@@ -63,6 +63,8 @@ pub struct Batch<'a> {
     pub images: &'a Tensor,
     /// (B, L) I64 MaskGIT codes of the images (stage 1), when the caller has them.
     pub proxy_codes: Option<&'a Tensor>,
+    /// Optimizer steps taken before this micro-batch (stage 2 turns the GAN term on at `discriminator_start`).
+    pub step: u64,
 }
 
 /// The differentiable total and the values to report, each already weighted as it enters the total.

@@ -263,7 +263,7 @@ impl Trainer {
     ) -> Result<MicroBatch> {
         let x = self.images(images, batch)?;
         let codes = self.proxy_codes(proxy_codes, batch)?;
-        let out = self.recipe.loss(&self.model, &Batch { images: &x, proxy_codes: codes.as_ref() }, &mut self.rng)?;
+        let out = self.recipe.loss(&self.model, &Batch { images: &x, proxy_codes: codes.as_ref(), step: self.step }, &mut self.rng)?;
         let loss = out.total.to_dtype(DType::F32)?.to_scalar::<f32>()?;
         if !loss.is_finite() {
             return Err(invalid!("the loss is {loss} at step {}; the weights were not updated", self.step + 1));
