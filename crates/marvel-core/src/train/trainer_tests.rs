@@ -230,7 +230,7 @@ fn resume_config() -> Value {
 /// The child half of the resume test: resumes `$MARVEL_TRAINER_RESUME_DIR/ckpt`, runs 10 more steps and writes
 /// their losses and the final state there. Does nothing when run on its own.
 #[test]
-fn resume_child_process() {
+fn resume_child_process_only_runs_when_spawned_by_the_resume_test() {
     let Ok(dir) = std::env::var(RESUME_ENV) else { return };
     let dir = PathBuf::from(dir);
     let (mut t, pos) = Trainer::resume(&dir.join("ckpt")).unwrap();
@@ -266,7 +266,7 @@ fn resuming_in_a_fresh_process_continues_bit_for_bit() {
     drop(first);
 
     let status = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "train::trainer_tests::resume_child_process", "--test-threads=1"])
+        .args(["--exact", "train::trainer_tests::resume_child_process_only_runs_when_spawned_by_the_resume_test", "--test-threads=1"])
         .env(RESUME_ENV, &dir)
         .status()
         .unwrap();
