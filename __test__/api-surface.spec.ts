@@ -15,9 +15,10 @@ import sharp from 'sharp'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 
 import * as api from '../src/index.js'
-import { MarvelError, MaskgitVqgan, Tokenizer, Tokens } from '../src/index.js'
+import { MarvelError, MaskgitVqgan, Tokenizer, Tokens, Trainer } from '../src/index.js'
 import { hasParity, parityDir } from './helpers/fixtures.js'
 import { tinyConfig, tinyModel } from './helpers/models.js'
+import { images, tinyTrainingConfig } from './helpers/training.js'
 
 const root = fileURLToPath(new URL('..', import.meta.url))
 const union = /export type MarvelErrorCode =([\s\S]*?)\n\n/.exec(readFileSync(join(root, 'src', 'errors.ts'), 'utf8'))?.[1] ?? ''
@@ -60,6 +61,7 @@ let titok: string
 let tok: Tokenizer
 let tokens: Tokens
 let vq: MaskgitVqgan | undefined
+let trainer: Trainer
 let png: Buffer
 const savedEnv = { offline: process.env.HF_HUB_OFFLINE, cache: process.env.HF_HUB_CACHE }
 
@@ -77,11 +79,13 @@ beforeAll(async () => {
   tokens = await tok.encode(rgb(32))
   png = await sharp(Buffer.from(rgb(32).data), { raw: { width: 32, height: 32, channels: 3 } }).png().toBuffer()
   if (hasParity) vq = await MaskgitVqgan.fromPretrained(join(parityDir, 'maskgit_vqgan'))
+  trainer = await Trainer.create(tinyTrainingConfig(), { seed: 1 })
 })
 
 afterAll(() => {
   tok?.dispose()
   vq?.dispose()
+  trainer?.dispose()
   for (const [key, value] of [['HF_HUB_OFFLINE', savedEnv.offline], ['HF_HUB_CACHE', savedEnv.cache]] as const) {
     if (value === undefined) delete process.env[key]
     else process.env[key] = value
@@ -127,6 +131,14 @@ const ROWS: Record<string, Row> = {
   'MaskgitVqgan#decode': { args: () => [new Uint32Array(256)], call: (a) => vq!.decode(a as never) },
   'MaskgitVqgan#decodeFloat': { args: () => [new Uint32Array(256)], call: (a) => vq!.decodeFloat(a as never) },
   'MaskgitVqgan#dispose': { args: () => [], call: () => undefined },
+
+  'Trainer.create': { args: () => [tinyTrainingConfig(), { seed: 2 }], call: (a, b) => Trainer.create(a as never, b as never).then((t) => t.dispose()), options: 1 },
+  'Trainer.resume': { args: () => [join(work, 'ckpt')], call: (a) => Trainer.resume(a as never).then((t) => t.dispose()) },
+  'Trainer#step': { args: () => [images(1), {}], call: (a, b) => trainer.step(a as never, b as never), options: 1 },
+  'Trainer#save': { args: () => [join(work, 'ckpt'), { index: 1 }], call: (a, b) => trainer.save(a as never, b as never) },
+  'Trainer#exportModel': { args: () => [join(work, 'exported'), {}], call: (a, b) => trainer.exportModel(a as never, b as never), options: 1 },
+  'Trainer#reconstruct': { args: () => [images(1), {}], call: (a, b) => trainer.reconstruct(a as never, b as never), options: 1 },
+  'Trainer#dispose': { args: () => [], call: () => undefined },
 }
 
 /** Rows that need the MaskGIT-VQGAN fixture model. */
@@ -169,8 +181,8 @@ function exportedCalls(): string[] {
 
 describe('the public API surface', () => {
   it('every exported call has a row here (add one for each new export)', () => {
-    // Tokenizer and MaskgitVqgan are built by fromPretrained only: their constructors are private.
-    const rows = new Set([...Object.keys(ROWS), 'new Tokenizer', 'new MaskgitVqgan'])
+    // Tokenizer, MaskgitVqgan and Trainer are built by their static factories only: their constructors are private.
+    const rows = new Set([...Object.keys(ROWS), 'new Tokenizer', 'new MaskgitVqgan', 'new Trainer'])
     expect(exportedCalls().filter((name) => !rows.has(name))).toEqual([])
   })
 

@@ -32,6 +32,20 @@ export declare class NativeTokenizer {
   get disposed(): boolean
 }
 
+export declare class NativeTrainer {
+  get info(): TrainerInfo
+  /** One micro-batch of `batch` images (`[batch, S, S, 3]` bytes) and, for stage 1, their MaskGIT codes. */
+  step(images: Uint8Array, batch: number, proxyCodes?: Int32Array | undefined | null): Promise<StepResult>
+  /** Write a checkpoint folder; `data_position_json` is kept verbatim. */
+  save(dir: string, dataPositionJson: string): Promise<void>
+  /** Write a model folder of the weights, or of their EMA. */
+  exportModel(dir: string, ema: boolean): Promise<void>
+  /** Reconstructions (`[batch, S, S, 3]` bytes) through the current weights, from the first `depth` depths. */
+  reconstruct(images: Uint8Array, batch: number, depth?: number | undefined | null): Promise<Uint8Array>
+  /** Release the trainer once calls in flight have finished. Later calls fail with a clear error. */
+  dispose(): void
+}
+
 /**
  * Test hook for the panic barrier: panics inside an async task. Exercised by the test suite to prove a
  * Rust panic becomes a rejected promise and the process survives; not part of the public TypeScript API.
@@ -40,6 +54,9 @@ export declare function _panicInTask(message: string): Promise<number>
 
 /** Write a model folder with fresh random weights for `config_json` (a TiTok/MARVEL `config.json`). */
 export declare function createRandomModel(dir: string, configJson: string, seed: number): Promise<void>
+
+/** A trainer for the training config `config_json`, from the model folder `init` or fresh weights from `seed`. */
+export declare function createTrainer(configJson: string, init: string | undefined | null, seed: number): Promise<NativeTrainer>
 
 /** A float32 tensor returned to JavaScript. `data` takes over the Rust buffer without a copy. */
 export interface Float32Tensor {
@@ -105,6 +122,12 @@ export declare function loadMaskgit(path: string): Promise<NativeMaskgit>
 /** Load a model folder (`config.json` + `model.safetensors` or `pytorch_model.bin`), off the main thread. */
 export declare function loadTokenizer(dir: string): Promise<NativeTokenizer>
 
+/** One named loss component. */
+export interface LossComponent {
+  name: string
+  value: number
+}
+
 /** Write a MARVEL model folder from a TiTok one: every tensor but the quantizer copied, LFQ with `depth` depths. */
 export declare function marvelFromTitok(src: string, dst: string, depth: number): Promise<void>
 
@@ -151,8 +174,21 @@ export interface PackedTokens {
   bits: number
 }
 
+/** A trainer continuing from a checkpoint folder. */
+export declare function resumeTrainer(dir: string): Promise<NativeTrainer>
+
 /** Set the number of compute threads (1..=1024). Calls already running finish on the previous pool. */
 export declare function setNumThreads(threads: number): void
+
+/** What one step did; mirrors `marvel_core::train::StepOutput`. */
+export interface StepResult {
+  step: number
+  lr: number
+  loss: number
+  components: Array<LossComponent>
+  /** Null when the call only accumulated gradients. */
+  gradNorm?: number
+}
 
 /** Token ids, depth-major: `shape` is `[depth, batch, numTokens]`. */
 export interface TokenIds {
@@ -165,6 +201,17 @@ export declare function tokensFromBytes(bytes: Uint8Array): PackedTokens
 
 /** Pack depth-major ids (`[depth, batch, numTokens]`) into the compact byte format, `bits` bits per id. */
 export declare function tokensToBytes(ids: Uint32Array, shape: Array<number>, bits: number): Buffer
+
+/** What a trainer trains, fixed at creation (read without waiting for a step in flight). */
+export interface TrainerInfo {
+  recipe: string
+  imageSize: number
+  depth: number
+  /** Optimizer steps taken when the trainer was created or resumed. */
+  startStep: number
+  /** The `dataPosition` JSON text a resumed trainer was saved with; null for a new trainer. */
+  dataPosition?: string
+}
 
 /** Weight files looked for in a model folder, in order of preference (the core's one list). */
 export declare function weightFiles(): Array<string>

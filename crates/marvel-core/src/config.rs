@@ -9,7 +9,7 @@
 //! from the config alone ([`size`]).
 
 pub mod bounds;
-mod keys;
+pub(crate) mod keys;
 mod size;
 
 pub use keys::check_known_keys;
@@ -88,6 +88,10 @@ pub struct VqModelSection {
     pub entropy_loss_weight: Option<f64>,
     pub entropy_loss_temperature: Option<f64>,
     pub entropy_gamma: Option<f64>,
+    /// Probability of a training step on a random shorter prefix of depths (MARVEL); 0 when absent.
+    pub depth_dropout: Option<f64>,
+    /// Bit groups of the entropy estimate (see `quantize::lfq::entropy`); one group, the exact estimate, when absent.
+    pub entropy_groups: Option<usize>,
 }
 
 fn default_crop_size() -> usize {
@@ -353,6 +357,8 @@ fn resolve_quantizer(m: &VqModelSection) -> Result<QuantizerConfig> {
         ("entropy_loss_weight", m.entropy_loss_weight.is_some()),
         ("entropy_loss_temperature", m.entropy_loss_temperature.is_some()),
         ("entropy_gamma", m.entropy_gamma.is_some()),
+        ("depth_dropout", m.depth_dropout.is_some()),
+        ("entropy_groups", m.entropy_groups.is_some()),
     ];
     match m.quantize_mode.as_str() {
         "vq" => {
@@ -403,7 +409,8 @@ fn resolve_quantizer(m: &VqModelSection) -> Result<QuantizerConfig> {
                 entropy_loss_weight: m.entropy_loss_weight.unwrap_or(0.02),
                 entropy_loss_temperature: m.entropy_loss_temperature.unwrap_or(0.01),
                 entropy_gamma: m.entropy_gamma.unwrap_or(1.0),
-                ..LfqConfig::mdq(m.token_size, 1)
+                entropy_groups: m.entropy_groups,
+                depth_dropout: m.depth_dropout.unwrap_or(0.0),
             };
             cfg.validate()?;
             Ok(QuantizerConfig::Lfq(cfg))

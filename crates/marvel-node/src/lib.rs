@@ -11,6 +11,7 @@ mod ops;
 mod task;
 mod tensor;
 mod tokenizer;
+mod trainer;
 
 use napi::Env;
 use napi_derive::napi;

@@ -103,7 +103,7 @@ fn edit_distance(a: &str, b: &str) -> usize {
 
 /// The field names serde's derive gives a struct: it passes them to `deserialize_struct`, which this
 /// deserializer records and then fails. Keeps the list of keys marvel reads in one place, the struct itself.
-fn fields_of<T: DeserializeOwned>() -> &'static [&'static str] {
+pub(crate) fn fields_of<T: DeserializeOwned>() -> &'static [&'static str] {
     struct Fields(&'static [&'static str]);
     impl<'de> Deserializer<'de> for &mut Fields {
         type Error = de::value::Error;

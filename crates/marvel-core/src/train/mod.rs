@@ -2,27 +2,37 @@
 //! `utils/train_utils.py`, `utils/lr_schedulers.py`, `modeling/modules/ema_model.py`) number for number, checked
 //! against the `optim_schedule_ema` fixture. Per optimizer step the reference loop runs: backward (accumulated
 //! over micro-batches), [`clip_grad_norm`], [`AdamW::step`] with the [`CosineSchedule`]'s rate, then
-//! [`Ema::update`]. The stage-1 recipe's loss ([`stage1_loss`]) draws only the LFQ depth dropout, from the caller's
-//! seeded generator.
+//! [`Ema::update`]. [`Trainer`] runs that loop over a [`Recipe`]'s loss and writes checkpoints. The stage-1
+//! recipe's loss ([`stage1_loss`]) draws only the LFQ depth dropout, from the caller's seeded generator.
 
 pub mod accumulate;
+pub mod checkpoint;
 pub mod clip;
 pub mod ema;
 pub mod grads;
 pub mod losses;
 pub mod optim;
+pub mod recipe;
 pub mod schedule;
+pub mod settings;
+pub mod single;
 pub mod stage1;
+pub mod trainer;
 
 pub use accumulate::GradAccumulator;
 pub use clip::{clip_grad_norm, global_norm, ClipOutcome};
 pub use ema::{Ema, EmaConfig};
 pub use grads::Gradients;
 pub use optim::{excluded_from_weight_decay, AdamW, AdamWConfig};
+pub use recipe::{Recipe, RecipeKind};
 pub use schedule::CosineSchedule;
+pub use settings::TrainConfig;
 pub use stage1::{proxy_codes, stage1_loss, Stage1Config, Stage1Output};
+pub use trainer::{StepOutput, Trainer};
 
 #[cfg(test)]
 mod parity_tests;
 #[cfg(test)]
 mod stage1_tests;
+#[cfg(test)]
+mod trainer_tests;

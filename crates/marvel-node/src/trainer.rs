@@ -1,0 +1,167 @@
+//! Bindings for `marvel_core::train::Trainer`: create or resume, one training step per call, checkpoints,
+//! export, reconstructions. Every call is an async task holding its own reference to the trainer, so the main
+//! thread never waits on a step and `dispose()` during a call frees the trainer when the call ends.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use marvel_core::invalid;
+use marvel_core::train::Trainer as CoreTrainer;
+use napi::bindgen_prelude::*;
+use napi::Env;
+use napi_derive::napi;
+
+use crate::task::Job;
+
+type Shared = Arc<Mutex<CoreTrainer>>;
+
+/// One named loss component.
+#[napi(object)]
+pub struct LossComponent {
+    pub name: String,
+    pub value: f64,
+}
+
+/// What one step did; mirrors `marvel_core::train::StepOutput`.
+#[napi(object)]
+pub struct StepResult {
+    pub step: f64,
+    pub lr: f64,
+    pub loss: f64,
+    pub components: Vec<LossComponent>,
+    /// Null when the call only accumulated gradients.
+    pub grad_norm: Option<f64>,
+}
+
+/// What a trainer trains, fixed at creation (read without waiting for a step in flight).
+#[napi(object)]
+#[derive(Clone)]
+pub struct TrainerInfo {
+    pub recipe: String,
+    pub image_size: u32,
+    pub depth: u32,
+    /// Optimizer steps taken when the trainer was created or resumed.
+    pub start_step: f64,
+    /// The `dataPosition` JSON text a resumed trainer was saved with; null for a new trainer.
+    pub data_position: Option<String>,
+}
+
+#[napi(js_name = "NativeTrainer")]
+pub struct NativeTrainer {
+    inner: Option<Shared>,
+    info: TrainerInfo,
+}
+
+fn lock(t: &Shared) -> marvel_core::Result<std::sync::MutexGuard<'_, CoreTrainer>> {
+    t.lock().map_err(|_| invalid!("a previous call on this trainer failed inside the native code; create or resume it again"))
+}
+
+fn wrap(trainer: CoreTrainer, data_position: Option<String>) -> NativeTrainer {
+    let depth = match &trainer.model_config().quantizer {
+        marvel_core::config::QuantizerConfig::Lfq(l) => l.num_depths,
+        marvel_core::config::QuantizerConfig::Vq(_) => 1,
+    };
+    let info = TrainerInfo {
+        recipe: trainer.recipe().name().to_string(),
+        image_size: trainer.model_config().image_size as u32,
+        depth: depth as u32,
+        start_step: trainer.steps() as f64,
+        data_position,
+    };
+    NativeTrainer { inner: Some(Arc::new(Mutex::new(trainer))), info }
+}
+
+/// A trainer for the training config `config_json`, from the model folder `init` or fresh weights from `seed`.
+#[napi(ts_return_type = "Promise<NativeTrainer>")]
+pub fn create_trainer(config_json: String, init: Option<String>, seed: u32) -> AsyncTask<Job<(String, Option<String>), NativeTrainer>> {
+    AsyncTask::new(Job::new((config_json, init), move |(json, init)| {
+        Ok(wrap(CoreTrainer::create_from_json(json, init.as_deref().map(Path::new), seed as u64)?, None))
+    }))
+}
+
+/// A trainer continuing from a checkpoint folder.
+#[napi(ts_return_type = "Promise<NativeTrainer>")]
+pub fn resume_trainer(dir: String) -> AsyncTask<Job<String, NativeTrainer>> {
+    AsyncTask::new(Job::new(dir, |dir| {
+        let (trainer, position) = CoreTrainer::resume(Path::new(dir))?;
+        Ok(wrap(trainer, Some(position.to_string())))
+    }))
+}
+
+#[napi]
+impl NativeTrainer {
+    fn shared(&self, env: &Env) -> napi::Result<Shared> {
+        self.inner
+            .clone()
+            .ok_or_else(|| crate::task::CodedError::from(invalid!("this trainer was disposed")).into_napi(env))
+    }
+
+    #[napi(getter)]
+    pub fn info(&self) -> TrainerInfo {
+        self.info.clone()
+    }
+
+    /// One micro-batch of `batch` images (`[batch, S, S, 3]` bytes) and, for stage 1, their MaskGIT codes.
+    #[napi(ts_return_type = "Promise<StepResult>")]
+    pub fn step(
+        &self,
+        env: Env,
+        images: Uint8Array,
+        batch: u32,
+        proxy_codes: Option<Int32Array>,
+    ) -> napi::Result<AsyncTask<Job<(Shared, Uint8Array, Option<Int32Array>), StepResult>>> {
+        let t = self.shared(&env)?;
+        Ok(AsyncTask::new(Job::new((t, images, proxy_codes), move |(t, images, codes)| {
+            let out = lock(t)?.step(images, batch as usize, codes.as_deref())?;
+            Ok(StepResult {
+                step: out.step as f64,
+                lr: out.lr,
+                loss: f64::from(out.loss),
+                components: out
+                    .components
+                    .into_iter()
+                    .map(|(name, v)| LossComponent { name, value: f64::from(v) })
+                    .collect(),
+                grad_norm: out.grad_norm.map(f64::from),
+            })
+        })))
+    }
+
+    /// Write a checkpoint folder; `data_position_json` is kept verbatim.
+    #[napi(ts_return_type = "Promise<void>")]
+    pub fn save(&self, env: Env, dir: String, data_position_json: String) -> napi::Result<AsyncTask<Job<(Shared, String, String), ()>>> {
+        let t = self.shared(&env)?;
+        Ok(AsyncTask::new(Job::new((t, dir, data_position_json), |(t, dir, pos)| {
+            let pos = marvel_core::train::trainer::json_arg("dataPosition", pos)?;
+            lock(t)?.save(Path::new(dir), pos)
+        })))
+    }
+
+    /// Write a model folder of the weights, or of their EMA.
+    #[napi(ts_return_type = "Promise<void>")]
+    pub fn export_model(&self, env: Env, dir: String, ema: bool) -> napi::Result<AsyncTask<Job<(Shared, String), ()>>> {
+        let t = self.shared(&env)?;
+        Ok(AsyncTask::new(Job::new((t, dir), move |(t, dir)| lock(t)?.export_model(Path::new(dir), ema))))
+    }
+
+    /// Reconstructions (`[batch, S, S, 3]` bytes) through the current weights, from the first `depth` depths.
+    #[napi(ts_return_type = "Promise<Uint8Array>")]
+    pub fn reconstruct(
+        &self,
+        env: Env,
+        images: Uint8Array,
+        batch: u32,
+        depth: Option<u32>,
+    ) -> napi::Result<AsyncTask<Job<(Shared, Uint8Array), Uint8Array>>> {
+        let t = self.shared(&env)?;
+        Ok(AsyncTask::new(Job::new((t, images), move |(t, images)| {
+            Ok(Uint8Array::new(lock(t)?.reconstruct(images, batch as usize, depth.map(|d| d as usize))?))
+        })))
+    }
+
+    /// Release the trainer once calls in flight have finished. Later calls fail with a clear error.
+    #[napi]
+    pub fn dispose(&mut self) {
+        self.inner = None;
+    }
+}

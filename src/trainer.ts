@@ -1,0 +1,163 @@
+import { existsSync } from 'node:fs'
+import { join } from 'node:path'
+
+import { native, type NativeBinding } from './binding.js'
+import { integerParameter, invalidParameter, optionsParameter } from './errors.js'
+import { expectKind, pathParameter } from './files.js'
+import { NativeLease } from './lease.js'
+
+type NativeTrainer = Awaited<ReturnType<NativeBinding['createTrainer']>>
+
+export interface TrainerCreateOptions {
+  /** A model folder (TiTok or MARVEL) to start from; a TiTok folder into a MARVEL config drops its VQ codebook. Default: fresh weights. */
+  init?: string
+  /** Seeds the fresh weights and every random draw of training (depth dropout). Default 0. */
+  seed?: number
+}
+
+export interface StepOptions {
+  /** Stage 1: the batch's MaskGIT codes, `[batch, 256]`. */
+  proxyCodes?: Int32Array
+}
+
+export interface TrainStepResult {
+  /** Optimizer steps taken so far (a call that only accumulates gradients leaves it unchanged). */
+  step: number
+  /** Learning rate of the update this batch contributes to. */
+  lr: number
+  /** Loss of this batch's forward pass, the one whose gradients this call used. */
+  loss: number
+  /** The loss's weighted parts (`reconstruction_loss`, `quantizer_loss`, ...). */
+  components: Record<string, number>
+  /** Global gradient norm before clipping; null when the call only accumulated gradients. */
+  gradNorm: number | null
+}
+
+
+/**
+ * Trains a TiTok/MARVEL model in the native core: forward, backward, gradient accumulation, clipping, AdamW with the
+ * cosine schedule, EMA. Each call is one async native task; calls on one trainer run in order.
+ *
+ * ```ts
+ * const trainer = await Trainer.create(yaml.parse(readFileSync('single.yaml', 'utf8')), { seed: 42 })
+ * for (const batch of batches) console.log((await trainer.step(batch)).loss)
+ * await trainer.save('ckpt/latest', { epoch, index })
+ * ```
+ */
+export class Trainer {
+  readonly #lease: NativeLease<NativeTrainer>
+  /** `'single'`, `'stage1'` or `'stage2'`. */
+  readonly recipe: string
+  /** Side of the square training images (the config's `dataset.preprocessing.crop_size`). */
+  readonly imageSize: number
+  /** Depths of the model's tokens (1 for TiTok). */
+  readonly depth: number
+  /** Optimizer steps taken when the trainer was created or resumed. */
+  readonly startStep: number
+  /** What `save(dir, dataPosition)` was given, for a resumed trainer; null for a new one. */
+  readonly dataPosition: unknown
+
+  private constructor(nativeTrainer: NativeTrainer) {
+    this.#lease = new NativeLease(nativeTrainer, 'trainer')
+    const info = nativeTrainer.info
+    this.recipe = info.recipe
+    this.imageSize = info.imageSize
+    this.depth = info.depth
+    this.startStep = info.startStep
+    this.dataPosition = info.dataPosition == null ? null : JSON.parse(info.dataPosition)
+  }
+
+  /** A trainer for `config`, the object a reference-style training yaml parses to (`model`, `losses`, `optimizer`, `lr_scheduler`, `training`, `dataset`). */
+  static async create(config: object, options?: TrainerCreateOptions): Promise<Trainer> {
+    if (config === null || typeof config !== 'object' || Array.isArray(config)) throw invalidParameter('Trainer.create', 'config', 'a training config object', config)
+    options = optionsParameter('Trainer.create', options, ['init', 'seed'])
+    const seed = integerParameter('Trainer.create', 'seed', options.seed ?? 0, 0, 0xffffffff)
+    let init: string | null = null
+    if (options.init !== undefined) {
+      init = pathParameter('Trainer.create', 'init', options.init)
+      await expectKind(init, 'init model folder', 'directory')
+    }
+    return new Trainer(await native().createTrainer(JSON.stringify(config), init, seed))
+  }
+
+  /** Continues from a checkpoint folder written by `save`: the next steps are those the saving trainer would have taken. */
+  static async resume(dir: string): Promise<Trainer> {
+    pathParameter('Trainer.resume', 'dir', dir)
+    await expectKind(dir, 'checkpoint folder', 'directory')
+    for (const name of ['config.json', 'trainer_state.json', 'model.safetensors', 'optimizer.safetensors', 'ema.safetensors']) {
+      const path = join(dir, name)
+      if (existsSync(path)) await expectKind(path, 'checkpoint file')
+    }
+    return new Trainer(await native().resumeTrainer(dir))
+  }
+
+  #run<T>(work: (t: NativeTrainer) => Promise<T>): Promise<T> {
+    return this.#lease.step(work)
+  }
+
+  /** The number of images in `images` (`[batch, S, S, 3]` bytes), checked. */
+  #batchOf(where: string, images: unknown): number {
+    const frame = this.imageSize * this.imageSize * 3
+    if (!(images instanceof Uint8Array) || images.length === 0 || images.length % frame !== 0) {
+      throw invalidParameter(where, 'images', `a Uint8Array of [batch, ${this.imageSize}, ${this.imageSize}, 3] RGB bytes (a multiple of ${frame})`, images)
+    }
+    return images.length / frame
+  }
+
+  /** One micro-batch: `images` is `[batch, S, S, 3]` RGB bytes. Every `gradient_accumulation_steps` calls update the weights. */
+  async step(images: Uint8Array, options?: StepOptions): Promise<TrainStepResult> {
+    const batch = this.#batchOf('step', images)
+    options = optionsParameter('step', options, ['proxyCodes'])
+    const codes = options.proxyCodes
+    if (codes !== undefined && (!(codes instanceof Int32Array) || codes.length === 0 || codes.length % batch !== 0)) {
+      throw invalidParameter('step', 'proxyCodes', `an Int32Array of [${batch}, 256] codes`, codes)
+    }
+    const r = await this.#run((t) => t.step(images, batch, codes ?? null))
+    return {
+      step: r.step,
+      lr: r.lr,
+      loss: r.loss,
+      components: Object.fromEntries(r.components.map((c) => [c.name, c.value])),
+      gradNorm: r.gradNorm ?? null,
+    }
+  }
+
+  /** Writes a checkpoint folder (replacing `dir` only once the new one is complete); `dataPosition` is any JSON value, returned by `resume` as `dataPosition`. */
+  async save(dir: string, dataPosition: unknown = null): Promise<void> {
+    pathParameter('save', 'dir', dir)
+    let json: string | undefined
+    try {
+      json = JSON.stringify(dataPosition)
+    } catch {
+      json = undefined
+    }
+    if (json === undefined) throw invalidParameter('save', 'dataPosition', 'a JSON-serialisable value', dataPosition)
+    await this.#run((t) => t.save(dir, json))
+  }
+
+  /** Writes a model folder (`config.json` + `model.safetensors`) that `Tokenizer.fromPretrained` loads; `ema` exports the moving average. */
+  async exportModel(dir: string, options?: { ema?: boolean }): Promise<void> {
+    pathParameter('exportModel', 'dir', dir)
+    options = optionsParameter('exportModel', options, ['ema'])
+    const ema = options.ema ?? false
+    if (typeof ema !== 'boolean') throw invalidParameter('exportModel', 'ema', 'a boolean', ema)
+    await this.#run((t) => t.exportModel(dir, ema))
+  }
+
+  /** The current weights' reconstructions of `images` (same layout), from the first `depth` depths (all by default). */
+  async reconstruct(images: Uint8Array, options?: { depth?: number }): Promise<Uint8Array> {
+    const batch = this.#batchOf('reconstruct', images)
+    options = optionsParameter('reconstruct', options, ['depth'])
+    const depth = options.depth === undefined ? null : integerParameter('reconstruct', 'depth', options.depth, 1, this.depth)
+    return this.#run((t) => t.reconstruct(images, batch, depth))
+  }
+
+  /** Frees the trainer's memory once calls in flight finish. Any later call throws. */
+  dispose(): void {
+    this.#lease.dispose()
+  }
+
+  get disposed(): boolean {
+    return this.#lease.disposed
+  }
+}
