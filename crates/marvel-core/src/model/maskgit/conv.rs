@@ -14,6 +14,7 @@ use candle_nn::VarBuilder;
 
 use super::winograd::{transform_weights, Winograd3x3};
 use crate::error::Result;
+use crate::nn::{param, ParamInit};
 
 #[derive(Debug, Clone)]
 pub struct SameConv2d {
@@ -26,8 +27,10 @@ pub struct SameConv2d {
 
 impl SameConv2d {
     pub fn new(c_in: usize, c_out: usize, kernel: usize, with_bias: bool, vb: VarBuilder) -> Result<Self> {
-        let weight = vb.get((c_out, c_in, kernel, kernel), "weight")?;
-        let bias = if with_bias { Some(vb.get(c_out, "bias")?) } else { None };
+        // torch's default init: the reference never re-initialises the MaskGIT networks.
+        let init = ParamInit::torch_default(c_in * kernel * kernel);
+        let weight = param(&vb, (c_out, c_in, kernel, kernel), "weight", init)?;
+        let bias = if with_bias { Some(param(&vb, c_out, "bias", init)?) } else { None };
         Ok(Self::from_weight(weight, bias))
     }
 

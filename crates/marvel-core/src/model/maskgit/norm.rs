@@ -7,6 +7,7 @@ use candle_nn::VarBuilder;
 use rayon::prelude::*;
 
 use crate::error::Result;
+use crate::nn::{param, ParamInit};
 
 /// The reference's GroupNorm epsilon (`nn.GroupNorm(..., eps=1e-6)`), not torch's default 1e-5.
 const EPS: f64 = 1e-6;
@@ -21,8 +22,8 @@ pub struct GroupNorm {
 
 impl GroupNorm {
     pub fn new(channels: usize, groups: usize, vb: VarBuilder) -> Result<Self> {
-        let weight = vb.get(channels, "weight")?;
-        let bias = vb.get(channels, "bias")?;
+        let weight = param(&vb, channels, "weight", ParamInit::Ones)?;
+        let bias = param(&vb, channels, "bias", ParamInit::Zeros)?;
         Ok(Self { weight, bias, groups, channels })
     }
 
@@ -182,8 +183,7 @@ fn exp(x: f32) -> f32 {
     let t = x * std::f32::consts::LOG2_E + ROUND;
     let n = t - ROUND;
     let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
-    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
-        + 1.666_666_5e-1)
+    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 1.666_666_5e-1)
         * r
         + 5.000_000_1e-1;
     let y = p * r * r + r + 1.0;

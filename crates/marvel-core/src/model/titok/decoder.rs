@@ -6,7 +6,8 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, Linear, VarBuilder};
 
 use crate::config::{TitokConfig, LEGACY_LOGITS};
-use crate::nn::{conv1x1_as_linear, LayerNorm, ResidualAttentionBlock, LAYER_NORM_EPS};
+use crate::nn::TRUNC_NORMAL_002;
+use crate::nn::{conv1x1_as_linear, linear, param, LayerNorm, ParamInit, ResidualAttentionBlock, LAYER_NORM_EPS};
 
 /// The output head (`ffn`, and `conv_out` for pixels).
 #[derive(Debug, Clone)]
@@ -51,17 +52,21 @@ impl TitokDecoder {
             }
         } else {
             let conv_cfg = Conv2dConfig { padding: 1, ..Default::default() };
+            let co = vb.pp("conv_out");
+            let weight = param(&co, (3, 3, 3, 3), "weight", TRUNC_NORMAL_002)?;
+            let bias = param(&co, 3, "bias", ParamInit::Zeros)?;
             Head::Pixels {
                 ffn0: conv1x1_as_linear(p * p * 3, d, ffn.pp(0))?,
-                conv_out: candle_nn::conv2d(3, 3, 3, conv_cfg, vb.pp("conv_out"))?,
+                conv_out: Conv2d::new(weight, Some(bias), conv_cfg),
             }
         };
+        let embedding = ParamInit::scaled_normal(d);
         Ok(Self {
-            decoder_embed: candle_nn::linear(cfg.token_size, d, vb.pp("decoder_embed"))?,
-            class_embedding: vb.get((1, d), "class_embedding")?,
-            positional_embedding: vb.get((grid * grid + 1, d), "positional_embedding")?,
-            mask_token: vb.get((1, 1, d), "mask_token")?,
-            latent_token_positional_embedding: vb.get((n, d), "latent_token_positional_embedding")?,
+            decoder_embed: linear(cfg.token_size, d, vb.pp("decoder_embed"))?,
+            class_embedding: param(&vb, (1, d), "class_embedding", embedding)?,
+            positional_embedding: param(&vb, (grid * grid + 1, d), "positional_embedding", embedding)?,
+            mask_token: param(&vb, (1, 1, d), "mask_token", embedding)?,
+            latent_token_positional_embedding: param(&vb, (n, d), "latent_token_positional_embedding", embedding)?,
             ln_pre: LayerNorm::new(d, LAYER_NORM_EPS, vb.pp("ln_pre"))?,
             transformer,
             ln_post: LayerNorm::new(d, LAYER_NORM_EPS, vb.pp("ln_post"))?,
