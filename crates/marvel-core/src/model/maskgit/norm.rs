@@ -43,7 +43,7 @@ impl GroupNorm {
         let fast = x.device().is_cpu()
             && x.dtype() == DType::F32
             && self.weight.dtype() == DType::F32
-            && !(x.track_op() || self.weight.track_op() || self.bias.track_op());
+            && !crate::nn::needs_grad(&[x, &self.weight, &self.bias]);
         if fast {
             let op = GroupNormSiluCpu {
                 weight: self.weight.to_vec1::<f32>()?,
