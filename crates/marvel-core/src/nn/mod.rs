@@ -7,6 +7,7 @@
 
 mod attention;
 mod block;
+mod conv2d;
 #[cfg(target_arch = "x86_64")]
 mod fused;
 #[cfg(target_arch = "x86_64")]
@@ -19,6 +20,7 @@ mod sgemm;
 
 pub use attention::MultiheadAttention;
 pub use block::ResidualAttentionBlock;
+pub use conv2d::{conv2d, conv2d_im2col};
 pub use layer_norm::{LayerNorm, LAYER_NORM_EPS};
 pub use mlp::Mlp;
 pub use param_init::{linear, param, ParamInit, TRUNC_NORMAL_002};
@@ -65,6 +67,7 @@ mod tests {
             ("mod.rs", include_str!("mod.rs")),
             ("attention.rs", include_str!("attention.rs")),
             ("block.rs", include_str!("block.rs")),
+            ("conv2d.rs", include_str!("conv2d.rs")),
             ("fused.rs", include_str!("fused.rs")),
             ("kernels.rs", include_str!("kernels.rs")),
             ("layer_norm.rs", include_str!("layer_norm.rs")),

@@ -75,11 +75,7 @@ impl SameConv2d {
             return Ok(x.contiguous()?.apply_op1_no_bwd(&Winograd3x3::new(&u, bias, upsample))?);
         }
         let x = if upsample { x.upsample_nearest2d(2 * h, 2 * w)? } else { x.clone() };
-        let y = x.conv2d(&self.weight, (self.kernel - 1) / 2, 1, 1, 1)?;
-        Ok(match &self.bias {
-            Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?)?,
-            None => y,
-        })
+        Ok(crate::nn::conv2d(&x, &self.weight, self.bias.as_ref(), 1, (self.kernel - 1) / 2)?)
     }
 }
 

@@ -3,7 +3,7 @@
 //! (legacy head) or RGB pixels (pixel head).
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, Linear, VarBuilder};
+use candle_nn::{Linear, VarBuilder};
 
 use crate::config::{TitokConfig, LEGACY_LOGITS};
 use crate::nn::TRUNC_NORMAL_002;
@@ -15,7 +15,7 @@ enum Head {
     /// `ffn.0` 1x1 conv D -> 2D, tanh, `ffn.2` 1x1 conv 2D -> 1024.
     Logits { ffn0: Linear, ffn2: Linear },
     /// `ffn.0` 1x1 conv D -> p·p·3, depth-to-space, `conv_out` 3x3 conv.
-    Pixels { ffn0: Linear, conv_out: Conv2d },
+    Pixels { ffn0: Linear, conv_out: (Tensor, Tensor) },
 }
 
 #[derive(Debug, Clone)]
@@ -51,14 +51,10 @@ impl TitokDecoder {
                 ffn2: conv1x1_as_linear(LEGACY_LOGITS, 2 * d, ffn.pp(2))?,
             }
         } else {
-            let conv_cfg = Conv2dConfig { padding: 1, ..Default::default() };
             let co = vb.pp("conv_out");
             let weight = param(&co, (3, 3, 3, 3), "weight", TRUNC_NORMAL_002)?;
             let bias = param(&co, 3, "bias", ParamInit::Zeros)?;
-            Head::Pixels {
-                ffn0: conv1x1_as_linear(p * p * 3, d, ffn.pp(0))?,
-                conv_out: Conv2d::new(weight, Some(bias), conv_cfg),
-            }
+            Head::Pixels { ffn0: conv1x1_as_linear(p * p * 3, d, ffn.pp(0))?, conv_out: (weight, bias) }
         };
         let embedding = ParamInit::scaled_normal(d);
         Ok(Self {
@@ -131,7 +127,8 @@ impl TitokDecoder {
                 // einops 'b (p1 p2 c) h w -> b c (h p1) (w p2)': channel (p1·p + p2)·3 + c of patch (h, w).
                 let pixels =
                     patches.reshape((b, g, g, p, p, 3))?.permute((0, 5, 1, 3, 2, 4))?.reshape((b, 3, g * p, g * p))?;
-                conv_out.forward(&pixels)
+                // candle's conv2d for inference, one whose backward is matmuls under autograd.
+                crate::nn::conv2d(&pixels, &conv_out.0, Some(&conv_out.1), 1, 1)
             }
         }
     }
