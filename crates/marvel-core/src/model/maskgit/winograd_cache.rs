@@ -3,8 +3,8 @@
 //! A weight tensor's values can change under the model: a model built for inference from a training run's
 //! `Var::as_detached_tensor()` shares the variables' storage, which the optimizer overwrites in place each step.
 //! So the cache is keyed by a fingerprint of the weight's values (and shape), checked on every call: one read
-//! of the weights, less than the transform itself (which reads them and writes 16/9 as much) and small next to
-//! the convolution (`bench/conv_backward.sh` prints it), and a changed weight is never served stale transforms.
+//! of the weights, less work than the transform itself (which reads them and writes 16/9 as much), and a
+//! changed weight is never served stale transforms.
 
 use std::sync::Mutex;
 
