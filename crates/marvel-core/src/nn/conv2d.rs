@@ -13,12 +13,15 @@
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-/// The geometry of one convolution (square kernel, same stride and zero padding on both axes, no dilation).
+/// The geometry of one convolution (square kernel, same stride and zero padding on both axes, no dilation),
+/// reading its input through a nearest upsampling by `up` (1: none).
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Geometry {
     channels: usize,
+    /// The stored input's sides; the convolution sees `up` times them.
     h: usize,
     w: usize,
+    up: usize,
     kernel: usize,
     stride: usize,
     padding: usize,
@@ -26,14 +29,14 @@ struct Geometry {
 
 impl Geometry {
     fn out_hw(&self) -> (usize, usize) {
-        let out = |n: usize| (n + 2 * self.padding - self.kernel) / self.stride + 1;
+        let out = |n: usize| (n * self.up + 2 * self.padding - self.kernel) / self.stride + 1;
         (out(self.h), out(self.w))
     }
 
-    /// For output row (or column) `o` and kernel offset `k`: the input index, if inside the image.
+    /// For output row (or column) `o` and kernel offset `k`: the stored input's index, if inside the image.
     #[inline(always)]
     fn source(&self, o: usize, k: usize, n: usize) -> Option<usize> {
-        (o * self.stride + k).checked_sub(self.padding).filter(|&i| i < n)
+        (o * self.stride + k).checked_sub(self.padding).filter(|&i| i < n * self.up).map(|i| i / self.up)
     }
 
     /// Walks every (column row, output position, input position) of one channel's k·k column rows.
@@ -122,9 +125,26 @@ pub fn conv2d_im2col(
     stride: usize,
     padding: usize,
 ) -> Result<Tensor> {
+    im2col_conv(x, weight, bias, stride, padding, 1)
+}
+
+/// `conv2d(upsample_nearest_x2(x), weight) + bias` at stride 1, the upsampling folded into im2col (and its
+/// gradient into col2im): the 4x larger upsampled input is never made.
+pub fn upsample2x_conv2d_im2col(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, padding: usize) -> Result<Tensor> {
+    im2col_conv(x, weight, bias, 1, padding, 2)
+}
+
+fn im2col_conv(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    stride: usize,
+    padding: usize,
+    up: usize,
+) -> Result<Tensor> {
     let (b, c_in, h, w) = x.dims4()?;
     let (c_out, wc, k, k2) = weight.dims4()?;
-    if wc != c_in || k != k2 || stride == 0 || h + 2 * padding < k || w + 2 * padding < k {
+    if wc != c_in || k != k2 || stride == 0 || h * up + 2 * padding < k || w * up + 2 * padding < k {
         candle_core::bail!(
             "conv2d: input {:?} does not fit weight {:?} (stride {stride}, padding {padding})",
             x.dims(),
@@ -134,7 +154,7 @@ pub fn conv2d_im2col(
     if x.dtype() != DType::F32 || !x.device().is_cpu() {
         candle_core::bail!("conv2d_im2col: f32 CPU tensors only, got {:?} on {:?}", x.dtype(), x.device());
     }
-    let g = Geometry { channels: c_in, h, w, kernel: k, stride, padding };
+    let g = Geometry { channels: c_in, h, w, up, kernel: k, stride, padding };
     let (oh, ow) = g.out_hw();
     let cols = x.contiguous()?.apply_op1(Im2Col(g))?;
     let y = weight.reshape((c_out, c_in * k * k))?.broadcast_left(b)?.matmul(&cols)?.reshape((b, c_out, oh, ow))?;
@@ -144,11 +164,16 @@ pub fn conv2d_im2col(
     }
 }
 
+/// Whether the im2col convolution serves these tensors: tracked, f32, on the CPU.
+fn use_im2col(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> bool {
+    let tracked = super::needs_grad(&[x, weight]) || bias.is_some_and(|b| super::needs_grad(&[b]));
+    tracked && x.dtype() == DType::F32 && weight.dtype() == DType::F32 && x.device().is_cpu()
+}
+
 /// A convolution (square kernel, symmetric padding, no dilation or groups): [`conv2d_im2col`] when gradients
 /// are tracked on f32 CPU data, candle's conv2d otherwise, so inference numerics are candle's.
 pub fn conv2d(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, stride: usize, padding: usize) -> Result<Tensor> {
-    let tracked = super::needs_grad(&[x, weight]) || bias.is_some_and(|b| super::needs_grad(&[b]));
-    if tracked && x.dtype() == DType::F32 && weight.dtype() == DType::F32 && x.device().is_cpu() {
+    if use_im2col(x, weight, bias) {
         return conv2d_im2col(x, weight, bias, stride, padding);
     }
     let y = x.conv2d(weight, padding, stride, 1, 1)?;
@@ -156,6 +181,16 @@ pub fn conv2d(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, stride: usize,
         Some(bias) => y.broadcast_add(&bias.reshape((1, (), 1, 1))?),
         None => Ok(y),
     }
+}
+
+/// [`conv2d`] of the input upsampled x2 (nearest) at stride 1: [`upsample2x_conv2d_im2col`] when tracked on f32 CPU
+/// data, candle's upsampling and conv2d otherwise.
+pub fn upsample2x_conv2d(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, padding: usize) -> Result<Tensor> {
+    if use_im2col(x, weight, bias) {
+        return upsample2x_conv2d_im2col(x, weight, bias, padding);
+    }
+    let (_, _, h, w) = x.dims4()?;
+    conv2d(&x.upsample_nearest2d(2 * h, 2 * w)?, weight, bias, 1, padding)
 }
 
 #[cfg(test)]
@@ -228,10 +263,14 @@ mod tests {
     #[test]
     fn col2im_is_the_adjoint_of_im2col() {
         let dev = Device::Cpu;
-        for (c, h, w, kernel, stride, padding) in
-            [(2, 8, 9, 3, 2, 1), (3, 7, 4, 3, 2, 0), (1, 5, 6, 1, 3, 0), (2, 6, 5, 4, 1, 2)]
-        {
-            let g = Geometry { channels: c, h, w, kernel, stride, padding };
+        for (c, h, w, up, kernel, stride, padding) in [
+            (2, 8, 9, 1, 3, 2, 1),
+            (3, 7, 4, 1, 3, 2, 0),
+            (1, 5, 6, 1, 1, 3, 0),
+            (2, 6, 5, 1, 4, 1, 2),
+            (2, 3, 5, 2, 3, 1, 1),
+        ] {
+            let g = Geometry { channels: c, h, w, up, kernel, stride, padding };
             let (oh, ow) = g.out_hw();
             let x = Tensor::randn(0f32, 1., (2, c, h, w), &dev).unwrap();
             let cols_grad = Tensor::randn(0f32, 1., (2, c * kernel * kernel, oh * ow), &dev).unwrap();
@@ -240,6 +279,29 @@ mod tests {
             let dot = |a: &Tensor, b: &Tensor| a.mul(b).unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
             let (lhs, rhs) = (dot(&folded, &x), dot(&cols_grad, &cols));
             assert!((lhs - rhs).abs() <= 1e-4 * lhs.abs().max(1.0), "{g:?}: {lhs} vs {rhs}");
+        }
+    }
+
+    /// The upsampling folded into im2col: forward and gradients equal candle's upsample_nearest2d + conv2d.
+    #[test]
+    fn upsampled_conv_matches_candle() {
+        let dev = Device::Cpu;
+        for (c_in, c_out, h, w) in [(3, 4, 5, 7), (2, 3, 4, 4)] {
+            let x = Var::from_tensor(&Tensor::randn(0f32, 1., (2, c_in, h, w), &dev).unwrap()).unwrap();
+            let wt = Var::from_tensor(&Tensor::randn(0f32, 1., (c_out, c_in, 3, 3), &dev).unwrap()).unwrap();
+            let bias = Var::from_tensor(&Tensor::randn(0f32, 1., c_out, &dev).unwrap()).unwrap();
+            let got = upsample2x_conv2d(&x, &wt, Some(&bias), 1).unwrap();
+            let up = x.upsample_nearest2d(2 * h, 2 * w).unwrap();
+            let want =
+                up.conv2d(&wt, 1, 1, 1, 1).unwrap().broadcast_add(&bias.reshape((1, c_out, 1, 1)).unwrap()).unwrap();
+            assert!(rel_err(&got, &want) < 1e-4);
+            let m = Tensor::randn(0f32, 1., want.shape(), &dev).unwrap();
+            let g_got = got.mul(&m).unwrap().sum_all().unwrap().backward().unwrap();
+            let g_want = want.mul(&m).unwrap().sum_all().unwrap().backward().unwrap();
+            for (name, v) in [("input", &x), ("weight", &wt), ("bias", &bias)] {
+                let (a, e) = (g_got.get(v).unwrap(), g_want.get(v).unwrap());
+                assert!(rel_err(a, e) < 1e-4, "{c_in}->{c_out} {h}x{w}: {name} gradient, {}", rel_err(a, e));
+            }
         }
     }
 

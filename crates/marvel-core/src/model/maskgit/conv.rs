@@ -52,7 +52,7 @@ impl SameConv2d {
     }
 
     fn run(&self, x: &Tensor, upsample: bool) -> Result<Tensor> {
-        let (_, c_in, h, w) = x.dims4()?;
+        let (_, c_in, _, _) = x.dims4()?;
         let want = self.weight.dim(1)?;
         if c_in != want {
             return Err(crate::shape_mismatch!(
@@ -74,8 +74,12 @@ impl SameConv2d {
             };
             return Ok(x.contiguous()?.apply_op1_no_bwd(&Winograd3x3::new(&u, bias, upsample))?);
         }
-        let x = if upsample { x.upsample_nearest2d(2 * h, 2 * w)? } else { x.clone() };
-        Ok(crate::nn::conv2d(&x, &self.weight, self.bias.as_ref(), 1, (self.kernel - 1) / 2)?)
+        let padding = (self.kernel - 1) / 2;
+        Ok(if upsample {
+            crate::nn::upsample2x_conv2d(x, &self.weight, self.bias.as_ref(), padding)?
+        } else {
+            crate::nn::conv2d(x, &self.weight, self.bias.as_ref(), 1, padding)?
+        })
     }
 }
 
