@@ -11,10 +11,10 @@ out=$(node scripts/cargo.mjs run -q --release -p marvel-core --example bench_con
 node -e '
 const r = JSON.parse(process.argv[1])
 console.log(`conv2d 3x3 stride 1, batch 1, ${r.threads} threads, median of ${r.runs}; load average ${r.load_average}`)
-console.log("channels  side   marvel fwd+bwd   candle fwd+bwd   marvel bwd   candle bwd   candle/marvel bwd")
+console.log("channels  side up2x  marvel fwd+bwd   candle fwd+bwd   marvel bwd   candle bwd   candle/marvel bwd")
 for (const x of r.results) {
   const s = (v) => `${(v * 1e3).toFixed(0)} ms`.padStart(13)
-  console.log(String(x.channels).padStart(8), String(x.side).padStart(5), s(x.marvel_step_s), "  ", s(x.candle_step_s), s(x.marvel_backward_s), s(x.candle_backward_s),
+  console.log(String(x.channels).padStart(8), String(x.side).padStart(5), (x.upsample ? "yes" : "no").padStart(5), s(x.marvel_step_s), "  ", s(x.candle_step_s), s(x.marvel_backward_s), s(x.candle_backward_s),
     `${(x.candle_backward_s / x.marvel_backward_s).toFixed(1)}x`.padStart(19))
 }
 console.log(`load average after: ${require("fs").readFileSync("/proc/loadavg", "utf8").split(" ").slice(0, 3).join(" ")}`)

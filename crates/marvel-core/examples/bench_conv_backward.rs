@@ -7,7 +7,7 @@
 use std::time::Instant;
 
 use candle_core::{Device, Tensor, Var};
-use marvel_core::nn::conv2d_im2col;
+use marvel_core::nn::{conv2d_im2col, upsample2x_conv2d_im2col};
 use marvel_core::runtime;
 
 /// Median seconds of `runs` calls after one warm-up.
@@ -33,28 +33,37 @@ fn load_average() -> String {
 fn run(runs: usize) -> candle_core::Result<String> {
     let dev = Device::Cpu;
     let mut rows = Vec::new();
-    // The decoder's 3x3 convs at two of its levels: 256 channels at 32x32 and 128 channels at 64x64 (its 128-channel
-    // convs also run at 128x128 and 256x256, where candle's backward takes minutes per step).
-    for (c, hw) in [(256usize, 32usize), (128, 64)] {
+    // The decoder's 3x3 convs at two of its levels, 256 channels at 32x32 and 128 channels at 64x64, and its
+    // upsampling conv (nearest x2, then 3x3) from 32x32 to 64x64 at 128 channels. (Its 128-channel convs also run
+    // at 128x128 and 256x256; those take too long with candle's backward for a quick bench.)
+    for (c, hw, upsample) in [(256usize, 32usize, false), (128, 64, false), (128, 32, true)] {
         let x = Var::from_tensor(&Tensor::randn(0f32, 1., (1, c, hw, hw), &dev)?)?;
         let w = Var::from_tensor(&Tensor::randn(0f32, 0.02, (c, c, 3, 3), &dev)?)?;
-        let m = Tensor::randn(0f32, 1., (1, c, hw, hw), &dev)?;
+        let out = if upsample { 2 * hw } else { hw };
+        let m = Tensor::randn(0f32, 1., (1, c, out, out), &dev)?;
+        let conv = |ours: bool| -> candle_core::Result<Tensor> {
+            match (ours, upsample) {
+                (true, false) => conv2d_im2col(&x, &w, None, 1, 1),
+                (true, true) => upsample2x_conv2d_im2col(&x, &w, None, 1),
+                (false, false) => x.conv2d(&w, 1, 1, 1, 1),
+                (false, true) => x.upsample_nearest2d(out, out)?.conv2d(&w, 1, 1, 1, 1),
+            }
+        };
         let step = |ours: bool| -> candle_core::Result<()> {
-            let y = if ours { conv2d_im2col(&x, &w, None, 1, 1)? } else { x.conv2d(&w, 1, 1, 1, 1)? };
+            let y = conv(ours)?;
             let grads = y.mul(&m)?.sum_all()?.backward()?;
             assert!(grads.get(&x).is_some() && grads.get(&w).is_some());
             Ok(())
         };
         let forward = |ours: bool| -> candle_core::Result<()> {
-            let y = if ours { conv2d_im2col(&x, &w, None, 1, 1)? } else { x.conv2d(&w, 1, 1, 1, 1)? };
-            y.sum_all()?.to_scalar::<f32>()?;
+            conv(ours)?.sum_all()?.to_scalar::<f32>()?;
             Ok(())
         };
         let t = |f: &dyn Fn(bool) -> candle_core::Result<()>, ours| median_secs(runs, || f(ours).unwrap());
         let (ours_step, candle_step) = (t(&step, true), t(&step, false));
         let (ours_fwd, candle_fwd) = (t(&forward, true), t(&forward, false));
         rows.push(format!(
-            "{{\"channels\":{c},\"side\":{hw},\"marvel_step_s\":{ours_step:.4},\"candle_step_s\":{candle_step:.4},\
+            "{{\"channels\":{c},\"side\":{hw},\"upsample\":{upsample},\"marvel_step_s\":{ours_step:.4},\"candle_step_s\":{candle_step:.4},\
              \"marvel_forward_s\":{ours_fwd:.4},\"candle_forward_s\":{candle_fwd:.4},\
              \"marvel_backward_s\":{:.4},\"candle_backward_s\":{:.4}}}",
             ours_step - ours_fwd,
