@@ -11,10 +11,7 @@ fn main() {
         .unwrap_or_else(|| manifest.join("../../../shared/parity"));
     // Watch the folder in use (its README marks it complete), not the default one when the variable points
     // elsewhere: the cfg must flip when that folder appears or goes.
-    println!(
-        "cargo::rerun-if-changed={}",
-        dir.join("README.md").display()
-    );
+    println!("cargo::rerun-if-changed={}", dir.join("README.md").display());
     if dir.join("README.md").is_file() {
         println!("cargo::rustc-cfg=marvel_parity");
     }

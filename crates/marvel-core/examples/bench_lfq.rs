@@ -31,11 +31,7 @@ fn median_secs(runs: usize, mut f: impl FnMut()) -> f64 {
 
 /// The reference algorithm with whole-tensor ops: per depth a subtraction, a sign, a scale, a bit-weighted sum.
 fn quantize_tensor_ops(z: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
-    let powers = Tensor::from_vec(
-        (0..BITS).map(|k| (1u32 << k) as f32).collect::<Vec<_>>(),
-        BITS,
-        z.device(),
-    )?;
+    let powers = Tensor::from_vec((0..BITS).map(|k| (1u32 << k) as f32).collect::<Vec<_>>(), BITS, z.device())?;
     let mut cum = z.zeros_like()?;
     let mut tokens = Vec::with_capacity(D);
     for s in 0..D {
@@ -56,30 +52,20 @@ fn main() -> marvel_core::Result<()> {
 fn run() -> marvel_core::Result<()> {
     let count = (B * N * D) as f64;
     let mut rng = SplitMix64::new(1);
-    let z: Vec<f32> = (0..B * N * BITS)
-        .map(|_| (rng.next_f64() * 2.0 - 1.0) as f32)
-        .collect();
+    let z: Vec<f32> = (0..B * N * BITS).map(|_| (rng.next_f64() * 2.0 - 1.0) as f32).collect();
     let z = Tensor::from_vec(z, (B, N, BITS), &Device::Cpu)?;
     let lfq = ResidualLfq::from_config(LfqConfig::mdq(BITS, D))?;
 
     let ours = lfq.quantize(&z, D)?;
     let (base_cum, base_tokens) = quantize_tensor_ops(&z)?;
     // Same computation, so the comparison is fair: identical tokens and codes.
-    assert_eq!(
-        ours.tokens.flatten_all()?.to_vec1::<u32>()?,
-        base_tokens.flatten_all()?.to_vec1::<u32>()?
-    );
-    assert_eq!(
-        ours.cum.flatten_all()?.to_vec1::<f32>()?,
-        base_cum.flatten_all()?.to_vec1::<f32>()?
-    );
+    assert_eq!(ours.tokens.flatten_all()?.to_vec1::<u32>()?, base_tokens.flatten_all()?.to_vec1::<u32>()?);
+    assert_eq!(ours.cum.flatten_all()?.to_vec1::<f32>()?, base_cum.flatten_all()?.to_vec1::<f32>()?);
 
     let quantize = median_secs(50, || drop(lfq.quantize(&z, D).unwrap()));
     let baseline = median_secs(20, || drop(quantize_tensor_ops(&z).unwrap()));
     let ids = ours.tokens.flatten_all()?.to_vec1::<u32>()?;
-    let pack = median_secs(200, || {
-        drop(tokens_to_bytes(&ids, (B, N, D), BITS).unwrap())
-    });
+    let pack = median_secs(200, || drop(tokens_to_bytes(&ids, (B, N, D), BITS).unwrap()));
     let bytes = tokens_to_bytes(&ids, (B, N, D), BITS)?;
     let unpack = median_secs(200, || drop(tokens_from_bytes(&bytes).unwrap()));
     let decode = median_secs(50, || drop(lfq.codes_from_tokens(&ours.tokens, D).unwrap()));

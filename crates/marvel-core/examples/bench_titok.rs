@@ -38,25 +38,13 @@ struct Args {
 
 fn parse_args() -> Args {
     let mut it = std::env::args().skip(1);
-    let mut a = Args {
-        model: PathBuf::new(),
-        threads: 2,
-        batches: vec![1, 8],
-        warmup: 1,
-        runs: 5,
-        check: None,
-    };
+    let mut a = Args { model: PathBuf::new(), threads: 2, batches: vec![1, 8], warmup: 1, runs: 5, check: None };
     let mut model = None;
     while let Some(arg) = it.next() {
         let mut val = || it.next().unwrap_or_else(|| panic!("{arg} needs a value"));
         match arg.as_str() {
             "--threads" => a.threads = val().parse().expect("--threads N"),
-            "--batches" => {
-                a.batches = val()
-                    .split(',')
-                    .map(|s| s.trim().parse().expect("--batches 1,8"))
-                    .collect()
-            }
+            "--batches" => a.batches = val().split(',').map(|s| s.trim().parse().expect("--batches 1,8")).collect(),
             "--warmup" => a.warmup = val().parse().expect("--warmup N"),
             "--runs" => a.runs = val().parse().expect("--runs N"),
             "--check" => a.check = Some(PathBuf::from(val())),
@@ -64,9 +52,7 @@ fn parse_args() -> Args {
             _ => panic!("unknown argument {arg}"),
         }
     }
-    a.model = model.expect(
-        "usage: bench_titok MODEL_DIR [--threads N] [--batches 1,8] [--warmup N] [--runs N]",
-    );
+    a.model = model.expect("usage: bench_titok MODEL_DIR [--threads N] [--batches 1,8] [--warmup N] [--runs N]");
     a
 }
 
@@ -82,33 +68,17 @@ struct Stages {
 impl Stages {
     fn load(dir: &PathBuf) -> Result<Self> {
         let cfg = TitokConfig::from_path(dir.join("config.json"))?;
-        let pd = cfg
-            .pixel_decoder
-            .clone()
-            .expect("benchmark needs a two-stage (finetune_decoder) model");
+        let pd = cfg.pixel_decoder.clone().expect("benchmark needs a two-stage (finetune_decoder) model");
         // TiTok without its pixel stage, plus the pixel stage from the same checkpoint, strictly: every stored
         // tensor must be used exactly as by `Titok::from_pretrained`.
         let mut titok_cfg = cfg.clone();
         titok_cfg.pixel_decoder = None;
-        let (stages, _) = load_strict(
-            dir.join("model.safetensors"),
-            &Device::Cpu,
-            &LoadOptions::default(),
-            |vb| {
-                let titok = Titok::new(&titok_cfg, vb.clone())?;
-                let codebook = vb
-                    .pp("pixel_quantize")
-                    .pp("embedding")
-                    .get((pd.codebook_size, pd.z_channels), "weight")?;
-                let pixel_decoder = MaskgitDecoder::new(&pd, vb.pp("pixel_decoder"))?;
-                Ok(Stages {
-                    titok,
-                    codebook,
-                    pixel_decoder,
-                    grid: cfg.decoder_grid(),
-                })
-            },
-        )?;
+        let (stages, _) = load_strict(dir.join("model.safetensors"), &Device::Cpu, &LoadOptions::default(), |vb| {
+            let titok = Titok::new(&titok_cfg, vb.clone())?;
+            let codebook = vb.pp("pixel_quantize").pp("embedding").get((pd.codebook_size, pd.z_channels), "weight")?;
+            let pixel_decoder = MaskgitDecoder::new(&pd, vb.pp("pixel_decoder"))?;
+            Ok(Stages { titok, codebook, pixel_decoder, grid: cfg.decoder_grid() })
+        })?;
         Ok(stages)
     }
 
@@ -146,11 +116,7 @@ fn random_images(batch: usize, size: usize, seed: u64) -> Result<Tensor> {
             (s >> 40) as f32 / (1u64 << 24) as f32
         })
         .collect();
-    Ok(Tensor::from_vec(
-        data,
-        (batch, 3, size, size),
-        &Device::Cpu,
-    )?)
+    Ok(Tensor::from_vec(data, (batch, 3, size, size), &Device::Cpu)?)
 }
 
 fn median(xs: &[f64]) -> f64 {
@@ -187,22 +153,14 @@ fn status_mib(field: &str) -> f64 {
         .and_then(|s| {
             s.lines()
                 .find(|l| l.strip_prefix(field).is_some_and(|r| r.starts_with(':')))
-                .and_then(|l| {
-                    l.split_whitespace()
-                        .nth(1)
-                        .and_then(|kb| kb.parse::<f64>().ok())
-                })
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<f64>().ok()))
         })
         .map(|kb| kb / 1024.0)
         .unwrap_or(f64::NAN)
 }
 
 fn max_abs(a: &Tensor, b: &Tensor) -> Result<f32> {
-    Ok((a.to_dtype(DType::F32)? - b.to_dtype(DType::F32)?)?
-        .abs()?
-        .flatten_all()?
-        .max(0)?
-        .to_scalar::<f32>()?)
+    Ok((a.to_dtype(DType::F32)? - b.to_dtype(DType::F32)?)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?)
 }
 
 /// Compares with the PyTorch outputs for the same weights and inputs (bench/.work/check.safetensors).
@@ -265,9 +223,7 @@ fn run(args: &Args) -> Result<String> {
 
 fn main() {
     let args = parse_args();
-    let out = runtime::set_num_threads(args.threads)
-        .and_then(|_| runtime::install(|| run(&args)))
-        .and_then(|r| r);
+    let out = runtime::set_num_threads(args.threads).and_then(|_| runtime::install(|| run(&args))).and_then(|r| r);
     match out {
         Ok(json) => println!("{json}"),
         Err(e) => {
