@@ -121,12 +121,7 @@ impl SimpleBackend for CheckpointBackend {
     fn get(&self, s: Shape, name: &str, hint: Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
         self.rec.request(name, &s, dtype, Some(hint));
         let Some(info) = self.ckpt.tensors().get(name) else {
-            return self.after_problem(
-                format!("{name}: missing (the model needs shape {:?})", s.dims()),
-                &s,
-                dtype,
-                dev,
-            );
+            return self.after_problem(format!("{name}: missing (the model needs shape {:?})", s.dims()), &s, dtype, dev);
         };
         if info.shape != s.dims() {
             let msg = format!("{name}: shape {:?} in the checkpoint, the model needs {:?}", info.shape, s.dims());
@@ -273,11 +268,7 @@ fn build_checked<M>(
         let more = if problems.len() >= MAX_PROBLEMS { " (stopped there)" } else { "" };
         return Err(ckpt_err(
             ckpt.path(),
-            format!(
-                "{} tensor(s) do not match the model{more}:\n{}",
-                problems.len(),
-                summarize(&problems, MAX_PROBLEMS)
-            ),
+            format!("{} tensor(s) do not match the model{more}:\n{}", problems.len(), summarize(&problems, MAX_PROBLEMS)),
         ));
     }
     Ok((built?, requested))

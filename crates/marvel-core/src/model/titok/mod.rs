@@ -57,11 +57,9 @@ fn folder_config(dir: &Path) -> Result<TitokConfig> {
 
 /// The first of [`WEIGHT_FILES`] present in `dir`.
 pub fn weights_file(dir: &Path) -> Result<std::path::PathBuf> {
-    WEIGHT_FILES
-        .iter()
-        .map(|f| dir.join(f))
-        .find(|p| p.is_file())
-        .ok_or_else(|| MarvelError::Checkpoint(format!("{}: no {} found", dir.display(), WEIGHT_FILES.join(" or "))))
+    WEIGHT_FILES.iter().map(|f| dir.join(f)).find(|p| p.is_file()).ok_or_else(|| {
+        MarvelError::Checkpoint(format!("{}: no {} found", dir.display(), WEIGHT_FILES.join(" or ")))
+    })
 }
 
 impl Titok {
