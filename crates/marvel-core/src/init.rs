@@ -5,34 +5,48 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-
 use candle_core::{DType, Device, Tensor};
 
 use crate::config::TitokConfig;
 use crate::error::{MarvelError, Result};
-use crate::model::titok::Titok;
-use crate::quantize::lfq::SplitMix64;
 use crate::invalid;
+use crate::model::titok::Titok;
+use crate::nn::ParamInit;
+use crate::quantize::lfq::SplitMix64;
 use crate::weights::{build_shape_only, write_safetensors, Requested, TensorSpec};
 
-/// Initial value of one parameter, chosen from its name and shape: norms start at identity (weight 1, bias 0),
-/// biases at 0, everything else uniform with variance 1/fan_in (fan_in = product of all but the first dim),
-/// which keeps activations at unit scale through the ViT and conv stacks; codebooks get unit-variance rows.
+/// `n` values of `init` drawn from `rng`, in order (Box-Muller for the normal: two uniforms per pair of values).
+fn sample(init: ParamInit, n: usize, rng: &mut SplitMix64) -> Vec<f32> {
+    match init {
+        ParamInit::Zeros => vec![0.0; n],
+        ParamInit::Ones => vec![1.0; n],
+        ParamInit::Uniform { bound } => (0..n).map(|_| ((rng.next_f64() * 2.0 - 1.0) * bound) as f32).collect(),
+        ParamInit::Normal { std } => {
+            let mut out = Vec::with_capacity(n + 1);
+            while out.len() < n {
+                // 1 - u is in (0, 1], so the log is finite.
+                let r = (-2.0 * (1.0 - rng.next_f64()).ln()).sqrt();
+                let theta = std::f64::consts::TAU * rng.next_f64();
+                out.push((std * r * theta.cos()) as f32);
+                out.push((std * r * theta.sin()) as f32);
+            }
+            out.truncate(n);
+            out
+        }
+    }
+}
+
+/// Initial value of one parameter, as the layer that asked for it declared (`crate::nn::ParamInit`). A tensor
+/// without a declaration is an error: a guess would silently train from a different start than the reference.
 fn init_one(r: &Requested, rng: &mut SplitMix64) -> Result<Tensor> {
-    let n: usize = r.shape.iter().product();
-    let name = r.name.as_str();
-    let leaf = name.rsplit('.').next().unwrap_or(name);
-    let is_norm = name.contains("norm") || name.contains(".ln") || name.starts_with("ln");
-    let values: Vec<f32> = if is_norm && leaf == "weight" {
-        vec![1.0; n]
-    } else if leaf.ends_with("bias") {
-        vec![0.0; n]
-    } else {
-        let fan_in: usize = if r.shape.len() > 1 { r.shape[1..].iter().product() } else { r.shape[0] };
-        let bound = (3.0 / fan_in.max(1) as f64).sqrt();
-        (0..n).map(|_| ((rng.next_f64() * 2.0 - 1.0) * bound) as f32).collect()
+    let Some(init) = r.init else {
+        return Err(MarvelError::Config(format!(
+            "{}: the model requests it without declaring its initialisation, so it cannot be made from a seed",
+            r.name
+        )));
     };
-    Ok(Tensor::from_vec(values, r.shape.as_slice(), &Device::Cpu)?.to_dtype(r.dtype)?)
+    let n: usize = r.shape.iter().product();
+    Ok(Tensor::from_vec(sample(init, n, rng), r.shape.as_slice(), &Device::Cpu)?.to_dtype(r.dtype)?)
 }
 
 /// The most parameters a random model may have: 2e9 (8 GB as f32, all of it held in memory while the file is
@@ -121,6 +135,133 @@ mod tests {
         assert_eq!(sum(&a), sum(&loaded));
         assert_ne!(sum(&a), sum(&b));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The three layouts (VQ + pixel stage, MARVEL LFQ, single-stage VQ with the pixel head) and the stand-alone
+    /// MaskGIT-VQGAN: every parameter they ask for comes with a declared initialisation.
+    fn layouts() -> Vec<TitokConfig> {
+        let two_stage = TINY
+            .replace(
+                r#""quantize_mode": "lfq", "token_size": 6, "num_depths": 3"#,
+                r#""quantize_mode": "vq", "token_size": 6, "codebook_size": 64"#,
+            )
+            .replace(
+                r#""is_legacy": false, "finetune_decoder": false"#,
+                r#""is_legacy": true, "finetune_decoder": true, "pixel_decoder": {"hidden_channels": 32,
+                "channel_mult": [1, 1, 2, 2, 4], "num_res_blocks": 1, "z_channels": 16, "codebook_size": 1024,
+                "norm_num_groups": 8}"#,
+            );
+        let single_vq = TINY.replace(
+            r#""quantize_mode": "lfq", "token_size": 6, "num_depths": 3"#,
+            r#""quantize_mode": "vq", "token_size": 6, "codebook_size": 64"#,
+        );
+        [TINY.to_string(), two_stage, single_vq].iter().map(|j| TitokConfig::from_json_str(j).unwrap()).collect()
+    }
+
+    #[test]
+    fn every_requested_tensor_declares_its_initialisation() {
+        let mut undeclared = Vec::new();
+        for cfg in layouts() {
+            let (_, requested) = build_shape_only(DType::F32, &Device::Cpu, |vb| Titok::new(&cfg, vb)).unwrap();
+            undeclared.extend(requested.iter().filter(|r| r.init.is_none()).map(|r| r.name.clone()));
+        }
+        let maskgit = crate::model::maskgit::MaskgitConfig::default();
+        let (_, requested) =
+            build_shape_only(DType::F32, &Device::Cpu, |vb| crate::model::maskgit::MaskgitVqgan::load(&maskgit, vb))
+                .unwrap();
+        undeclared.extend(requested.iter().filter(|r| r.init.is_none()).map(|r| format!("maskgit {}", r.name)));
+        assert!(undeclared.is_empty(), "no declared init: {undeclared:?}");
+    }
+
+    #[test]
+    fn a_request_without_a_declaration_is_refused() {
+        let r = Requested { name: "x.weight".into(), shape: vec![2, 2], dtype: DType::F32, init: None };
+        let err = init_one(&r, &mut SplitMix64::new(0)).unwrap_err();
+        assert_eq!(err.code(), "MARVEL_CONFIG");
+        assert!(err.to_string().starts_with("x.weight: the model requests it without declaring"), "{err}");
+    }
+
+    /// Each tensor of a fresh two-stage model has the moments of its declared distribution (within 6 standard
+    /// errors), and the declarations are the reference's for a sample of each kind.
+    #[test]
+    fn a_fresh_model_has_the_declared_statistics() {
+        let cfg = &layouts()[1];
+        let (_, requested) = build_shape_only(DType::F32, &Device::Cpu, |vb| Titok::new(cfg, vb)).unwrap();
+        let weights = random_weights(cfg, 11).unwrap();
+        let init_of = |name: &str| requested.iter().find(|r| r.name == name).unwrap().init.unwrap();
+        // The reference: trunc_normal 0.02 for linear/conv, ones/zeros for norms, width^-0.5 randn for embeddings
+        // and tokens, uniform 1/K codebooks, torch's default for the MaskGIT convs (fan_in 16 · 9 here).
+        assert_eq!(init_of("encoder.transformer.0.attn.out_proj.weight"), ParamInit::Normal { std: 0.02 });
+        assert_eq!(init_of("decoder.ffn.0.weight"), ParamInit::Normal { std: 0.02 });
+        assert_eq!(init_of("encoder.patch_embed.bias"), ParamInit::Zeros);
+        assert_eq!(init_of("decoder.ln_post.weight"), ParamInit::Ones);
+        assert_eq!(init_of("latent_tokens"), ParamInit::Normal { std: 32f64.powf(-0.5) });
+        assert_eq!(init_of("decoder.mask_token"), ParamInit::Normal { std: 32f64.powf(-0.5) });
+        assert_eq!(init_of("quantize.embedding.weight"), ParamInit::Uniform { bound: 1.0 / 64.0 });
+        assert_eq!(init_of("pixel_quantize.embedding.weight"), ParamInit::Uniform { bound: 1.0 / 1024.0 });
+        assert_eq!(init_of("pixel_decoder.conv_in.weight"), ParamInit::Uniform { bound: 1.0 / (16.0 * 9.0f64).sqrt() });
+        let mut kinds = std::collections::BTreeSet::new();
+        for r in &requested {
+            let v = weights[&r.name].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let n = v.len() as f64;
+            let mean = v.iter().map(|&x| x as f64).sum::<f64>() / n;
+            let std = (v.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n).sqrt();
+            let name = &r.name;
+            match r.init.unwrap() {
+                ParamInit::Zeros => assert!(v.iter().all(|&x| x == 0.0), "{name}"),
+                ParamInit::Ones => assert!(v.iter().all(|&x| x == 1.0), "{name}"),
+                ParamInit::Normal { std: s } => {
+                    kinds.insert("normal");
+                    assert!(mean.abs() < 6.0 * s / n.sqrt(), "{name}: mean {mean}");
+                    // The sample std's standard error is s / sqrt(2n).
+                    assert!((std - s).abs() < 6.0 * s / (2.0 * n).sqrt() + 1e-9, "{name}: std {std} for {s}");
+                }
+                ParamInit::Uniform { bound } => {
+                    kinds.insert("uniform");
+                    let s = bound / 3f64.sqrt();
+                    assert!(v.iter().all(|&x| (x.abs() as f64) <= bound), "{name}");
+                    assert!(mean.abs() < 6.0 * s / n.sqrt(), "{name}: mean {mean}");
+                    // Uniform: var(s²) = (μ4 - σ⁴)/n with μ4 = 9σ⁴/5, so se(std) = σ sqrt(0.8 / (4n)).
+                    assert!((std - s).abs() < 6.0 * s * (0.2 / n).sqrt() + 1e-9, "{name}: std {std} for {s}");
+                }
+            }
+        }
+        assert_eq!(kinds.len(), 2);
+    }
+
+    #[test]
+    fn the_same_seed_gives_identical_weights() {
+        let cfg = &layouts()[0];
+        let (a, b, c) =
+            (random_weights(cfg, 5).unwrap(), random_weights(cfg, 5).unwrap(), random_weights(cfg, 6).unwrap());
+        let bits = |t: &Tensor| {
+            t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+        };
+        assert_eq!(a.len(), b.len());
+        for (name, t) in &a {
+            assert_eq!(bits(t), bits(&b[name]), "{name}");
+        }
+        assert_ne!(
+            bits(&a["encoder.transformer.0.mlp.c_fc.weight"]),
+            bits(&c["encoder.transformer.0.mlp.c_fc.weight"])
+        );
+    }
+
+    #[test]
+    fn samples_have_the_declared_moments() {
+        let mut rng = SplitMix64::new(3);
+        let n = 200_000;
+        let moments = |v: &[f32]| {
+            let mean = v.iter().map(|&x| x as f64).sum::<f64>() / v.len() as f64;
+            let var = v.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / v.len() as f64;
+            (mean, var.sqrt(), v.iter().fold(0f64, |m, &x| m.max((x as f64).abs())))
+        };
+        let (mean, std, _) = moments(&sample(ParamInit::Normal { std: 0.5 }, n, &mut rng));
+        // Standard errors: 0.5/sqrt(n) = 1.1e-3 for the mean, 0.5/sqrt(2n) = 7.9e-4 for the std; 5 of them.
+        assert!(mean.abs() < 5.6e-3 && (std - 0.5).abs() < 4e-3, "{mean} {std}");
+        let (mean, std, max) = moments(&sample(ParamInit::Uniform { bound: 2.0 }, n, &mut rng));
+        assert!(mean.abs() < 0.013 && (std - 2.0 / 3f64.sqrt()).abs() < 8e-3 && max <= 2.0, "{mean} {std} {max}");
+        assert_eq!(sample(ParamInit::Normal { std: 1.0 }, 7, &mut rng).len(), 7);
     }
 
     #[test]

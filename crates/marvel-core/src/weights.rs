@@ -27,6 +27,7 @@ use candle_nn::var_builder::SimpleBackend;
 use candle_nn::{Init, VarBuilder};
 
 use crate::error::Result;
+use crate::nn::ParamInit;
 
 mod checkpoint;
 mod pickle;
@@ -46,6 +47,9 @@ pub struct Requested {
     pub name: String,
     pub shape: Vec<usize>,
     pub dtype: DType,
+    /// How the layer that asked for it initialises it; `None` when it declared nothing (a plain `vb.get`) and
+    /// for optional buffers read as stored.
+    pub init: Option<ParamInit>,
 }
 
 #[derive(Default)]
@@ -55,8 +59,9 @@ struct Recorder {
 }
 
 impl Recorder {
-    fn request(&self, name: &str, shape: &Shape, dtype: DType) {
-        let r = Requested { name: name.to_string(), shape: shape.dims().to_vec(), dtype };
+    fn request(&self, name: &str, shape: &Shape, dtype: DType, hint: Option<Init>) {
+        let init = hint.and_then(ParamInit::from_hint);
+        let r = Requested { name: name.to_string(), shape: shape.dims().to_vec(), dtype, init };
         self.requested.lock().unwrap_or_else(|p| p.into_inner()).push(r);
     }
 
@@ -113,8 +118,8 @@ impl CheckpointBackend {
 }
 
 impl SimpleBackend for CheckpointBackend {
-    fn get(&self, s: Shape, name: &str, _: Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
-        self.rec.request(name, &s, dtype);
+    fn get(&self, s: Shape, name: &str, hint: Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        self.rec.request(name, &s, dtype, Some(hint));
         let Some(info) = self.ckpt.tensors().get(name) else {
             return self.after_problem(format!("{name}: missing (the model needs shape {:?})", s.dims()), &s, dtype, dev);
         };
@@ -147,7 +152,7 @@ impl SimpleBackend for CheckpointBackend {
             .tensors()
             .get(name)
             .ok_or_else(|| candle_core::Error::CannotFindTensor { path: name.to_string() })?;
-        self.rec.request(name, &Shape::from(info.shape.clone()), dtype);
+        self.rec.request(name, &Shape::from(info.shape.clone()), dtype, None);
         self.ckpt.load(name, dev).map_err(|e| candle_core::Error::Msg(e.to_string()))?.to_dtype(dtype)
     }
 
@@ -161,8 +166,8 @@ struct ShapeOnlyBackend {
 }
 
 impl SimpleBackend for ShapeOnlyBackend {
-    fn get(&self, s: Shape, name: &str, _: Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
-        self.rec.request(name, &s, dtype);
+    fn get(&self, s: Shape, name: &str, hint: Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        self.rec.request(name, &s, dtype, Some(hint));
         placeholder(&s, dtype, dev)
     }
 

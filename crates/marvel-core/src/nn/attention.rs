@@ -4,6 +4,8 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
+use super::param_init::{linear, param, ParamInit};
+
 #[derive(Debug, Clone)]
 pub struct MultiheadAttention {
     /// q, k and v in one (3D, D) projection: a single matmul instead of three.
@@ -18,11 +20,12 @@ impl MultiheadAttention {
         if num_heads == 0 || width % num_heads != 0 {
             candle_core::bail!("attention: {num_heads} heads do not divide width {width}");
         }
-        let weight = vb.get((3 * width, width), "in_proj_weight")?;
-        let bias = vb.get(3 * width, "in_proj_bias")?;
+        // torch's MultiheadAttention init, which the reference's `_init_weights` leaves alone (not a Linear).
+        let weight = param(&vb, (3 * width, width), "in_proj_weight", ParamInit::xavier_uniform(width, 3 * width))?;
+        let bias = param(&vb, 3 * width, "in_proj_bias", ParamInit::Zeros)?;
         Ok(Self {
             in_proj: Linear::new(weight, Some(bias)),
-            out_proj: candle_nn::linear(width, width, vb.pp("out_proj"))?,
+            out_proj: linear(width, width, vb.pp("out_proj"))?,
             num_heads,
             head_dim: width / num_heads,
         })

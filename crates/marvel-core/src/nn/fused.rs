@@ -28,9 +28,10 @@ pub(crate) struct F32Data<'a> {
 }
 
 impl<'a> F32Data<'a> {
-    /// `None` unless `t` is f32, on the CPU and contiguous.
+    /// `None` unless `t` is f32, on the CPU and contiguous, and untracked: the fused kernels record no backward
+    /// pass, so a tensor whose gradient may be asked for never reaches them, whatever the caller checked.
     pub(crate) fn of(t: &'a Tensor) -> Option<Self> {
-        if t.dtype() != DType::F32 {
+        if t.dtype() != DType::F32 || super::needs_grad(&[t]) {
             return None;
         }
         let (storage, layout) = t.storage_and_layout();
@@ -308,6 +309,17 @@ fn par_rows2(xs: &mut [f32], ys: &[f32], cols: usize, f: impl Fn(&mut [f32], &[f
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Variables and anything computed from them are refused; a detached view of the same storage is served.
+    #[test]
+    fn tracked_tensors_never_reach_the_kernels() {
+        let var = candle_core::Var::new(&[1f32, 2., 3.], &candle_core::Device::Cpu).unwrap();
+        assert!(F32Data::of(var.as_tensor()).is_none());
+        let derived = (var.as_tensor() * 2.0).unwrap();
+        assert!(F32Data::of(&derived).is_none());
+        let detached = var.as_detached_tensor();
+        assert_eq!(F32Data::of(&detached).unwrap().get(), &[1., 2., 3.]);
+    }
 
     /// The strided, fused attention against a plain per-head loop in f64.
     #[test]

@@ -3,6 +3,8 @@
 use candle_core::{DType, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
+use super::param_init::{param, ParamInit};
+
 /// PyTorch's default `nn.LayerNorm` epsilon, used by every TiTok layer norm.
 pub const LAYER_NORM_EPS: f64 = 1e-5;
 
@@ -15,7 +17,8 @@ pub struct LayerNorm {
 
 impl LayerNorm {
     pub fn new(dim: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
-        Ok(Self { weight: vb.get(dim, "weight")?, bias: vb.get(dim, "bias")?, eps })
+        let weight = param(&vb, dim, "weight", ParamInit::Ones)?;
+        Ok(Self { weight, bias: param(&vb, dim, "bias", ParamInit::Zeros)?, eps })
     }
 
     /// weight, bias, eps.

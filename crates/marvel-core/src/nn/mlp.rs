@@ -12,8 +12,8 @@ pub struct Mlp {
 impl Mlp {
     pub fn new(width: usize, hidden: usize, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
-            c_fc: candle_nn::linear(width, hidden, vb.pp("c_fc"))?,
-            c_proj: candle_nn::linear(hidden, width, vb.pp("c_proj"))?,
+            c_fc: super::linear(width, hidden, vb.pp("c_fc"))?,
+            c_proj: super::linear(hidden, width, vb.pp("c_proj"))?,
         })
     }
 

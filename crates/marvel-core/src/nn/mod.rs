@@ -7,19 +7,23 @@
 
 mod attention;
 mod block;
+mod conv2d;
 #[cfg(target_arch = "x86_64")]
 mod fused;
 #[cfg(target_arch = "x86_64")]
 mod kernels;
 mod layer_norm;
 mod mlp;
+pub mod param_init;
 #[cfg(target_arch = "x86_64")]
 mod sgemm;
 
 pub use attention::MultiheadAttention;
 pub use block::ResidualAttentionBlock;
+pub use conv2d::{conv2d, conv2d_im2col, upsample2x_conv2d, upsample2x_conv2d_im2col};
 pub use layer_norm::{LayerNorm, LAYER_NORM_EPS};
 pub use mlp::Mlp;
+pub use param_init::{linear, param, ParamInit, TRUNC_NORMAL_002};
 
 use candle_core::{Result, Tensor, D};
 
@@ -48,8 +52,8 @@ pub fn softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
 /// A 1x1 convolution's weight `(out, in, 1, 1)` as a linear layer's `(out, in)`: on channels-last data the two
 /// are the same product, and the matmul avoids candle's im2col.
 pub fn conv1x1_as_linear(out_ch: usize, in_ch: usize, vb: candle_nn::VarBuilder) -> Result<candle_nn::Linear> {
-    let weight = vb.get((out_ch, in_ch, 1, 1), "weight")?.squeeze(3)?.squeeze(2)?;
-    let bias = vb.get(out_ch, "bias")?;
+    let weight = param(&vb, (out_ch, in_ch, 1, 1), "weight", TRUNC_NORMAL_002)?.squeeze(3)?.squeeze(2)?;
+    let bias = param(&vb, out_ch, "bias", ParamInit::Zeros)?;
     Ok(candle_nn::Linear::new(weight, Some(bias)))
 }
 
@@ -63,10 +67,12 @@ mod tests {
             ("mod.rs", include_str!("mod.rs")),
             ("attention.rs", include_str!("attention.rs")),
             ("block.rs", include_str!("block.rs")),
+            ("conv2d.rs", include_str!("conv2d.rs")),
             ("fused.rs", include_str!("fused.rs")),
             ("kernels.rs", include_str!("kernels.rs")),
             ("layer_norm.rs", include_str!("layer_norm.rs")),
             ("mlp.rs", include_str!("mlp.rs")),
+            ("param_init.rs", include_str!("param_init.rs")),
             ("sgemm.rs", include_str!("sgemm.rs")),
         ];
         for (file, source) in sources {

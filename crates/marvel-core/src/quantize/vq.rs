@@ -5,6 +5,7 @@ use candle_core::{DType, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
 use crate::config::VqConfig;
+use crate::nn::{param, ParamInit};
 
 /// What one quantization step returns: the codes, the straight-through latent, and the two training losses.
 #[derive(Debug, Clone)]
@@ -40,7 +41,9 @@ pub fn l2_normalize(xs: &Tensor) -> Result<Tensor> {
 
 impl VectorQuantizer {
     pub fn new(cfg: &VqConfig, vb: VarBuilder) -> Result<Self> {
-        let embedding = vb.pp("embedding").get((cfg.codebook_size, cfg.token_size), "weight")?;
+        // The reference's `uniform_(-1/K, 1/K)` (`TiTok._init_weights` runs before the quantizer is built).
+        let init = ParamInit::Uniform { bound: 1.0 / cfg.codebook_size as f64 };
+        let embedding = param(&vb.pp("embedding"), (cfg.codebook_size, cfg.token_size), "weight", init)?;
         Ok(Self { embedding, use_l2_norm: cfg.use_l2_norm, commitment_cost: cfg.commitment_cost })
     }
 

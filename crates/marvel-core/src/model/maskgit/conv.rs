@@ -3,17 +3,19 @@
 //!
 //! On the CPU the 3x3 ones, nearly all of the model's work, run as Winograd F(2x2, 3x3) (see `winograd.rs`):
 //! candle's conv2d (tiled im2col + gemm) reaches about 40% of the speed of a bare gemm of the same size here,
-//! and Winograd also needs 2.25x fewer multiplies. Its transformed weights are computed on the first CPU
-//! forward and kept (16/9 of the 3x3 weights' size). Other devices, dtypes, and tensors under autograd use
-//! candle's conv2d.
+//! and Winograd also needs 2.25x fewer multiplies. Its transformed weights are kept between calls (16/9 of the
+//! 3x3 weights' size) and recomputed whenever the weights' values change (`winograd_cache.rs`). Other devices and
+//! dtypes use candle's conv2d, and tensors under autograd the convolution whose backward is matmuls.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use candle_core::{DType, Tensor};
 use candle_nn::VarBuilder;
 
-use super::winograd::{transform_weights, Winograd3x3};
+use super::winograd::Winograd3x3;
+use super::winograd_cache::WinogradCache;
 use crate::error::Result;
+use crate::nn::{param, ParamInit};
 
 #[derive(Debug, Clone)]
 pub struct SameConv2d {
@@ -21,13 +23,15 @@ pub struct SameConv2d {
     bias: Option<Tensor>,
     kernel: usize,
     /// Winograd-transformed weights, shared by clones.
-    winograd: Arc<OnceLock<Tensor>>,
+    winograd: Arc<WinogradCache>,
 }
 
 impl SameConv2d {
     pub fn new(c_in: usize, c_out: usize, kernel: usize, with_bias: bool, vb: VarBuilder) -> Result<Self> {
-        let weight = vb.get((c_out, c_in, kernel, kernel), "weight")?;
-        let bias = if with_bias { Some(vb.get(c_out, "bias")?) } else { None };
+        // torch's default init: the reference never re-initialises the MaskGIT networks.
+        let init = ParamInit::torch_default(c_in * kernel * kernel);
+        let weight = param(&vb, (c_out, c_in, kernel, kernel), "weight", init)?;
+        let bias = if with_bias { Some(param(&vb, c_out, "bias", init)?) } else { None };
         Ok(Self::from_weight(weight, bias))
     }
 
@@ -48,7 +52,7 @@ impl SameConv2d {
     }
 
     fn run(&self, x: &Tensor, upsample: bool) -> Result<Tensor> {
-        let (_, c_in, h, w) = x.dims4()?;
+        let (_, c_in, _, _) = x.dims4()?;
         let want = self.weight.dim(1)?;
         if c_in != want {
             return Err(crate::shape_mismatch!(
@@ -60,27 +64,21 @@ impl SameConv2d {
             && x.device().is_cpu()
             && x.dtype() == DType::F32
             && self.weight.dtype() == DType::F32
-            && !(x.track_op() || self.weight.track_op() || self.bias.as_ref().is_some_and(|b| b.track_op()));
+            && !crate::nn::needs_grad(&[x, &self.weight])
+            && !self.bias.as_ref().is_some_and(|b| crate::nn::needs_grad(&[b]));
         if fast {
-            let u = match self.winograd.get() {
-                Some(u) => u,
-                None => {
-                    // Two threads racing here compute the same tensor; either result is kept.
-                    let _ = self.winograd.set(transform_weights(&self.weight)?);
-                    self.winograd.get().expect("set above")
-                }
-            };
+            let u = self.winograd.transformed(&self.weight)?;
             let bias = match &self.bias {
                 Some(b) => Some(b.to_vec1::<f32>()?),
                 None => None,
             };
-            return Ok(x.contiguous()?.apply_op1_no_bwd(&Winograd3x3::new(u, bias, upsample))?);
+            return Ok(x.contiguous()?.apply_op1_no_bwd(&Winograd3x3::new(&u, bias, upsample))?);
         }
-        let x = if upsample { x.upsample_nearest2d(2 * h, 2 * w)? } else { x.clone() };
-        let y = x.conv2d(&self.weight, (self.kernel - 1) / 2, 1, 1, 1)?;
-        Ok(match &self.bias {
-            Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?)?,
-            None => y,
+        let padding = (self.kernel - 1) / 2;
+        Ok(if upsample {
+            crate::nn::upsample2x_conv2d(x, &self.weight, self.bias.as_ref(), padding)?
+        } else {
+            crate::nn::conv2d(x, &self.weight, self.bias.as_ref(), 1, padding)?
         })
     }
 }
@@ -92,6 +90,45 @@ mod tests {
 
     fn diff(a: &Tensor, b: &Tensor) -> f32 {
         (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    }
+
+    /// A model built from a training run's detached variables shares their storage: when the optimizer
+    /// overwrites a weight, the next forward uses the new values, not the transform kept from the old ones.
+    #[test]
+    fn the_kept_transform_follows_the_weights() {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1., (1, 5, 6, 7), &dev).unwrap();
+        let var = candle_core::Var::from_tensor(&Tensor::randn(0f32, 1., (4, 5, 3, 3), &dev).unwrap()).unwrap();
+        let conv = SameConv2d::from_weight(var.as_detached_tensor(), None);
+        let before = conv.forward(&x).unwrap();
+        assert!(diff(&before, &x.conv2d(var.as_tensor(), 1, 1, 1, 1).unwrap()) < 2e-5);
+        var.set(&Tensor::randn(0f32, 1., (4, 5, 3, 3), &dev).unwrap()).unwrap();
+        let after = conv.forward(&x).unwrap();
+        assert!(diff(&after, &x.conv2d(var.as_tensor(), 1, 1, 1, 1).unwrap()) < 2e-5);
+        assert!(diff(&after, &before) > 0.1);
+        // The upsampled entry shares the cache and sees the same values.
+        let up = x.upsample_nearest2d(12, 14).unwrap();
+        assert!(diff(&conv.forward_upsampled(&x).unwrap(), &up.conv2d(var.as_tensor(), 1, 1, 1, 1).unwrap()) < 2e-5);
+    }
+
+    /// Weights that are variables (training) take the differentiable path, so the weight gets its gradient.
+    #[test]
+    fn variable_weights_take_the_differentiable_path() {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1., (1, 3, 5, 5), &dev).unwrap();
+        let var = candle_core::Var::from_tensor(&Tensor::randn(0f32, 1., (2, 3, 3, 3), &dev).unwrap()).unwrap();
+        let conv = SameConv2d::from_weight(var.as_tensor().clone(), None);
+        let grads = conv.forward(&x).unwrap().sum_all().unwrap().backward().unwrap();
+        let g = grads.get(var.as_tensor()).expect("a gradient for the weight");
+        // d(sum y)/dw[o, c, i, j] is the sum of the input window (i, j) shifted: the same for every output o.
+        let want = x.pad_with_zeros(2, 1, 1).unwrap().pad_with_zeros(3, 1, 1).unwrap();
+        for (i, j) in [(0, 0), (1, 2), (2, 1)] {
+            let s = want.narrow(2, i, 5).unwrap().narrow(3, j, 5).unwrap().sum((0, 2, 3)).unwrap();
+            let got = g.narrow(2, i, 1).unwrap().narrow(3, j, 1).unwrap().squeeze(3).unwrap().squeeze(2).unwrap();
+            for o in 0..2 {
+                assert!(diff(&got.get(o).unwrap(), &s) < 1e-4);
+            }
+        }
     }
 
     #[test]

@@ -104,7 +104,14 @@ mod tests {
     struct RandomWeights;
 
     impl SimpleBackend for RandomWeights {
-        fn get(&self, s: Shape, name: &str, _: candle_nn::Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        fn get(
+            &self,
+            s: Shape,
+            name: &str,
+            _: candle_nn::Init,
+            dtype: DType,
+            dev: &Device,
+        ) -> candle_core::Result<Tensor> {
             let dims = s.dims();
             if name.ends_with("weight") && dims.len() > 1 {
                 let fan_in: usize = dims[1..].iter().product();
@@ -141,6 +148,43 @@ mod tests {
         }
         let wall = t.elapsed().as_secs_f64() / runs as f64;
         (wall, cpu.zip(cpu_secs()).map(|(a, b)| (b - a) / runs as f64))
+    }
+
+    /// Trained (weights are variables): the differentiable path (im2col convolutions, composed group norms)
+    /// gives what inference gives from the same values (Winograd, fused group norm), and every parameter gets a
+    /// gradient.
+    #[test]
+    fn the_training_path_matches_inference_and_reaches_every_weight() {
+        let dev = Device::Cpu;
+        let cfg = MaskgitConfig {
+            hidden_channels: 8,
+            channel_mult: vec![1, 2],
+            num_res_blocks: 1,
+            z_channels: 4,
+            codebook_size: 16,
+            norm_num_groups: 4,
+            resolution: 8,
+            ..MaskgitConfig::default()
+        };
+        let vars = candle_nn::VarMap::new();
+        let trained = MaskgitDecoder::new(&cfg, VarBuilder::from_varmap(&vars, DType::F32, &dev)).unwrap();
+        for var in vars.all_vars() {
+            var.set(&Tensor::randn(0f32, 0.3, var.shape(), &dev).unwrap()).unwrap();
+        }
+        let detached: std::collections::HashMap<String, Tensor> =
+            vars.data().lock().unwrap().iter().map(|(k, v)| (k.clone(), v.as_detached_tensor())).collect();
+        let inference = MaskgitDecoder::new(&cfg, VarBuilder::from_tensors(detached, DType::F32, &dev)).unwrap();
+        let z = Tensor::randn(0f32, 1., (2, 4, 4, 4), &dev).unwrap();
+        let (y, want) = (trained.forward(&z).unwrap(), inference.forward(&z).unwrap());
+        assert!(y.track_op() && !want.track_op());
+        let scale = want.abs().unwrap().max_keepdim(0).unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let err = (&y - &want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(err <= 1e-4 * scale.max(1.0), "{err} against {scale}");
+        let grads = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        for (name, var) in vars.data().lock().unwrap().iter() {
+            let g = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("{name}: no gradient"));
+            assert!(g.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() > 0.0, "{name}: zero gradient");
+        }
     }
 
     /// `cargo test --release -p marvel-core bench_released_decoder -- --ignored --nocapture`; threads from

@@ -15,6 +15,7 @@ mod res_block;
 mod rgb;
 mod vqgan;
 mod winograd;
+mod winograd_cache;
 
 pub use config::MaskgitConfig;
 pub use decoder::MaskgitDecoder;

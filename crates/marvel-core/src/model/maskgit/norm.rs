@@ -7,6 +7,7 @@ use candle_nn::VarBuilder;
 use rayon::prelude::*;
 
 use crate::error::Result;
+use crate::nn::{param, ParamInit};
 
 /// The reference's GroupNorm epsilon (`nn.GroupNorm(..., eps=1e-6)`), not torch's default 1e-5.
 const EPS: f64 = 1e-6;
@@ -21,8 +22,8 @@ pub struct GroupNorm {
 
 impl GroupNorm {
     pub fn new(channels: usize, groups: usize, vb: VarBuilder) -> Result<Self> {
-        let weight = vb.get(channels, "weight")?;
-        let bias = vb.get(channels, "bias")?;
+        let weight = param(&vb, channels, "weight", ParamInit::Ones)?;
+        let bias = param(&vb, channels, "bias", ParamInit::Zeros)?;
         Ok(Self { weight, bias, groups, channels })
     }
 
@@ -42,7 +43,7 @@ impl GroupNorm {
         let fast = x.device().is_cpu()
             && x.dtype() == DType::F32
             && self.weight.dtype() == DType::F32
-            && !(x.track_op() || self.weight.track_op() || self.bias.track_op());
+            && !crate::nn::needs_grad(&[x, &self.weight, &self.bias]);
         if fast {
             let op = GroupNormSiluCpu {
                 weight: self.weight.to_vec1::<f32>()?,

@@ -6,6 +6,7 @@ use candle_nn::VarBuilder;
 
 use super::config::MaskgitConfig;
 use crate::error::Result;
+use crate::nn::{param, ParamInit};
 
 #[derive(Debug, Clone)]
 pub struct MaskgitQuantizer {
@@ -14,8 +15,15 @@ pub struct MaskgitQuantizer {
 
 impl MaskgitQuantizer {
     pub fn new(cfg: &MaskgitConfig, vb: VarBuilder) -> Result<Self> {
-        let embedding = vb.pp("embedding").get((cfg.codebook_size, cfg.z_channels), "weight")?;
+        let embedding = Self::codebook(cfg.codebook_size, cfg.z_channels, vb)?;
         Ok(Self { embedding })
+    }
+
+    /// `embedding.weight` under `vb`, (codebook_size, z_channels), declared as the reference's
+    /// `uniform_(-1/K, 1/K)` (maskgit_vqgan.py `VectorQuantizer`, also TiTok's `pixel_quantize`).
+    pub fn codebook(codebook_size: usize, z_channels: usize, vb: VarBuilder) -> Result<Tensor> {
+        let init = ParamInit::Uniform { bound: 1.0 / codebook_size as f64 };
+        Ok(param(&vb.pp("embedding"), (codebook_size, z_channels), "weight", init)?)
     }
 
     /// The codebook, (codebook_size, z_channels).

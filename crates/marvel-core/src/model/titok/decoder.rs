@@ -3,10 +3,11 @@
 //! (legacy head) or RGB pixels (pixel head).
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, Linear, VarBuilder};
+use candle_nn::{Linear, VarBuilder};
 
 use crate::config::{TitokConfig, LEGACY_LOGITS};
-use crate::nn::{conv1x1_as_linear, LayerNorm, ResidualAttentionBlock, LAYER_NORM_EPS};
+use crate::nn::TRUNC_NORMAL_002;
+use crate::nn::{conv1x1_as_linear, linear, param, LayerNorm, ParamInit, ResidualAttentionBlock, LAYER_NORM_EPS};
 
 /// The output head (`ffn`, and `conv_out` for pixels).
 #[derive(Debug, Clone)]
@@ -14,7 +15,7 @@ enum Head {
     /// `ffn.0` 1x1 conv D -> 2D, tanh, `ffn.2` 1x1 conv 2D -> 1024.
     Logits { ffn0: Linear, ffn2: Linear },
     /// `ffn.0` 1x1 conv D -> p·p·3, depth-to-space, `conv_out` 3x3 conv.
-    Pixels { ffn0: Linear, conv_out: Conv2d },
+    Pixels { ffn0: Linear, conv_out: (Tensor, Tensor) },
 }
 
 #[derive(Debug, Clone)]
@@ -50,18 +51,18 @@ impl TitokDecoder {
                 ffn2: conv1x1_as_linear(LEGACY_LOGITS, 2 * d, ffn.pp(2))?,
             }
         } else {
-            let conv_cfg = Conv2dConfig { padding: 1, ..Default::default() };
-            Head::Pixels {
-                ffn0: conv1x1_as_linear(p * p * 3, d, ffn.pp(0))?,
-                conv_out: candle_nn::conv2d(3, 3, 3, conv_cfg, vb.pp("conv_out"))?,
-            }
+            let co = vb.pp("conv_out");
+            let weight = param(&co, (3, 3, 3, 3), "weight", TRUNC_NORMAL_002)?;
+            let bias = param(&co, 3, "bias", ParamInit::Zeros)?;
+            Head::Pixels { ffn0: conv1x1_as_linear(p * p * 3, d, ffn.pp(0))?, conv_out: (weight, bias) }
         };
+        let embedding = ParamInit::scaled_normal(d);
         Ok(Self {
-            decoder_embed: candle_nn::linear(cfg.token_size, d, vb.pp("decoder_embed"))?,
-            class_embedding: vb.get((1, d), "class_embedding")?,
-            positional_embedding: vb.get((grid * grid + 1, d), "positional_embedding")?,
-            mask_token: vb.get((1, 1, d), "mask_token")?,
-            latent_token_positional_embedding: vb.get((n, d), "latent_token_positional_embedding")?,
+            decoder_embed: linear(cfg.token_size, d, vb.pp("decoder_embed"))?,
+            class_embedding: param(&vb, (1, d), "class_embedding", embedding)?,
+            positional_embedding: param(&vb, (grid * grid + 1, d), "positional_embedding", embedding)?,
+            mask_token: param(&vb, (1, 1, d), "mask_token", embedding)?,
+            latent_token_positional_embedding: param(&vb, (n, d), "latent_token_positional_embedding", embedding)?,
             ln_pre: LayerNorm::new(d, LAYER_NORM_EPS, vb.pp("ln_pre"))?,
             transformer,
             ln_post: LayerNorm::new(d, LAYER_NORM_EPS, vb.pp("ln_post"))?,
@@ -126,7 +127,8 @@ impl TitokDecoder {
                 // einops 'b (p1 p2 c) h w -> b c (h p1) (w p2)': channel (p1·p + p2)·3 + c of patch (h, w).
                 let pixels =
                     patches.reshape((b, g, g, p, p, 3))?.permute((0, 5, 1, 3, 2, 4))?.reshape((b, 3, g * p, g * p))?;
-                conv_out.forward(&pixels)
+                // candle's conv2d for inference, one whose backward is matmuls under autograd.
+                crate::nn::conv2d(&pixels, &conv_out.0, Some(&conv_out.1), 1, 1)
             }
         }
     }

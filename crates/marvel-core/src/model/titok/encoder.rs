@@ -5,7 +5,9 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
 use crate::config::TitokConfig;
-use crate::nn::{conv1x1_as_linear, LayerNorm, ResidualAttentionBlock, LAYER_NORM_EPS};
+use crate::nn::{
+    conv1x1_as_linear, param, LayerNorm, ParamInit, ResidualAttentionBlock, LAYER_NORM_EPS, TRUNC_NORMAL_002,
+};
 
 #[derive(Debug, Clone)]
 pub struct TitokEncoder {
@@ -34,16 +36,17 @@ impl TitokEncoder {
         let grid = cfg.encoder_grid();
         let n = cfg.num_latent_tokens;
         let pe = vb.pp("patch_embed");
-        let patch_weight = pe.get((d, 3, p, p), "weight")?.reshape((d, 3 * p * p))?;
-        let patch_embed = Linear::new(patch_weight, Some(pe.get(d, "bias")?));
+        let patch_weight = param(&pe, (d, 3, p, p), "weight", TRUNC_NORMAL_002)?.reshape((d, 3 * p * p))?;
+        let patch_embed = Linear::new(patch_weight, Some(param(&pe, d, "bias", ParamInit::Zeros)?));
+        let embedding = ParamInit::scaled_normal(d);
         let transformer = (0..vit.num_layers)
             .map(|i| ResidualAttentionBlock::new(d, vit.num_heads, vit.mlp_width(), vb.pp("transformer").pp(i)))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             patch_embed,
-            class_embedding: vb.get((1, d), "class_embedding")?,
-            positional_embedding: vb.get((grid * grid + 1, d), "positional_embedding")?,
-            latent_token_positional_embedding: vb.get((n, d), "latent_token_positional_embedding")?,
+            class_embedding: param(&vb, (1, d), "class_embedding", embedding)?,
+            positional_embedding: param(&vb, (grid * grid + 1, d), "positional_embedding", embedding)?,
+            latent_token_positional_embedding: param(&vb, (n, d), "latent_token_positional_embedding", embedding)?,
             ln_pre: LayerNorm::new(d, LAYER_NORM_EPS, vb.pp("ln_pre"))?,
             transformer,
             ln_post: LayerNorm::new(d, LAYER_NORM_EPS, vb.pp("ln_post"))?,

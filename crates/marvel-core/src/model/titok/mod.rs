@@ -21,8 +21,9 @@ use candle_nn::VarBuilder;
 
 use crate::config::TitokConfig;
 use crate::error::{MarvelError, Result};
-use crate::model::maskgit::MaskgitDecoder;
+use crate::model::maskgit::{MaskgitDecoder, MaskgitQuantizer};
 use crate::model::WEIGHT_FILES;
+use crate::nn::{param, ParamInit};
 use crate::quantize::Quantizer;
 use crate::weights::{check_strict, load_strict, Checkpoint, LoadOptions, LoadReport, Requested};
 use crate::{invalid, shape_mismatch};
@@ -65,13 +66,14 @@ impl Titok {
     /// Builds the model under `vb`, whose root holds the reference's keys (`encoder.*`, `decoder.*`,
     /// `latent_tokens`, `quantize.*`, and for two-stage models `pixel_quantize.*`, `pixel_decoder.*`).
     pub fn new(cfg: &TitokConfig, vb: VarBuilder) -> Result<Self> {
-        let latent_tokens = vb.get((cfg.num_latent_tokens, cfg.encoder.width), "latent_tokens")?;
+        let (n, width) = (cfg.num_latent_tokens, cfg.encoder.width);
+        let latent_tokens = param(&vb, (n, width), "latent_tokens", ParamInit::scaled_normal(width))?;
         let encoder = TitokEncoder::new(cfg, vb.pp("encoder"))?;
         let decoder = TitokDecoder::new(cfg, vb.pp("decoder"))?;
         let quantize = Quantizer::new(&cfg.quantizer, vb.pp("quantize"))?;
         let pixel = match &cfg.pixel_decoder {
             Some(pd) => Some(PixelStage {
-                codebook: vb.pp("pixel_quantize").pp("embedding").get((pd.codebook_size, pd.z_channels), "weight")?,
+                codebook: MaskgitQuantizer::codebook(pd.codebook_size, pd.z_channels, vb.pp("pixel_quantize"))?,
                 decoder: MaskgitDecoder::new(pd, vb.pp("pixel_decoder"))?,
             }),
             None => None,

@@ -1,0 +1,322 @@
+//! A 2-D convolution whose backward pass is matrix products, for training on the CPU.
+//!
+//! candle's CPU conv2d backward computes the input's gradient with a naive transposed convolution and the
+//! weight's with a conv2d whose kernel is the whole output plane; both run far below gemm speed. Here the
+//! convolution is written as im2col followed by a matmul: `cols = im2col(x)` is (B, C_in·k·k, Ho·Wo) and
+//! `y = W · cols` with W reshaped to (C_out, C_in·k·k). Autograd then gives the weight's gradient as
+//! `dy · colsᵀ` and the columns' as `Wᵀ · dy`, both gemms, and [`Im2Col`]'s backward folds the columns' gradient
+//! back onto the input (col2im, one pass). The price is that `cols`, k² times the input, is kept for the backward.
+//!
+//! Inference keeps candle's conv2d (or the model's own fused kernels): [`conv2d`] only takes this path for
+//! tracked f32 CPU tensors.
+
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+/// The geometry of one convolution (square kernel, same stride and zero padding on both axes, no dilation),
+/// reading its input through a nearest upsampling by `up` (1: none).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Geometry {
+    channels: usize,
+    /// The stored input's sides; the convolution sees `up` times them.
+    h: usize,
+    w: usize,
+    up: usize,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+}
+
+impl Geometry {
+    fn out_hw(&self) -> (usize, usize) {
+        let out = |n: usize| (n * self.up + 2 * self.padding - self.kernel) / self.stride + 1;
+        (out(self.h), out(self.w))
+    }
+
+    /// For output row (or column) `o` and kernel offset `k`: the stored input's index, if inside the image.
+    #[inline(always)]
+    fn source(&self, o: usize, k: usize, n: usize) -> Option<usize> {
+        (o * self.stride + k).checked_sub(self.padding).filter(|&i| i < n * self.up).map(|i| i / self.up)
+    }
+
+    /// Walks every (column row, output position, input position) of one channel's k·k column rows.
+    #[inline(always)]
+    fn for_each(&self, mut f: impl FnMut(usize, usize, usize)) {
+        let (oh, ow) = self.out_hw();
+        for ki in 0..self.kernel {
+            for kj in 0..self.kernel {
+                let row = ki * self.kernel + kj;
+                for oy in 0..oh {
+                    let Some(iy) = self.source(oy, ki, self.h) else { continue };
+                    for ox in 0..ow {
+                        if let Some(ix) = self.source(ox, kj, self.w) {
+                            f(row, oy * ow + ox, iy * self.w + ix);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// (B, C, H, W) -> (B, C·k·k, Ho·Wo): each column holds the input window of one output position, in the
+/// weight's (C, ki, kj) order; zeros where the window reaches into the padding.
+struct Im2Col(Geometry);
+
+impl CustomOp1 for Im2Col {
+    fn name(&self) -> &'static str {
+        "im2col"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("im2col needs a contiguous input")
+        };
+        let x = &storage.as_slice::<f32>()?[start..end];
+        let g = self.0;
+        let (b, _, _, _) = layout.shape().dims4()?;
+        let (oh, ow) = g.out_hw();
+        let (kk, l) = (g.kernel * g.kernel, oh * ow);
+        let mut cols = vec![0f32; b * g.channels * kk * l];
+        cols.par_chunks_mut(kk * l).zip(x.par_chunks(g.h * g.w)).for_each(|(dst, plane)| {
+            g.for_each(|row, o, i| dst[row * l + o] = plane[i]);
+        });
+        Ok((CpuStorage::F32(cols), Shape::from((b, g.channels * kk, l))))
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(grad_res.contiguous()?.apply_op1_no_bwd(&Col2Im(self.0))?))
+    }
+}
+
+/// The adjoint of [`Im2Col`]: (B, C·k·k, Ho·Wo) -> (B, C, H, W), each column value added back to the input
+/// position it was read from.
+struct Col2Im(Geometry);
+
+impl CustomOp1 for Col2Im {
+    fn name(&self) -> &'static str {
+        "col2im"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("col2im needs a contiguous input")
+        };
+        let cols = &storage.as_slice::<f32>()?[start..end];
+        let g = self.0;
+        let (b, _, _) = layout.shape().dims3()?;
+        let (oh, ow) = g.out_hw();
+        let (kk, l) = (g.kernel * g.kernel, oh * ow);
+        let mut x = vec![0f32; b * g.channels * g.h * g.w];
+        // One task per (image, channel) plane: each writes only its own plane.
+        x.par_chunks_mut(g.h * g.w).zip(cols.par_chunks(kk * l)).for_each(|(plane, src)| {
+            g.for_each(|row, o, i| plane[i] += src[row * l + o]);
+        });
+        Ok((CpuStorage::F32(x), Shape::from((b, g.channels, g.h, g.w))))
+    }
+}
+
+/// `conv2d(x, weight) + bias` as im2col + matmul, differentiable through gemms (see the module notes).
+/// `x`: (B, C_in, H, W) f32 on the CPU; `weight`: (C_out, C_in, k, k); `bias`: (C_out).
+pub fn conv2d_im2col(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    stride: usize,
+    padding: usize,
+) -> Result<Tensor> {
+    im2col_conv(x, weight, bias, stride, padding, 1)
+}
+
+/// `conv2d(upsample_nearest_x2(x), weight) + bias` at stride 1, the upsampling folded into im2col (and its
+/// gradient into col2im): the 4x larger upsampled input is never made.
+pub fn upsample2x_conv2d_im2col(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, padding: usize) -> Result<Tensor> {
+    im2col_conv(x, weight, bias, 1, padding, 2)
+}
+
+fn im2col_conv(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    stride: usize,
+    padding: usize,
+    up: usize,
+) -> Result<Tensor> {
+    let (b, c_in, h, w) = x.dims4()?;
+    let (c_out, wc, k, k2) = weight.dims4()?;
+    if wc != c_in || k != k2 || stride == 0 || h * up + 2 * padding < k || w * up + 2 * padding < k {
+        candle_core::bail!(
+            "conv2d: input {:?} does not fit weight {:?} (stride {stride}, padding {padding})",
+            x.dims(),
+            weight.dims()
+        );
+    }
+    if x.dtype() != DType::F32 || !x.device().is_cpu() {
+        candle_core::bail!("conv2d_im2col: f32 CPU tensors only, got {:?} on {:?}", x.dtype(), x.device());
+    }
+    let g = Geometry { channels: c_in, h, w, up, kernel: k, stride, padding };
+    let (oh, ow) = g.out_hw();
+    let cols = x.contiguous()?.apply_op1(Im2Col(g))?;
+    let y = weight.reshape((c_out, c_in * k * k))?.broadcast_left(b)?.matmul(&cols)?.reshape((b, c_out, oh, ow))?;
+    match bias {
+        Some(bias) => y.broadcast_add(&bias.reshape((1, c_out, 1, 1))?),
+        None => Ok(y),
+    }
+}
+
+/// Whether the im2col convolution serves these tensors: tracked, f32, on the CPU.
+fn use_im2col(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> bool {
+    let tracked = super::needs_grad(&[x, weight]) || bias.is_some_and(|b| super::needs_grad(&[b]));
+    tracked && x.dtype() == DType::F32 && weight.dtype() == DType::F32 && x.device().is_cpu()
+}
+
+/// A convolution (square kernel, symmetric padding, no dilation or groups): [`conv2d_im2col`] when gradients
+/// are tracked on f32 CPU data, candle's conv2d otherwise, so inference numerics are candle's.
+pub fn conv2d(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, stride: usize, padding: usize) -> Result<Tensor> {
+    if use_im2col(x, weight, bias) {
+        return conv2d_im2col(x, weight, bias, stride, padding);
+    }
+    let y = x.conv2d(weight, padding, stride, 1, 1)?;
+    match bias {
+        Some(bias) => y.broadcast_add(&bias.reshape((1, (), 1, 1))?),
+        None => Ok(y),
+    }
+}
+
+/// [`conv2d`] of the input upsampled x2 (nearest) at stride 1: [`upsample2x_conv2d_im2col`] when tracked on f32 CPU
+/// data, candle's upsampling and conv2d otherwise.
+pub fn upsample2x_conv2d(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, padding: usize) -> Result<Tensor> {
+    if use_im2col(x, weight, bias) {
+        return upsample2x_conv2d_im2col(x, weight, bias, padding);
+    }
+    let (_, _, h, w) = x.dims4()?;
+    conv2d(&x.upsample_nearest2d(2 * h, 2 * w)?, weight, bias, 1, padding)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    use crate::quantize::lfq::SplitMix64;
+
+    fn rel_err(got: &Tensor, want: &Tensor) -> f32 {
+        let scale = want.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap().max(1e-6);
+        let err = (got - want).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+        err.to_scalar::<f32>().unwrap() / scale
+    }
+
+    /// Forward and the gradients of input, weight and bias equal candle's conv2d on random shapes: 1x1 and 3x3
+    /// kernels (and a 4x4), stride 1 and 2, with and without padding, odd and even sides.
+    #[test]
+    fn matches_candle_conv2d_and_its_gradients() {
+        let dev = Device::Cpu;
+        let mut rng = SplitMix64::new(9);
+        let mut cases = vec![
+            (2, 3, 4, 7, 6, 3, 1, 1),
+            (1, 5, 2, 8, 8, 3, 2, 1),
+            (2, 4, 3, 5, 9, 1, 1, 0),
+            (1, 2, 3, 6, 6, 1, 2, 0),
+        ];
+        cases.push((1, 3, 2, 9, 7, 3, 2, 0));
+        cases.push((2, 2, 5, 8, 6, 4, 2, 1));
+        for _ in 0..6 {
+            let pick = |rng: &mut SplitMix64, lo: usize, hi: usize| lo + rng.below((hi - lo + 1) as u64) as usize;
+            let k: usize = [1, 3][pick(&mut rng, 0, 1)];
+            let (stride, padding) = (pick(&mut rng, 1, 2), pick(&mut rng, 0, k / 2));
+            let (b, ci, co) = (pick(&mut rng, 1, 2), pick(&mut rng, 1, 6), pick(&mut rng, 1, 6));
+            // candle's own backward takes the output padding of both axes from the height, so its gradients are
+            // only right when the sides agree modulo the stride (the adjoint test below covers the rest).
+            let h = pick(&mut rng, k, 10);
+            let w = h + stride * pick(&mut rng, 0, 3);
+            cases.push((b, ci, co, h, w, k, stride, padding));
+        }
+        for (b, ci, co, h, w, k, stride, padding) in cases {
+            let case = format!("b{b} {ci}->{co} {h}x{w} k{k} s{stride} p{padding}");
+            let x = Var::from_tensor(&Tensor::randn(0f32, 1., (b, ci, h, w), &dev).unwrap()).unwrap();
+            let wt = Var::from_tensor(&Tensor::randn(0f32, 1., (co, ci, k, k), &dev).unwrap()).unwrap();
+            let bias = Var::from_tensor(&Tensor::randn(0f32, 1., co, &dev).unwrap()).unwrap();
+            // A loss with a different weight per output, so every gradient entry is exercised.
+            let mix = |y: &Tensor| y.mul(&Tensor::randn(0f32, 1., y.shape(), &dev).unwrap()).unwrap();
+            let got = conv2d_im2col(&x, &wt, Some(&bias), stride, padding).unwrap();
+            let want = x
+                .conv2d(&wt, padding, stride, 1, 1)
+                .unwrap()
+                .broadcast_add(&bias.reshape((1, co, 1, 1)).unwrap())
+                .unwrap();
+            assert_eq!(got.dims(), want.dims(), "{case}");
+            assert!(rel_err(&got, &want) < 1e-4, "{case}: forward");
+            let m = mix(&want);
+            let (g_got, g_want) = (
+                got.mul(&m).unwrap().sum_all().unwrap().backward().unwrap(),
+                want.mul(&m).unwrap().sum_all().unwrap().backward().unwrap(),
+            );
+            for (name, v) in [("input", &x), ("weight", &wt), ("bias", &bias)] {
+                let (a, e) = (g_got.get(v).unwrap(), g_want.get(v).unwrap());
+                assert!(rel_err(a, e) < 1e-4, "{case}: {name} gradient, {}", rel_err(a, e));
+            }
+        }
+    }
+
+    /// col2im is im2col's adjoint, <col2im(g), x> = <g, im2col(x)>, on any geometry (sides of either parity,
+    /// windows that skip input rows at stride 2): so the input gradient, W^T dy folded by col2im, is exact.
+    #[test]
+    fn col2im_is_the_adjoint_of_im2col() {
+        let dev = Device::Cpu;
+        for (c, h, w, up, kernel, stride, padding) in [
+            (2, 8, 9, 1, 3, 2, 1),
+            (3, 7, 4, 1, 3, 2, 0),
+            (1, 5, 6, 1, 1, 3, 0),
+            (2, 6, 5, 1, 4, 1, 2),
+            (2, 3, 5, 2, 3, 1, 1),
+        ] {
+            let g = Geometry { channels: c, h, w, up, kernel, stride, padding };
+            let (oh, ow) = g.out_hw();
+            let x = Tensor::randn(0f32, 1., (2, c, h, w), &dev).unwrap();
+            let cols_grad = Tensor::randn(0f32, 1., (2, c * kernel * kernel, oh * ow), &dev).unwrap();
+            let cols = x.apply_op1_no_bwd(&Im2Col(g)).unwrap();
+            let folded = cols_grad.apply_op1_no_bwd(&Col2Im(g)).unwrap();
+            let dot = |a: &Tensor, b: &Tensor| a.mul(b).unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+            let (lhs, rhs) = (dot(&folded, &x), dot(&cols_grad, &cols));
+            assert!((lhs - rhs).abs() <= 1e-4 * lhs.abs().max(1.0), "{g:?}: {lhs} vs {rhs}");
+        }
+    }
+
+    /// The upsampling folded into im2col: forward and gradients equal candle's upsample_nearest2d + conv2d.
+    #[test]
+    fn upsampled_conv_matches_candle() {
+        let dev = Device::Cpu;
+        for (c_in, c_out, h, w) in [(3, 4, 5, 7), (2, 3, 4, 4)] {
+            let x = Var::from_tensor(&Tensor::randn(0f32, 1., (2, c_in, h, w), &dev).unwrap()).unwrap();
+            let wt = Var::from_tensor(&Tensor::randn(0f32, 1., (c_out, c_in, 3, 3), &dev).unwrap()).unwrap();
+            let bias = Var::from_tensor(&Tensor::randn(0f32, 1., c_out, &dev).unwrap()).unwrap();
+            let got = upsample2x_conv2d(&x, &wt, Some(&bias), 1).unwrap();
+            let up = x.upsample_nearest2d(2 * h, 2 * w).unwrap();
+            let want =
+                up.conv2d(&wt, 1, 1, 1, 1).unwrap().broadcast_add(&bias.reshape((1, c_out, 1, 1)).unwrap()).unwrap();
+            assert!(rel_err(&got, &want) < 1e-4);
+            let m = Tensor::randn(0f32, 1., want.shape(), &dev).unwrap();
+            let g_got = got.mul(&m).unwrap().sum_all().unwrap().backward().unwrap();
+            let g_want = want.mul(&m).unwrap().sum_all().unwrap().backward().unwrap();
+            for (name, v) in [("input", &x), ("weight", &wt), ("bias", &bias)] {
+                let (a, e) = (g_got.get(v).unwrap(), g_want.get(v).unwrap());
+                assert!(rel_err(a, e) < 1e-4, "{c_in}->{c_out} {h}x{w}: {name} gradient, {}", rel_err(a, e));
+            }
+        }
+    }
+
+    #[test]
+    fn untracked_inputs_keep_candles_conv2d() {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1., (1, 3, 6, 6), &dev).unwrap();
+        let w = Tensor::randn(0f32, 1., (2, 3, 3, 3), &dev).unwrap();
+        let y = conv2d(&x, &w, None, 1, 1).unwrap();
+        assert!(!y.track_op());
+        let bits = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(bits(&y), bits(&x.conv2d(&w, 1, 1, 1, 1).unwrap()));
+        let wv = Var::from_tensor(&w).unwrap();
+        assert!(conv2d(&x, &wv, None, 1, 1).unwrap().track_op());
+        let err = conv2d_im2col(&x, &w.narrow(1, 0, 2).unwrap(), None, 1, 1).unwrap_err();
+        assert!(err.to_string().contains("does not fit"), "{err}");
+    }
+}
