@@ -11,8 +11,10 @@ pub mod ema;
 pub mod grads;
 pub mod losses;
 pub mod optim;
+pub mod params;
 pub mod schedule;
 pub mod stage1;
+pub mod stage2;
 
 pub use accumulate::GradAccumulator;
 pub use clip::{clip_grad_norm, global_norm, ClipOutcome};
@@ -20,9 +22,15 @@ pub use ema::{Ema, EmaConfig};
 pub use grads::Gradients;
 pub use optim::{excluded_from_weight_decay, AdamW, AdamWConfig};
 pub use schedule::CosineSchedule;
+pub use params::load_trainable;
 pub use stage1::{proxy_codes, stage1_loss, Stage1Config, Stage1Output};
+pub use stage2::{
+    check_stage2_model, is_stage2_trainable, load_stage2_model, stage2_forward, stage2_trainable_prefixes, Stage2Forward,
+};
 
 #[cfg(test)]
 mod parity_tests;
 #[cfg(test)]
 mod stage1_tests;
+#[cfg(test)]
+mod stage2_tests;
