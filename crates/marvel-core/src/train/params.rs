@@ -74,3 +74,63 @@ pub fn load_trainable<M>(
     let handed = std::mem::take(&mut *handed.lock().expect("no panic while holding the lock"));
     Ok((model, handed.order))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A toy model: `frozen.w` (2), `train.w` (2, 2) asked for twice (a tied weight).
+    #[derive(Debug)]
+    struct Toy {
+        frozen: Tensor,
+        tied: [Tensor; 2],
+    }
+
+    fn build(vb: VarBuilder) -> Result<Toy> {
+        let frozen = vb.pp("frozen").get(2, "w")?;
+        let tied = [vb.pp("train").get((2, 2), "w")?, vb.get((2, 2), "train.w")?];
+        Ok(Toy { frozen, tied })
+    }
+
+    fn checkpoint(name: &str, tensors: &[(&str, Tensor)]) -> std::path::PathBuf {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("marvel-params-{}-{name}-{n}.safetensors", std::process::id()));
+        let map: HashMap<String, Tensor> = tensors.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+        candle_core::safetensors::save(&map, &path).unwrap();
+        path
+    }
+
+    /// Selected parameters become one shared variable each, holding the stored values; the others stay outside
+    /// autograd; the load is as strict as the inference loader's.
+    #[test]
+    fn selected_parameters_become_variables_and_the_load_stays_strict() {
+        let dev = Device::Cpu;
+        let w = Tensor::new(&[[1f32, 2.], [3., 4.]], &dev).unwrap();
+        let f = Tensor::new(&[5f32, 6.], &dev).unwrap();
+        let path = checkpoint("good", &[("train.w", w.clone()), ("frozen.w", f.clone())]);
+        let trainable = |n: &str| n.starts_with("train.");
+        let (toy, vars) = load_trainable(&path, &dev, &LoadOptions::default(), trainable, build).unwrap();
+        assert_eq!(vars.len(), 1);
+        assert_eq!(vars[0].0, "train.w");
+        assert!(!toy.frozen.track_op() && toy.tied.iter().all(Tensor::track_op));
+        assert_eq!(toy.frozen.to_vec1::<f32>().unwrap(), [5., 6.]);
+        // An update of the variable is what the model computes with, through both uses.
+        vars[0].1.set(&(&w * 2.0).unwrap()).unwrap();
+        for t in &toy.tied {
+            assert_eq!(t.to_vec2::<f32>().unwrap(), [[2., 4.], [6., 8.]]);
+        }
+        std::fs::remove_file(&path).ok();
+
+        let missing = checkpoint("missing", &[("train.w", w.clone())]);
+        let err = load_trainable(&missing, &dev, &LoadOptions::default(), trainable, build).unwrap_err();
+        assert_eq!(err.code(), "MARVEL_CHECKPOINT");
+        assert!(err.to_string().contains("frozen.w"), "{err}");
+        std::fs::remove_file(&missing).ok();
+
+        let extra = checkpoint("extra", &[("train.w", w), ("frozen.w", f.clone()), ("unused", f)]);
+        let err = load_trainable(&extra, &dev, &LoadOptions::default(), trainable, build).unwrap_err();
+        assert!(err.to_string().contains("unused"), "{err}");
+        std::fs::remove_file(&extra).ok();
+    }
+}

@@ -66,7 +66,7 @@ pub fn load_stage2_model(
 pub struct Stage2Forward {
     /// (B, 3, H, W), unclamped, on the graph of the trainable parameters.
     pub recon: Tensor,
-    /// The frozen quantizer's token ids, (B, N).
+    /// The frozen quantizer's token ids, as [`Titok::encode`] returns them.
     pub tokens: Tensor,
     /// The model's quantizer loss as stage 2 reports it: 0 (the reference multiplies it by 0), an f32 scalar.
     pub quantizer_loss: Tensor,
