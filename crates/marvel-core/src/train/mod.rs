@@ -12,11 +12,13 @@ pub mod ema;
 pub mod grads;
 pub mod losses;
 pub mod optim;
+pub mod params;
 pub mod recipe;
 pub mod schedule;
 pub mod settings;
 pub mod single;
 pub mod stage1;
+pub mod stage2;
 pub mod trainer;
 
 pub use accumulate::GradAccumulator;
@@ -26,13 +28,19 @@ pub use grads::Gradients;
 pub use optim::{excluded_from_weight_decay, AdamW, AdamWConfig};
 pub use recipe::{Recipe, RecipeKind};
 pub use schedule::CosineSchedule;
+pub use params::load_trainable;
 pub use settings::TrainConfig;
 pub use stage1::{proxy_codes, stage1_loss, Stage1Config, Stage1Output};
+pub use stage2::{
+    check_stage2_model, is_stage2_trainable, load_stage2_model, stage2_forward, stage2_trainable_prefixes, Stage2Forward,
+};
 pub use trainer::{StepOutput, Trainer};
 
 #[cfg(test)]
 mod parity_tests;
 #[cfg(test)]
 mod stage1_tests;
+#[cfg(test)]
+mod stage2_tests;
 #[cfg(test)]
 mod trainer_tests;

@@ -6,8 +6,8 @@
 //! The fixture stores the reconstruction of image 0 only; the batch's reconstructions come from the frozen
 //! TiTok's inference path (encoder, VQ, decoder, pixel decoder), checked against image 0 first. The gradient
 //! w.r.t. the reconstruction is checked through `grad.pixel_decoder.conv_out.bias`: recon = conv_out(...) + bias,
-//! so that bias's gradient is the per-channel sum of d loss / d recon. The other `grad.*` tensors need the
-//! trainable TiTok.
+//! so that bias's gradient is the per-channel sum of d loss / d recon. Every `grad.*` tensor, through the
+//! trainable TiTok, is checked in `train/stage2_tests.rs`.
 
 use std::sync::OnceLock;
 
