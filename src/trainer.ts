@@ -1,4 +1,4 @@
-import { existsSync } from 'node:fs'
+import { readdirSync } from 'node:fs'
 import { join } from 'node:path'
 
 import { native, type NativeBinding } from './binding.js'
@@ -84,10 +84,8 @@ export class Trainer {
   static async resume(dir: string): Promise<Trainer> {
     pathParameter('Trainer.resume', 'dir', dir)
     await expectKind(dir, 'checkpoint folder', 'directory')
-    for (const name of ['config.json', 'trainer_state.json', 'model.safetensors', 'optimizer.safetensors', 'ema.safetensors']) {
-      const path = join(dir, name)
-      if (existsSync(path)) await expectKind(path, 'checkpoint file')
-    }
+    // Every file the core may read must be a regular file: a FIFO would block a worker thread forever.
+    for (const name of readdirSync(dir)) await expectKind(join(dir, name), 'checkpoint file')
     return new Trainer(await native().resumeTrainer(dir))
   }
 
