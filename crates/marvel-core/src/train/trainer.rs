@@ -152,7 +152,7 @@ impl Trainer {
         weights: HashMap<String, Tensor>,
         rng: SplitMix64,
     ) -> Result<Self> {
-        let recipe = build_recipe(RecipeKind::select(&cfg)?, &cfg)?;
+        let recipe = build_recipe(RecipeKind::select(&cfg)?, &cfg, seed)?;
         Self::build_with(cfg, seed, wanted, weights, rng, recipe)
     }
 
