@@ -83,7 +83,7 @@ fn lfq() -> Value {
 }
 
 fn stage1_config(quantizer: Value) -> Value {
-    common(legacy_model(quantizer, false), json!({"quantizer_weight": 1.0}), 2e-3)
+    common(legacy_model(quantizer, false), json!({"quantizer_weight": 1.0}), 1e-2)
 }
 
 /// Fixed proxy codes for `n` images: a pattern the head can learn, different per image.

@@ -222,7 +222,11 @@ impl Recipe for Stage2Recipe {
     }
 
     fn state(&self) -> Result<Vec<StateFile>> {
-        let weights = self.loss.discriminator_params().iter().map(|(n, v)| (n.clone(), v.as_tensor().detach())).collect();
+        // The reference's state dict, buffers included, so that the file also serves as
+        // `losses.discriminator_weights`.
+        let mut weights: Vec<(String, Tensor)> =
+            self.loss.discriminator_params().iter().map(|(n, v)| (n.clone(), v.as_tensor().detach())).collect();
+        weights.extend(NLayerDiscriminator::buffers(&self.loss.config().discriminator)?);
         Ok(vec![
             (DISCRIMINATOR_FILE.to_string(), weights),
             (DISCRIMINATOR_OPTIMIZER_FILE.to_string(), self.optimizer.state()?),
@@ -244,7 +248,15 @@ impl Recipe for Stage2Recipe {
                 _ => None,
             })
             .collect();
-        problems.extend(weights.keys().filter(|k| !params.iter().any(|(n, _)| n == *k)).map(|k| format!("unexpected {k}")));
+        let buffers = NLayerDiscriminator::buffers(&self.loss.config().discriminator)?;
+        for (n, b) in &buffers {
+            match weights.get(n) {
+                Some(t) if t.dims() == b.dims() => {}
+                _ => problems.push(format!("{n}: missing or not shaped {:?}", b.dims())),
+            }
+        }
+        let known = |k: &String| params.iter().any(|(n, _)| n == k) || buffers.iter().any(|(n, _)| n == k);
+        problems.extend(weights.keys().filter(|k| !known(k)).map(|k| format!("unexpected {k}")));
         if !problems.is_empty() {
             return Err(MarvelError::Checkpoint(format!("{}: {}", path.display(), problems.join("; "))));
         }

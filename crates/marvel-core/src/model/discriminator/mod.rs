@@ -133,6 +133,17 @@ impl NLayerDiscriminator {
         Self::new_trainable(cfg, VarBuilder::from_tensors(tensors, DType::F32, &device))
     }
 
+    /// The buffers of a checkpoint (not parameters: nothing trains them), by reference name: the fixed blur
+    /// kernels. With the parameters they make the state dict that [`Self::load_trainable`] reads.
+    pub fn buffers(cfg: &DiscriminatorConfig) -> Result<Vec<(String, Tensor)>> {
+        if !cfg.blur_resample {
+            return Ok(Vec::new());
+        }
+        (0..cfg.num_stages)
+            .map(|i| Ok((format!("blocks.{i}.1.kernel"), blur_kernel(cfg.blur_kernel_size, &Device::Cpu)?)))
+            .collect()
+    }
+
     /// [`Self::new_trainable`] from a checkpoint, loaded strictly (every tensor present, shaped and used).
     pub fn load_trainable(
         cfg: &DiscriminatorConfig,
