@@ -1,222 +1,19 @@
-//! The stage-1 and stage-2 recipes through the [`Trainer`], on tiny 64x64 models with fresh weights: the loss
-//! falls over a few steps; every trainable tensor gets a non-zero gradient and the frozen ones none and stay
-//! unchanged (issue 9, proof point 4); the networks a config names are loaded in `create`, and a missing file is
-//! refused there; stage 2 saved and resumed in a fresh process continues bit for bit.
+//! The stage-2 recipe through the trainer: the discriminator's step, its state in checkpoints, exact resume
+//! across processes, and the network files checked in `create`.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
-use candle_nn::{VarBuilder, VarMap};
 use serde_json::{json, Value};
 
-use super::recipe::RecipeKind;
-use super::stage2::is_stage2_trainable;
-use super::trainer::Trainer;
+use super::*;
 use crate::model::convnext::{ConvNext, ConvNextConfig};
-use crate::model::maskgit::{MaskgitConfig, MaskgitVqgan};
 use crate::nn::ParamInit;
 use crate::quantize::lfq::SplitMix64;
+use crate::train::recipe::RecipeKind;
+use crate::train::stage2::is_stage2_trainable;
 use crate::weights::{build_shape_only, Checkpoint};
-
-const SIDE: usize = 64;
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("marvel-recipes-{name}-{}", std::process::id()));
-    std::fs::remove_dir_all(&dir).ok();
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// `n` distinct smooth 64x64 images, (n, 64, 64, 3) bytes.
-fn images(n: usize, phase: f32) -> Vec<u8> {
-    let mut out = Vec::with_capacity(n * SIDE * SIDE * 3);
-    for i in 0..n {
-        let a = i as f32 * 1.1 + phase;
-        for y in 0..SIDE {
-            for x in 0..SIDE {
-                for c in 0..3 {
-                    let t = (x as f32 * a.cos() + y as f32 * a.sin()) / SIDE as f32 + c as f32 * 0.7 + a;
-                    out.push((127.5 + 110.0 * (t * 4.0).sin()) as u8);
-                }
-            }
-        }
-    }
-    out
-}
-
-fn common(model: Value, losses: Value, lr: f64) -> Value {
-    json!({
-        "model": {"vq_model": model},
-        "dataset": {"preprocessing": {"crop_size": SIDE}},
-        "losses": losses,
-        "optimizer": {"name": "adamw", "params": {"learning_rate": lr, "beta1": 0.9, "beta2": 0.99, "weight_decay": 1e-4}},
-        "lr_scheduler": {"scheduler": "cosine", "params": {"learning_rate": lr, "warmup_steps": 0, "end_lr": lr / 10.0}},
-        "training": {"gradient_accumulation_steps": 1, "use_ema": true, "max_train_steps": 100, "max_grad_norm": 1.0},
-    })
-}
-
-/// The legacy layout at 64x64: 16x16 patches (a 4x4 decoder grid, 16 proxy codes per image), 4 latent tokens.
-fn legacy_model(quantizer: Value, finetune_decoder: bool) -> Value {
-    let mut m = json!({
-        "token_size": 6, "num_latent_tokens": 4,
-        "vit_enc_model_size": "custom", "vit_enc_width": 32, "vit_enc_num_layers": 1, "vit_enc_num_heads": 2,
-        "vit_dec_model_size": "custom", "vit_dec_width": 32, "vit_dec_num_layers": 1, "vit_dec_num_heads": 2,
-        "vit_enc_patch_size": 16, "vit_dec_patch_size": 16, "is_legacy": true, "finetune_decoder": finetune_decoder,
-    });
-    for (k, v) in quantizer.as_object().unwrap() {
-        m[k] = v.clone();
-    }
-    if finetune_decoder {
-        m["pixel_decoder"] = json!({"hidden_channels": 8, "channel_mult": [1, 1, 2, 2, 4], "num_res_blocks": 1,
-            "z_channels": 8, "codebook_size": 1024, "norm_num_groups": 4, "resolution": SIDE});
-    }
-    m
-}
-
-fn vq() -> Value {
-    json!({"quantize_mode": "vq", "codebook_size": 64, "use_l2_norm": true, "commitment_cost": 0.25})
-}
-
-fn lfq() -> Value {
-    json!({"quantize_mode": "lfq", "num_depths": 3, "depth_dropout": 0.5})
-}
-
-fn stage1_config(quantizer: Value) -> Value {
-    common(legacy_model(quantizer, false), json!({"quantizer_weight": 1.0}), 1e-2)
-}
-
-/// Fixed proxy codes for `n` images: a pattern the head can learn, different per image.
-fn codes(n: usize) -> Vec<i32> {
-    (0..n * 16).map(|i| ((i * 37 + i / 16 * 11) % 1024) as i32).collect()
-}
-
-fn max_abs(t: &Tensor) -> f32 {
-    t.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
-}
-
-fn snapshot(t: &Trainer) -> HashMap<String, Tensor> {
-    t.parameters().iter().map(|(n, v)| (n.clone(), v.as_tensor().copy().unwrap())).collect()
-}
-
-fn bits(t: &Tensor) -> Vec<u32> {
-    t.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|v| v.to_bits()).collect()
-}
-
-/// Proof point 4 through the trainer: one micro-batch's gradients cover exactly the trainable parameters, each
-/// non-zero; returns how many.
-fn check_gradients(t: &mut Trainer, imgs: &[u8], n: usize, proxy: Option<&[i32]>) -> usize {
-    let (grads, loss, _) = t.gradients(imgs, n, proxy).unwrap();
-    assert!(loss.is_finite());
-    let mut trained = 0;
-    for (name, _) in t.parameters().to_vec() {
-        match grads.get(&name) {
-            Some(g) => {
-                assert!(t.is_trainable(&name), "{name}: frozen but has a gradient");
-                assert!(max_abs(g) > 0.0, "{name}: zero gradient");
-                trained += 1;
-            }
-            None => assert!(!t.is_trainable(&name), "{name}: trainable but no gradient"),
-        }
-    }
-    assert_eq!(trained, grads.len());
-    trained
-}
-
-/// Steps `t` `steps` times on two alternating batches; the losses.
-fn train(t: &mut Trainer, steps: usize, proxy: bool) -> Vec<f32> {
-    let batches = [images(2, 0.0), images(2, 0.5)];
-    let proxies = [codes(2), codes(2).iter().map(|c| (c + 5) % 1024).collect::<Vec<_>>()];
-    (0..steps)
-        .map(|i| {
-            let p = proxy.then(|| proxies[i % 2].as_slice());
-            t.step(&batches[i % 2], 2, p).unwrap().loss
-        })
-        .collect()
-}
-
-#[test]
-fn stage1_trains_every_tensor_through_the_trainer_vq_and_lfq() {
-    for (label, quantizer) in [("vq", vq()), ("lfq", lfq())] {
-        let mut t = Trainer::create(stage1_config(quantizer), None, 5).unwrap();
-        assert_eq!(t.recipe(), RecipeKind::Stage1);
-        let n = check_gradients(&mut t, &images(2, 0.0), 2, Some(&codes(2)));
-        assert_eq!(n, t.parameters().len(), "{label}: stage 1 trains the whole TiTok");
-        let curve = train(&mut t, 8, true);
-        println!("stage1 {label}: {n} trainable tensors, loss over 8 steps {curve:?}");
-        let (first, last) = (curve[0] + curve[1], curve[6] + curve[7]);
-        assert!(last < 0.8 * first, "{label}: the stage-1 loss does not fall: {curve:?}");
-    }
-}
-
-/// A MaskGIT-VQGAN for 64x64 images with random weights, written as a model folder.
-fn write_maskgit(dir: &Path) -> MaskgitVqgan {
-    let cfg = MaskgitConfig { hidden_channels: 8, z_channels: 8, norm_num_groups: 4, resolution: SIDE, ..MaskgitConfig::default() };
-    let varmap = VarMap::new();
-    let vb = || VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
-    MaskgitVqgan::load(&cfg, vb()).unwrap();
-    let mut rng = SplitMix64::new(11);
-    for var in varmap.all_vars() {
-        let n = var.elem_count();
-        let values: Vec<f32> = (0..n).map(|_| (rng.next_f64() as f32 - 0.5) * 0.6).collect();
-        var.set(&Tensor::from_vec(values, var.shape(), &Device::Cpu).unwrap()).unwrap();
-    }
-    std::fs::create_dir_all(dir).unwrap();
-    std::fs::write(dir.join("config.json"), json!({"maskgit_vqgan": serde_json::to_value(&cfg).unwrap()}).to_string())
-        .unwrap();
-    varmap.save(dir.join("model.safetensors")).unwrap();
-    MaskgitVqgan::load(&cfg, vb()).unwrap()
-}
-
-/// With `model.vq_model.pretrained_tokenizer_weight` the trainer makes the proxy codes itself: a step without
-/// codes equals a step given the MaskGIT's codes, bit for bit. Without the key a step needs codes; with a
-/// missing file `create` fails, naming the key and the path.
-#[test]
-fn stage1_proxy_codes_come_from_the_maskgit_file_or_the_batch() {
-    let dir = scratch("maskgit");
-    let vqgan = write_maskgit(&dir.join("maskgit"));
-    let imgs = images(2, 0.0);
-    let x = crate::image::images_from_u8_nhwc(&imgs, (2, SIDE, SIDE), &Device::Cpu).unwrap();
-    let want: Vec<i32> = super::stage1::proxy_codes(&vqgan, &x)
-        .unwrap()
-        .to_dtype(DType::I64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<i64>()
-        .unwrap()
-        .iter()
-        .map(|&c| c as i32)
-        .collect();
-
-    let mut with_file = stage1_config(vq());
-    with_file["model"]["vq_model"]["pretrained_tokenizer_weight"] = json!(dir.join("maskgit").to_str().unwrap());
-    let mut own = Trainer::create(with_file.clone(), None, 3).unwrap();
-    let mut given = Trainer::create(stage1_config(vq()), None, 3).unwrap();
-    for _ in 0..2 {
-        let a = own.step(&imgs, 2, None).unwrap();
-        let b = given.step(&imgs, 2, Some(&want)).unwrap();
-        assert_eq!(a.loss.to_bits(), b.loss.to_bits(), "the MaskGIT's codes are the targets");
-    }
-    // Codes given with the batch take precedence over the MaskGIT's (a pre-tokenized cache).
-    let other = codes(2);
-    let a = own.step(&imgs, 2, Some(&other)).unwrap();
-    let b = given.step(&imgs, 2, Some(&other)).unwrap();
-    assert_eq!(a.loss.to_bits(), b.loss.to_bits());
-
-    let err = given.step(&imgs, 2, None).unwrap_err();
-    assert_eq!(err.code(), "MARVEL_INVALID_ARGUMENT");
-    assert!(err.to_string().contains("model.vq_model.pretrained_tokenizer_weight"), "{err}");
-    assert!(err.to_string().contains("proxyCodes"), "{err}");
-
-    let missing = dir.join("no-such-maskgit.bin");
-    with_file["model"]["vq_model"]["pretrained_tokenizer_weight"] = json!(missing.to_str().unwrap());
-    let err = Trainer::create(with_file, None, 3).unwrap_err();
-    assert_eq!(err.code(), "MARVEL_IO");
-    let msg = err.to_string();
-    assert!(msg.contains("model.vq_model.pretrained_tokenizer_weight") && msg.contains("no-such-maskgit.bin"), "{msg}");
-    std::fs::remove_dir_all(&dir).ok();
-}
 
 fn convnext_config() -> ConvNextConfig {
     serde_json::from_value(json!({"block_setting": [[8, 16, 1], [16, 32, 1], [32, 64, 1], [64, null, 1]], "num_classes": 16}))
@@ -370,7 +167,7 @@ fn stage2_resume_in_a_fresh_process_continues_bit_for_bit() {
     let status = std::process::Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
-            "train::recipe_tests::stage2_resume_child_process_only_runs_when_spawned_by_the_resume_test",
+            "train::recipe_tests::stage2::stage2_resume_child_process_only_runs_when_spawned_by_the_resume_test",
             "--test-threads=1",
         ])
         .env(RESUME_ENV, &dir)
