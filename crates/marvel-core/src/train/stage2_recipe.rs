@@ -37,6 +37,35 @@ pub const DISCRIMINATOR_FILE: &str = "discriminator.safetensors";
 pub const DISCRIMINATOR_OPTIMIZER_FILE: &str = "discriminator_optimizer.safetensors";
 pub const LECAM_FILE: &str = "discriminator_lecam.safetensors";
 
+/// The pixel codebook and pixel decoder a stage-2 model starts from: the MaskGIT-VQGAN's quantizer and decoder
+/// named by `model.vq_model.pretrained_tokenizer_weight` (a weights file, or a folder holding one), under the
+/// model's `pixel_` keys, as the reference's `create_model_and_loss_module` adds them (every key without
+/// `encoder.`, prefixed `pixel_`) to the stage-1 weights it starts from.
+pub fn maskgit_pixel_weights(cfg: &TrainConfig) -> Result<Option<HashMap<String, Tensor>>> {
+    use crate::model::maskgit::RELEASED_WEIGHTS_FILE;
+    use crate::train::stage1_recipe::MASKGIT_KEY;
+    let Some(value) = cfg.json.pointer("/model/vq_model/pretrained_tokenizer_weight") else { return Ok(None) };
+    let Some(text) = value.as_str() else {
+        return Err(MarvelError::Config(format!("{MASKGIT_KEY} must be a path string, got {value}")));
+    };
+    let path = network_file(MASKGIT_KEY, text)?;
+    let file = if path.is_dir() {
+        let names = || crate::model::WEIGHT_FILES.iter().chain([&RELEASED_WEIGHTS_FILE]);
+        names().map(|f| path.join(f)).find(|p| p.is_file()).ok_or_else(|| {
+            let names: Vec<&str> = names().copied().collect();
+            MarvelError::Checkpoint(format!("{MASKGIT_KEY}: {}: no {} found", path.display(), names.join(" or ")))
+        })?
+    } else {
+        path
+    };
+    let ckpt = crate::weights::Checkpoint::open(&file)?;
+    let mut out = HashMap::new();
+    for key in ckpt.tensors().keys().filter(|k| !k.contains("encoder.")) {
+        out.insert(format!("pixel_{key}"), ckpt.load(key, &Device::Cpu)?.to_dtype(DType::F32)?);
+    }
+    Ok(Some(out))
+}
+
 pub struct Stage2Recipe {
     loss: Stage2Loss,
     optimizer: AdamW,

@@ -8,12 +8,15 @@ mod stage1;
 mod stage2;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
 use serde_json::{json, Value};
 
 use super::trainer::Trainer;
+use crate::model::maskgit::{MaskgitConfig, MaskgitVqgan};
+use crate::quantize::lfq::SplitMix64;
 
 pub(super) const SIDE: usize = 64;
 
@@ -125,4 +128,31 @@ pub(super) fn train(t: &mut Trainer, steps: usize, proxy: bool) -> Vec<f32> {
 /// Fixed proxy codes for `n` images: a pattern the head can learn, different per image.
 pub(super) fn codes(n: usize) -> Vec<i32> {
     (0..n * 16).map(|i| ((i * 37 + i / 16 * 11) % 1024) as i32).collect()
+}
+
+/// A MaskGIT-VQGAN for 64x64 images with random weights, written as a model folder.
+pub(super) fn write_maskgit(dir: &Path) -> MaskgitVqgan {
+    // The sizes of the stage-2 tests' pixel decoder, so that it can start from this network.
+    let cfg = MaskgitConfig {
+        hidden_channels: 8,
+        num_res_blocks: 1,
+        z_channels: 8,
+        norm_num_groups: 4,
+        resolution: SIDE,
+        ..MaskgitConfig::default()
+    };
+    let varmap = VarMap::new();
+    let vb = || VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+    MaskgitVqgan::load(&cfg, vb()).unwrap();
+    let mut rng = SplitMix64::new(11);
+    for var in varmap.all_vars() {
+        let n = var.elem_count();
+        let values: Vec<f32> = (0..n).map(|_| (rng.next_f64() as f32 - 0.5) * 0.6).collect();
+        var.set(&Tensor::from_vec(values, var.shape(), &Device::Cpu).unwrap()).unwrap();
+    }
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("config.json"), json!({"maskgit_vqgan": serde_json::to_value(&cfg).unwrap()}).to_string())
+        .unwrap();
+    varmap.save(dir.join("model.safetensors")).unwrap();
+    MaskgitVqgan::load(&cfg, vb()).unwrap()
 }

@@ -1,14 +1,9 @@
 //! The stage-1 recipe through the trainer: proxy codes from the batch or the MaskGIT-VQGAN file.
 
-use std::path::Path;
-
-use candle_core::{DType, Device, Tensor};
-use candle_nn::{VarBuilder, VarMap};
+use candle_core::{DType, Device};
 use serde_json::{json, Value};
 
 use super::*;
-use crate::model::maskgit::{MaskgitConfig, MaskgitVqgan};
-use crate::quantize::lfq::SplitMix64;
 use crate::train::recipe::RecipeKind;
 
 fn stage1_config(quantizer: Value) -> Value {
@@ -27,25 +22,6 @@ fn stage1_trains_every_tensor_through_the_trainer_vq_and_lfq() {
         let (first, last) = (curve[0] + curve[1], curve[6] + curve[7]);
         assert!(last < 0.8 * first, "{label}: the stage-1 loss does not fall: {curve:?}");
     }
-}
-
-/// A MaskGIT-VQGAN for 64x64 images with random weights, written as a model folder.
-fn write_maskgit(dir: &Path) -> MaskgitVqgan {
-    let cfg = MaskgitConfig { hidden_channels: 8, z_channels: 8, norm_num_groups: 4, resolution: SIDE, ..MaskgitConfig::default() };
-    let varmap = VarMap::new();
-    let vb = || VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
-    MaskgitVqgan::load(&cfg, vb()).unwrap();
-    let mut rng = SplitMix64::new(11);
-    for var in varmap.all_vars() {
-        let n = var.elem_count();
-        let values: Vec<f32> = (0..n).map(|_| (rng.next_f64() as f32 - 0.5) * 0.6).collect();
-        var.set(&Tensor::from_vec(values, var.shape(), &Device::Cpu).unwrap()).unwrap();
-    }
-    std::fs::create_dir_all(dir).unwrap();
-    std::fs::write(dir.join("config.json"), json!({"maskgit_vqgan": serde_json::to_value(&cfg).unwrap()}).to_string())
-        .unwrap();
-    varmap.save(dir.join("model.safetensors")).unwrap();
-    MaskgitVqgan::load(&cfg, vb()).unwrap()
 }
 
 /// With `model.vq_model.pretrained_tokenizer_weight` the trainer makes the proxy codes itself: a step without

@@ -237,3 +237,43 @@ fn stage2_network_files_are_checked_in_create() {
     assert_ne!(bits(&a.load(k, &Device::Cpu).unwrap()), bits(&d3.load(k, &Device::Cpu).unwrap()));
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// Stage 2 starts as the reference's does: a stage-1 model (`init`) with the MaskGIT-VQGAN's quantizer and decoder
+/// as the pixel codebook and pixel decoder (`model.vq_model.pretrained_tokenizer_weight`). Without the key the
+/// stage-1 folder is refused with a hint; with a missing file `create` fails naming the key.
+#[test]
+fn stage2_starts_from_a_stage1_model_and_the_maskgit_pixel_decoder() {
+    let dir = scratch("stage2-init");
+    write_maskgit(&dir.join("maskgit"));
+    let stage1 = json!({"model": {"vq_model": legacy_model(vq(), false)}, "dataset": {"preprocessing": {"crop_size": SIDE}}});
+    crate::init::write_random_model(dir.join("stage1"), &stage1.to_string(), 8).unwrap();
+    let mut cfg = stage2_config(&dir);
+
+    let err = Trainer::create(cfg.clone(), Some(&dir.join("stage1")), 0).unwrap_err();
+    assert_eq!(err.code(), "MARVEL_CHECKPOINT");
+    let msg = err.to_string();
+    assert!(msg.contains("missing pixel_decoder.") && msg.contains("pretrained_tokenizer_weight"), "{msg}");
+
+    cfg["model"]["vq_model"]["pretrained_tokenizer_weight"] = json!(dir.join("maskgit").to_str().unwrap());
+    let mut t = Trainer::create(cfg.clone(), Some(&dir.join("stage1")), 0).unwrap();
+    let weights: HashMap<String, Tensor> = t.weights(false).unwrap().into_iter().collect();
+    let (mut from_stage1, mut from_maskgit) = (0, 0);
+    let stage1_file = Checkpoint::open(dir.join("stage1").join("model.safetensors")).unwrap();
+    for k in stage1_file.tensors().keys() {
+        assert_eq!(bits(&stage1_file.load(k, &Device::Cpu).unwrap()), bits(&weights[k]), "{k}");
+        from_stage1 += 1;
+    }
+    let maskgit_file = Checkpoint::open(dir.join("maskgit").join("model.safetensors")).unwrap();
+    for k in maskgit_file.tensors().keys().filter(|k| !k.starts_with("encoder.")) {
+        assert_eq!(bits(&maskgit_file.load(k, &Device::Cpu).unwrap()), bits(&weights[&format!("pixel_{k}")]), "{k}");
+        from_maskgit += 1;
+    }
+    assert_eq!(from_stage1 + from_maskgit, weights.len(), "every weight comes from one of the two files");
+    assert!(t.step(&images(2, 0.0), 2, None).unwrap().loss.is_finite());
+
+    cfg["model"]["vq_model"]["pretrained_tokenizer_weight"] = json!(dir.join("no-maskgit").to_str().unwrap());
+    let err = Trainer::create(cfg, Some(&dir.join("stage1")), 0).unwrap_err();
+    assert_eq!(err.code(), "MARVEL_IO");
+    assert!(err.to_string().contains("model.vq_model.pretrained_tokenizer_weight"), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}
