@@ -109,6 +109,30 @@ describe('Trainer', () => {
     expect(ticks).toBeGreaterThan(Math.min(20, elapsed / 10))
   })
 
+  it('trains the stage-1 recipe on proxy codes given with the batch, and refuses a step without them', async () => {
+    const config = tinyTrainingConfig()
+    config.model.vq_model.is_legacy = true // the legacy 1024-logit head: stage 1
+    const t = await Trainer.create(config, { seed: 2 })
+    expect(t.recipe).toBe('stage1')
+    // 32x32 images and 8x8 patches: a 4x4 grid, 16 MaskGIT codes per image.
+    const codes = Int32Array.from({ length: 2 * 16 }, (_, i) => (i * 37) % 1024)
+    const first = await t.step(images(2), { proxyCodes: codes })
+    expect(first.step).toBe(1)
+    expect(first.loss).toBeCloseTo(first.components.reconstruction_loss + first.components.quantizer_loss, 4)
+    expect(first.components.reconstruction_loss).toBeGreaterThan(6) // cross-entropy over 1024 classes, ~ln 1024
+    await expect(t.step(images(2))).rejects.toMatchObject({
+      code: 'MARVEL_INVALID_ARGUMENT',
+      message: expect.stringContaining('model.vq_model.pretrained_tokenizer_weight'),
+    })
+    t.dispose()
+    const missing = join(work, 'maskgit-vqgan.bin')
+    const withFile = { ...config, model: { vq_model: { ...config.model.vq_model, pretrained_tokenizer_weight: missing } } }
+    await expect(Trainer.create(withFile, { seed: 2 })).rejects.toMatchObject({
+      code: 'MARVEL_IO',
+      message: expect.stringContaining(missing),
+    })
+  })
+
   it('refuses bad arguments and configs with coded errors', async () => {
     await expect(Trainer.create(null as unknown as object)).rejects.toMatchObject({ code: 'MARVEL_INVALID_ARGUMENT' })
     await expect(Trainer.create(tinyTrainingConfig(), { seed: -1 })).rejects.toThrow(/expected seed to be an integer/)

@@ -11,12 +11,16 @@ type NativeTrainer = Awaited<ReturnType<NativeBinding['createTrainer']>>
 export interface TrainerCreateOptions {
   /** A model folder (TiTok or MARVEL) to start from; a TiTok folder into a MARVEL config drops its VQ codebook. Default: fresh weights. */
   init?: string
-  /** Seeds the fresh weights and every random draw of training (depth dropout). Default 0. */
+  /** Seeds the fresh weights and every random draw of training (depth dropout, a fresh stage-2 discriminator). Default 0. */
   seed?: number
 }
 
 export interface StepOptions {
-  /** Stage 1: the batch's MaskGIT codes, `[batch, 256]`. */
+  /**
+   * Stage 1: the batch's MaskGIT-VQGAN codes, `[batch, grid²]` (`[batch, 256]` at 256 px). When absent, the trainer
+   * computes them with the MaskGIT-VQGAN named by `model.vq_model.pretrained_tokenizer_weight`; without that key a
+   * stage-1 step needs them. Other recipes refuse them.
+   */
   proxyCodes?: Int32Array
 }
 

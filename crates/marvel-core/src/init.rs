@@ -38,7 +38,7 @@ fn sample(init: ParamInit, n: usize, rng: &mut SplitMix64) -> Vec<f32> {
 
 /// Initial value of one parameter, as the layer that asked for it declared (`crate::nn::ParamInit`). A tensor
 /// without a declaration is an error: a guess would silently train from a different start than the reference.
-fn init_one(r: &Requested, rng: &mut SplitMix64) -> Result<Tensor> {
+pub(crate) fn init_one(r: &Requested, rng: &mut SplitMix64) -> Result<Tensor> {
     let Some(init) = r.init else {
         return Err(MarvelError::Config(format!(
             "{}: the model requests it without declaring its initialisation, so it cannot be made from a seed",

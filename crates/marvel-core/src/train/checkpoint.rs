@@ -34,7 +34,7 @@ fn write_tensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
     write_safetensors(path, &specs, |_| Ok(next.next().expect("one tensor per spec").1.clone()))
 }
 
-fn read_tensors(path: &Path) -> Result<HashMap<String, Tensor>> {
+pub(crate) fn read_tensors(path: &Path) -> Result<HashMap<String, Tensor>> {
     let ckpt = Checkpoint::open(path)?;
     ckpt.tensors().keys().map(|k| Ok((k.clone(), ckpt.load(k, &candle_core::Device::Cpu)?))).collect()
 }

@@ -18,7 +18,9 @@ pub mod schedule;
 pub mod settings;
 pub mod single;
 pub mod stage1;
+pub mod stage1_recipe;
 pub mod stage2;
+pub mod stage2_recipe;
 pub mod trainer;
 
 pub use accumulate::GradAccumulator;
@@ -40,6 +42,8 @@ pub use trainer::{StepOutput, Trainer};
 mod parity_tests;
 #[cfg(test)]
 mod stage1_tests;
+#[cfg(test)]
+mod recipe_tests;
 #[cfg(test)]
 mod stage2_tests;
 #[cfg(test)]

@@ -110,18 +110,12 @@ pub fn under_any(name: &str, prefixes: &[&str]) -> bool {
     prefixes.iter().any(|p| name.starts_with(p))
 }
 
-/// Builds the recipe `kind` for `cfg`, loading any network it needs.
-pub fn build_recipe(kind: RecipeKind, cfg: &TrainConfig) -> Result<Box<dyn Recipe>> {
-    match kind {
-        RecipeKind::Single => Ok(Box::new(crate::train::single::SingleRecipe::new(cfg)?)),
-        // The stage-1 and stage-2 losses are separate work; until they are wired here a config asking for them
-        // is refused up front instead of training something else.
-        RecipeKind::Stage1 | RecipeKind::Stage2 => Err(MarvelError::Config(format!(
-            "the {} recipe is not available in this build (model.vq_model.is_legacy {} and finetune_decoder {} \
-             select it); set training.recipe to \"single\" with a non-legacy model",
-            kind.name(),
-            cfg.model.is_legacy,
-            cfg.model.finetune_decoder
-        ))),
-    }
+/// Builds the recipe `kind` for `cfg`, loading any network it needs (so a missing file is refused here, before
+/// any step). `seed` draws what a recipe starts fresh (stage 2's discriminator without a weights file).
+pub fn build_recipe(kind: RecipeKind, cfg: &TrainConfig, seed: u64) -> Result<Box<dyn Recipe>> {
+    Ok(match kind {
+        RecipeKind::Single => Box::new(crate::train::single::SingleRecipe::new(cfg)?),
+        RecipeKind::Stage1 => Box::new(crate::train::stage1_recipe::Stage1Recipe::new(cfg)?),
+        RecipeKind::Stage2 => Box::new(crate::train::stage2_recipe::Stage2Recipe::new(cfg, seed)?),
+    })
 }

@@ -12,6 +12,8 @@ use serde_json::Value;
 use crate::config::keys::{fields_of, nearest};
 use crate::config::TitokConfig;
 use crate::error::{MarvelError, Result};
+use crate::model::convnext::ConvNextConfig;
+use crate::model::discriminator::DiscriminatorConfig;
 use crate::train::{AdamWConfig, CosineSchedule, EmaConfig};
 
 /// `losses`. Stage 2 and the optional terms of `single` read the perceptual and GAN keys; a recipe that does
@@ -37,6 +39,16 @@ pub struct LossSettings {
     pub lecam_regularization_weight: f64,
     #[serde(default = "default_lecam_ema_decay")]
     pub lecam_ema_decay: f64,
+    /// marvel's extension: the perceptual network's weights (torchvision `convnext_small` keys, safetensors or
+    /// PyTorch `.bin`). Stage 2 needs it; the reference downloads torchvision's file instead.
+    pub perceptual_weights: Option<String>,
+    /// marvel's extension: the perceptual ConvNeXt's sizes (absent: torchvision `convnext_small`).
+    pub perceptual_convnext: Option<ConvNextConfig>,
+    /// marvel's extension: a discriminator to start stage 2 from (the reference's keys without the loss
+    /// module's `discriminator.` prefix); absent: a fresh one from its declared initialisation and the seed.
+    pub discriminator_weights: Option<String>,
+    /// marvel's extension: the discriminator's sizes (absent: the reference's hard-coded ones).
+    pub discriminator: Option<DiscriminatorConfig>,
 }
 
 /// `optimizer`: `name` (only "adamw") and `params`.
@@ -186,6 +198,13 @@ impl TrainConfig {
         let text = serde_json::to_string(&json).expect("a JSON value serialises");
         let model = TitokConfig::from_json_str(&text)?;
         let losses: LossSettings = section(&json, "losses", false)?;
+        // The nested extension objects are checked like their sections.
+        if json.pointer("/losses/perceptual_convnext").is_some() {
+            section::<ConvNextConfig>(&json, "losses.perceptual_convnext", true)?;
+        }
+        if json.pointer("/losses/discriminator").is_some() {
+            section::<DiscriminatorConfig>(&json, "losses.discriminator", true)?;
+        }
         let optimizer: OptimizerSettings = section(&json, "optimizer", true)?;
         // The nested params objects are checked like their sections.
         let opt_params: OptimizerParams = section(&json, "optimizer.params", true)?;
@@ -259,4 +278,15 @@ impl TrainConfig {
     pub fn ema(&self) -> Option<EmaConfig> {
         self.training.use_ema.then(EmaConfig::reference)
     }
+}
+
+/// The file a config key names, which must exist: a missing network is refused before any step, with the key and
+/// the path in the error (MARVEL_IO). Relative paths are taken from the working directory, as the reference does.
+pub fn network_file(key: &str, value: &str) -> Result<std::path::PathBuf> {
+    let path = std::path::PathBuf::from(value);
+    if value.is_empty() || !path.exists() {
+        let why = format!("{key} names a file that does not exist");
+        return Err(MarvelError::io(path, std::io::Error::new(std::io::ErrorKind::NotFound, why)));
+    }
+    Ok(path)
 }

@@ -80,11 +80,30 @@ pub(crate) fn requested(cfg: &TitokConfig) -> Result<Vec<Requested>> {
 /// Every requested tensor from the weight file `path`, strictly: each present with its shape, nothing else
 /// stored, except what a TiTok checkpoint carries into a MARVEL config (the VQ codebook, replaced by the
 /// parameter-free LFQ as `convert` does) and MDQ's derived LFQ buffers.
-fn load_weights(path: &Path, wanted: &[Requested], lfq_target: bool) -> Result<HashMap<String, Tensor>> {
+/// `pixel` holds the stage-2 pixel weights taken from the MaskGIT-VQGAN: they replace (or supply) those tensors.
+fn load_weights(
+    path: &Path,
+    wanted: &[Requested],
+    lfq_target: bool,
+    pixel: Option<&HashMap<String, Tensor>>,
+) -> Result<HashMap<String, Tensor>> {
     let ckpt = Arc::new(Checkpoint::open(path)?);
     let mut problems = Vec::new();
     let mut out = HashMap::new();
     for r in wanted {
+        if let Some(t) = pixel.and_then(|p| p.get(&r.name)) {
+            if t.dims() == r.shape.as_slice() {
+                out.insert(r.name.clone(), t.clone());
+            } else {
+                problems.push(format!(
+                    "{} (from model.vq_model.pretrained_tokenizer_weight): shape {:?}, the model needs {:?}",
+                    r.name,
+                    t.dims(),
+                    r.shape
+                ));
+            }
+            continue;
+        }
         match ckpt.tensors().get(&r.name) {
             None => problems.push(format!("missing {}", r.name)),
             Some(t) if t.shape != r.shape => {
@@ -104,13 +123,41 @@ fn load_weights(path: &Path, wanted: &[Requested], lfq_target: bool) -> Result<H
     if !problems.is_empty() {
         let shown: Vec<_> = problems.iter().take(20).cloned().collect();
         let more = if problems.len() > 20 { format!(" (and {} more)", problems.len() - 20) } else { String::new() };
+        let hint = if pixel.is_none() && problems.iter().all(|p| p.starts_with("missing pixel_")) {
+            " (stage 2 starts from a stage-1 model: name the MaskGIT-VQGAN in \
+             model.vq_model.pretrained_tokenizer_weight to supply the pixel codebook and pixel decoder)"
+        } else {
+            ""
+        };
         return Err(MarvelError::Checkpoint(format!(
-            "{}: the weights do not fit the training config's model: {}{more}",
+            "{}: the weights do not fit the training config's model: {}{more}{hint}",
             path.display(),
             shown.join("; ")
         )));
     }
     Ok(out)
+}
+
+/// `pixel` over `weights` (fresh ones), each checked against the model's request.
+fn with_pixel_weights(
+    mut weights: HashMap<String, Tensor>,
+    wanted: &[Requested],
+    pixel: &HashMap<String, Tensor>,
+) -> Result<HashMap<String, Tensor>> {
+    for r in wanted {
+        if let Some(t) = pixel.get(&r.name) {
+            if t.dims() != r.shape.as_slice() {
+                return Err(MarvelError::Checkpoint(format!(
+                    "model.vq_model.pretrained_tokenizer_weight: {} has shape {:?}, the model's pixel decoder needs {:?}",
+                    r.name,
+                    t.dims(),
+                    r.shape
+                )));
+            }
+            weights.insert(r.name.clone(), t.clone());
+        }
+    }
+    Ok(weights)
 }
 
 /// `text` parsed as JSON, or an argument error naming `what`.
@@ -124,8 +171,17 @@ impl Trainer {
     pub fn create(config: Value, init: Option<&Path>, seed: u64) -> Result<Self> {
         let cfg = TrainConfig::from_value(config)?;
         let wanted = requested(&cfg.model)?;
+        // Stage 2's pixel codebook and decoder come from the MaskGIT-VQGAN when the config names one.
+        let pixel = if RecipeKind::select(&cfg)? == RecipeKind::Stage2 {
+            crate::train::stage2_recipe::maskgit_pixel_weights(&cfg)?
+        } else {
+            None
+        };
         let weights = match init {
-            None => fresh_weights(&cfg.model, seed)?,
+            None => match &pixel {
+                None => fresh_weights(&cfg.model, seed)?,
+                Some(p) => with_pixel_weights(fresh_weights(&cfg.model, seed)?, &wanted, p)?,
+            },
             Some(dir) => {
                 if !dir.is_dir() {
                     return Err(MarvelError::io(
@@ -134,7 +190,7 @@ impl Trainer {
                     ));
                 }
                 let lfq = matches!(cfg.model.quantizer, QuantizerConfig::Lfq(_));
-                load_weights(&weights_file(dir)?, &wanted, lfq)?
+                load_weights(&weights_file(dir)?, &wanted, lfq, pixel.as_ref())?
             }
         };
         Self::build(cfg, seed, &wanted, weights, SplitMix64::new(seed ^ TRAIN_STREAM))
@@ -152,7 +208,7 @@ impl Trainer {
         weights: HashMap<String, Tensor>,
         rng: SplitMix64,
     ) -> Result<Self> {
-        let recipe = build_recipe(RecipeKind::select(&cfg)?, &cfg)?;
+        let recipe = build_recipe(RecipeKind::select(&cfg)?, &cfg, seed)?;
         Self::build_with(cfg, seed, wanted, weights, rng, recipe)
     }
 

@@ -5,6 +5,7 @@ use candle_core::{Tensor, Var};
 use candle_nn::VarBuilder;
 
 use crate::error::Result;
+use crate::nn::{param, ParamInit};
 use crate::shape_mismatch;
 
 /// Hands out the layers' parameters: as the checkpoint's tensors, or as fresh [`Var`]s holding them (listed in
@@ -28,8 +29,9 @@ impl Params {
         self.vars
     }
 
-    fn get(&mut self, vb: &VarBuilder, shape: &[usize], name: &str) -> Result<Tensor> {
-        let t = vb.get(shape, name)?;
+    /// The parameter `name`, declaring `init` (what a fresh discriminator starts from).
+    fn get(&mut self, vb: &VarBuilder, shape: &[usize], name: &str, init: ParamInit) -> Result<Tensor> {
+        let t = param(vb, shape, name, init)?;
         if !self.trainable {
             return Ok(t);
         }
@@ -66,8 +68,10 @@ pub struct SameConv {
 
 impl SameConv {
     pub fn new(c_in: usize, c_out: usize, kernel: usize, vb: VarBuilder, params: &mut Params) -> Result<Self> {
-        let weight = params.get(&vb, &[c_out, c_in, kernel, kernel], "weight")?;
-        let bias = params.get(&vb, &[c_out], "bias")?;
+        // torch's default init: the reference never re-initialises its discriminator.
+        let init = ParamInit::torch_default(c_in * kernel * kernel);
+        let weight = params.get(&vb, &[c_out, c_in, kernel, kernel], "weight", init)?;
+        let bias = params.get(&vb, &[c_out], "bias", init)?;
         Ok(Self { weight, bias, kernel })
     }
 
@@ -93,6 +97,23 @@ impl SameConv {
 pub struct BlurDownsample {
     kernel: Tensor,
     size: usize,
+}
+
+/// The blur's buffer for a `size`-tap filter: the outer product of the binomial row (1, 3, 3, 1 for 4 taps, the
+/// reference's `BLUR_KERNEL_MAP`) with itself, normalised to sum 1, as (1, 1, size, size). A fresh discriminator
+/// takes it from here; a checkpoint stores it.
+pub fn blur_kernel(size: usize, device: &candle_core::Device) -> Result<Tensor> {
+    let mut row = vec![1f64];
+    for _ in 1..size {
+        let mut next = vec![1f64; row.len() + 1];
+        for i in 1..row.len() {
+            next[i] = row[i - 1] + row[i];
+        }
+        row = next;
+    }
+    let total: f64 = row.iter().sum::<f64>().powi(2);
+    let values: Vec<f32> = row.iter().flat_map(|a| row.iter().map(move |b| (a * b / total) as f32)).collect();
+    Ok(Tensor::from_vec(values, (1, 1, size, size), device)?)
 }
 
 impl BlurDownsample {
@@ -126,8 +147,8 @@ impl GroupNorm {
         if groups == 0 || !channels.is_multiple_of(groups) {
             return Err(crate::invalid!("GroupNorm: {channels} channels do not split into {groups} groups"));
         }
-        let weight = params.get(&vb, &[channels], "weight")?;
-        let bias = params.get(&vb, &[channels], "bias")?;
+        let weight = params.get(&vb, &[channels], "weight", ParamInit::Ones)?;
+        let bias = params.get(&vb, &[channels], "bias", ParamInit::Zeros)?;
         Ok(Self { weight, bias, groups })
     }
 

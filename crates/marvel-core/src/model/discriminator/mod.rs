@@ -7,16 +7,18 @@
 
 mod layers;
 
-pub use layers::{leaky_relu, same_pad, BlurDownsample, GroupNorm, Params, SameConv};
+pub use layers::{blur_kernel, leaky_relu, same_pad, BlurDownsample, GroupNorm, Params, SameConv};
 
+use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::{Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarBuilder;
 use serde::Deserialize;
 
 use crate::error::Result;
-use crate::weights::{load_strict, LoadOptions};
+use crate::quantize::lfq::SplitMix64;
+use crate::weights::{build_shape_only, load_strict, LoadOptions};
 use crate::{invalid, shape_mismatch};
 
 /// Side of the logit map: the reference's `AdaptiveMaxPool2d((16, 16))`.
@@ -112,6 +114,34 @@ impl NLayerDiscriminator {
         let mut params = Params::trainable();
         let model = Self::build(cfg, vb, &mut params)?;
         Ok((model, params.into_vars()))
+    }
+
+    /// [`Self::new_trainable`] with fresh weights drawn from `seed` as the layers declare them (torch's default
+    /// for the convolutions, ones and zeros for the norms), the fixed blur kernels as the reference builds them.
+    pub fn fresh_trainable(cfg: &DiscriminatorConfig, seed: u64) -> Result<(Self, Vec<(String, Var)>)> {
+        let device = Device::Cpu;
+        let (_, requested) = build_shape_only(DType::F32, &device, |vb| Self::new(cfg, vb))?;
+        let mut rng = SplitMix64::new(seed);
+        let mut tensors = HashMap::new();
+        for r in &requested {
+            let t = match r.init {
+                None if r.name.ends_with(".kernel") => blur_kernel(cfg.blur_kernel_size, &device)?,
+                _ => crate::init::init_one(r, &mut rng)?,
+            };
+            tensors.insert(r.name.clone(), t);
+        }
+        Self::new_trainable(cfg, VarBuilder::from_tensors(tensors, DType::F32, &device))
+    }
+
+    /// The buffers of a checkpoint (not parameters: nothing trains them), by reference name: the fixed blur
+    /// kernels. With the parameters they make the state dict that [`Self::load_trainable`] reads.
+    pub fn buffers(cfg: &DiscriminatorConfig) -> Result<Vec<(String, Tensor)>> {
+        if !cfg.blur_resample {
+            return Ok(Vec::new());
+        }
+        (0..cfg.num_stages)
+            .map(|i| Ok((format!("blocks.{i}.1.kernel"), blur_kernel(cfg.blur_kernel_size, &Device::Cpu)?)))
+            .collect()
     }
 
     /// [`Self::new_trainable`] from a checkpoint, loaded strictly (every tensor present, shaped and used).

@@ -21,4 +21,4 @@ pub use config::MaskgitConfig;
 pub use decoder::MaskgitDecoder;
 pub use encoder::MaskgitEncoder;
 pub use quantizer::MaskgitQuantizer;
-pub use vqgan::MaskgitVqgan;
+pub use vqgan::{MaskgitVqgan, RELEASED_WEIGHTS_FILE};
