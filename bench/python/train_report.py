@@ -1,0 +1,50 @@
+"""Table of bench/train.sh's results: one row per (recipe, batch, threads), each engine's fastest round."""
+
+import argparse
+import json
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("results")
+    ap.add_argument("--load-before", required=True)
+    ap.add_argument("--load-after", required=True)
+    ap.add_argument("--cores", type=int, required=True)
+    a = ap.parse_args()
+    best: dict = {}
+    order = []
+    for line in open(a.results):
+        r = json.loads(line)
+        key = (r["recipe"], r["batch"])
+        if key not in best:
+            best[key] = {}
+            order.append(key)
+        prev = best[key].get(r["engine"])
+        if r.get("failed"):
+            best[key].setdefault(r["engine"], r)
+        elif prev is None or prev.get("failed") or r["median_s"] < prev["median_s"]:
+            best[key][r["engine"]] = r
+
+    def cell(r, field, fmt):
+        return "failed" if r is None or r.get("failed") else fmt.format(r[field])
+
+    threads = {r.get("threads") for rows in best.values() for r in rows.values() if not r.get("failed")}
+    print(f"| recipe | batch | threads | marvel steps/s | torch steps/s | marvel/torch | marvel peak RSS MiB | torch peak RSS MiB |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for key in order:
+        m, t = best[key].get("marvel"), best[key].get("torch")
+        ok = m and t and not m.get("failed") and not t.get("failed")
+        ratio = f"{m['steps_per_s'] / t['steps_per_s']:.2f}" if ok else "-"
+        th = (m if m and not m.get("failed") else t or {}).get("threads", "?")
+        print(f"| {key[0]} | {key[1]} | {th} | {cell(m, 'steps_per_s', '{:.4f}')} | {cell(t, 'steps_per_s', '{:.4f}')} "
+              f"| {ratio} | {cell(m, 'peak_rss_mib', '{:.0f}')} | {cell(t, 'peak_rss_mib', '{:.0f}')} |")
+    if len(threads) > 1:
+        print(f"warning: the engines ran with different thread counts {sorted(threads)}")
+    print(f"\nload average (1/5/15 min) before: {a.load_before}; after: {a.load_after}; {a.cores} cores")
+    if max(float(x) for x in (a.load_before + " " + a.load_after).split()[::3]) > 1:
+        print("measured on a busy machine (load average above 1): other processes shared the cores")
+    print(f"raw results: {a.results}")
+
+
+if __name__ == "__main__":
+    main()
