@@ -1,4 +1,6 @@
-"""Table of bench/train.sh's results: one row per (recipe, batch, threads), each engine's fastest round."""
+"""Table of bench/train.sh's results: one row per (recipe, batch, threads), each engine's fastest round (by wall
+time). CPU s/step is the median CPU time of a step summed over the process's threads: on a shared machine it moves
+less with the other processes' load than steps/s does."""
 
 import argparse
 import json
@@ -26,18 +28,21 @@ def main():
             best[key][r["engine"]] = r
 
     def cell(r, field, fmt):
-        return "failed" if r is None or r.get("failed") else fmt.format(r[field])
+        if r is None or r.get("failed"):
+            return "failed"
+        return fmt.format(r[field]) if field in r else "-"
 
     threads = {r.get("threads") for rows in best.values() for r in rows.values() if not r.get("failed")}
-    print(f"| recipe | batch | threads | marvel steps/s | torch steps/s | marvel/torch | marvel peak RSS MiB | torch peak RSS MiB |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("| recipe | batch | threads | marvel steps/s | torch steps/s | marvel/torch | marvel CPU s/step "
+          "| torch CPU s/step | marvel peak RSS MiB | torch peak RSS MiB |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for key in order:
         m, t = best[key].get("marvel"), best[key].get("torch")
         ok = m and t and not m.get("failed") and not t.get("failed")
         ratio = f"{m['steps_per_s'] / t['steps_per_s']:.2f}" if ok else "-"
         th = (m if m and not m.get("failed") else t or {}).get("threads", "?")
         print(f"| {key[0]} | {key[1]} | {th} | {cell(m, 'steps_per_s', '{:.4f}')} | {cell(t, 'steps_per_s', '{:.4f}')} "
-              f"| {ratio} | {cell(m, 'peak_rss_mib', '{:.0f}')} | {cell(t, 'peak_rss_mib', '{:.0f}')} |")
+              f"| {ratio} | {cell(m, 'cpu_s', '{:.2f}')} | {cell(t, 'cpu_s', '{:.2f}')} | {cell(m, 'peak_rss_mib', '{:.0f}')} | {cell(t, 'peak_rss_mib', '{:.0f}')} |")
     if len(threads) > 1:
         print(f"warning: the engines ran with different thread counts {sorted(threads)}")
     print(f"\nload average (1/5/15 min) before: {a.load_before}; after: {a.load_after}; {a.cores} cores")

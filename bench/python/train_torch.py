@@ -9,7 +9,7 @@ reconstruction, AdamW with the reference's betas/eps/weight decay and its no-dec
     train_torch.py --print-config [--tokens 128]          # the config both sides train (JSON on stdout)
     train_torch.py CONFIG_JSON --threads 2 --batch 2 --warmup 2 --runs 5
 
-Prints one JSON line: median seconds per step, steps/s, the losses, and the peak RSS (VmHWM).
+Prints one JSON line: median seconds per step, steps/s, median CPU seconds per step (all threads), the losses, and the peak RSS (VmHWM).
 """
 
 from __future__ import annotations
@@ -185,16 +185,18 @@ def main():
         return loss.item()
 
     losses = [step(i) for i in range(a.warmup)]
-    times = []
+    times, cpu = [], []
     for i in range(a.warmup, a.warmup + a.runs):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         losses.append(step(i))
         times.append(time.perf_counter() - t)
+        cpu.append(time.process_time() - c)
     med = statistics.median(times)
     hwm = next(l for l in open("/proc/self/status") if l.startswith("VmHWM:"))
     print(json.dumps({
         "engine": "torch", "version": torch.__version__, "threads": torch.get_num_threads(), "batch": a.batch,
-        "median_s": round(med, 4), "steps_per_s": round(1 / med, 4), "runs": [round(t, 4) for t in times],
+        "median_s": round(med, 4), "steps_per_s": round(1 / med, 4),
+        "cpu_s": round(statistics.median(cpu), 2), "runs": [round(t, 4) for t in times],
         "losses": [round(l, 5) for l in losses], "peak_rss_mib": round(int(hwm.split()[1]) / 1024, 1),
     }))
 

@@ -2,7 +2,7 @@
 //! clipping, AdamW, EMA): the benchmark side of bench/train.sh, whose PyTorch twin is bench/python/train_torch.py.
 //! The config is the one train_torch.py builds (TiTok-S ViTs, 256x256, LFQ); both read it from
 //! `train_torch.py --print-config` through train.sh, so the two sides cannot drift apart.
-//! Prints one JSON line: median seconds per step over RUNS steps after WARMUP steps, and the peak RSS.
+//! Prints one JSON line: median seconds (wall and CPU) per step over RUNS steps after WARMUP steps, and the peak RSS.
 //!
 //!     bench_train CONFIG_JSON [--threads 2] [--batch 2] [--warmup 2] [--runs 5]
 
@@ -51,6 +51,16 @@ fn status_mib(field: &str) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
+/// CPU seconds (user + system, all threads) this process has used, from /proc/self/stat (clock ticks of 1/100 s,
+/// the Linux default): on a shared machine it moves less with the other processes' load than the wall time.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the parenthesised command name: utime and stime are the 12th and 13th.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<f64> = rest.split_whitespace().filter_map(|v| v.parse().ok()).collect();
+    f.get(11).zip(f.get(12)).map(|(u, s)| (u + s) / 100.0).unwrap_or(f64::NAN)
+}
+
 /// Deterministic pseudo-random bytes (xorshift; no rand dependency): the step's cost does not depend on them.
 fn random_images(len: usize, seed: u64) -> Vec<u8> {
     let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
@@ -72,23 +82,28 @@ fn run(a: &Args) -> Result<String> {
     for _ in 0..a.warmup {
         losses.push(trainer.step(&images, a.batch, None)?.loss);
     }
-    let mut times = Vec::with_capacity(a.runs);
+    let (mut times, mut cpu) = (Vec::with_capacity(a.runs), Vec::with_capacity(a.runs));
     for _ in 0..a.runs {
-        let t = Instant::now();
+        let (t, c) = (Instant::now(), cpu_seconds());
         let out = trainer.step(&images, a.batch, None)?;
         times.push(t.elapsed().as_secs_f64());
+        cpu.push(cpu_seconds() - c);
         losses.push(out.loss);
     }
-    let mut sorted = times.clone();
-    sorted.sort_by(|x, y| x.partial_cmp(y).expect("finite times"));
-    let median = sorted[sorted.len() / 2];
+    let median_of = |v: &[f64]| {
+        let mut s = v.to_vec();
+        s.sort_by(|x, y| x.partial_cmp(y).expect("finite times"));
+        s[s.len() / 2]
+    };
+    let median = median_of(&times);
     let fmt = |v: &[f64]| v.iter().map(|t| format!("{t:.4}")).collect::<Vec<_>>().join(",");
     Ok(format!(
         "{{\"engine\":\"marvel\",\"threads\":{},\"batch\":{},\"median_s\":{median:.4},\"steps_per_s\":{:.4},\
-         \"runs\":[{}],\"losses\":[{}],\"peak_rss_mib\":{:.1}}}",
+         \"cpu_s\":{:.2},\"runs\":[{}],\"losses\":[{}],\"peak_rss_mib\":{:.1}}}",
         runtime::num_threads()?,
         a.batch,
         1.0 / median,
+        median_of(&cpu),
         fmt(&times),
         losses.iter().map(|l| format!("{l:.5}")).collect::<Vec<_>>().join(","),
         status_mib("VmHWM")
