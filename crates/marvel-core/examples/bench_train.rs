@@ -55,10 +55,11 @@ fn status_mib(field: &str) -> f64 {
 /// the Linux default): on a shared machine it moves less with the other processes' load than the wall time.
 fn cpu_seconds() -> f64 {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the parenthesised command name: utime and stime are the 12th and 13th.
+    // Fields after the parenthesised command name, from the state on: utime and stime are the 12th and 13th.
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<f64> = rest.split_whitespace().filter_map(|v| v.parse().ok()).collect();
-    f.get(11).zip(f.get(12)).map(|(u, s)| (u + s) / 100.0).unwrap_or(f64::NAN)
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok());
+    ticks(11).zip(ticks(12)).map(|(u, s)| (u + s) / 100.0).unwrap_or(f64::NAN)
 }
 
 /// Deterministic pseudo-random bytes (xorshift; no rand dependency): the step's cost does not depend on them.
