@@ -8,7 +8,8 @@
 #
 # Environment: TOKENS (latent tokens, default 128), BATCHES (default 2), THREADS (default 2), WARMUP (steps before
 # timing, default 1), RUNS (timed steps, default 3), ROUNDS (default 1; each round runs both engines, in alternating
-# order, and the table keeps each engine's fastest round: the least disturbed on a shared machine), SKIP_BUILD=1,
+# order, and the table keeps each engine's fastest round: the least disturbed on a shared machine), SPLIT=1 (also
+# time forward + backward without the update, after the steps: where a step's time goes), SKIP_BUILD=1,
 # PYTHON (default bench/.venv/bin/python; created from PyPI when missing).
 # Stage 2 has no row yet: the Trainer does not run that recipe, and its loss pieces alone are timed by
 # crates/marvel-core/examples/bench_stage2_losses.rs (no PyTorch twin).
@@ -42,6 +43,7 @@ stamp=$(date -u +%Y%m%dT%H%M%SZ)
 out="$WORK/train-$stamp.jsonl"
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 common=(--threads "$THREADS" --warmup "$WARMUP" --runs "$RUNS")
+[ "${SPLIT:-0}" = 1 ] && common+=(--split)
 
 marvel() { MARVEL_NUM_THREADS="$THREADS" "$MARVEL" "$1" --batch "$2" "${common[@]}"; }
 torch() { OMP_NUM_THREADS="$THREADS" "$PY" bench/python/train_torch.py "$1" --batch "$2" "${common[@]}"; }

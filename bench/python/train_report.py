@@ -43,6 +43,15 @@ def main():
         th = (m if m and not m.get("failed") else t or {}).get("threads", "?")
         print(f"| {key[0]} | {key[1]} | {th} | {cell(m, 'steps_per_s', '{:.4f}')} | {cell(t, 'steps_per_s', '{:.4f}')} "
               f"| {ratio} | {cell(m, 'cpu_s', '{:.2f}')} | {cell(t, 'cpu_s', '{:.2f}')} | {cell(m, 'peak_rss_mib', '{:.0f}')} | {cell(t, 'peak_rss_mib', '{:.0f}')} |")
+    for key in order:
+        for engine, r in best[key].items():
+            if "gradients_s" in r:
+                print(f"{key[0]} batch {key[1]} {engine}: forward + backward {r['gradients_s']:.2f} s, the rest of the "
+                      f"step (clipping, AdamW, EMA) about {r['median_s'] - r['gradients_s']:.2f} s")
+    for key in order:
+        counts = {e: r["params"] for e, r in best[key].items() if "params" in r}
+        if len(set(counts.values())) > 1:
+            print(f"warning: {key[0]} batch {key[1]}: the engines train different parameter counts {counts}")
     if len(threads) > 1:
         print(f"warning: the engines ran with different thread counts {sorted(threads)}")
     print(f"\nload average (1/5/15 min) before: {a.load_before}; after: {a.load_after}; {a.cores} cores")

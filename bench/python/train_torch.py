@@ -7,7 +7,7 @@ reconstruction, AdamW with the reference's betas/eps/weight decay and its no-dec
 1.0 and an EMA of the weights: every piece of marvel's `Trainer.step` for this config.
 
     train_torch.py --print-config [--tokens 128]          # the config both sides train (JSON on stdout)
-    train_torch.py CONFIG_JSON --threads 2 --batch 2 --warmup 2 --runs 5
+    train_torch.py CONFIG_JSON --threads 2 --batch 2 --warmup 2 --runs 5 [--split]
 
 Prints one JSON line: median seconds per step, steps/s, median CPU seconds per step (all threads), the losses, and the peak RSS (VmHWM).
 """
@@ -149,6 +149,7 @@ def main():
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--split", action="store_true", help="also time forward + backward alone (gradients_s)")
     a = ap.parse_args()
     if a.print_config:
         print(json.dumps(bench_config(a.tokens)))
@@ -193,11 +194,20 @@ def main():
         cpu.append(time.process_time() - c)
     med = statistics.median(times)
     hwm = next(l for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+    extra = {}
+    if a.split:
+        grads = []
+        for _ in range(a.runs):
+            t = time.perf_counter()
+            opt.zero_grad(set_to_none=True)
+            model.loss(images.permute(0, 3, 1, 2).float() / 255.0, cfg["losses"]).backward()
+            grads.append(time.perf_counter() - t)
+        extra["gradients_s"] = round(statistics.median(grads), 4)
     print(json.dumps({
-        "engine": "torch", "version": torch.__version__, "threads": torch.get_num_threads(), "batch": a.batch,
+        "engine": "torch", "version": torch.__version__, "params": sum(p.numel() for p in params), "threads": torch.get_num_threads(), "batch": a.batch,
         "median_s": round(med, 4), "steps_per_s": round(1 / med, 4),
         "cpu_s": round(statistics.median(cpu), 2), "runs": [round(t, 4) for t in times],
-        "losses": [round(l, 5) for l in losses], "peak_rss_mib": round(int(hwm.split()[1]) / 1024, 1),
+        "losses": [round(l, 5) for l in losses], "peak_rss_mib": round(int(hwm.split()[1]) / 1024, 1), **extra,
     }))
 
 

@@ -4,7 +4,10 @@
 //! `train_torch.py --print-config` through train.sh, so the two sides cannot drift apart.
 //! Prints one JSON line: median seconds (wall and CPU) per step over RUNS steps after WARMUP steps, and the peak RSS.
 //!
-//!     bench_train CONFIG_JSON [--threads 2] [--batch 2] [--warmup 2] [--runs 5]
+//!     bench_train CONFIG_JSON [--threads 2] [--batch 2] [--warmup 2] [--runs 5] [--split]
+//!
+//! `--split` adds `gradients_s`, the median of RUNS forward + backward passes without the update (clipping, AdamW,
+//! EMA), measured after the steps (so not in the peak RSS), to see where a step's time goes.
 
 use std::time::Instant;
 
@@ -18,12 +21,14 @@ struct Args {
     batch: usize,
     warmup: usize,
     runs: usize,
+    /// Also time RUNS calls of `Trainer::gradients` alone (forward + backward, no update) after the steps.
+    split: bool,
 }
 
 fn parse_args() -> Args {
-    let mut a = Args { config: String::new(), threads: 2, batch: 2, warmup: 2, runs: 5 };
+    let mut a = Args { config: String::new(), threads: 2, batch: 2, warmup: 2, runs: 5, split: false };
     let mut it = std::env::args().skip(1);
-    let usage = "usage: bench_train CONFIG_JSON [--threads N] [--batch N] [--warmup N] [--runs N]";
+    let usage = "usage: bench_train CONFIG_JSON [--threads N] [--batch N] [--warmup N] [--runs N] [--split]";
     while let Some(arg) = it.next() {
         let mut val = |what: &str| it.next().and_then(|v| v.parse::<usize>().ok()).unwrap_or_else(|| panic!("{what} N"));
         match arg.as_str() {
@@ -31,6 +36,7 @@ fn parse_args() -> Args {
             "--batch" => a.batch = val("--batch"),
             "--warmup" => a.warmup = val("--warmup"),
             "--runs" => a.runs = val("--runs"),
+            "--split" => a.split = true,
             path if a.config.is_empty() => a.config = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}")),
             other => panic!("unexpected argument {other:?}; {usage}"),
         }
@@ -78,6 +84,7 @@ fn random_images(len: usize, seed: u64) -> Vec<u8> {
 fn run(a: &Args) -> Result<String> {
     let mut trainer = Trainer::create_from_json(&a.config, None, 0)?;
     let size = trainer.model_config().image_size;
+    let params: usize = trainer.parameters().iter().map(|(_, v)| v.as_tensor().elem_count()).sum();
     let images = random_images(a.batch * size * size * 3, 1);
     let mut losses = Vec::new();
     for _ in 0..a.warmup {
@@ -97,17 +104,28 @@ fn run(a: &Args) -> Result<String> {
         s[s.len() / 2]
     };
     let median = median_of(&times);
+    let peak_rss = status_mib("VmHWM");
+    let gradients_s = if a.split {
+        let mut g = Vec::with_capacity(a.runs);
+        for _ in 0..a.runs {
+            let t = Instant::now();
+            trainer.gradients(&images, a.batch, None)?;
+            g.push(t.elapsed().as_secs_f64());
+        }
+        format!(",\"gradients_s\":{:.4}", median_of(&g))
+    } else {
+        String::new()
+    };
     let fmt = |v: &[f64]| v.iter().map(|t| format!("{t:.4}")).collect::<Vec<_>>().join(",");
     Ok(format!(
-        "{{\"engine\":\"marvel\",\"threads\":{},\"batch\":{},\"median_s\":{median:.4},\"steps_per_s\":{:.4},\
-         \"cpu_s\":{:.2},\"runs\":[{}],\"losses\":[{}],\"peak_rss_mib\":{:.1}}}",
+        "{{\"engine\":\"marvel\",\"params\":{params},\"threads\":{},\"batch\":{},\"median_s\":{median:.4},\"steps_per_s\":{:.4},\
+         \"cpu_s\":{:.2},\"runs\":[{}],\"losses\":[{}],\"peak_rss_mib\":{peak_rss:.1}{gradients_s}}}",
         runtime::num_threads()?,
         a.batch,
         1.0 / median,
         median_of(&cpu),
         fmt(&times),
         losses.iter().map(|l| format!("{l:.5}")).collect::<Vec<_>>().join(","),
-        status_mib("VmHWM")
     ))
 }
 
