@@ -1,0 +1,142 @@
+//! Training-step cost of the `single` recipe on the CPU through the core's `Trainer` (forward, backward, gradient
+//! clipping, AdamW, EMA): the benchmark side of bench/train.sh, whose PyTorch twin is bench/python/train_torch.py.
+//! The config is the one train_torch.py builds (TiTok-S ViTs, 256x256, LFQ); both read it from
+//! `train_torch.py --print-config` through train.sh, so the two sides cannot drift apart.
+//! Prints one JSON line: median seconds (wall and CPU) per step over RUNS steps after WARMUP steps, and the peak RSS.
+//!
+//!     bench_train CONFIG_JSON [--threads 2] [--batch 2] [--warmup 2] [--runs 5] [--split]
+//!
+//! `--split` adds `gradients_s`, the median of RUNS forward + backward passes without the update (clipping, AdamW,
+//! EMA), measured after the steps (so not in the peak RSS), to see where a step's time goes.
+
+use std::time::Instant;
+
+use marvel_core::runtime;
+use marvel_core::train::trainer::Trainer;
+use marvel_core::Result;
+
+struct Args {
+    config: String,
+    threads: usize,
+    batch: usize,
+    warmup: usize,
+    runs: usize,
+    /// Also time RUNS calls of `Trainer::gradients` alone (forward + backward, no update) after the steps.
+    split: bool,
+}
+
+fn parse_args() -> Args {
+    let mut a = Args { config: String::new(), threads: 2, batch: 2, warmup: 2, runs: 5, split: false };
+    let mut it = std::env::args().skip(1);
+    let usage = "usage: bench_train CONFIG_JSON [--threads N] [--batch N] [--warmup N] [--runs N] [--split]";
+    while let Some(arg) = it.next() {
+        let mut val = |what: &str| it.next().and_then(|v| v.parse::<usize>().ok()).unwrap_or_else(|| panic!("{what} N"));
+        match arg.as_str() {
+            "--threads" => a.threads = val("--threads"),
+            "--batch" => a.batch = val("--batch"),
+            "--warmup" => a.warmup = val("--warmup"),
+            "--runs" => a.runs = val("--runs"),
+            "--split" => a.split = true,
+            path if a.config.is_empty() => a.config = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}")),
+            other => panic!("unexpected argument {other:?}; {usage}"),
+        }
+    }
+    assert!(!a.config.is_empty() && a.runs > 0, "{usage}");
+    a
+}
+
+fn status_mib(field: &str) -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.strip_prefix(field).is_some_and(|r| r.starts_with(':')))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<f64>().ok()))
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
+/// CPU seconds (user + system, all threads) this process has used, from /proc/self/stat (clock ticks of 1/100 s,
+/// the Linux default): on a shared machine it moves less with the other processes' load than the wall time.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the parenthesised command name, from the state on: utime and stime are the 12th and 13th.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok());
+    ticks(11).zip(ticks(12)).map(|(u, s)| (u + s) / 100.0).unwrap_or(f64::NAN)
+}
+
+/// Deterministic pseudo-random bytes (xorshift; no rand dependency): the step's cost does not depend on them.
+fn random_images(len: usize, seed: u64) -> Vec<u8> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 56) as u8
+        })
+        .collect()
+}
+
+fn run(a: &Args) -> Result<String> {
+    let mut trainer = Trainer::create_from_json(&a.config, None, 0)?;
+    let size = trainer.model_config().image_size;
+    let params: usize = trainer.parameters().iter().map(|(_, v)| v.as_tensor().elem_count()).sum();
+    let images = random_images(a.batch * size * size * 3, 1);
+    let mut losses = Vec::new();
+    for _ in 0..a.warmup {
+        losses.push(trainer.step(&images, a.batch, None)?.loss);
+    }
+    let (mut times, mut cpu) = (Vec::with_capacity(a.runs), Vec::with_capacity(a.runs));
+    for _ in 0..a.runs {
+        let (t, c) = (Instant::now(), cpu_seconds());
+        let out = trainer.step(&images, a.batch, None)?;
+        times.push(t.elapsed().as_secs_f64());
+        cpu.push(cpu_seconds() - c);
+        losses.push(out.loss);
+    }
+    let median_of = |v: &[f64]| {
+        let mut s = v.to_vec();
+        s.sort_by(|x, y| x.partial_cmp(y).expect("finite times"));
+        s[s.len() / 2]
+    };
+    let median = median_of(&times);
+    let peak_rss = status_mib("VmHWM");
+    let gradients_s = if a.split {
+        let mut g = Vec::with_capacity(a.runs);
+        for _ in 0..a.runs {
+            let t = Instant::now();
+            trainer.gradients(&images, a.batch, None)?;
+            g.push(t.elapsed().as_secs_f64());
+        }
+        format!(",\"gradients_s\":{:.4}", median_of(&g))
+    } else {
+        String::new()
+    };
+    let fmt = |v: &[f64]| v.iter().map(|t| format!("{t:.4}")).collect::<Vec<_>>().join(",");
+    Ok(format!(
+        "{{\"engine\":\"marvel\",\"params\":{params},\"threads\":{},\"batch\":{},\"median_s\":{median:.4},\"steps_per_s\":{:.4},\
+         \"cpu_s\":{:.2},\"runs\":[{}],\"losses\":[{}],\"peak_rss_mib\":{peak_rss:.1}{gradients_s}}}",
+        runtime::num_threads()?,
+        a.batch,
+        1.0 / median,
+        median_of(&cpu),
+        fmt(&times),
+        losses.iter().map(|l| format!("{l:.5}")).collect::<Vec<_>>().join(","),
+    ))
+}
+
+fn main() {
+    let args = parse_args();
+    let out = runtime::set_num_threads(args.threads).and_then(|_| runtime::install(|| run(&args))).and_then(|r| r);
+    match out {
+        Ok(json) => println!("{json}"),
+        Err(e) => {
+            eprintln!("bench_train: {e}");
+            std::process::exit(1);
+        }
+    }
+}
