@@ -64,6 +64,22 @@ impl Default for MaskgitConfig {
 }
 
 impl MaskgitConfig {
+    /// An 8x8-pixel, 4x4-code model with both levels of the released layout: small enough for tests to run many
+    /// images through, deep enough to exercise every block kind.
+    #[cfg(test)]
+    pub(crate) fn tiny_for_tests() -> Self {
+        MaskgitConfig {
+            hidden_channels: 8,
+            channel_mult: vec![1, 2],
+            num_res_blocks: 1,
+            z_channels: 4,
+            codebook_size: 16,
+            norm_num_groups: 4,
+            resolution: 8,
+            ..MaskgitConfig::default()
+        }
+    }
+
     /// Reads the `maskgit_vqgan` object of a config.json value; released sizes when the object is absent.
     pub fn from_config_json(value: &serde_json::Value) -> Result<Self> {
         crate::config::check_known_keys(value)?;

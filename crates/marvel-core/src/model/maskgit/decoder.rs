@@ -156,16 +156,7 @@ mod tests {
     #[test]
     fn the_training_path_matches_inference_and_reaches_every_weight() {
         let dev = Device::Cpu;
-        let cfg = MaskgitConfig {
-            hidden_channels: 8,
-            channel_mult: vec![1, 2],
-            num_res_blocks: 1,
-            z_channels: 4,
-            codebook_size: 16,
-            norm_num_groups: 4,
-            resolution: 8,
-            ..MaskgitConfig::default()
-        };
+        let cfg = MaskgitConfig::tiny_for_tests();
         let vars = candle_nn::VarMap::new();
         let trained = MaskgitDecoder::new(&cfg, VarBuilder::from_varmap(&vars, DType::F32, &dev)).unwrap();
         for var in vars.all_vars() {

@@ -101,16 +101,7 @@ mod tests {
     /// A random 8x8-pixel, 4x4-code model: small enough to run many images through, deep enough to have both
     /// levels of the real layout.
     fn tiny() -> MaskgitVqgan {
-        let cfg = MaskgitConfig {
-            hidden_channels: 8,
-            channel_mult: vec![1, 2],
-            num_res_blocks: 1,
-            z_channels: 4,
-            codebook_size: 16,
-            norm_num_groups: 4,
-            resolution: 8,
-            ..MaskgitConfig::default()
-        };
+        let cfg = MaskgitConfig::tiny_for_tests();
         let vars = VarMap::new();
         let model = MaskgitVqgan::load(&cfg, VarBuilder::from_varmap(&vars, DType::F32, &Device::Cpu)).unwrap();
         // Some weights start constant; random values everywhere make every code and pixel depend on the input.
