@@ -4,25 +4,14 @@
 //!
 //!     cargo run --release -p marvel-core --example bench_conv_backward -- [--threads 2] [--runs 3]
 
-use std::time::Instant;
 
 use candle_core::{Device, Tensor, Var};
 use marvel_core::nn::{conv2d_im2col, upsample2x_conv2d_im2col};
 use marvel_core::runtime;
+#[path = "common/mod.rs"]
+mod common;
+use common::median_secs;
 
-/// Median seconds of `runs` calls after one warm-up.
-fn median_secs(runs: usize, mut f: impl FnMut()) -> f64 {
-    f();
-    let mut t: Vec<f64> = (0..runs)
-        .map(|_| {
-            let s = Instant::now();
-            f();
-            s.elapsed().as_secs_f64()
-        })
-        .collect();
-    t.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    t[runs / 2]
-}
 
 fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")

@@ -4,30 +4,19 @@
 //!
 //!     cargo run --release -p marvel-core --example bench_lfq
 
-use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use marvel_core::quantize::lfq::{LfqConfig, ResidualLfq, SplitMix64};
 use marvel_core::tokens::bytes::{tokens_from_bytes, tokens_to_bytes};
+#[path = "common/mod.rs"]
+mod common;
+use common::median_secs;
 
 const B: usize = 64;
 const N: usize = 32;
 const D: usize = 4;
 const BITS: usize = 12;
 
-/// Median seconds per call over `runs` calls after a warm-up.
-fn median_secs(runs: usize, mut f: impl FnMut()) -> f64 {
-    f();
-    let mut t: Vec<f64> = (0..runs)
-        .map(|_| {
-            let s = Instant::now();
-            f();
-            s.elapsed().as_secs_f64()
-        })
-        .collect();
-    t.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    t[runs / 2]
-}
 
 /// The reference algorithm with whole-tensor ops: per depth a subtraction, a sign, a scale, a bit-weighted sum.
 fn quantize_tensor_ops(z: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {

@@ -6,30 +6,20 @@
 //!
 //!     BATCH=1 RUNS=3 cargo run --release -p marvel-core --example bench_stage2_losses
 
-use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use marvel_core::model::convnext::{ConvNext, ConvNextConfig};
 use marvel_core::model::discriminator::{DiscriminatorConfig, NLayerDiscriminator};
 use marvel_core::train::losses::{hinge_discriminator_loss, hinge_generator_loss, PerceptualLoss};
+#[path = "common/mod.rs"]
+mod common;
+use common::try_median_secs;
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
-/// Median seconds per call over `runs` calls after a warm-up.
-fn median_secs(runs: usize, mut f: impl FnMut() -> marvel_core::Result<()>) -> marvel_core::Result<f64> {
-    f()?;
-    let mut t = Vec::with_capacity(runs);
-    for _ in 0..runs {
-        let s = Instant::now();
-        f()?;
-        t.push(s.elapsed().as_secs_f64());
-    }
-    t.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    Ok(t[runs / 2])
-}
 
 /// Random weights of the right shapes: N(0, 0.02) for every tensor (norm weights included; the cost is the same).
 fn random_builder(dev: &Device) -> (VarMap, VarBuilder<'static>) {
@@ -49,8 +39,8 @@ fn main() -> marvel_core::Result<()> {
     randomize(&map)?;
     // Plain tensors, as a loaded checkpoint gives: the weights get no gradient.
     let perceptual = PerceptualLoss::new(convnext);
-    let perceptual_fwd = median_secs(runs, || perceptual.forward(&x, recon.as_tensor()).map(|_| ()))?;
-    let perceptual_fwd_bwd = median_secs(runs, || {
+    let perceptual_fwd = try_median_secs(runs, || perceptual.forward(&x, recon.as_tensor()).map(|_| ()))?;
+    let perceptual_fwd_bwd = try_median_secs(runs, || {
         let p = perceptual.forward(&x, recon.as_tensor())?;
         p.loss.backward()?;
         Ok(())
@@ -60,11 +50,11 @@ fn main() -> marvel_core::Result<()> {
     let (d, params) = NLayerDiscriminator::new_trainable(&DiscriminatorConfig::default(), vb)?;
     randomize(&map)?;
     let frozen = d.frozen();
-    let generator_d = median_secs(runs, || {
+    let generator_d = try_median_secs(runs, || {
         hinge_generator_loss(&frozen.forward(recon.as_tensor())?)?.backward()?;
         Ok(())
     })?;
-    let discriminator_step = median_secs(runs, || {
+    let discriminator_step = try_median_secs(runs, || {
         let loss = hinge_discriminator_loss(&d.forward(&x)?, &d.forward(&recon.as_tensor().detach())?)?;
         let grads = loss.backward()?;
         assert!(params.iter().all(|(_, v)| grads.get(v.as_tensor()).is_some()));

@@ -26,6 +26,9 @@ use marvel_core::model::maskgit::MaskgitDecoder;
 use marvel_core::model::titok::Titok;
 use marvel_core::weights::{load_strict, LoadOptions};
 use marvel_core::{runtime, Result};
+#[path = "common/mod.rs"]
+mod common;
+use common::status_mib;
 
 struct Args {
     model: PathBuf,
@@ -146,18 +149,6 @@ fn time<T>(warmup: usize, runs: usize, mut f: impl FnMut() -> Result<T>) -> Resu
     Ok((times, last.expect("at least one run")))
 }
 
-/// A /proc/self/status memory field in MiB: `VmHWM` (peak resident set size) or `VmRSS` (now).
-fn status_mib(field: &str) -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.strip_prefix(field).is_some_and(|r| r.starts_with(':')))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<f64>().ok()))
-        })
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(f64::NAN)
-}
 
 fn max_abs(a: &Tensor, b: &Tensor) -> Result<f32> {
     Ok((a.to_dtype(DType::F32)? - b.to_dtype(DType::F32)?)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?)

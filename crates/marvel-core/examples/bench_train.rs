@@ -14,6 +14,9 @@ use std::time::Instant;
 use marvel_core::runtime;
 use marvel_core::train::trainer::Trainer;
 use marvel_core::Result;
+#[path = "common/mod.rs"]
+mod common;
+use common::status_mib;
 
 struct Args {
     config: String,
@@ -45,17 +48,6 @@ fn parse_args() -> Args {
     a
 }
 
-fn status_mib(field: &str) -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.strip_prefix(field).is_some_and(|r| r.starts_with(':')))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<f64>().ok()))
-        })
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(f64::NAN)
-}
 
 /// CPU seconds (user + system, all threads) this process has used, from /proc/self/stat (clock ticks of 1/100 s,
 /// the Linux default): on a shared machine it moves less with the other processes' load than the wall time.

@@ -1,0 +1,39 @@
+//! Helpers shared by the bench examples (`#[path = "common/mod.rs"] mod common;`): timing and memory readings.
+#![allow(dead_code)]
+
+use std::time::Instant;
+
+/// Median seconds of `runs` calls of `f` after one warm-up call.
+pub fn median_secs(runs: usize, mut f: impl FnMut()) -> f64 {
+    try_median_secs(runs, || {
+        f();
+        Ok(())
+    })
+    .expect("an infallible call")
+}
+
+/// [`median_secs`] of a fallible call; the first error stops the timing.
+pub fn try_median_secs(runs: usize, mut f: impl FnMut() -> marvel_core::Result<()>) -> marvel_core::Result<f64> {
+    f()?;
+    let mut t = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let s = Instant::now();
+        f()?;
+        t.push(s.elapsed().as_secs_f64());
+    }
+    t.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    Ok(t[runs / 2])
+}
+
+/// A /proc/self/status memory field in MiB: `VmHWM` (peak resident set size) or `VmRSS` (now); NaN elsewhere.
+pub fn status_mib(field: &str) -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.strip_prefix(field).is_some_and(|r| r.starts_with(':')))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<f64>().ok()))
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(f64::NAN)
+}
