@@ -90,14 +90,9 @@ fn scaled(g: &Tensor, scale: f64) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::Device;
 
     fn grads(entries: &[(&str, &[f32])]) -> Gradients {
-        let mut g = Gradients::new();
-        for (name, values) in entries {
-            g.insert(name, Tensor::new(*values, &Device::Cpu).unwrap()).unwrap();
-        }
-        g
+        Gradients::from_values(entries)
     }
 
     fn values(g: &Gradients, name: &str) -> Vec<f32> {

@@ -55,11 +55,7 @@ mod tests {
     use candle_core::Device;
 
     fn grads(entries: &[(&str, &[f32])]) -> Gradients {
-        let mut g = Gradients::new();
-        for (name, values) in entries {
-            g.insert(name, Tensor::new(*values, &Device::Cpu).unwrap()).unwrap();
-        }
-        g
+        Gradients::from_values(entries)
     }
 
     #[test]

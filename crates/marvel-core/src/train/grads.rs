@@ -23,6 +23,16 @@ impl Gradients {
         Self::default()
     }
 
+    /// Named 1-d CPU gradients from plain values, in the given order (for tests).
+    #[cfg(test)]
+    pub(crate) fn from_values(entries: &[(&str, &[f32])]) -> Self {
+        let mut g = Self::new();
+        for (name, values) in entries {
+            g.insert(name, Tensor::new(*values, &candle_core::Device::Cpu).unwrap()).unwrap();
+        }
+        g
+    }
+
     /// The gradient of each parameter in `params` that has one in `store`, in `params` order. A parameter the
     /// loss does not reach has no entry, as PyTorch leaves its `grad` at None (AdamW and clipping skip it).
     /// The gradients are detached so that nothing computed from them keeps the backward graph alive.
