@@ -22,22 +22,12 @@ async function info(source: string, flags: { json?: boolean }): Promise<void> {
   const weightsBytes = weights ? await fileSize(weights).catch(() => undefined) : undefined
   // The core's figures; bytes are the token file's payload per image (whole bytes, as Tokens.toBytes pads).
   const byDepth = i.bitsPerImageByDepth.map((bits, d) => ({ depth: d + 1, bitsPerImage: bits, bytesPerImage: Math.ceil(bits / 8) }))
+  // The library's info as it is (byDepth carries bitsPerImageByDepth with the bytes beside it), plus the file.
+  const { bitsPerImageByDepth: _perDepth, ...model } = i
   const out = {
-    source,
-    architecture: i.architecture,
-    quantizer: i.quantizer,
-    imageSize: i.imageSize,
-    numTokens: i.numTokens,
-    depth: i.depth,
-    codebookSize: i.codebookSize,
-    bitsPerToken: i.bitsPerToken,
-    bitsPerImage: i.bitsPerImage,
+    ...model,
     bytesPerImage: Math.ceil(i.bitsPerImage / 8),
     byDepth,
-    parameters: i.parameters,
-    encoder: i.encoder,
-    decoder: i.decoder,
-    twoStage: i.twoStage,
     weightsFile: weights ?? null,
     weightsBytes: weightsBytes ?? null,
   }

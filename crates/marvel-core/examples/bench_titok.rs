@@ -28,7 +28,7 @@ use marvel_core::weights::{load_strict, LoadOptions};
 use marvel_core::{runtime, Result};
 #[path = "common/mod.rs"]
 mod common;
-use common::status_mib;
+use common::{run_bench, status_mib};
 
 struct Args {
     model: PathBuf,
@@ -214,12 +214,5 @@ fn run(args: &Args) -> Result<String> {
 
 fn main() {
     let args = parse_args();
-    let out = runtime::set_num_threads(args.threads).and_then(|_| runtime::install(|| run(&args))).and_then(|r| r);
-    match out {
-        Ok(json) => println!("{json}"),
-        Err(e) => {
-            eprintln!("bench_titok: {e}");
-            std::process::exit(1);
-        }
-    }
+    run_bench("bench_titok", args.threads, || run(&args));
 }

@@ -16,7 +16,7 @@ use marvel_core::train::trainer::Trainer;
 use marvel_core::Result;
 #[path = "common/mod.rs"]
 mod common;
-use common::status_mib;
+use common::{run_bench, status_mib};
 
 struct Args {
     config: String,
@@ -123,12 +123,5 @@ fn run(a: &Args) -> Result<String> {
 
 fn main() {
     let args = parse_args();
-    let out = runtime::set_num_threads(args.threads).and_then(|_| runtime::install(|| run(&args))).and_then(|r| r);
-    match out {
-        Ok(json) => println!("{json}"),
-        Err(e) => {
-            eprintln!("bench_train: {e}");
-            std::process::exit(1);
-        }
-    }
+    run_bench("bench_train", args.threads, || run(&args));
 }

@@ -37,3 +37,15 @@ pub fn status_mib(field: &str) -> f64 {
         .map(|kb| kb / 1024.0)
         .unwrap_or(f64::NAN)
 }
+
+/// Runs `run` on marvel's compute pool with `threads` threads and prints its JSON, or the error and exit code 1.
+pub fn run_bench(name: &str, threads: usize, run: impl FnOnce() -> marvel_core::Result<String> + Send) {
+    let out = marvel_core::runtime::set_num_threads(threads).and_then(|_| marvel_core::runtime::install(run)).and_then(|r| r);
+    match out {
+        Ok(json) => println!("{json}"),
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            std::process::exit(1);
+        }
+    }
+}

@@ -155,20 +155,9 @@ fn scan_stream<R: BufRead>(r: &mut R) -> Result<(), String> {
                 skip_line(r)?;
                 s.push(SCALAR)?
             }
-            b'K' => {
-                skip(r, 1)?;
-                s.push(SCALAR)?
-            }
-            b'M' => {
-                skip(r, 2)?;
-                s.push(SCALAR)?
-            }
-            b'J' => {
-                skip(r, 4)?;
-                s.push(SCALAR)?
-            }
-            b'G' => {
-                skip(r, 8)?;
+            // BININT1, BININT2, BININT, BINFLOAT: a fixed-width argument, one scalar.
+            b'K' | b'M' | b'J' | b'G' => {
+                skip(r, match op { b'K' => 1, b'M' => 2, b'J' => 4, _ => 8 })?;
                 s.push(SCALAR)?
             }
             b'X' => {
