@@ -14,6 +14,7 @@ pub mod losses;
 pub mod optim;
 pub mod params;
 pub mod recipe;
+pub mod reduce;
 pub mod schedule;
 pub mod settings;
 pub mod single;
@@ -29,6 +30,7 @@ pub use ema::{Ema, EmaConfig};
 pub use grads::Gradients;
 pub use optim::{excluded_from_weight_decay, AdamW, AdamWConfig};
 pub use recipe::{Recipe, RecipeKind};
+pub use reduce::{GradientLayout, GradientReducer, SingleRank};
 pub use schedule::CosineSchedule;
 pub use params::load_trainable;
 pub use settings::TrainConfig;
@@ -36,7 +38,7 @@ pub use stage1::{proxy_codes, stage1_loss, Stage1Config, Stage1Output};
 pub use stage2::{
     check_stage2_model, is_stage2_trainable, load_stage2_model, stage2_forward, stage2_trainable_prefixes, Stage2Forward,
 };
-pub use trainer::{StepOutput, Trainer};
+pub use trainer::{StepOutput, Trainer, UpdateOutput};
 
 #[cfg(test)]
 mod parity_tests;
@@ -48,3 +50,5 @@ mod recipe_tests;
 mod stage2_tests;
 #[cfg(test)]
 mod trainer_tests;
+#[cfg(test)]
+mod reduce_tests;

@@ -20,6 +20,7 @@ use crate::model::titok::{weights_file, Titok};
 use crate::quantize::lfq::SplitMix64;
 use crate::train::recipe::{build_recipe, Batch, Recipe, RecipeKind};
 use crate::train::settings::TrainConfig;
+use crate::train::reduce::{GradientLayout, GradientReducer, SingleRank};
 use crate::train::{clip_grad_norm, global_norm, AdamW, CosineSchedule, Ema, GradAccumulator, Gradients};
 use crate::weights::{build_shape_only, Checkpoint, Requested};
 use crate::{invalid, shape_mismatch};
@@ -41,6 +42,19 @@ pub struct StepOutput {
     pub grad_norm: Option<f32>,
 }
 
+/// What one call of [`Trainer::apply`] did.
+#[derive(Debug, Clone)]
+pub struct UpdateOutput {
+    /// Optimizer steps taken so far (unchanged when the gradients were only accumulated).
+    pub step: u64,
+    /// The learning rate of the update these gradients contribute to.
+    pub lr: f64,
+    /// Global norm of the (rank-averaged) gradients before clipping, when an optimizer step was taken.
+    pub grad_norm: Option<f32>,
+    /// What the recipe reports after the update (stage 2's discriminator), empty when only accumulating.
+    pub components: Vec<(String, f32)>,
+}
+
 /// One micro-batch's gradients (trainable parameters only), its loss and the loss's components.
 pub type MicroBatch = (Gradients, f32, Vec<(String, f32)>);
 
@@ -55,6 +69,7 @@ pub struct Trainer {
     pub(crate) optimizer: AdamW,
     pub(crate) schedule: CosineSchedule,
     pub(crate) accumulator: GradAccumulator,
+    pub(crate) layout: GradientLayout,
     pub(crate) ema: Option<Ema>,
     pub(crate) rng: SplitMix64,
     pub(crate) step: u64,
@@ -239,6 +254,7 @@ impl Trainer {
             None => None,
         };
         Ok(Self {
+            layout: GradientLayout::new(&trainable),
             schedule: cfg.schedule()?,
             accumulator: GradAccumulator::new(cfg.training.gradient_accumulation_steps)?,
             cfg,
@@ -333,10 +349,26 @@ impl Trainer {
     /// `gradient_accumulation_steps` calls.
     pub fn step(&mut self, images: &[u8], batch: usize, proxy_codes: Option<&[i32]>) -> Result<StepOutput> {
         let (grads, loss, mut components) = self.gradients(images, batch, proxy_codes)?;
+        let update = self.apply(&grads, &mut SingleRank)?;
+        components.extend(update.components);
+        Ok(StepOutput { step: update.step, lr: update.lr, loss, components, grad_norm: update.grad_norm })
+    }
+
+    /// The second half of [`Trainer::step`]: adds one micro-batch's gradients to the accumulation and, on the
+    /// `gradient_accumulation_steps`-th, averages the accumulated gradients across ranks through `reducer` (the
+    /// one collective of data-parallel training; skipped for one rank), clips them, and runs AdamW, the EMA and
+    /// the recipe's after-update. A reducer that fails leaves this optimizer step's gradients spent: a rank that
+    /// cannot reach the others cannot continue the run anyway.
+    pub fn apply(&mut self, grads: &Gradients, reducer: &mut dyn GradientReducer) -> Result<UpdateOutput> {
         let lr = self.schedule.lr(self.step);
-        let Some(mut grads) = self.accumulator.add(&grads)? else {
-            return Ok(StepOutput { step: self.step, lr, loss, components, grad_norm: None });
+        let Some(mut grads) = self.accumulator.add(grads)? else {
+            return Ok(UpdateOutput { step: self.step, lr, grad_norm: None, components: Vec::new() });
         };
+        if reducer.world_size() > 1 {
+            let mut flat = self.layout.flatten(&grads)?;
+            reducer.all_reduce_mean(&mut flat)?;
+            grads = self.layout.unflatten(&flat)?;
+        }
         let grad_norm = match self.cfg.training.max_grad_norm {
             Some(max) => clip_grad_norm(&mut grads, max)?.total_norm,
             None => global_norm(&grads)?,
@@ -347,8 +379,24 @@ impl Trainer {
         if let Some(ema) = &mut self.ema {
             ema.update(&self.params)?;
         }
-        components.extend(self.recipe.after_update(self.step, lr)?);
-        Ok(StepOutput { step: self.step, lr, loss, components, grad_norm: Some(grad_norm) })
+        let components = self.recipe.after_update(self.step, lr)?;
+        Ok(UpdateOutput { step: self.step, lr, grad_norm: Some(grad_norm), components })
+    }
+
+    /// Values in the flat gradient vector of [`Trainer::flatten_gradients`]: every trainable parameter's size.
+    pub fn gradient_len(&self) -> usize {
+        self.layout.len()
+    }
+
+    /// `grads` as one vector, trainable parameters in parameter order (the same order on every rank), zeros for a
+    /// parameter the loss did not reach.
+    pub fn flatten_gradients(&self, grads: &Gradients) -> Result<Vec<f32>> {
+        self.layout.flatten(grads)
+    }
+
+    /// Gradients from a vector of [`Trainer::flatten_gradients`]'s layout, length and values checked.
+    pub fn unflatten_gradients(&self, flat: &[f32]) -> Result<Gradients> {
+        self.layout.unflatten(flat)
     }
 
     /// Reconstructions (B, S, S, 3) bytes of `images` through the current weights, decoding the first `depth`
