@@ -137,6 +137,8 @@ const ROWS: Record<string, Row> = {
   'Trainer#step': { args: () => [images(1), {}], call: (a, b) => trainer.step(a as never, b as never), options: 1 },
   'Trainer#save': { args: () => [join(work, 'ckpt'), { index: 1 }], call: (a, b) => trainer.save(a as never, b as never) },
   'Trainer#exportModel': { args: () => [join(work, 'exported'), {}], call: (a, b) => trainer.exportModel(a as never, b as never), options: 1 },
+  'Trainer#gradients': { args: () => [images(1), {}], call: (a, b) => trainer.gradients(a as never, b as never), options: 1 },
+  'Trainer#applyGradients': { args: () => [new Float32Array(trainer.gradientLength)], call: (a) => trainer.applyGradients(a as never) },
   'Trainer#reconstruct': { args: () => [images(1), {}], call: (a, b) => trainer.reconstruct(a as never, b as never), options: 1 },
   'Trainer#dispose': { args: () => [], call: () => undefined },
 }

@@ -16,6 +16,8 @@ export type MarvelErrorCode =
   | 'MARVEL_NATIVE_BINDING'
   /** Hugging Face hub: file not on the hub, access refused, corrupt download, or offline and not cached. */
   | 'MARVEL_HUB'
+  /** Data-parallel training: a rank failed, exited while the others waited for it, or did not join a collective in time. */
+  | 'MARVEL_RANK'
 
 export class MarvelError extends Error {
   readonly code: MarvelErrorCode

@@ -21,7 +21,7 @@ export {
   type TokenizerInfo,
 } from './tokenizer.js'
 export { getNumThreads, setNumThreads } from './threads.js'
-export { Trainer, type StepOptions, type TrainStepResult, type TrainerCreateOptions } from './trainer.js'
+export { Trainer, type GradientsResult, type StepOptions, type TrainStepResult, type TrainerCreateOptions } from './trainer.js'
 
 export {
   HubError,

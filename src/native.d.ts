@@ -36,6 +36,10 @@ export declare class NativeTrainer {
   get info(): TrainerInfo
   /** One micro-batch of `batch` images (`[batch, S, S, 3]` bytes) and, for stage 1, their MaskGIT codes. */
   step(images: Uint8Array, batch: number, proxyCodes?: Int32Array | undefined | null): Promise<StepResult>
+  /** The first half of `step`: one micro-batch's loss and flat gradients, the weights untouched. */
+  gradients(images: Uint8Array, batch: number, proxyCodes?: Int32Array | undefined | null): Promise<GradientsResult>
+  /** The second half of `step` with gradients of `gradients`' layout (averaged across ranks by the caller). */
+  applyGradients(flat: Float32Array): Promise<UpdateResult>
   /** Write a checkpoint folder; `data_position_json` is kept verbatim. */
   save(dir: string, dataPositionJson: string): Promise<void>
   /** Write a model folder of the weights, or of their EMA. */
@@ -66,6 +70,13 @@ export interface Float32Tensor {
 
 /** Number of threads marvel's compute kernels use. */
 export declare function getNumThreads(): number
+
+/** One micro-batch's loss and its flat gradients (every trainable parameter in parameter order). */
+export interface GradientsResult {
+  loss: number
+  components: Array<LossComponent>
+  gradients: Float32Array
+}
 
 /**
  * PSNR and SSIM of each pair of images in two batches of interleaved RGB bytes `[batch, height, width, 3]`,
@@ -207,10 +218,21 @@ export interface TrainerInfo {
   recipe: string
   imageSize: number
   depth: number
+  /** Values in a flat gradient vector: every trainable parameter's size. */
+  gradientLength: number
   /** Optimizer steps taken when the trainer was created or resumed. */
   startStep: number
   /** The `dataPosition` JSON text a resumed trainer was saved with; null for a new trainer. */
   dataPosition?: string
+}
+
+/** What applying gradients did; mirrors `marvel_core::train::UpdateOutput`. */
+export interface UpdateResult {
+  step: number
+  lr: number
+  /** Null when the gradients were only accumulated. */
+  gradNorm?: number
+  components: Array<LossComponent>
 }
 
 /** Weight files looked for in a model folder, in order of preference (the core's one list). */

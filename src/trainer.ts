@@ -2,11 +2,15 @@ import { readdirSync } from 'node:fs'
 import { join } from 'node:path'
 
 import { native, type NativeBinding } from './binding.js'
-import { integerParameter, invalidParameter, optionsParameter } from './errors.js'
+import { integerParameter, invalidArgument, invalidParameter, optionsParameter } from './errors.js'
 import { expectKind, pathParameter } from './files.js'
 import { NativeLease } from './lease.js'
 
 type NativeTrainer = Awaited<ReturnType<NativeBinding['createTrainer']>>
+
+function componentRecord(list: Array<{ name: string; value: number }>): Record<string, number> {
+  return Object.fromEntries(list.map((c) => [c.name, c.value]))
+}
 
 export interface TrainerCreateOptions {
   /** A model folder (TiTok or MARVEL) to start from; a TiTok folder into a MARVEL config drops its VQ codebook. Default: fresh weights. */
@@ -37,6 +41,17 @@ export interface TrainStepResult {
   gradNorm: number | null
 }
 
+export interface GradientsResult {
+  /** Loss of this batch's forward pass. */
+  loss: number
+  /** The loss's weighted parts, as `TrainStepResult.components`. */
+  components: Record<string, number>
+  /**
+   * The batch's gradients, `gradientLength` values: every trainable parameter in parameter order (the same layout on
+   * every rank of a run), zeros for a parameter the loss did not reach.
+   */
+  gradients: Float32Array
+}
 
 /**
  * Trains a TiTok/MARVEL model in the native core: forward, backward, gradient accumulation, clipping, AdamW with the
@@ -58,6 +73,8 @@ export class Trainer {
   readonly depth: number
   /** Optimizer steps taken when the trainer was created or resumed. */
   readonly startStep: number
+  /** Values in the flat gradients of `gradients()`: the number of trainable weights. */
+  readonly gradientLength: number
   /** What `save(dir, dataPosition)` was given, for a resumed trainer; null for a new one. */
   readonly dataPosition: unknown
 
@@ -68,6 +85,7 @@ export class Trainer {
     this.imageSize = info.imageSize
     this.depth = info.depth
     this.startStep = info.startStep
+    this.gradientLength = info.gradientLength
     this.dataPosition = info.dataPosition == null ? null : JSON.parse(info.dataPosition)
   }
 
@@ -106,22 +124,54 @@ export class Trainer {
     return images.length / frame
   }
 
-  /** One micro-batch: `images` is `[batch, S, S, 3]` RGB bytes. Every `gradient_accumulation_steps` calls update the weights. */
-  async step(images: Uint8Array, options?: StepOptions): Promise<TrainStepResult> {
-    const batch = this.#batchOf('step', images)
-    options = optionsParameter('step', options, ['proxyCodes'])
+  /** The batch size of `images` and the proxy codes of `options`, checked. */
+  #microBatch(where: string, images: Uint8Array, options: StepOptions | undefined): [number, Int32Array | null] {
+    const batch = this.#batchOf(where, images)
+    options = optionsParameter(where, options, ['proxyCodes'])
     const codes = options.proxyCodes
     if (codes !== undefined && (!(codes instanceof Int32Array) || codes.length === 0 || codes.length % batch !== 0)) {
-      throw invalidParameter('step', 'proxyCodes', `an Int32Array of [${batch}, 256] codes`, codes)
+      throw invalidParameter(where, 'proxyCodes', `an Int32Array of [${batch}, 256] codes`, codes)
     }
-    const r = await this.#run((t) => t.step(images, batch, codes ?? null))
-    return {
-      step: r.step,
-      lr: r.lr,
-      loss: r.loss,
-      components: Object.fromEntries(r.components.map((c) => [c.name, c.value])),
-      gradNorm: r.gradNorm ?? null,
+    return [batch, codes ?? null]
+  }
+
+  /** One micro-batch: `images` is `[batch, S, S, 3]` RGB bytes. Every `gradient_accumulation_steps` calls update the weights. */
+  async step(images: Uint8Array, options?: StepOptions): Promise<TrainStepResult> {
+    const [batch, codes] = this.#microBatch('step', images, options)
+    const r = await this.#run((t) => t.step(images, batch, codes))
+    return { step: r.step, lr: r.lr, loss: r.loss, components: componentRecord(r.components), gradNorm: r.gradNorm ?? null }
+  }
+
+  /** The loss of the last `gradients()` call, reported by the `applyGradients()` that consumes it. */
+  #computed: { loss: number; components: Record<string, number> } | null = null
+
+  /**
+   * The first half of `step` for data-parallel training: this rank's loss and flat gradients, the weights untouched.
+   * Average the gradients across ranks (`ProcessGroup.allReduceMean`), then pass the mean to `applyGradients`.
+   */
+  async gradients(images: Uint8Array, options?: StepOptions): Promise<GradientsResult> {
+    const [batch, codes] = this.#microBatch('gradients', images, options)
+    const r = await this.#run((t) => t.gradients(images, batch, codes))
+    const result = { loss: r.loss, components: componentRecord(r.components), gradients: r.gradients }
+    this.#computed = { loss: result.loss, components: result.components }
+    return result
+  }
+
+  /**
+   * The second half of `step`: accumulates `gradients` (the rank-averaged result of the last `gradients()` call) and,
+   * every `gradient_accumulation_steps` calls, clips them and updates the weights and their EMA. The result reports
+   * the loss of that `gradients()` call (this rank's batch).
+   */
+  async applyGradients(gradients: Float32Array): Promise<TrainStepResult> {
+    if (!(gradients instanceof Float32Array) || gradients.length !== this.gradientLength) {
+      throw invalidParameter('applyGradients', 'gradients', `a Float32Array of ${this.gradientLength} values (the layout of gradients())`, gradients)
     }
+    const computed = this.#computed
+    if (computed === null) throw invalidArgument('applyGradients: no gradients() result to apply; call gradients() and await it first, once per applyGradients()')
+    this.#computed = null
+    const r = await this.#run((t) => t.applyGradients(gradients))
+    const components = { ...computed.components, ...componentRecord(r.components) }
+    return { step: r.step, lr: r.lr, loss: computed.loss, components, gradNorm: r.gradNorm ?? null }
   }
 
   /** Writes a checkpoint folder (replacing `dir` only once the new one is complete); `dataPosition` is any JSON value, returned by `resume` as `dataPosition`. */

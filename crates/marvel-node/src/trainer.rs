@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use marvel_core::invalid;
-use marvel_core::train::Trainer as CoreTrainer;
+use marvel_core::train::{SingleRank, Trainer as CoreTrainer};
 use napi::bindgen_prelude::*;
 use napi::Env;
 use napi_derive::napi;
@@ -33,6 +33,28 @@ pub struct StepResult {
     pub grad_norm: Option<f64>,
 }
 
+/// One micro-batch's loss and its flat gradients (every trainable parameter in parameter order).
+#[napi(object)]
+pub struct GradientsResult {
+    pub loss: f64,
+    pub components: Vec<LossComponent>,
+    pub gradients: Float32Array,
+}
+
+/// What applying gradients did; mirrors `marvel_core::train::UpdateOutput`.
+#[napi(object)]
+pub struct UpdateResult {
+    pub step: f64,
+    pub lr: f64,
+    /// Null when the gradients were only accumulated.
+    pub grad_norm: Option<f64>,
+    pub components: Vec<LossComponent>,
+}
+
+fn components(list: Vec<(String, f32)>) -> Vec<LossComponent> {
+    list.into_iter().map(|(name, v)| LossComponent { name, value: f64::from(v) }).collect()
+}
+
 /// What a trainer trains, fixed at creation (read without waiting for a step in flight).
 #[napi(object)]
 #[derive(Clone)]
@@ -40,6 +62,8 @@ pub struct TrainerInfo {
     pub recipe: String,
     pub image_size: u32,
     pub depth: u32,
+    /// Values in a flat gradient vector: every trainable parameter's size.
+    pub gradient_length: f64,
     /// Optimizer steps taken when the trainer was created or resumed.
     pub start_step: f64,
     /// The `dataPosition` JSON text a resumed trainer was saved with; null for a new trainer.
@@ -65,6 +89,7 @@ fn wrap(trainer: CoreTrainer, data_position: Option<String>) -> NativeTrainer {
         recipe: trainer.recipe().name().to_string(),
         image_size: trainer.model_config().image_size as u32,
         depth: depth as u32,
+        gradient_length: trainer.gradient_len() as f64,
         start_step: trainer.steps() as f64,
         data_position,
     };
@@ -117,12 +142,50 @@ impl NativeTrainer {
                 step: out.step as f64,
                 lr: out.lr,
                 loss: f64::from(out.loss),
-                components: out
-                    .components
-                    .into_iter()
-                    .map(|(name, v)| LossComponent { name, value: f64::from(v) })
-                    .collect(),
+                components: components(out.components),
                 grad_norm: out.grad_norm.map(f64::from),
+            })
+        })))
+    }
+
+    /// The first half of `step`: one micro-batch's loss and flat gradients, the weights untouched.
+    #[napi(ts_return_type = "Promise<GradientsResult>")]
+    pub fn gradients(
+        &self,
+        env: Env,
+        images: Uint8Array,
+        batch: u32,
+        proxy_codes: Option<Int32Array>,
+    ) -> napi::Result<AsyncTask<Job<(Shared, Uint8Array, Option<Int32Array>), GradientsResult>>> {
+        let t = self.shared(&env)?;
+        Ok(AsyncTask::new(Job::new((t, images, proxy_codes), move |(t, images, codes)| {
+            let mut t = lock(t)?;
+            let (grads, loss, parts) = t.gradients(images, batch as usize, codes.as_deref())?;
+            Ok(GradientsResult {
+                loss: f64::from(loss),
+                components: components(parts),
+                gradients: Float32Array::new(t.flatten_gradients(&grads)?),
+            })
+        })))
+    }
+
+    /// The second half of `step` with gradients of `gradients`' layout (averaged across ranks by the caller).
+    #[napi(ts_return_type = "Promise<UpdateResult>")]
+    pub fn apply_gradients(
+        &self,
+        env: Env,
+        flat: Float32Array,
+    ) -> napi::Result<AsyncTask<Job<(Shared, Float32Array), UpdateResult>>> {
+        let t = self.shared(&env)?;
+        Ok(AsyncTask::new(Job::new((t, flat), |(t, flat)| {
+            let mut t = lock(t)?;
+            let grads = t.unflatten_gradients(flat)?;
+            let out = t.apply(&grads, &mut SingleRank)?;
+            Ok(UpdateResult {
+                step: out.step as f64,
+                lr: out.lr,
+                grad_norm: out.grad_norm.map(f64::from),
+                components: components(out.components),
             })
         })))
     }

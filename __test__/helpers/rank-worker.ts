@@ -1,0 +1,61 @@
+// A rank of __test__/ranks.spec.ts, started by launchRanks: argv[2] picks what it does, argv[3] is the folder for
+// its results.
+import { mkdirSync, writeFileSync } from 'node:fs'
+import { join } from 'node:path'
+
+import { ProcessGroup } from '../../src/train/ranks.js'
+import { Trainer } from '../../src/trainer.js'
+import { images } from './training.js'
+
+const [mode, out, extra] = process.argv.slice(2)
+mkdirSync(out, { recursive: true })
+const group = ProcessGroup.fromEnv()
+const { rank, worldSize } = group
+const save = (name: string, data: Float32Array) => writeFileSync(join(out, name), Buffer.from(data.buffer, data.byteOffset, data.byteLength))
+
+/** Collectives forever (until the launcher kills this rank). */
+async function reduceForever(): Promise<never> {
+  for (;;) await group.allReduceMean(new Float32Array([rank]))
+}
+
+switch (mode) {
+  case 'train': {
+    // One data-parallel step of the tiny model: this rank's share of images(4), gradients averaged, applied.
+    const trainer = await Trainer.create(JSON.parse(extra), { seed: 5 })
+    const frame = 32 * 32 * 3
+    const share = 4 / worldSize
+    const mine = images(4).subarray(rank * share * frame, (rank + 1) * share * frame)
+    const computed = await trainer.gradients(mine)
+    const mean = await group.allReduceMean(computed.gradients)
+    const applied = await trainer.applyGradients(mean)
+    save(`mean-${rank}.f32`, mean)
+    writeFileSync(join(out, `step-${rank}.json`), JSON.stringify({ loss: computed.loss, step: applied.step, gradNorm: applied.gradNorm }))
+    await trainer.exportModel(join(out, `model-${rank}`))
+    trainer.dispose()
+    break
+  }
+  case 'values': {
+    // Values whose float32 sums round differently in different orders.
+    const x = Float32Array.from({ length: 1000 }, (_, i) => Math.sin(i * (rank + 1)) * 10 ** ((i % 7) - 3))
+    save(`input-${rank}.f32`, x)
+    save(`mean-${rank}.f32`, await group.allReduceMean(x))
+    save(`empty-${rank}.f32`, await group.allReduceMean(new Float32Array(0)))
+    break
+  }
+  case 'crash':
+    await group.allReduceMean(new Float32Array([rank]))
+    if (rank === 1) throw new Error('rank one broke after its first collective')
+    await reduceForever()
+    break
+  case 'hang':
+    if (rank === 1) setInterval(() => undefined, 1000)
+    else await reduceForever()
+    break
+  case 'early-exit':
+    if (rank !== 1) await reduceForever()
+    break
+  case 'lengths':
+    await group.allReduceMean(new Float32Array(rank === 0 ? 3 : 4))
+    break
+}
+group.close()
