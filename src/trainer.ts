@@ -65,6 +65,8 @@ export interface GradientsResult {
  */
 export class Trainer {
   readonly #lease: NativeLease<NativeTrainer>
+  /** The loss of the last `gradients()` call, reported by the `applyGradients()` that consumes it. */
+  #computed: { loss: number; components: Record<string, number> } | null = null
   /** `'single'`, `'stage1'` or `'stage2'`. */
   readonly recipe: string
   /** Side of the square training images (the config's `dataset.preprocessing.crop_size`). */
@@ -141,9 +143,6 @@ export class Trainer {
     const r = await this.#run((t) => t.step(images, batch, codes))
     return { step: r.step, lr: r.lr, loss: r.loss, components: componentRecord(r.components), gradNorm: r.gradNorm ?? null }
   }
-
-  /** The loss of the last `gradients()` call, reported by the `applyGradients()` that consumes it. */
-  #computed: { loss: number; components: Record<string, number> } | null = null
 
   /**
    * The first half of `step` for data-parallel training: this rank's loss and flat gradients, the weights untouched.
