@@ -1,4 +1,5 @@
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
+import { spawn } from 'node:child_process'
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 
@@ -11,10 +12,12 @@ import { images, tinyTrainingConfig } from './helpers/training.js'
 
 let work: string
 let worker: string
+let launcher: string
 
 beforeAll(async () => {
   work = mkdtempSync(join(tmpdir(), 'marvel-ranks-'))
   worker = await bundleChild('rank-worker.ts', work)
+  launcher = await bundleChild('rank-launcher.ts', work)
 })
 
 afterAll(() => rmSync(work, { recursive: true, force: true }))
@@ -144,6 +147,39 @@ describe('data-parallel ranks', () => {
     expect((e as MarvelError).message).toMatch(/aborted/)
   })
 
+  it('a launcher that is sent SIGTERM passes it on, and the ranks stop together after the same step', async () => {
+    const dir = join(work, 'signal')
+    const proc = spawn(process.execPath, [launcher, worker, '2', 'signal', dir], { env: { ...process.env, ...childEnv }, stdio: 'inherit' })
+    const exited = new Promise<number | null>((resolve) => proc.once('exit', (code) => resolve(code)))
+    while (!existsSync(join(dir, 'ready-0')) || !existsSync(join(dir, 'ready-1'))) await new Promise((r) => setTimeout(r, 20))
+    await new Promise((r) => setTimeout(r, 100))
+    proc.kill('SIGTERM')
+    expect(await exited).toBe(0)
+    const steps = [0, 1].map((r) => readFileSync(join(dir, `stopped-${r}`), 'utf8'))
+    expect(steps[0]).toBe(steps[1])
+    expect(Number(steps[0])).toBeGreaterThan(1)
+  })
+
+  it('ranks whose launcher is killed fail at their next collective instead of waiting forever', async () => {
+    const dir = join(work, 'orphans')
+    const proc = spawn(process.execPath, [launcher, worker, '2', 'signal', dir], { env: { ...process.env, ...childEnv }, stdio: 'ignore' })
+    while (!existsSync(join(dir, 'ready-0')) || !existsSync(join(dir, 'ready-1'))) await new Promise((r) => setTimeout(r, 20))
+    const pids = [0, 1].map((r) => Number(readFileSync(join(dir, `ready-${r}`), 'utf8')))
+    proc.kill('SIGKILL')
+    // Gone, or a zombie nobody reaps (an orphan's parent is whatever reaper the container has).
+    const alive = (pid: number) => {
+      try {
+        return !/^State:\s+Z/m.test(readFileSync(`/proc/${pid}/status`, 'utf8'))
+      } catch {
+        return false
+      }
+    }
+    const started = performance.now()
+    while (pids.some(alive) && performance.now() - started < 20_000) await new Promise((r) => setTimeout(r, 50))
+    expect(pids.filter(alive)).toEqual([])
+    for (const r of [0, 1]) expect(readFileSync(join(dir, `failed-${r}`), 'utf8')).toMatch(/the rank launcher is gone/)
+  })
+
   it('one process without WORLD_SIZE is a group of one; WORLD_SIZE > 1 needs the launcher', async () => {
     const solo = ProcessGroup.fromEnv({})
     expect([solo.rank, solo.worldSize]).toEqual([0, 1])
@@ -158,6 +194,7 @@ describe('data-parallel ranks', () => {
     expect(() => ProcessGroup.fromEnv({ WORLD_SIZE: 'two' })).toThrow(/WORLD_SIZE=two/)
     expect(() => launchRanks(0, worker)).toThrow(/expected n to be an integer from 1/)
     expect(() => launchRanks(2, worker, [1 as never])).toThrow(/expected args to be an array of strings/)
+    expect(() => launchRanks(2, worker, [], {}, { forwardSignals: 1 as never })).toThrow(/expected forwardSignals to be a boolean/)
   })
 })
 

@@ -54,6 +54,27 @@ switch (mode) {
   case 'early-exit':
     if (rank !== 1) await reduceForever()
     break
+  case 'signal': {
+    // The stop pattern of a training loop: a signal sets a flag, and the ranks agree through a collective to stop
+    // after the same step, so none exits while another waits for it.
+    let signalled = 0
+    process.on('SIGTERM', () => (signalled = 1))
+    let steps = 0
+    writeFileSync(join(out, `ready-${rank}`), String(process.pid))
+    try {
+      for (;;) {
+        steps++
+        const [stop] = await group.allReduceMean(Float32Array.of(signalled))
+        if (stop > 0) break
+        await new Promise((r) => setTimeout(r, 5))
+      }
+    } catch (e) {
+      writeFileSync(join(out, `failed-${rank}`), (e as Error).message)
+      process.exit(1)
+    }
+    writeFileSync(join(out, `stopped-${rank}`), String(steps))
+    break
+  }
   case 'lengths':
     await group.allReduceMean(new Float32Array(rank === 0 ? 3 : 4))
     break

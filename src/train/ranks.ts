@@ -28,6 +28,8 @@ const DEFAULT_COLLECTIVE_TIMEOUT_MS = 30 * 60 * 1000
 /** Grace between asking ranks to stop (SIGTERM, their checkpoint-on-signal) and killing them. */
 const KILL_GRACE_MS = 5000
 
+const FORWARDED = ['SIGINT', 'SIGTERM'] as const
+
 type RankMessage = { marvel: 'reduce'; seq: number; data: Float32Array }
 type LauncherMessage = { marvel: 'reduced'; seq: number; data: Float32Array }
 
@@ -145,6 +147,12 @@ export interface LaunchOptions {
   collectiveTimeoutMs?: number
   /** Aborting stops every rank (SIGTERM, then SIGKILL after 5 s) and rejects. */
   signal?: AbortSignal
+  /**
+   * Pass SIGINT and SIGTERM sent to this process on to every rank (their checkpoint-on-signal) instead of ending this
+   * process, which then ends when the ranks do; for a launcher that a job scheduler signals. Ranks started from a
+   * terminal also get its Ctrl-C directly, so a rank should treat a repeated signal as one. Default false.
+   */
+  forwardSignals?: boolean
 }
 
 interface PendingReduce {
@@ -180,10 +188,12 @@ export function launchRanks(n: number, script: string, args: string[] = [], env:
   pathParameter('launchRanks', 'script', script)
   if (!Array.isArray(args) || !args.every((a) => typeof a === 'string')) throw invalidParameter('launchRanks', 'args', 'an array of strings', args)
   if (env === null || typeof env !== 'object' || !Object.values(env).every((v) => typeof v === 'string')) throw invalidParameter('launchRanks', 'env', 'an object of strings', env)
-  options = optionsParameter('launchRanks', options, ['collectiveTimeoutMs', 'signal'])
+  options = optionsParameter('launchRanks', options, ['collectiveTimeoutMs', 'signal', 'forwardSignals'])
   const timeoutMs = integerParameter('launchRanks', 'collectiveTimeoutMs', options.collectiveTimeoutMs ?? DEFAULT_COLLECTIVE_TIMEOUT_MS, 1, 2 ** 31 - 1)
   const signal = options.signal
   if (signal !== undefined && !(signal instanceof AbortSignal)) throw invalidParameter('launchRanks', 'signal', 'an AbortSignal', signal)
+  const forwardSignals = options.forwardSignals ?? false
+  if (typeof forwardSignals !== 'boolean') throw invalidParameter('launchRanks', 'forwardSignals', 'a boolean', forwardSignals)
 
   return new Promise((resolve, reject) => {
     const children: ChildProcess[] = []
@@ -204,10 +214,13 @@ export function launchRanks(n: number, script: string, args: string[] = [], env:
     }
     const onAbort = () => fail(rankError('the ranks were stopped: the launch was aborted'))
     signal?.addEventListener('abort', onAbort, { once: true })
+    const forward = (sig: NodeJS.Signals) => children.forEach((c, r) => exited[r] === null && c.kill(sig))
+    if (forwardSignals) for (const sig of FORWARDED) process.on(sig, forward)
 
     const finish = () => {
       clearTimeout(killTimer)
       signal?.removeEventListener('abort', onAbort)
+      if (forwardSignals) for (const sig of FORWARDED) process.off(sig, forward)
       if (failure) reject(failure)
       else resolve()
     }
