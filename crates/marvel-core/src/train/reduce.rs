@@ -11,7 +11,7 @@
 //! [`Trainer::gradients`]: crate::train::Trainer::gradients
 //! [`Trainer::apply`]: crate::train::Trainer::apply
 
-use candle_core::{Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor, Var};
 
 use crate::error::Result;
 use crate::shape_mismatch;
@@ -22,9 +22,10 @@ pub trait GradientReducer {
     /// Ranks taking part; 1 means there is nothing to average and the trainer skips the call.
     fn world_size(&self) -> usize;
 
-    /// Replaces `flat` by its element-wise mean over the ranks. Every rank must receive the same bits (sum in a
-    /// fixed order, divide once), or the ranks' weights drift apart.
-    fn all_reduce_mean(&mut self, flat: &mut [f32]) -> Result<()>;
+    /// The element-wise mean over the ranks of `flat` (1-d float32, on the device the gradients live on), on the
+    /// same device. Every rank must receive the same bits (sum in a fixed order, divide once), or the ranks'
+    /// weights drift apart.
+    fn all_reduce_mean(&mut self, flat: &Tensor) -> Result<Tensor>;
 }
 
 /// One process, no collective.
@@ -36,8 +37,8 @@ impl GradientReducer for SingleRank {
         1
     }
 
-    fn all_reduce_mean(&mut self, _flat: &mut [f32]) -> Result<()> {
-        Ok(())
+    fn all_reduce_mean(&mut self, flat: &Tensor) -> Result<Tensor> {
+        Ok(flat.clone())
     }
 }
 
@@ -78,29 +79,57 @@ impl GradientLayout {
         self.len == 0
     }
 
-    /// `grads` as one vector. A parameter without a gradient (the loss did not reach it on this rank) contributes
-    /// zeros, as DDP's all-reduce does for it, since another rank may have reached it.
-    pub fn flatten(&self, grads: &Gradients) -> Result<Vec<f32>> {
-        let mut flat = vec![0f32; self.len];
+    /// `grads` as one 1-d tensor on their device. A parameter without a gradient (the loss did not reach it on
+    /// this rank) contributes zeros, as DDP's all-reduce does for it, since another rank may have reached it.
+    pub fn flatten(&self, grads: &Gradients) -> Result<Tensor> {
+        let device = grads.iter().next().map_or(Device::Cpu, |(_, g)| g.device().clone());
+        let mut parts = Vec::with_capacity(self.slots.len());
         for slot in &self.slots {
-            let Some(g) = grads.get(&slot.name) else { continue };
-            if g.dims() != slot.shape.as_slice() {
-                return Err(shape_mismatch!(
-                    "gradient of `{}` has shape {:?}, the parameter has {:?}",
-                    slot.name,
-                    g.dims(),
-                    slot.shape
-                ));
-            }
-            let values = g.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?;
-            flat[slot.offset..slot.offset + values.len()].copy_from_slice(&values);
+            let numel: usize = slot.shape.iter().product();
+            parts.push(match grads.get(&slot.name) {
+                None => Tensor::zeros(numel, DType::F32, &device)?,
+                Some(g) if g.dims() != slot.shape.as_slice() => {
+                    return Err(shape_mismatch!(
+                        "gradient of `{}` has shape {:?}, the parameter has {:?}",
+                        slot.name,
+                        g.dims(),
+                        slot.shape
+                    ))
+                }
+                Some(g) => g.flatten_all()?.to_dtype(DType::F32)?,
+            });
         }
-        Ok(flat)
+        if parts.is_empty() {
+            return Ok(Tensor::zeros(0, DType::F32, &device)?);
+        }
+        Ok(Tensor::cat(&parts, 0)?)
     }
 
-    /// Gradients for every trainable parameter from a flat vector of this layout. A length that does not match
-    /// or a value that is not finite (a rank's overflow) is refused before it reaches the optimizer.
-    pub fn unflatten(&self, flat: &[f32]) -> Result<Gradients> {
+    /// Gradients for every trainable parameter from a flat tensor of this layout, on its device.
+    pub fn unflatten(&self, flat: &Tensor) -> Result<Gradients> {
+        if flat.dims() != [self.len] {
+            return Err(shape_mismatch!(
+                "flat gradients must be {} values (every trainable parameter), got shape {:?}",
+                self.len,
+                flat.dims()
+            ));
+        }
+        let mut grads = Gradients::new();
+        for slot in &self.slots {
+            let numel: usize = slot.shape.iter().product();
+            grads.insert(&slot.name, flat.narrow(0, slot.offset, numel)?.reshape(slot.shape.as_slice())?)?;
+        }
+        Ok(grads)
+    }
+
+    /// [`GradientLayout::flatten`] as host values (what a collective outside the core exchanges).
+    pub fn flatten_values(&self, grads: &Gradients) -> Result<Vec<f32>> {
+        Ok(self.flatten(grads)?.to_vec1::<f32>()?)
+    }
+
+    /// [`GradientLayout::unflatten`] from host values (averaged by a collective outside the core). A length that
+    /// does not match or a value that is not finite (a rank's overflow) is refused before it reaches the optimizer.
+    pub fn unflatten_values(&self, flat: &[f32]) -> Result<Gradients> {
         if flat.len() != self.len {
             return Err(shape_mismatch!(
                 "flat gradients must hold {} values (every trainable parameter), got {}",
@@ -116,13 +145,7 @@ impl GradientLayout {
                 slot.name
             ));
         }
-        let mut grads = Gradients::new();
-        for slot in &self.slots {
-            let numel: usize = slot.shape.iter().product();
-            let values = &flat[slot.offset..slot.offset + numel];
-            grads.insert(&slot.name, Tensor::from_slice(values, slot.shape.as_slice(), &Device::Cpu)?)?;
-        }
-        Ok(grads)
+        self.unflatten(&Tensor::from_slice(flat, self.len, &Device::Cpu)?)
     }
 }
 
@@ -146,9 +169,9 @@ mod tests {
         let mut g = Gradients::new();
         g.insert("c", Tensor::new(&[0.5f32, -1.0, 2.0], &Device::Cpu).unwrap()).unwrap();
         g.insert("b", Tensor::new(&[[1f32, 2.0], [3.0, 4.0]], &Device::Cpu).unwrap()).unwrap();
-        let flat = layout.flatten(&g).unwrap();
+        let flat = layout.flatten_values(&g).unwrap();
         assert_eq!(flat, [1.0, 2.0, 3.0, 4.0, 0.0, 0.5, -1.0, 2.0]);
-        let back = layout.unflatten(&flat).unwrap();
+        let back = layout.unflatten_values(&flat).unwrap();
         let names: Vec<_> = back.iter().map(|(n, _)| n).collect();
         assert_eq!(names, ["b", "a", "c"]);
         assert_eq!(back.get("b").unwrap().to_vec2::<f32>().unwrap(), [[1.0, 2.0], [3.0, 4.0]]);
@@ -158,16 +181,18 @@ mod tests {
     #[test]
     fn a_wrong_length_a_wrong_shape_or_a_non_finite_value_is_refused() {
         let layout = GradientLayout::new(&params());
-        let err = layout.unflatten(&[0.0; 7]).unwrap_err();
+        let err = layout.unflatten_values(&[0.0; 7]).unwrap_err();
         assert_eq!(err.code(), "MARVEL_SHAPE_MISMATCH");
         assert!(err.to_string().contains("must hold 8 values"), "{err}");
         let mut flat = [0f32; 8];
         flat[5] = f32::NAN;
-        let err = layout.unflatten(&flat).unwrap_err();
+        let err = layout.unflatten_values(&flat).unwrap_err();
         assert_eq!(err.code(), "MARVEL_INVALID_ARGUMENT");
         assert!(err.to_string().contains("index 5 (parameter `c`)"), "{err}");
         let mut g = Gradients::new();
         g.insert("a", Tensor::new(&[1f32, 2.0], &Device::Cpu).unwrap()).unwrap();
         assert_eq!(layout.flatten(&g).unwrap_err().code(), "MARVEL_SHAPE_MISMATCH");
+        let two_d = Tensor::zeros((2, 4), DType::F32, &Device::Cpu).unwrap();
+        assert_eq!(layout.unflatten(&two_d).unwrap_err().code(), "MARVEL_SHAPE_MISMATCH");
     }
 }

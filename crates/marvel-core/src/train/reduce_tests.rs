@@ -3,6 +3,7 @@
 
 use std::sync::{Arc, Barrier, Mutex};
 
+use candle_core::Tensor;
 use serde_json::{json, Value};
 
 use super::reduce::GradientReducer;
@@ -36,20 +37,20 @@ impl GradientReducer for ThreadGroup {
         self.world
     }
 
-    fn all_reduce_mean(&mut self, flat: &mut [f32]) -> Result<()> {
-        self.slots.lock().unwrap()[self.rank] = flat.to_vec();
+    fn all_reduce_mean(&mut self, flat: &Tensor) -> Result<Tensor> {
+        let mine = flat.to_vec1::<f32>()?;
+        self.slots.lock().unwrap()[self.rank] = mine;
         self.barrier.wait();
-        {
+        let mean: Vec<f32> = {
             let slots = self.slots.lock().unwrap();
-            for (i, v) in flat.iter_mut().enumerate() {
-                let sum = slots.iter().skip(1).fold(slots[0][i], |acc, s| acc + s[i]);
-                *v = sum / self.world as f32;
-            }
-        }
+            (0..slots[0].len())
+                .map(|i| slots.iter().skip(1).fold(slots[0][i], |acc, s| acc + s[i]) / self.world as f32)
+                .collect()
+        };
         // Nobody may overwrite a slot before every rank has read them all.
         self.barrier.wait();
-        self.last = flat.to_vec();
-        Ok(())
+        self.last = mean.clone();
+        Ok(Tensor::from_vec(mean, flat.dims(), flat.device())?)
     }
 }
 

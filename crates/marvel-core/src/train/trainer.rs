@@ -365,9 +365,8 @@ impl Trainer {
             return Ok(UpdateOutput { step: self.step, lr, grad_norm: None, components: Vec::new() });
         };
         if reducer.world_size() > 1 {
-            let mut flat = self.layout.flatten(&grads)?;
-            reducer.all_reduce_mean(&mut flat)?;
-            grads = self.layout.unflatten(&flat)?;
+            let mean = reducer.all_reduce_mean(&self.layout.flatten(&grads)?)?;
+            grads = self.layout.unflatten(&mean)?;
         }
         let grad_norm = match self.cfg.training.max_grad_norm {
             Some(max) => clip_grad_norm(&mut grads, max)?.total_norm,
@@ -391,12 +390,12 @@ impl Trainer {
     /// `grads` as one vector, trainable parameters in parameter order (the same order on every rank), zeros for a
     /// parameter the loss did not reach.
     pub fn flatten_gradients(&self, grads: &Gradients) -> Result<Vec<f32>> {
-        self.layout.flatten(grads)
+        self.layout.flatten_values(grads)
     }
 
     /// Gradients from a vector of [`Trainer::flatten_gradients`]'s layout, length and values checked.
     pub fn unflatten_gradients(&self, flat: &[f32]) -> Result<Gradients> {
-        self.layout.unflatten(flat)
+        self.layout.unflatten_values(flat)
     }
 
     /// Reconstructions (B, S, S, 3) bytes of `images` through the current weights, decoding the first `depth`
