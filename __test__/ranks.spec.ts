@@ -118,12 +118,15 @@ describe('data-parallel ranks', () => {
   })
 
   it('a rank that fails kills the others and names itself and its last words', async () => {
-    const [e, ms] = await outcome(launchRanks(3, worker, ['crash', work], childEnv))
+    const dir = join(work, 'crash')
+    const [e, ms] = await outcome(launchRanks(3, worker, ['crash', dir], childEnv))
     expect(e).toBeInstanceOf(MarvelError)
     expect((e as MarvelError).code).toBe('MARVEL_RANK')
     expect((e as MarvelError).message).toMatch(/^rank 1 of 3 exited with code 1:/)
     expect((e as MarvelError).message).toContain('rank one broke after its first collective')
     expect(ms).toBeLessThan(30_000)
+    // The surviving ranks' collectives failed with the reason, so they could act on it before being stopped.
+    for (const r of [0, 2]) expect(readFileSync(join(dir, `failed-${r}`), 'utf8')).toMatch(/^the run stopped: rank 1 of 3 exited with code 1/)
   })
 
   it('never hangs: a rank that does not join a collective, or exits while the others wait, ends the run', async () => {

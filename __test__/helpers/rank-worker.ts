@@ -45,7 +45,14 @@ switch (mode) {
   case 'crash':
     await group.allReduceMean(new Float32Array([rank]))
     if (rank === 1) throw new Error('rank one broke after its first collective')
-    await reduceForever()
+    // Outlive the launcher's SIGTERM long enough to hear why the collective failed.
+    process.on('SIGTERM', () => undefined)
+    try {
+      await reduceForever()
+    } catch (e) {
+      writeFileSync(join(out, `failed-${rank}`), (e as Error).message)
+      process.exit(1)
+    }
     break
   case 'hang':
     if (rank === 1) setInterval(() => undefined, 1000)

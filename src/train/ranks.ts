@@ -31,7 +31,7 @@ const KILL_GRACE_MS = 5000
 const FORWARDED = ['SIGINT', 'SIGTERM'] as const
 
 type RankMessage = { marvel: 'reduce'; seq: number; data: Float32Array }
-type LauncherMessage = { marvel: 'reduced'; seq: number; data: Float32Array }
+type LauncherMessage = { marvel: 'reduced'; seq: number; data: Float32Array } | { marvel: 'failed'; message: string }
 
 function rankError(message: string): MarvelError {
   return new MarvelError('MARVEL_RANK', message)
@@ -117,6 +117,7 @@ export class ProcessGroup {
 
   #receive(m: unknown): void {
     const msg = m as LauncherMessage
+    if (msg?.marvel === 'failed') return this.#fail(rankError(msg.message))
     if (msg?.marvel !== 'reduced') return
     const waiter = this.#waiting.get(msg.seq)
     if (!waiter) return
@@ -209,6 +210,9 @@ export function launchRanks(n: number, script: string, args: string[] = [], env:
       failure = e
       for (const p of pending.values()) clearTimeout(p.timer)
       pending.clear()
+      // The ranks' collectives fail with the reason (a loop may still save what it has), then the ranks are stopped.
+      const told: LauncherMessage = { marvel: 'failed', message: `the run stopped: ${e.message}` }
+      for (const child of children) if (child.connected) child.send(told, () => undefined)
       for (const [r, child] of children.entries()) if (exited[r] === null) child.kill('SIGTERM')
       killTimer = setTimeout(() => children.forEach((c, r) => exited[r] === null && c.kill('SIGKILL')), KILL_GRACE_MS)
     }
@@ -227,6 +231,7 @@ export function launchRanks(n: number, script: string, args: string[] = [], env:
 
     const onReduce = (rank: number, msg: RankMessage) => {
       if (failure) return
+      if (!Number.isSafeInteger(msg.seq) || !(msg.data instanceof Float32Array)) return fail(rankError(`rank ${rank} sent a malformed collective message`))
       const gone = exited.findIndex((e) => e !== null)
       if (gone >= 0) return fail(rankError(`rank ${gone} ${exited[gone]} while rank ${rank} waited for it in collective #${msg.seq}`))
       let p = pending.get(msg.seq)

@@ -1,9 +1,11 @@
 //! The trainer: one [`Trainer::step`] per micro-batch runs the reference loop's body (utils/train_utils.py
 //! `train_one_epoch`): forward and loss (the [`Recipe`]), backward, accumulation over
 //! `training.gradient_accumulation_steps` micro-batches, global-norm clipping to `training.max_grad_norm`, AdamW
-//! at the cosine schedule's rate, then the EMA of the weights. Parameters live in [`Var`]s that the model is
-//! built on, so an update is visible to the next forward without rebuilding anything; frozen parameters are
-//! built as plain tensors, so backward computes no gradient for them.
+//! at the cosine schedule's rate, then the EMA of the weights. [`Trainer::gradients`] and [`Trainer::apply`] are
+//! its two halves, for data-parallel ranks: between them a caller may average gradients across processes, and
+//! `apply` averages through a [`GradientReducer`] itself when given one of more than one rank. Parameters live
+//! in [`Var`]s that the model is built on, so an update is visible to the next forward without rebuilding
+//! anything; frozen parameters are built as plain tensors, so backward computes no gradient for them.
 
 use std::collections::HashMap;
 use std::path::Path;
