@@ -21,6 +21,7 @@ interface Paragraph { files: string[]; copyright: string[]; license: string }
 
 let f16: { f16Bits: (x: number) => number; safetensorsToF16: (b: Buffer) => Buffer }
 let sources: {
+  debianPackage: (name: string, work: string) => { name: string; missing?: string; version?: string }
   parseCopyright: (text: string) => Paragraph[]
   licenseOf: (p: Paragraph[], path: string) => { license: string; copyright: string[] }
   readPhotoList: (file: string) => PhotoRow[]
@@ -119,6 +120,24 @@ describe('DEP-5 licence lookup', () => {
   it('refuses a path no paragraph matches', () => {
     const p = sources.parseCopyright(copyright.replace('Files: *', 'Files: debian/*'))
     expect(() => sources.licenseOf(p, 'desktop/Stripes.png')).toThrow(/no Files paragraph .* matches desktop\/Stripes.png/)
+  })
+})
+
+const hasApt = (() => {
+  try {
+    execFileSync('apt-cache', ['--version'], { stdio: 'ignore' })
+    return true
+  } catch {
+    return false
+  }
+})()
+
+describe.skipIf(!hasApt)('Debian packages (skipped where apt-cache is absent: not a Debian-based system)', () => {
+  it('reports a package the mirror does not have instead of failing, so the other packages still go on', () => {
+    const pkg = sources.debianPackage('marvel-no-such-package-xyz', work)
+    expect(pkg.name).toBe('marvel-no-such-package-xyz')
+    expect(pkg.version).toBeUndefined()
+    expect(pkg.missing).toMatch(/marvel-no-such-package-xyz/)
   })
 })
 
