@@ -4,21 +4,29 @@
 // `unzip` unpack them into the work folder.
 
 import { execFileSync } from 'node:child_process'
-import { existsSync, mkdirSync, readFileSync, readdirSync } from 'node:fs'
+import { existsSync, mkdirSync, readFileSync, readdirSync, renameSync, rmSync } from 'node:fs'
 import { join } from 'node:path'
 
 function run(cmd, args, cwd) {
   return execFileSync(cmd, args, { cwd, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] })
 }
 
+/** Unpacks into `root` through a temporary folder, so that an interrupted run never leaves a half-unpacked `root`. */
+function unpackInto(root, unpack) {
+  const partial = `${root}.partial`
+  rmSync(partial, { recursive: true, force: true })
+  mkdirSync(partial, { recursive: true })
+  unpack(partial)
+  renameSync(partial, root)
+}
+
 /**
- * Downloads `name` from this machine's Debian mirror and unpacks it under `work/debian/<name>`. Returns
+ * Downloads `name` from this machine's Debian mirror and unpacks it under `work/debian/<name>_<version>`. Returns
  * `{ name, version, root }`, or `{ name, missing: reason }` when the mirror has no such package, so that a caller
  * can say so and go on with the other packages.
  */
 export function debianPackage(name, work) {
   const debs = join(work, 'debs')
-  const root = join(work, 'debian', name)
   mkdirSync(debs, { recursive: true })
   let version
   try {
@@ -27,6 +35,8 @@ export function debianPackage(name, work) {
     return { name, missing: `apt-cache knows no package ${name}: ${String(e.stderr ?? e.message).trim()}` }
   }
   if (!version) return { name, missing: `apt-cache shows no version of ${name}` }
+  // The version is in the folder name: a mirror update unpacks afresh instead of reusing the old files.
+  const root = join(work, 'debian', `${name}_${version.replace(/[^A-Za-z0-9.+~-]/g, '_')}`)
   const file = readdirSync(debs).find((f) => f.startsWith(`${name}_`) && f.endsWith('.deb') && decodeURIComponent(f).includes(`_${version}_`))
   let deb = file && join(debs, file)
   if (!deb) {
@@ -37,17 +47,14 @@ export function debianPackage(name, work) {
     }
     deb = join(debs, readdirSync(debs).find((f) => f.startsWith(`${name}_`) && f.endsWith('.deb') && decodeURIComponent(f).includes(`_${version}_`)))
   }
-  if (!existsSync(root)) {
-    mkdirSync(root, { recursive: true })
-    run('dpkg-deb', ['-x', deb, root])
-  }
+  if (!existsSync(root)) unpackInto(root, (dir) => run('dpkg-deb', ['-x', deb, dir]))
   return { name, version, root }
 }
 
-/** Downloads the wheel `name==version` (no dependencies) and unpacks it under `work/pypi/<name>`. */
+/** Downloads the wheel `name==version` (no dependencies) and unpacks it under `work/pypi/<name>-<version>`. */
 export function pypiWheel(name, version, work) {
   const wheels = join(work, 'wheels')
-  const root = join(work, 'pypi', name)
+  const root = join(work, 'pypi', `${name}-${version}`)
   mkdirSync(wheels, { recursive: true })
   const prefix = `${name.replace(/-/g, '_')}-${version}-`
   let wheel = readdirSync(wheels).find((f) => f.startsWith(prefix) && f.endsWith('.whl'))
@@ -58,10 +65,7 @@ export function pypiWheel(name, version, work) {
     run(pip, ['download', '--no-deps', '--only-binary=:all:', '--python-version', '3.11', '--platform', 'manylinux2014_x86_64', '--dest', wheels, `${name}==${version}`])
     wheel = readdirSync(wheels).find((f) => f.startsWith(prefix) && f.endsWith('.whl'))
   }
-  if (!existsSync(root)) {
-    mkdirSync(root, { recursive: true })
-    run('unzip', ['-q', join(wheels, wheel), '-d', root])
-  }
+  if (!existsSync(root)) unpackInto(root, (dir) => run('unzip', ['-q', join(wheels, wheel), '-d', dir]))
   return { name, version, root }
 }
 
