@@ -1,0 +1,243 @@
+/**
+ * The training loop: a config in, a trained model's checkpoints out. It checks the whole config and the data before
+ * the first step, streams batches, steps the core `Trainer`, logs, evaluates, and checkpoints every
+ * `experiment.save_every` steps and when asked to stop (`signal`, which the CLI fires on SIGINT/SIGTERM). A resumed
+ * run continues from `<output_dir>/latest` with the data stream where it stood, so its steps are those the
+ * uninterrupted run would have taken.
+ */
+import { mkdirSync, writeFileSync } from 'node:fs'
+import { join } from 'node:path'
+
+import { BatchStream } from '../data/batches.js'
+import { resolveSource, unitsOfRank, type DataSource } from '../data/shards.js'
+import { SampleStream, type StreamPosition } from '../data/stream.js'
+import { MarvelError, invalidParameter, optionsParameter } from '../errors.js'
+import { Trainer } from '../trainer.js'
+import { latestCheckpoint, saveCheckpoint } from './checkpoints.js'
+import { evaluate, validationBatch } from './evaluate.js'
+import { MetricsJsonl, type TrainingSink } from './log.js'
+import { TrainProgress, type ProgressStream } from './progress.js'
+import { checkRanks, ranksOf, stepBatch } from './ranks.js'
+import { checkInitWeight, loopSettings, type LoopSettings } from './settings.js'
+import { resolveReferences, type ConfigObject } from './yaml-config.js'
+
+export interface TrainOptions {
+  /** Stop after the current optimizer step, save a checkpoint and resolve. */
+  signal?: AbortSignal
+  /** Called after every optimizer step (awaited). */
+  onStep?: (report: StepReport) => void | Promise<void>
+  /** Continue from `<output_dir>/latest` when there is one (default: the config's `experiment.resume`). */
+  resume?: boolean
+  /** This process's rank and the number of ranks (default: `RANK` / `WORLD_SIZE`, else a single rank). */
+  rank?: number
+  worldSize?: number
+  /** Where progress and notes go (default `process.stderr`); `false` for silence. */
+  progress?: ProgressStream | false
+}
+
+export interface StepReport {
+  step: number
+  maxTrainSteps: number
+  /** Seconds since the run first started (across resumes). */
+  time: number
+  lr: number
+  /** Mean over the step's micro-batches. */
+  loss: number
+  components: Record<string, number>
+  gradNorm: number
+  imagesPerSecond: number
+  /** Data skipped since the run started, by reason. */
+  skipped: Partial<Record<string, number>>
+}
+
+export interface TrainResult {
+  /** Optimizer steps taken in all (this run and the ones it resumed). */
+  step: number
+  /** True when `signal` stopped the run before `max_train_steps`. */
+  stopped: boolean
+  outputDir: string
+  /** The last checkpoint this process wrote (rank 0), or null. */
+  checkpoint: string | null
+}
+
+/** What every checkpoint carries besides the trainer's state (the `dataPosition` of `Trainer.save`). */
+interface SavedPosition {
+  format: 'marvel-data-position'
+  version: 1
+  /** Seconds trained before this checkpoint, so `time` in the logs continues. */
+  time: number
+  /** Units in the data when saved: a changed dataset is refused rather than misread. */
+  units: number
+  stream: StreamPosition
+}
+
+/** The sinks rank 0 writes to; the one place a new kind of log joins. */
+function createSinks(logDir: string, resumeStep: number | undefined): TrainingSink[] {
+  return [new MetricsJsonl(logDir, resumeStep)]
+}
+
+function savedPosition(value: unknown, units: number, checkpoint: string): SavedPosition | null {
+  if (value === null || value === undefined) return null
+  const p = value as SavedPosition
+  if (p.format !== 'marvel-data-position' || p.version !== 1 || typeof p.time !== 'number') {
+    throw new MarvelError('MARVEL_CHECKPOINT', `${checkpoint} holds a data position marvel train did not write`)
+  }
+  if (p.units !== units) {
+    throw new MarvelError('MARVEL_CHECKPOINT', `${checkpoint} was saved for ${p.units} shards/images, but the data now has ${units}; resuming would not continue the same stream`)
+  }
+  return p
+}
+
+function recipeNetworks(config: ConfigObject, recipe: string): void {
+  const vq = ((config.model as ConfigObject | undefined)?.vq_model ?? {}) as ConfigObject
+  if (recipe === 'stage1' && !vq.pretrained_tokenizer_weight) {
+    throw new MarvelError('MARVEL_CONFIG', 'the stage-1 recipe needs model.vq_model.pretrained_tokenizer_weight (the MaskGIT-VQGAN whose codes it learns)')
+  }
+}
+
+function evalDue(s: LoopSettings, step: number): boolean {
+  return (s.evalEvery > 0 && step % s.evalEvery === 0) || (s.generateEvery > 0 && step % s.generateEvery === 0)
+}
+
+/**
+ * Trains with `config` (a parsed reference-style training config; `${...}` references are resolved here).
+ *
+ * ```js
+ * const config = loadTrainingConfig('configs/tiny.yaml', ['training.max_train_steps=200'])
+ * const stop = new AbortController()
+ * process.on('SIGINT', () => stop.abort())
+ * await train(config, { signal: stop.signal, onStep: (r) => console.log(r.step, r.loss) })
+ * ```
+ */
+export async function train(config: object, options?: TrainOptions): Promise<TrainResult> {
+  if (config === null || typeof config !== 'object' || Array.isArray(config)) throw invalidParameter('train', 'config', 'a training config object', config)
+  options = optionsParameter('train', options, ['signal', 'onStep', 'resume', 'rank', 'worldSize', 'progress'])
+  const resolved = resolveReferences(config as ConfigObject)
+  const s = loopSettings(resolved)
+  const ranks = ranksOf({ rank: options.rank, worldSize: options.worldSize })
+  checkRanks(ranks)
+  const writer = ranks.rank === 0
+  const progress = new TrainProgress(options.progress === false ? { write: () => true } : (options.progress ?? process.stderr), s.logEvery)
+
+  // Everything that can be checked without training is checked before the trainer is built.
+  const source = resolveSource(s.trainData, 'dataset.params.train_shards_path_or_url')
+  const evalSource = s.evalData ? resolveSource(s.evalData, 'dataset.params.eval_shards_path_or_url') : source
+  checkInitWeight(s.initWeight)
+  const latest = latestCheckpoint(s.outputDir)
+  const resume = options.resume ?? s.resume
+  if (latest && !resume) {
+    throw new MarvelError('MARVEL_INVALID_ARGUMENT', `${s.outputDir} already holds a run (latest: ${latest}); resume it (--resume, or experiment.resume: true) or choose another experiment.output_dir`)
+  }
+  const part = unitsOfRank(source.units, ranks.rank, ranks.worldSize)
+  const mine: DataSource = { ...source, units: part.units }
+
+  const trainer = latest ? await Trainer.resume(latest) : await Trainer.create(resolved, { seed: s.seed, ...(s.initWeight ? { init: s.initWeight } : {}) })
+  let data: BatchStream | undefined
+  const sinks: TrainingSink[] = []
+  let checkpoint: string | null = null
+  try {
+    recipeNetworks(resolved, trainer.recipe)
+    if (trainer.imageSize !== s.cropSize) {
+      throw new MarvelError('MARVEL_CONFIG', `dataset.preprocessing.crop_size is ${s.cropSize} but the ${latest ? 'checkpoint\'s' : ''} model takes ${trainer.imageSize}x${trainer.imageSize} images`)
+    }
+    const saved = latest ? savedPosition(trainer.dataPosition, mine.units.length, latest) : null
+    const stream = await SampleStream.open(
+      mine,
+      {
+        seed: s.seed,
+        bufferSize: s.shuffleBuffer,
+        sampleStride: part.sampleStride,
+        sampleOffset: part.sampleOffset,
+        onSkip: (k) => progress.note(`marvel: skipped ${k.where}: ${k.message}`),
+      },
+      saved?.stream,
+    )
+    data = new BatchStream(stream, {
+      augmentation: { resizeShorterEdge: s.resizeShorterEdge, cropSize: s.cropSize, randomCrop: s.randomCrop, randomFlip: s.randomFlip },
+      batchSize: s.batchSize,
+      onSkip: (k) => progress.note(`marvel: skipped ${k.where}: ${k.message}`),
+    })
+    const validation = writer ? await validationBatch(evalSource, s.numGeneratedImages, s.resizeShorterEdge, s.cropSize) : null
+    if (writer) {
+      mkdirSync(join(s.outputDir, 'grids'), { recursive: true })
+      sinks.push(...createSinks(join(s.outputDir, 'logs'), latest ? trainer.startStep : undefined))
+    }
+    if (latest) progress.note(`marvel: resuming ${latest} at step ${trainer.startStep}`)
+
+    let step = trainer.startStep
+    let position: StreamPosition = saved?.stream ?? stream.position()
+    const timeBase = saved?.time ?? 0
+    const started = performance.now()
+    const now = () => timeBase + (performance.now() - started) / 1000
+    let window = { time: now(), images: 0 }
+    let stepStart = now()
+    let secondsPerStep = 0
+    const stopped = () => options.signal?.aborted === true
+
+    while (step < s.maxTrainSteps && !stopped()) {
+      let micro = 0
+      let lossSum = 0
+      const parts: Record<string, number> = {}
+      let r
+      do {
+        const batch = await data.next()
+        r = await stepBatch(trainer, { images: batch.images })
+        micro++
+        lossSum += r.loss
+        for (const [k, v] of Object.entries(r.components)) parts[k] = (parts[k] ?? 0) + v
+        window.images += batch.size
+        position = batch.position
+      } while (r.gradNorm === null)
+      step = r.step
+      const t = now()
+      secondsPerStep = secondsPerStep === 0 ? t - stepStart : 0.9 * secondsPerStep + 0.1 * (t - stepStart)
+      stepStart = t
+      const report: StepReport = {
+        step,
+        maxTrainSteps: s.maxTrainSteps,
+        time: t,
+        lr: r.lr,
+        loss: lossSum / micro,
+        components: Object.fromEntries(Object.entries(parts).map(([k, v]) => [k, v / micro])),
+        gradNorm: r.gradNorm,
+        imagesPerSecond: window.images / Math.max(t - window.time, 1e-9),
+        skipped: position.skipped,
+      }
+      progress.update({ step, total: s.maxTrainSteps, loss: report.loss, lr: report.lr, imagesPerSecond: report.imagesPerSecond, secondsPerStep })
+      if (writer && step % s.logEvery === 0) {
+        const values: Record<string, number> = {
+          time: t,
+          lr: report.lr,
+          loss: report.loss,
+          grad_norm: report.gradNorm,
+          images_per_second: report.imagesPerSecond,
+        }
+        for (const [k, v] of Object.entries(report.components)) values[`components/${k}`] = v
+        for (const [k, v] of Object.entries(report.skipped)) if (v) values[`skipped/${k}`] = v
+        for (const sink of sinks) sink.scalars(step, values)
+        window = { time: t, images: 0 }
+      }
+      await options.onStep?.(report)
+      if (writer && validation && evalDue(s, step)) {
+        const ev = await evaluate(trainer, validation)
+        writeFileSync(join(s.outputDir, 'grids', `step-${step}.png`), ev.png)
+        const values: Record<string, number> = { time: now() }
+        ev.psnr.forEach((p, d) => (values[`eval/psnr_depth${d + 1}`] = p))
+        for (const sink of sinks) {
+          sink.scalars(step, values)
+          sink.image(step, 'reconstruction', ev.png)
+        }
+      }
+      if (writer && (step % s.saveEvery === 0 || step >= s.maxTrainSteps || stopped())) {
+        const saving: SavedPosition = { format: 'marvel-data-position', version: 1, time: now(), units: mine.units.length, stream: position }
+        checkpoint = await saveCheckpoint(trainer, s.outputDir, step, saving, s.keep)
+      }
+    }
+    progress.done()
+    return { step, stopped: step < s.maxTrainSteps, outputDir: s.outputDir, checkpoint }
+  } finally {
+    await data?.close()
+    for (const sink of sinks) await sink.close()
+    trainer.dispose()
+  }
+}
