@@ -26,6 +26,8 @@ export interface Skip {
 }
 
 export interface StreamPosition {
+  /** Shards (or images) of the data when saved: a position only fits the data it was taken from. */
+  units: number
   epoch: number
   /** Index into the epoch's unit order of the unit being read. */
   unit: number
@@ -115,9 +117,12 @@ export class SampleStream {
   async #restore(p: StreamPosition): Promise<void> {
     const ok = (n: unknown) => Number.isSafeInteger(n) && (n as number) >= 0
     const valid =
-      p && ok(p.epoch) && ok(p.unit) && ok(p.offset) && ok(p.read) && Array.isArray(p.rng) && p.rng.length === 4 && Array.isArray(p.buffer) &&
+      p && p.units === this.source.units.length && ok(p.epoch) && ok(p.unit) && ok(p.offset) && ok(p.read) && Array.isArray(p.rng) && p.rng.length === 4 && Array.isArray(p.buffer) &&
       p.buffer.every((r) => Array.isArray(r) && ok(r[0]) && r[0] < this.source.units.length && ok(r[1]))
-    if (!valid) throw new MarvelError('MARVEL_CHECKPOINT', 'the checkpoint\'s data position does not match this dataset (was it saved for other shards?)')
+    if (!valid) {
+      const was = Number.isInteger(p?.units) ? ` was saved for ${p.units} ${this.#unitName()}, the data now has ${this.source.units.length}` : ' does not match this data'
+      throw new MarvelError('MARVEL_CHECKPOINT', `the data position${was}; resuming would not continue the same stream`)
+    }
     this.#epoch = p.epoch
     this.#unit = p.unit
     this.#offset = p.offset
@@ -130,8 +135,13 @@ export class SampleStream {
     }
   }
 
+  #unitName(): string {
+    return this.source.kind === 'shards' ? 'shards' : 'images'
+  }
+
   position(): StreamPosition {
     return {
+      units: this.source.units.length,
       epoch: this.#epoch,
       unit: this.#unit,
       offset: this.#offset,
@@ -187,7 +197,7 @@ export class SampleStream {
         this.#unit++
         this.#offset = 0
         if (++this.#emptyUnits > this.source.units.length && got?.sample == null) {
-          throw new MarvelError('MARVEL_IO', `no readable sample in a whole epoch of ${this.source.units.length} ${this.source.kind === 'shards' ? 'shards' : 'images'} (see the skipped counts)`)
+          throw new MarvelError('MARVEL_IO', `no readable sample in a whole epoch of ${this.source.units.length} ${this.#unitName()} (see the skipped counts)`)
         }
       } else {
         this.#offset = got.next

@@ -66,8 +66,6 @@ interface SavedPosition {
   version: 1
   /** Seconds trained before this checkpoint, so `time` in the logs continues. */
   time: number
-  /** Units in the data when saved: a changed dataset is refused rather than misread. */
-  units: number
   stream: StreamPosition
 }
 
@@ -76,14 +74,11 @@ function createSinks(logDir: string, resumeStep: number | undefined): TrainingSi
   return [new MetricsJsonl(logDir, resumeStep)]
 }
 
-function savedPosition(value: unknown, units: number, checkpoint: string): SavedPosition | null {
+function savedPosition(value: unknown, checkpoint: string): SavedPosition | null {
   if (value === null || value === undefined) return null
   const p = value as SavedPosition
   if (p.format !== 'marvel-data-position' || p.version !== 1 || typeof p.time !== 'number') {
     throw new MarvelError('MARVEL_CHECKPOINT', `${checkpoint} holds a data position marvel train did not write`)
-  }
-  if (p.units !== units) {
-    throw new MarvelError('MARVEL_CHECKPOINT', `${checkpoint} was saved for ${p.units} shards/images, but the data now has ${units}; resuming would not continue the same stream`)
   }
   return p
 }
@@ -140,7 +135,7 @@ export async function train(config: object, options?: TrainOptions): Promise<Tra
     if (trainer.imageSize !== s.cropSize) {
       throw new MarvelError('MARVEL_CONFIG', `dataset.preprocessing.crop_size is ${s.cropSize} but the ${latest ? 'checkpoint\'s' : ''} model takes ${trainer.imageSize}x${trainer.imageSize} images`)
     }
-    const saved = latest ? savedPosition(trainer.dataPosition, mine.units.length, latest) : null
+    const saved = latest ? savedPosition(trainer.dataPosition, latest) : null
     const stream = await SampleStream.open(
       mine,
       {
@@ -229,7 +224,7 @@ export async function train(config: object, options?: TrainOptions): Promise<Tra
         }
       }
       if (writer && (step % s.saveEvery === 0 || step >= s.maxTrainSteps || stopped())) {
-        const saving: SavedPosition = { format: 'marvel-data-position', version: 1, time: now(), units: mine.units.length, stream: position }
+        const saving: SavedPosition = { format: 'marvel-data-position', version: 1, time: now(), stream: position }
         checkpoint = await saveCheckpoint(trainer, s.outputDir, step, saving, s.keep)
       }
     }
