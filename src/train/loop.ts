@@ -18,7 +18,7 @@ import { evaluate, validationBatch } from './evaluate.js'
 import { MetricsJsonl, type TrainingSink } from './log.js'
 import { TrainProgress, type ProgressStream } from './progress.js'
 import { checkRanks, ranksOf, stepBatch } from './ranks.js'
-import { checkInitWeight, loopSettings, type LoopSettings } from './settings.js'
+import { checkInitWeight, checkNetworks, loopSettings, type LoopSettings } from './settings.js'
 import { resolveReferences, type ConfigObject } from './yaml-config.js'
 
 export interface TrainOptions {
@@ -83,13 +83,6 @@ function savedPosition(value: unknown, checkpoint: string): SavedPosition | null
   return p
 }
 
-function recipeNetworks(config: ConfigObject, recipe: string): void {
-  const vq = ((config.model as ConfigObject | undefined)?.vq_model ?? {}) as ConfigObject
-  if (recipe === 'stage1' && !vq.pretrained_tokenizer_weight) {
-    throw new MarvelError('MARVEL_CONFIG', 'the stage-1 recipe needs model.vq_model.pretrained_tokenizer_weight (the MaskGIT-VQGAN whose codes it learns)')
-  }
-}
-
 function evalDue(s: LoopSettings, step: number): boolean {
   return (s.evalEvery > 0 && step % s.evalEvery === 0) || (s.generateEvery > 0 && step % s.generateEvery === 0)
 }
@@ -117,12 +110,14 @@ export async function train(config: object, options?: TrainOptions): Promise<Tra
   // Everything that can be checked without training is checked before the trainer is built.
   const source = resolveSource(s.trainData, 'dataset.params.train_shards_path_or_url')
   const evalSource = s.evalData ? resolveSource(s.evalData, 'dataset.params.eval_shards_path_or_url') : source
-  checkInitWeight(s.initWeight)
+  checkNetworks(resolved)
   const latest = latestCheckpoint(s.outputDir)
   const resume = options.resume ?? s.resume
   if (latest && !resume) {
     throw new MarvelError('MARVEL_INVALID_ARGUMENT', `${s.outputDir} already holds a run (latest: ${latest}); resume it (--resume, or experiment.resume: true) or choose another experiment.output_dir`)
   }
+  // A resumed run's weights come from its checkpoint.
+  if (!latest) checkInitWeight(s.initWeight)
   const part = unitsOfRank(source.units, ranks.rank, ranks.worldSize)
   const mine: DataSource = { ...source, units: part.units }
 
@@ -131,7 +126,6 @@ export async function train(config: object, options?: TrainOptions): Promise<Tra
   const sinks: TrainingSink[] = []
   let checkpoint: string | null = null
   try {
-    recipeNetworks(resolved, trainer.recipe)
     if (trainer.imageSize !== s.cropSize) {
       throw new MarvelError('MARVEL_CONFIG', `dataset.preprocessing.crop_size is ${s.cropSize} but the ${latest ? 'checkpoint\'s' : ''} model takes ${trainer.imageSize}x${trainer.imageSize} images`)
     }

@@ -181,3 +181,40 @@ export function checkInitWeight(path: string | null): void {
     throw new MarvelError('MARVEL_CONFIG', `experiment.init_weight must be a model folder (config.json + model.safetensors or pytorch_model.bin), got the file ${path}`)
   }
 }
+
+/** The recipe the core will choose (its rule: `training.recipe`, else from the model layout; the reference's defaults). */
+export function expectedRecipe(config: ConfigObject): string {
+  const training = section(config, 'training', false)
+  if (typeof training.recipe === 'string') return training.recipe
+  const vq = section(config, 'model.vq_model', false)
+  if (vq.is_legacy === false) return 'single'
+  return vq.finetune_decoder === false ? 'stage1' : 'stage2'
+}
+
+/** Keys naming pretrained networks; each named file must exist before a trainer is built (an L-32 takes a while). */
+const NETWORK_KEYS = ['model.vq_model.pretrained_tokenizer_weight', 'losses.perceptual_weights', 'losses.discriminator_weights'] as const
+
+/** Every network file the config names exists, and the recipe's required ones are named. */
+export function checkNetworks(config: ConfigObject): void {
+  const recipe = expectedRecipe(config)
+  const value = (key: string) => {
+    const [a, ...rest] = key.split('.')
+    const v = section(config, [a, ...rest.slice(0, -1)].join('.'), false)[rest[rest.length - 1]]
+    return typeof v === 'string' && v !== '' ? v : null
+  }
+  if (recipe === 'stage1' && value('model.vq_model.pretrained_tokenizer_weight') === null) {
+    throw configError('the stage-1 recipe needs model.vq_model.pretrained_tokenizer_weight (the MaskGIT-VQGAN whose codes it learns)')
+  }
+  if (recipe === 'stage2' && value('losses.perceptual_weights') === null) {
+    throw configError('the stage-2 recipe needs losses.perceptual_weights (torchvision convnext_small weights for the perceptual loss)')
+  }
+  for (const key of NETWORK_KEYS) {
+    const path = value(key)
+    if (path === null) continue
+    try {
+      statSync(path)
+    } catch {
+      throw new MarvelError('MARVEL_IO', `${key} names ${path}, which does not exist`)
+    }
+  }
+}
