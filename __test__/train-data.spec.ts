@@ -244,3 +244,21 @@ describe('augmentation', () => {
     await expect(augment(Buffer.from('no image'), aug, [0, 0, 0])).rejects.toMatchObject({ code: 'MARVEL_IMAGE' })
   })
 })
+
+describe('image folders', () => {
+  it('read as a source: every image once per epoch, keys from relative paths, damage counted', async () => {
+    const { imageFolder } = await import('./helpers/shards.js')
+    const dir = join(work, 'folder')
+    await imageFolder(dir, 6)
+    writeFileSync(join(dir, 'cats', 'broken.png'), 'not a png')
+    const source = resolveSource(dir, 'key')
+    expect(source).toMatchObject({ kind: 'images', classes: ['cats', 'dogs'] })
+    expect(source.units).toHaveLength(7)
+    const s = await SampleStream.open(source, { seed: 2, bufferSize: 0 })
+    const batches = new BatchStream(s, { augmentation: { resizeShorterEdge: 32, cropSize: 32, randomCrop: true, randomFlip: true }, batchSize: 6 })
+    const batch = await batches.next()
+    await batches.close()
+    expect([...batch.keys].sort()).toEqual(['cats/img001', 'cats/img003', 'cats/img005', 'dogs/img000', 'dogs/img002', 'dogs/img004'])
+    expect(batch.position.skipped).toEqual({ unreadable_image: 1 })
+  })
+})

@@ -67,6 +67,7 @@ function trainUntil(args: string[], at: number, signal: NodeJS.Signals): Promise
 
 interface Line {
   step: number
+  time?: number
   loss?: number
   lr?: number
   gradNorm?: number
@@ -138,7 +139,7 @@ describe('marvel train', () => {
       expect(readFileSync(join(out, 'checkpoint-50', file)).equals(readFileSync(join(straight(), 'checkpoint-50', file))), file).toBe(true)
     }
     // The clock continues across the resume.
-    const times = metrics(out).map((l) => (l as { time: number }).time)
+    const times = metrics(out).map((l) => l.time!)
     expect(times.every((t, i) => i === 0 || t >= times[i - 1])).toBe(true)
   })
 

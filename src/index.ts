@@ -23,7 +23,7 @@ export {
 export { getNumThreads, setNumThreads } from './threads.js'
 export { makeShards, type MadeShards, type MakeShardsOptions } from './data/make-shards.js'
 export { train, type StepReport, type TrainOptions, type TrainResult } from './train/loop.js'
-export { MetricsJsonl, type TrainingSink } from './train/log.js'
+export { type TrainingSink } from './train/log.js'
 export { loadTrainingConfig } from './train/yaml-config.js'
 export { Trainer, type StepOptions, type TrainStepResult, type TrainerCreateOptions } from './trainer.js'
 

@@ -5,7 +5,7 @@
  * and a run killed at any moment resumes from it. Only the newest `keep` checkpoints stay.
  */
 import { existsSync, readdirSync, readlinkSync, renameSync, rmSync, statSync, symlinkSync, unlinkSync } from 'node:fs'
-import { join } from 'node:path'
+import { join, resolve } from 'node:path'
 
 import { MarvelError } from '../errors.js'
 import type { Trainer } from '../trainer.js'
@@ -25,7 +25,8 @@ export function latestCheckpoint(outputDir: string): string | null {
   } catch {
     return null
   }
-  const dir = join(outputDir, target)
+  // A Windows junction stores an absolute target; a POSIX link the relative name written below.
+  const dir = resolve(outputDir, target)
   try {
     return statSync(dir).isDirectory() ? dir : null
   } catch {

@@ -11,7 +11,7 @@ import { join } from 'node:path'
 import { BatchStream } from '../data/batches.js'
 import { resolveSource, unitsOfRank, type DataSource } from '../data/shards.js'
 import { SampleStream, type StreamPosition } from '../data/stream.js'
-import { MarvelError, invalidParameter, optionsParameter } from '../errors.js'
+import { MarvelError, integerParameter, invalidParameter, optionsParameter } from '../errors.js'
 import { Trainer } from '../trainer.js'
 import { latestCheckpoint, saveCheckpoint } from './checkpoints.js'
 import { evaluate, validationBatch } from './evaluate.js'
@@ -100,6 +100,15 @@ function evalDue(s: LoopSettings, step: number): boolean {
 export async function train(config: object, options?: TrainOptions): Promise<TrainResult> {
   if (config === null || typeof config !== 'object' || Array.isArray(config)) throw invalidParameter('train', 'config', 'a training config object', config)
   options = optionsParameter('train', options, ['signal', 'onStep', 'resume', 'rank', 'worldSize', 'progress'])
+  const { signal, onStep, resume: resumeOption, rank, worldSize, progress: stream } = options
+  if (signal !== undefined && !(signal instanceof AbortSignal)) throw invalidParameter('train', 'signal', 'an AbortSignal', signal)
+  if (onStep !== undefined && typeof onStep !== 'function') throw invalidParameter('train', 'onStep', 'a function', onStep)
+  if (resumeOption !== undefined && typeof resumeOption !== 'boolean') throw invalidParameter('train', 'resume', 'a boolean', resumeOption)
+  if (rank !== undefined) integerParameter('train', 'rank', rank, 0, 1 << 20)
+  if (worldSize !== undefined) integerParameter('train', 'worldSize', worldSize, 1, 1 << 20)
+  if (stream !== undefined && stream !== false && (stream === null || typeof stream !== 'object' || typeof stream.write !== 'function')) {
+    throw invalidParameter('train', 'progress', 'false or a writable stream', stream)
+  }
   const resolved = resolveReferences(config as ConfigObject)
   const s = loopSettings(resolved)
   const ranks = ranksOf({ rank: options.rank, worldSize: options.worldSize })

@@ -8,7 +8,8 @@ import { readFileSync } from 'node:fs'
 
 import YAML from 'yaml'
 
-import { MarvelError } from '../errors.js'
+import { MarvelError, invalidParameter } from '../errors.js'
+import { pathParameter } from '../files.js'
 
 export type ConfigObject = Record<string, unknown>
 
@@ -170,5 +171,10 @@ function setAt(root: ConfigObject, path: string, value: unknown): void {
 
 /** Reads, overrides and resolves a config file: what `marvel train config=<file> key=value ...` trains with. */
 export function loadTrainingConfig(path: string, overrides: readonly string[] = [], known?: (path: string) => boolean): ConfigObject {
+  pathParameter('loadTrainingConfig', 'path', path)
+  if (!Array.isArray(overrides) || !Array.from(overrides).every((o) => typeof o === 'string')) {
+    throw invalidParameter('loadTrainingConfig', 'overrides', 'an array of "key=value" strings', overrides)
+  }
+  if (known !== undefined && typeof known !== 'function') throw invalidParameter('loadTrainingConfig', 'known', 'a function of a dotted key', known)
   return resolveReferences(applyOverrides(readConfigFile(path), overrides, known))
 }
