@@ -17,7 +17,7 @@ import { latestCheckpoint, saveCheckpoint } from './checkpoints.js'
 import { evaluate, validationBatch } from './evaluate.js'
 import { MetricsJsonl, type TrainingSink } from './log.js'
 import { TrainProgress, type ProgressStream } from './progress.js'
-import { checkRanks, ranksOf, stepBatch } from './ranks.js'
+import { checkRanks, gatherPositions, ranksOf, stepBatch, type Ranks } from './ranks.js'
 import { checkInitWeight, checkNetworks, loopSettings, type LoopSettings } from './settings.js'
 import { resolveReferences, type ConfigObject } from './yaml-config.js'
 
@@ -66,7 +66,8 @@ interface SavedPosition {
   version: 1
   /** Seconds trained before this checkpoint, so `time` in the logs continues. */
   time: number
-  stream: StreamPosition
+  /** Each rank's data position, rank r at index r: ranks read different data, so each continues its own stream. */
+  ranks: StreamPosition[]
 }
 
 /** The sinks rank 0 writes to; the one place a new kind of log joins. */
@@ -74,13 +75,17 @@ function createSinks(logDir: string, resumeStep: number | undefined): TrainingSi
   return [new MetricsJsonl(logDir, resumeStep)]
 }
 
-function savedPosition(value: unknown, checkpoint: string): SavedPosition | null {
+/** This rank's part of a checkpoint's data position (null for a checkpoint saved outside `train`). */
+function savedPosition(value: unknown, checkpoint: string, ranks: Ranks): { time: number; stream: StreamPosition } | null {
   if (value === null || value === undefined) return null
   const p = value as SavedPosition
-  if (p.format !== 'marvel-data-position' || p.version !== 1 || typeof p.time !== 'number') {
+  if (p.format !== 'marvel-data-position' || p.version !== 1 || typeof p.time !== 'number' || !Array.isArray(p.ranks)) {
     throw new MarvelError('MARVEL_CHECKPOINT', `${checkpoint} holds a data position marvel train did not write`)
   }
-  return p
+  if (p.ranks.length !== ranks.worldSize) {
+    throw new MarvelError('MARVEL_CHECKPOINT', `${checkpoint} was saved by ${p.ranks.length} rank(s); resume it with the same world size, not ${ranks.worldSize}`)
+  }
+  return { time: p.time, stream: p.ranks[ranks.rank] }
 }
 
 function evalDue(s: LoopSettings, step: number): boolean {
@@ -138,7 +143,7 @@ export async function train(config: object, options?: TrainOptions): Promise<Tra
     if (trainer.imageSize !== s.cropSize) {
       throw new MarvelError('MARVEL_CONFIG', `dataset.preprocessing.crop_size is ${s.cropSize} but the ${latest ? 'checkpoint\'s' : ''} model takes ${trainer.imageSize}x${trainer.imageSize} images`)
     }
-    const saved = latest ? savedPosition(trainer.dataPosition, latest) : null
+    const saved = latest ? savedPosition(trainer.dataPosition, latest, ranks) : null
     const stream = await SampleStream.open(
       mine,
       {
@@ -226,9 +231,12 @@ export async function train(config: object, options?: TrainOptions): Promise<Tra
           sink.image(step, 'reconstruction', ev.png)
         }
       }
-      if (writer && (step % s.saveEvery === 0 || step >= s.maxTrainSteps || stopped())) {
-        const saving: SavedPosition = { format: 'marvel-data-position', version: 1, time: now(), stream: position }
-        checkpoint = await saveCheckpoint(trainer, s.outputDir, step, saving, s.keep)
+      if (step % s.saveEvery === 0 || step >= s.maxTrainSteps || stopped()) {
+        const positions = await gatherPositions(ranks, position)
+        if (writer) {
+          const saving: SavedPosition = { format: 'marvel-data-position', version: 1, time: now(), ranks: positions }
+          checkpoint = await saveCheckpoint(trainer, s.outputDir, step, saving, s.keep)
+        }
       }
     }
     progress.done()

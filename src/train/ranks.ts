@@ -43,6 +43,15 @@ export async function stepBatch(trainer: Trainer, batch: TrainBatch): Promise<Tr
   return trainer.step(batch.images, options)
 }
 
+/**
+ * Every rank's `mine`, in rank order, on every rank: rank 0 saves all ranks' data positions in its checkpoint so each
+ * rank resumes its own stream. With one rank that is `[mine]`; several ranks exchange them through the collective.
+ */
+export async function gatherPositions<T>(ranks: Ranks, mine: T): Promise<T[]> {
+  if (ranks.worldSize === 1) return [mine]
+  throw new MarvelError('MARVEL_INVALID_ARGUMENT', `world size ${ranks.worldSize}: gathering the ranks' data positions needs the collective`)
+}
+
 export function checkRanks(ranks: Ranks): void {
   if (ranks.worldSize > 1) {
     throw new MarvelError(
