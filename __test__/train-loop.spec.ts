@@ -154,10 +154,16 @@ describe('marvel train', () => {
     expect(trajectory(out)).toEqual(trajectory(straight()))
   })
 
-  it('refuses to start over an existing run without --resume', () => {
+  it('refuses to start over an existing run without --resume, and to resume it with settings its checkpoint overrides', () => {
     const r = marvel(['train', ...settings(straight())])
     expect(r.code).toBe(1)
     expect(r.stderr).toMatch(/already holds a run .*--resume.* \(MARVEL_INVALID_ARGUMENT\)\n$/)
+    const changed = marvel(['train', ...settings(straight(), ['training.max_train_steps=60', 'optimizer.params.weight_decay=0']), '--resume'])
+    expect(changed.code).toBe(1)
+    expect(changed.stderr).toContain('was started with other settings, which its checkpoint keeps: optimizer.params.weight_decay (checkpoint: 0.0001, now: 0); training.max_train_steps (checkpoint: 50, now: 60)')
+    // Loop settings may change: more checkpoints kept, other intervals.
+    const loop = marvel(['train', ...settings(straight(), ['experiment.keep=3']), '--resume'])
+    expect([loop.code, loop.stderr]).toEqual([0, 'marvel: resuming ' + join(straight(), 'checkpoint-50') + ' at step 50\nmarvel: finished at step 50\n'])
   })
 
   it('skips and counts a broken member, a truncated shard and a non-image; a missing shard and a bad override fail at start', async () => {

@@ -5,7 +5,7 @@
  * run continues from `<output_dir>/latest` with the data stream where it stood, so its steps are those the
  * uninterrupted run would have taken.
  */
-import { mkdirSync, writeFileSync } from 'node:fs'
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 
 import { BatchStream } from '../data/batches.js'
@@ -18,7 +18,7 @@ import { evaluate, validationBatch } from './evaluate.js'
 import { MetricsJsonl, type TrainingSink } from './log.js'
 import { TrainProgress, type ProgressStream } from './progress.js'
 import { checkRanks, gatherPositions, ranksOf, stepBatch, type Ranks } from './ranks.js'
-import { checkInitWeight, checkNetworks, loopSettings, type LoopSettings } from './settings.js'
+import { changedSinceCheckpoint, checkInitWeight, checkNetworks, loopSettings, type LoopSettings } from './settings.js'
 import { resolveReferences, type ConfigObject } from './yaml-config.js'
 
 export interface TrainOptions {
@@ -135,6 +135,20 @@ export async function train(config: object, options?: TrainOptions): Promise<Tra
   const part = unitsOfRank(source.units, ranks.rank, ranks.worldSize)
   const mine: DataSource = { ...source, units: part.units }
 
+  if (latest) {
+    let saved: ConfigObject
+    try {
+      saved = JSON.parse(readFileSync(join(latest, 'config.json'), 'utf8'))
+    } catch (e) {
+      throw new MarvelError('MARVEL_CHECKPOINT', `cannot read ${join(latest, 'config.json')}: ${(e as Error).message}`, { cause: e })
+    }
+    const changed = changedSinceCheckpoint(resolved, saved)
+    if (changed.length > 0) {
+      throw new MarvelError('MARVEL_CONFIG', `the run in ${s.outputDir} was started with other settings, which its checkpoint keeps: ${changed.join('; ')}; start a new run (another experiment.output_dir) to change them`)
+    }
+  } else if (resume) {
+    progress.note(`marvel: no checkpoint in ${s.outputDir} yet; starting a new run`)
+  }
   const trainer = latest ? await Trainer.resume(latest) : await Trainer.create(resolved, { seed: s.seed, ...(s.initWeight ? { init: s.initWeight } : {}) })
   let data: BatchStream | undefined
   const sinks: TrainingSink[] = []

@@ -218,3 +218,32 @@ export function checkNetworks(config: ConfigObject): void {
     }
   }
 }
+
+/** Sections whose values the core's checkpoint carries and keeps: a resumed run trains with the checkpoint's. */
+const FIXED_AT_START = ['model', 'losses', 'optimizer', 'lr_scheduler', 'training.max_train_steps', 'training.gradient_accumulation_steps', 'dataset.preprocessing'] as const
+
+function leaves(value: unknown, path: string, out: Map<string, string>): Map<string, string> {
+  if (value !== null && typeof value === 'object' && !Array.isArray(value)) {
+    for (const [k, v] of Object.entries(value)) leaves(v, `${path}.${k}`, out)
+  } else if (value !== undefined) {
+    out.set(path, JSON.stringify(value))
+  }
+  return out
+}
+
+/**
+ * The keys whose value in `config` differs from the checkpoint's `saved` config, among those a resumed trainer takes
+ * from its checkpoint (the model, losses, optimizer, schedule): changing them on resume would be silently ignored.
+ */
+export function changedSinceCheckpoint(config: ConfigObject, saved: ConfigObject): string[] {
+  const changed: string[] = []
+  for (const key of FIXED_AT_START) {
+    const pick = (root: ConfigObject) => key.split('.').reduce<unknown>((node, p) => (node !== null && typeof node === 'object' ? (node as ConfigObject)[p] : undefined), root)
+    const now = leaves(pick(config), key, new Map())
+    const then = leaves(pick(saved), key, new Map())
+    for (const path of new Set([...now.keys(), ...then.keys()])) {
+      if (now.get(path) !== then.get(path)) changed.push(`${path} (checkpoint: ${then.get(path) ?? 'unset'}, now: ${now.get(path) ?? 'unset'})`)
+    }
+  }
+  return changed
+}
