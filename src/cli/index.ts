@@ -13,6 +13,7 @@ import { registerDecode } from './decode.js'
 import { registerEncode } from './encode.js'
 import { registerInfo } from './info.js'
 import { registerMakeShards } from './make-shards.js'
+import { registerPretokenize } from './pretokenize.js'
 import { registerReconstruct } from './reconstruct.js'
 import { registerTrain } from './train.js'
 
@@ -52,6 +53,7 @@ function program(): Command {
   registerInfo(root)
   registerTrain(root)
   registerMakeShards(root)
+  registerPretokenize(root)
   return root
 }
 

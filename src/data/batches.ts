@@ -13,13 +13,15 @@ import type { SampleStream, SkipReason, Skip, StreamPosition } from './stream.js
 
 export interface Batch {
   images: Uint8Array
+  /** Every image's pretokenized codes, concatenated; absent unless each image of the batch has them. */
+  codes?: Int32Array
   size: number
   keys: string[]
   position: StreamPosition
 }
 
 interface Pending {
-  decoded: Promise<{ key: string; where: string; position: StreamPosition; pixels: Buffer | null; error?: Error }>
+  decoded: Promise<{ key: string; where: string; position: StreamPosition; pixels: Buffer | null; codes?: Int32Array; error?: Error }>
 }
 
 export class BatchStream {
@@ -52,7 +54,7 @@ export class BatchStream {
       const decoded = drawn.then(({ sample, position }) => {
         const where = `${this.#stream.source.units[sample.ref[0]]}${this.#stream.source.kind === 'shards' ? `@${sample.ref[1]}` : ''}`
         return decodeSlots.run(() => augment(sample.image, this.#aug, sample.draws)).then(
-          (pixels) => ({ key: sample.key, where, position, pixels }),
+          (pixels) => ({ key: sample.key, where, position, pixels, codes: sample.codes }),
           (error: Error) => ({ key: sample.key, where, position, pixels: null, error }),
         )
       })
@@ -66,6 +68,7 @@ export class BatchStream {
     const frame = this.#aug.cropSize * this.#aug.cropSize * 3
     const images = new Uint8Array(this.#batchSize * frame)
     const keys: string[] = []
+    const codes: Int32Array[] = []
     let position: StreamPosition | undefined
     while (keys.length < this.#batchSize) {
       this.#fill()
@@ -78,12 +81,19 @@ export class BatchStream {
       }
       images.set(head.pixels, keys.length * frame)
       keys.push(head.key)
+      if (head.codes) codes.push(head.codes)
       position = head.position
     }
     this.#fill()
     const skipped: Partial<Record<SkipReason, number>> = { ...position!.skipped }
     if (this.#unreadable > 0) skipped.unreadable_image = (skipped.unreadable_image ?? 0) + this.#unreadable
-    return { images, size: this.#batchSize, keys, position: { ...position!, skipped } }
+    const complete = codes.length === keys.length && codes.every((c) => c.length === codes[0].length)
+    const batch: Batch = { images, size: this.#batchSize, keys, position: { ...position!, skipped } }
+    if (complete) {
+      batch.codes = new Int32Array(codes.length * codes[0].length)
+      codes.forEach((c, i) => batch.codes!.set(c, i * c.length))
+    }
+    return batch
   }
 
   /** Stops reading ahead; pending decodes finish on their own. */

@@ -50,6 +50,8 @@ export interface Sample {
   ref: [number, number]
   /** Uniform [0, 1) draws: crop x, crop y, flip. */
   draws: [number, number, number]
+  /** Pretokenized MaskGIT-VQGAN codes of the image's centre crop (a `<key>.codes` member), when the shard has them. */
+  codes?: Int32Array
 }
 
 interface Loaded {
@@ -57,6 +59,7 @@ interface Loaded {
   image: Buffer
   format: string
   ref: [number, number]
+  codes?: Int32Array
 }
 
 export interface StreamOptions {
@@ -179,7 +182,7 @@ export class SampleStream {
       this.#buffer[j] = await this.#readNext()
     }
     const draws: [number, number, number] = [this.#rng.float(), this.#rng.float(), this.#rng.float()]
-    return { key: chosen.key, image: chosen.image, format: chosen.format, ref: chosen.ref, draws }
+    return { key: chosen.key, image: chosen.image, format: chosen.format, ref: chosen.ref, draws, ...(chosen.codes ? { codes: chosen.codes } : {}) }
   }
 
   /** The next sample with an image in read order, across units and epochs. */
@@ -304,6 +307,17 @@ export class SampleStream {
       this.#skip('corrupt_member', where(first.offset), e.message)
       return { sample: null, next }
     }
-    return { sample: { key: parts.key, image, format, ref: [id, first.offset] }, next }
+    let codes: Int32Array | undefined
+    const codesMember = fields.get('codes')
+    if (codesMember && codesMember.size % 4 === 0 && codesMember.size > 0) {
+      try {
+        const bytes = await tar.data(codesMember)
+        codes = new Int32Array(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.length))
+      } catch (e) {
+        // Codes are an optimisation: without them the trainer encodes the image itself.
+        if (!(e instanceof TarError)) throw e
+      }
+    }
+    return { sample: { key: parts.key, image, format, ref: [id, first.offset], ...(codes ? { codes } : {}) }, next }
   }
 }

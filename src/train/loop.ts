@@ -70,6 +70,17 @@ interface SavedPosition {
   ranks: StreamPosition[]
 }
 
+/** Whether the data's first sample carries pretokenized codes (`marvel pretokenize` gives every sample some). */
+async function hasCodes(source: DataSource): Promise<boolean> {
+  if (source.kind !== 'shards') return false
+  const stream = await SampleStream.open(source, { seed: 0, bufferSize: 0, ordered: true })
+  try {
+    return (await stream.next()).codes !== undefined
+  } finally {
+    await stream.close()
+  }
+}
+
 /** The sinks rank 0 writes to; the one place a new kind of log joins. */
 function createSinks(logDir: string, resumeStep: number | undefined): TrainingSink[] {
   return [new MetricsJsonl(logDir, resumeStep)]
@@ -124,7 +135,10 @@ export async function train(config: object, options?: TrainOptions): Promise<Tra
   // Everything that can be checked without training is checked before the trainer is built.
   const source = resolveSource(s.trainData, 'dataset.params.train_shards_path_or_url')
   const evalSource = s.evalData ? resolveSource(s.evalData, 'dataset.params.eval_shards_path_or_url') : source
-  checkNetworks(resolved)
+  // Pretokenized codes describe the centre crop: they are the batch's targets only when training crops just that.
+  const centreCrop = !s.randomCrop && !s.randomFlip && s.resizeShorterEdge === s.cropSize
+  const pretokenized = await hasCodes(source)
+  checkNetworks(resolved, pretokenized && centreCrop)
   const latest = latestCheckpoint(s.outputDir)
   const resume = options.resume ?? s.resume
   if (latest && !resume) {
@@ -174,12 +188,17 @@ export async function train(config: object, options?: TrainOptions): Promise<Tra
       batchSize: s.batchSize,
       onSkip: (k) => progress.note(`marvel: skipped ${k.where}: ${k.message}`),
     })
-    const validation = writer ? await validationBatch(evalSource, s.numGeneratedImages, s.resizeShorterEdge, s.cropSize) : null
+    const evaluates = s.evalEvery > 0 || s.generateEvery > 0
+    const validation = writer && evaluates ? await validationBatch(evalSource, s.numGeneratedImages, s.resizeShorterEdge, s.cropSize) : null
     if (writer) {
       mkdirSync(join(s.outputDir, 'grids'), { recursive: true })
       sinks.push(...createSinks(join(s.outputDir, 'logs'), latest ? trainer.startStep : undefined))
     }
     if (latest) progress.note(`marvel: resuming ${latest} at step ${trainer.startStep}`)
+    const useCodes = pretokenized && centreCrop && trainer.recipe === 'stage1'
+    if (pretokenized && !useCodes && trainer.recipe === 'stage1') {
+      progress.note('marvel: the shards\' pretokenized codes describe centre crops; with random_crop or random_flip (or resize_shorter_edge ≠ crop_size) the trainer encodes each batch itself')
+    }
 
     let step = trainer.startStep
     let position: StreamPosition = saved?.stream ?? stream.position()
@@ -198,7 +217,7 @@ export async function train(config: object, options?: TrainOptions): Promise<Tra
       let r
       do {
         const batch = await data.next()
-        r = await stepBatch(trainer, { images: batch.images })
+        r = await stepBatch(trainer, { images: batch.images, ...(useCodes && batch.codes ? { proxyCodes: batch.codes } : {}) })
         micro++
         lossSum += r.loss
         for (const [k, v] of Object.entries(r.components)) parts[k] = (parts[k] ?? 0) + v

@@ -194,16 +194,19 @@ export function expectedRecipe(config: ConfigObject): string {
 /** Keys naming pretrained networks; each named file must exist before a trainer is built (an L-32 takes a while). */
 const NETWORK_KEYS = ['model.vq_model.pretrained_tokenizer_weight', 'losses.perceptual_weights', 'losses.discriminator_weights'] as const
 
-/** Every network file the config names exists, and the recipe's required ones are named. */
-export function checkNetworks(config: ConfigObject): void {
+/**
+ * Every network file the config names exists, and the recipe's required ones are named. `pretokenized`: the data
+ * carries stage 1's codes in a form training uses, so the MaskGIT-VQGAN is not needed.
+ */
+export function checkNetworks(config: ConfigObject, pretokenized = false): void {
   const recipe = expectedRecipe(config)
   const value = (key: string) => {
     const [a, ...rest] = key.split('.')
     const v = section(config, [a, ...rest.slice(0, -1)].join('.'), false)[rest[rest.length - 1]]
     return typeof v === 'string' && v !== '' ? v : null
   }
-  if (recipe === 'stage1' && value('model.vq_model.pretrained_tokenizer_weight') === null) {
-    throw configError('the stage-1 recipe needs model.vq_model.pretrained_tokenizer_weight (the MaskGIT-VQGAN whose codes it learns)')
+  if (recipe === 'stage1' && !pretokenized && value('model.vq_model.pretrained_tokenizer_weight') === null) {
+    throw configError('the stage-1 recipe needs model.vq_model.pretrained_tokenizer_weight (the MaskGIT-VQGAN whose codes it learns), or shards made by marvel pretokenize with random_crop and random_flip false')
   }
   if (recipe === 'stage2' && value('losses.perceptual_weights') === null) {
     throw configError('the stage-2 recipe needs losses.perceptual_weights (torchvision convnext_small weights for the perceptual loss)')
