@@ -3,6 +3,7 @@ import type { Command } from 'commander'
 
 import { pretokenize } from '../data/pretokenize.js'
 import { positiveInt } from './common.js'
+import { rankValue } from './train.js'
 
 export function registerPretokenize(program: Command): void {
   program
@@ -19,8 +20,8 @@ export function registerPretokenize(program: Command): void {
     .requiredOption('--maskgit <weights>', 'MaskGIT-VQGAN weights file, or a folder with one')
     .requiredOption('-o, --out <dir>', 'folder for the new shards')
     .option('-b, --batch-size <n>', 'images per MaskGIT call', positiveInt('--batch-size', 4096), 16)
-    .option('--rank <n>', 'this process\'s rank (default: $RANK, else 0)', (v) => Number(v))
-    .option('--world-size <n>', 'number of ranks (default: $WORLD_SIZE, else 1)', (v) => Number(v))
+    .option('--rank <n>', 'this process\'s rank (default: $RANK, else 0)', rankValue('--rank', 0))
+    .option('--world-size <n>', 'number of ranks (default: $WORLD_SIZE, else 1)', rankValue('--world-size', 1))
     .action((shards: string, flags: { maskgit: string; out: string; batchSize: number; rank?: number; worldSize?: number }) => run(shards, flags))
 }
 

@@ -6,7 +6,8 @@ import { isLoopKey } from '../train/settings.js'
 import { loadTrainingConfig } from '../train/yaml-config.js'
 import { UsageError } from './common.js'
 
-function rankValue(flag: string, min: number): (value: string) => number {
+/** commander parser for --rank / --world-size. */
+export function rankValue(flag: string, min: number): (value: string) => number {
   return (value) => {
     if (!/^\d+$/.test(value.trim()) || Number(value) < min) throw new InvalidArgumentError(`${flag} must be an integer ≥ ${min}, got ${JSON.stringify(value)}`)
     return Number(value)
