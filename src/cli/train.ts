@@ -2,7 +2,6 @@
 import { InvalidArgumentError, type Command } from 'commander'
 
 import { train } from '../train/loop.js'
-import { isLoopKey } from '../train/settings.js'
 import { loadTrainingConfig } from '../train/yaml-config.js'
 import { UsageError } from './common.js'
 
@@ -35,11 +34,7 @@ export function registerTrain(program: Command): void {
 async function run(settings: string[], flags: { resume?: boolean; rank?: number; worldSize?: number }): Promise<void> {
   const configs = settings.filter((s) => s.startsWith('config='))
   if (configs.length !== 1) throw new UsageError(`give exactly one config=<file.yaml>, got ${configs.length}`)
-  const config = loadTrainingConfig(
-    configs[0].slice('config='.length),
-    settings.filter((s) => !s.startsWith('config=')),
-    isLoopKey,
-  )
+  const config = loadTrainingConfig(configs[0].slice('config='.length), settings.filter((s) => !s.startsWith('config=')))
   const stop = new AbortController()
   let signals = 0
   const onSignal = (name: string) => {

@@ -134,7 +134,9 @@ export async function train(config: object, options?: TrainOptions): Promise<Tra
 
   // Everything that can be checked without training is checked before the trainer is built.
   const source = resolveSource(s.trainData, 'dataset.params.train_shards_path_or_url')
-  const evalSource = s.evalData ? resolveSource(s.evalData, 'dataset.params.eval_shards_path_or_url') : source
+  // Evaluation data is read only when evaluations are due; then it must exist from the start too.
+  const evaluates = s.evalEvery > 0 || s.generateEvery > 0
+  const evalSource = evaluates && s.evalData ? resolveSource(s.evalData, 'dataset.params.eval_shards_path_or_url') : source
   // Pretokenized codes describe the centre crop: they are the batch's targets only when training crops just that.
   const centreCrop = !s.randomCrop && !s.randomFlip && s.resizeShorterEdge === s.cropSize
   const pretokenized = await hasCodes(source)
@@ -188,7 +190,6 @@ export async function train(config: object, options?: TrainOptions): Promise<Tra
       batchSize: s.batchSize,
       onSkip: (k) => progress.note(`marvel: skipped ${k.where}: ${k.message}`),
     })
-    const evaluates = s.evalEvery > 0 || s.generateEvery > 0
     const validation = writer && evaluates ? await validationBatch(evalSource, s.numGeneratedImages, s.resizeShorterEdge, s.cropSize) : null
     if (writer) {
       mkdirSync(join(s.outputDir, 'grids'), { recursive: true })

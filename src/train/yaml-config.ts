@@ -10,6 +10,7 @@ import YAML from 'yaml'
 
 import { MarvelError, invalidParameter } from '../errors.js'
 import { pathParameter } from '../files.js'
+import { isLoopKey } from './settings.js'
 
 export type ConfigObject = Record<string, unknown>
 
@@ -169,12 +170,16 @@ function setAt(root: ConfigObject, path: string, value: unknown): void {
   if (isObject(node) || Array.isArray(node)) (node as Record<string, unknown>)[parts[parts.length - 1]] = value
 }
 
-/** Reads, overrides and resolves a config file: what `marvel train config=<file> key=value ...` trains with. */
-export function loadTrainingConfig(path: string, overrides: readonly string[] = [], known?: (path: string) => boolean): ConfigObject {
+/**
+ * Reads, overrides and resolves a config file: what `marvel train config=<file> key=value ...` trains with. An
+ * override may add a key the file lacks when `known(key)` says it exists (default: the keys the loop reads, and any
+ * key in the sections the core checks when the trainer is created).
+ */
+export function loadTrainingConfig(path: string, overrides: readonly string[] = [], known: (path: string) => boolean = isLoopKey): ConfigObject {
   pathParameter('loadTrainingConfig', 'path', path)
   if (!Array.isArray(overrides) || !Array.from(overrides).every((o) => typeof o === 'string')) {
     throw invalidParameter('loadTrainingConfig', 'overrides', 'an array of "key=value" strings', overrides)
   }
-  if (known !== undefined && typeof known !== 'function') throw invalidParameter('loadTrainingConfig', 'known', 'a function of a dotted key', known)
+  if (typeof known !== 'function') throw invalidParameter('loadTrainingConfig', 'known', 'a function of a dotted key', known)
   return resolveReferences(applyOverrides(readConfigFile(path), overrides, known))
 }
