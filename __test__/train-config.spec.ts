@@ -77,6 +77,12 @@ describe('overrides', () => {
     expect((applyOverrides(base(), ['experiment.keep=5', 'training.max_train_steps=9'], isLoopKey) as any).experiment.keep).toBe(5)
   })
 
+  it('loadTrainingConfig adds loop and core keys the file lacks, and nothing else', () => {
+    const c = loadTrainingConfig(join(configs, 'tiny.yaml'), ['experiment.generate_every=5', 'training.recipe=single']) as any
+    expect([c.experiment.generate_every, c.training.recipe]).toEqual([5, 'single'])
+    expect(() => loadTrainingConfig(join(configs, 'tiny.yaml'), ['experiment.generate_evry=5'])).toThrow(configError('unknown key experiment.generate_evry'))
+  })
+
   it('refuse unknown keys and wrong types, naming the key', () => {
     expect(() => applyOverrides(base(), ['training.per_gpu_batch_size=eight'], isLoopKey)).toThrow(configError('training.per_gpu_batch_size is a number, got "eight"'))
     expect(() => applyOverrides(base(), ['experiment.resume=maybe'], isLoopKey)).toThrow(configError('experiment.resume is a boolean'))

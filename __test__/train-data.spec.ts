@@ -234,6 +234,10 @@ describe('augmentation', () => {
     const centre = await augment(png, aug, [0.5, 0.5, 0.9])
     const reference = await prepareImage(png, { size: 32 })
     expect(Buffer.from(centre).equals(Buffer.from(reference.data))).toBe(true)
+    // A large JPEG too: no shrink-on-load shortcut, so pretokenized codes describe exactly the training crop.
+    const jpg = await encoded(5, 'jpg', 640, 480)
+    const big = await augment(jpg, { ...aug, resizeShorterEdge: 64, cropSize: 64 }, [0.5, 0.5, 0.9])
+    expect(Buffer.from(big).equals(Buffer.from((await prepareImage(jpg, { size: 64 })).data))).toBe(true)
     // 48x40 -> 38x32: crops at x = 0 and x = 6 are the resized image's edges.
     const left = await augment(png, { ...aug, randomCrop: true }, [0, 0, 0.9])
     const right = await augment(png, { ...aug, randomCrop: true }, [0.9999, 0, 0.9])

@@ -218,6 +218,14 @@ describe('marvel train', () => {
       },
     })
     expect(seen).toEqual([1, 2, 3, 4, 5, 6, 7])
+    // Evaluation shards are read only when evaluations are due, and then must exist from the start.
+    const evalMissing = { ...config, dataset: { ...(config.dataset as object), params: { ...(config.dataset as any).params, eval_shards_path_or_url: join(work, 'val-{0..1}.tar') } } }
+    await expect(train({ ...evalMissing, experiment: { ...(config.experiment as object), output_dir: join(work, 'api-eval'), eval_every: 5 } }, { progress: false })).rejects.toMatchObject({
+      code: 'MARVEL_IO',
+      message: expect.stringContaining('dataset.params.eval_shards_path_or_url: shards not found'),
+    })
+    const noEval = await train({ ...evalMissing, experiment: { ...(config.experiment as object), output_dir: join(work, 'api-no-eval'), eval_every: 0 }, training: { ...(config.training as object), max_train_steps: 2 } }, { progress: false })
+    expect(noEval.step).toBe(2)
     expect(result).toEqual({ step: 7, stopped: true, outputDir: out, checkpoint: join(out, 'checkpoint-7') })
     await expect(train(config, { progress: false, resume: true, rank: 1, worldSize: 2 })).rejects.toMatchObject({ code: 'MARVEL_INVALID_ARGUMENT', message: /world size 2/ })
   })

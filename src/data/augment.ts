@@ -28,18 +28,23 @@ export async function augment(bytes: Uint8Array, aug: Augmentation, draws: reado
   const short = aug.resizeShorterEdge
   const size = aug.cropSize
   try {
-    const input = sharp(bytes, { failOn: 'error', pages: 1, page: 0 })
-    const { width: w, height: h } = await input.metadata()
-    if (!w || !h) throw new Error('no image size in the header')
+    // Decoded in full before resizing, as prepareImage (and PIL in the reference) does: resizing straight from the
+    // file would let libvips shrink a JPEG or WebP on load (DCT scaling), a different filter, and pretokenized
+    // codes (computed on prepareImage's crop) would then describe other pixels.
+    const decoded = await sharp(bytes, { failOn: 'error', pages: 1, page: 0 })
+      .toColourspace('srgb')
+      .removeAlpha()
+      .raw({ depth: 'uchar' })
+      .toBuffer({ resolveWithObject: true })
+    const { width: w, height: h, channels } = decoded.info
+    if (channels !== 3) throw new Error(`decoder gave ${channels} channels`)
     // torchvision's Resize(int): the shorter side becomes `short`, the longer int(short * long / short).
     const [nw, nh] = w <= h ? [short, Math.floor((short * h) / w)] : [Math.floor((short * w) / h), short]
     const left = aug.randomCrop ? Math.floor(draws[0] * (nw - size + 1)) : roundHalfEven((nw - size) / 2)
     const top = aug.randomCrop ? Math.floor(draws[1] * (nh - size + 1)) : roundHalfEven((nh - size) / 2)
-    let pipeline = input
-      .toColourspace('srgb')
-      .removeAlpha()
-      .resize(nw, nh, { fit: 'fill', kernel: 'cubic' })
-      .extract({ left, top, width: size, height: size })
+    let pipeline = sharp(decoded.data, { raw: { width: w, height: h, channels: 3 } })
+    if (w !== nw || h !== nh) pipeline = pipeline.resize(nw, nh, { fit: 'fill', kernel: 'cubic' })
+    pipeline = pipeline.extract({ left, top, width: size, height: size })
     if (aug.randomFlip && draws[2] < 0.5) pipeline = pipeline.flop()
     const { data, info } = await pipeline.raw({ depth: 'uchar' }).toBuffer({ resolveWithObject: true })
     if (info.channels !== 3 || data.length !== size * size * 3) throw new Error(`decoder gave ${info.width}x${info.height}x${info.channels}`)
