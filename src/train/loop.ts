@@ -99,6 +99,57 @@ function savedPosition(value: unknown, checkpoint: string, ranks: Ranks): { time
   return { time: p.time, stream: p.ranks[ranks.rank] }
 }
 
+/** A resumed trainer keeps its checkpoint's model, losses, optimizer and schedule: a config that changed them is refused. */
+function checkUnchanged(latest: string, config: ConfigObject, outputDir: string): void {
+  let saved: ConfigObject
+  try {
+    saved = JSON.parse(readFileSync(join(latest, 'config.json'), 'utf8'))
+  } catch (e) {
+    throw new MarvelError('MARVEL_CHECKPOINT', `cannot read ${join(latest, 'config.json')}: ${(e as Error).message}`, { cause: e })
+  }
+  const changed = changedSinceCheckpoint(config, saved)
+  if (changed.length > 0) {
+    throw new MarvelError('MARVEL_CONFIG', `the run in ${outputDir} was started with other settings, which its checkpoint keeps: ${changed.join('; ')}; start a new run (another experiment.output_dir) to change them`)
+  }
+}
+
+/**
+ * Micro-batches until the trainer updates the weights (`gradient_accumulation_steps` of them): the update's step,
+ * lr and gradient norm, the data position after its last batch, and the loss and its parts averaged over the batches.
+ */
+async function optimizerStep(trainer: Trainer, data: BatchStream, useCodes: boolean) {
+  let micro = 0
+  let images = 0
+  let lossSum = 0
+  const parts: Record<string, number> = {}
+  for (;;) {
+    const batch = await data.next()
+    const r = await stepBatch(trainer, { images: batch.images, ...(useCodes && batch.codes ? { proxyCodes: batch.codes } : {}) })
+    micro++
+    images += batch.size
+    lossSum += r.loss
+    for (const [k, v] of Object.entries(r.components)) parts[k] = (parts[k] ?? 0) + v
+    if (r.gradNorm !== null) {
+      const components = Object.fromEntries(Object.entries(parts).map(([k, v]) => [k, v / micro]))
+      return { result: { step: r.step, lr: r.lr, gradNorm: r.gradNorm, position: batch.position }, loss: lossSum / micro, components, images }
+    }
+  }
+}
+
+/** A logged step's scalars under the names `TrainingSink` documents. */
+function stepScalars(report: StepReport): Record<string, number> {
+  const values: Record<string, number> = {
+    time: report.time,
+    lr: report.lr,
+    loss: report.loss,
+    grad_norm: report.gradNorm,
+    images_per_second: report.imagesPerSecond,
+  }
+  for (const [k, v] of Object.entries(report.components)) values[`components/${k}`] = v
+  for (const [k, v] of Object.entries(report.skipped)) if (v) values[`skipped/${k}`] = v
+  return values
+}
+
 function evalDue(s: LoopSettings, step: number): boolean {
   return (s.evalEvery > 0 && step % s.evalEvery === 0) || (s.generateEvery > 0 && step % s.generateEvery === 0)
 }
@@ -151,20 +202,8 @@ export async function train(config: object, options?: TrainOptions): Promise<Tra
   const part = unitsOfRank(source.units, ranks.rank, ranks.worldSize)
   const mine: DataSource = { ...source, units: part.units }
 
-  if (latest) {
-    let saved: ConfigObject
-    try {
-      saved = JSON.parse(readFileSync(join(latest, 'config.json'), 'utf8'))
-    } catch (e) {
-      throw new MarvelError('MARVEL_CHECKPOINT', `cannot read ${join(latest, 'config.json')}: ${(e as Error).message}`, { cause: e })
-    }
-    const changed = changedSinceCheckpoint(resolved, saved)
-    if (changed.length > 0) {
-      throw new MarvelError('MARVEL_CONFIG', `the run in ${s.outputDir} was started with other settings, which its checkpoint keeps: ${changed.join('; ')}; start a new run (another experiment.output_dir) to change them`)
-    }
-  } else if (resume) {
-    progress.note(`marvel: no checkpoint in ${s.outputDir} yet; starting a new run`)
-  }
+  if (latest) checkUnchanged(latest, resolved, s.outputDir)
+  else if (resume) progress.note(`marvel: no checkpoint in ${s.outputDir} yet; starting a new run`)
   const trainer = latest ? await Trainer.resume(latest) : await Trainer.create(resolved, { seed: s.seed, ...(s.initWeight ? { init: s.initWeight } : {}) })
   let data: BatchStream | undefined
   const sinks: TrainingSink[] = []
@@ -212,19 +251,9 @@ export async function train(config: object, options?: TrainOptions): Promise<Tra
     const stopped = () => options.signal?.aborted === true
 
     while (step < s.maxTrainSteps && !stopped()) {
-      let micro = 0
-      let lossSum = 0
-      const parts: Record<string, number> = {}
-      let r
-      do {
-        const batch = await data.next()
-        r = await stepBatch(trainer, { images: batch.images, ...(useCodes && batch.codes ? { proxyCodes: batch.codes } : {}) })
-        micro++
-        lossSum += r.loss
-        for (const [k, v] of Object.entries(r.components)) parts[k] = (parts[k] ?? 0) + v
-        window.images += batch.size
-        position = batch.position
-      } while (r.gradNorm === null)
+      const { result: r, loss, components, images } = await optimizerStep(trainer, data, useCodes)
+      window.images += images
+      position = r.position
       step = r.step
       const t = now()
       secondsPerStep = secondsPerStep === 0 ? t - stepStart : 0.9 * secondsPerStep + 0.1 * (t - stepStart)
@@ -234,24 +263,15 @@ export async function train(config: object, options?: TrainOptions): Promise<Tra
         maxTrainSteps: s.maxTrainSteps,
         time: t,
         lr: r.lr,
-        loss: lossSum / micro,
-        components: Object.fromEntries(Object.entries(parts).map(([k, v]) => [k, v / micro])),
+        loss,
+        components,
         gradNorm: r.gradNorm,
         imagesPerSecond: window.images / Math.max(t - window.time, 1e-9),
         skipped: position.skipped,
       }
       progress.update({ step, total: s.maxTrainSteps, loss: report.loss, lr: report.lr, imagesPerSecond: report.imagesPerSecond, secondsPerStep })
       if (writer && step % s.logEvery === 0) {
-        const values: Record<string, number> = {
-          time: t,
-          lr: report.lr,
-          loss: report.loss,
-          grad_norm: report.gradNorm,
-          images_per_second: report.imagesPerSecond,
-        }
-        for (const [k, v] of Object.entries(report.components)) values[`components/${k}`] = v
-        for (const [k, v] of Object.entries(report.skipped)) if (v) values[`skipped/${k}`] = v
-        for (const sink of sinks) sink.scalars(step, values)
+        for (const sink of sinks) sink.scalars(step, stepScalars(report))
         window = { time: t, images: 0 }
       }
       await options.onStep?.(report)
