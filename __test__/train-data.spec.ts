@@ -12,7 +12,7 @@ import { Random } from '../src/data/random.js'
 import { expandBraces, resolveSource, unitsOfRank, type DataSource } from '../src/data/shards.js'
 import { SampleStream, splitKey, type Sample } from '../src/data/stream.js'
 import { TarError, TarReader } from '../src/data/tar.js'
-import { prepareImage } from '../src/index.js'
+import { MarvelError, prepareImage } from '../src/index.js'
 import { encoded, writeShard, writeShards } from './helpers/shards.js'
 
 let work: string
@@ -110,6 +110,17 @@ describe('tar reader', () => {
       const { errors, steps } = await walk(path)
       expect(steps, `case ${i}`).toBeLessThan(100_000)
       for (const e of errors) expect([e.code, e.message], `case ${i}`).toEqual(['MARVEL_IO', expect.stringMatching(/^(corrupt|truncated) tar .* at byte \d+: /)])
+      // The stream over it: samples, or the coded "nothing readable" error — never a hang or a bare exception.
+      if (i % 5 === 0) {
+        const stream = await SampleStream.open({ kind: 'shards', units: [path] }, { seed: i, bufferSize: 2 })
+        try {
+          for (let k = 0; k < 3; k++) await stream.next()
+        } catch (e) {
+          expect([(e as MarvelError).code, (e as Error).message], `case ${i}`).toEqual(['MARVEL_IO', expect.stringContaining('no readable sample in a whole epoch')])
+        } finally {
+          await stream.close()
+        }
+      }
     }
   })
 
