@@ -131,9 +131,14 @@ describe('marvel train', () => {
     expect(latest.startStep).toBeGreaterThanOrEqual(20)
     latest.dispose()
 
+    // What a kill inside a save leaves behind is cleared when the run resumes.
+    mkdirSync(join(out, '.checkpoint-30.partial-99999'))
+    writeFileSync(join(out, '.checkpoint-30.partial-99999', 'model.safetensors'), 'half')
     const r = marvel(['train', ...settings(out), '--resume'])
     expect(r.code, r.stderr).toBe(0)
     expect(r.stderr).toContain(`marvel: resuming ${join(out, 'checkpoint-')}`)
+    expect(r.stderr).toContain(`marvel: removed ${join(out, '.checkpoint-30.partial-99999')}, left half-written by an earlier run`)
+    expect(readdirSync(out).filter((n) => n.startsWith('.'))).toEqual([])
     expect(trajectory(out)).toEqual(trajectory(straight()))
     for (const file of ['model.safetensors', 'ema.safetensors', 'optimizer.safetensors']) {
       expect(readFileSync(join(out, 'checkpoint-50', file)).equals(readFileSync(join(straight(), 'checkpoint-50', file))), file).toBe(true)

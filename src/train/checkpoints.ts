@@ -83,3 +83,20 @@ export async function saveCheckpoint(trainer: Trainer, outputDir: string, step: 
   }
   return dir
 }
+
+/**
+ * Removes what a killed run left half-written: checkpoint folders being written (`.checkpoint-<step>.partial-<pid>`,
+ * as large as a checkpoint) or being replaced, and `latest` links being made. Called by the only writer before it
+ * writes anything, so nothing in flight is removed.
+ */
+export function removeLeftovers(outputDir: string): string[] {
+  let names: string[]
+  try {
+    names = readdirSync(outputDir)
+  } catch {
+    return []
+  }
+  const stale = names.filter((n) => /^\.checkpoint-\d+\.(partial|old)-\d+$/.test(n) || /^\.latest-\d+$/.test(n))
+  for (const n of stale) rmSync(join(outputDir, n), { recursive: true, force: true })
+  return stale
+}

@@ -13,7 +13,7 @@ import { resolveSource, unitsOfRank, type DataSource } from '../data/shards.js'
 import { SampleStream, type StreamPosition } from '../data/stream.js'
 import { MarvelError, integerParameter, invalidParameter, optionsParameter } from '../errors.js'
 import { Trainer } from '../trainer.js'
-import { latestCheckpoint, saveCheckpoint } from './checkpoints.js'
+import { latestCheckpoint, removeLeftovers, saveCheckpoint } from './checkpoints.js'
 import { evaluate, validationBatch } from './evaluate.js'
 import { MetricsJsonl, type TrainingSink } from './log.js'
 import { TrainProgress, type ProgressStream } from './progress.js'
@@ -231,6 +231,7 @@ export async function train(config: object, options?: TrainOptions): Promise<Tra
     })
     const validation = writer && evaluates ? await validationBatch(evalSource, s.numGeneratedImages, s.resizeShorterEdge, s.cropSize) : null
     if (writer) {
+      for (const n of removeLeftovers(s.outputDir)) progress.note(`marvel: removed ${join(s.outputDir, n)}, left half-written by an earlier run`)
       mkdirSync(join(s.outputDir, 'grids'), { recursive: true })
       sinks.push(...createSinks(join(s.outputDir, 'logs'), latest ? trainer.startStep : undefined))
     }
