@@ -1,7 +1,8 @@
 // Does data loading keep up with training? The same config trained twice for STEPS steps: through `train()` on
 // generated JPEG shards (tar reading, shuffling, sharp decode + augmentation, batching, logging, no checkpoints in
 // between), and as `Trainer.step` on one fixed batch. Prints steps/s of each and their ratio (1.0: loading costs
-// nothing; below 0.9 the loop waits for data).
+// nothing; below 0.9 the loop waits for data), and the process's RSS during the loop (flat: the data pipeline's
+// memory is bounded by the shuffle buffer and two batches in flight, not by the number of steps).
 //
 //   node bench/train-loop.mjs                                  # configs/tiny.yaml, batch 4, 320x240 JPEGs
 //   CONFIG=configs/marvel_s128_single.yaml BATCH=8 STEPS=20 node bench/train-loop.mjs
@@ -52,10 +53,17 @@ try {
   // 1. The loop, data and all.
   let start = 0
   let end = 0
+  let rssAfterWarmup = 0
+  let rssPeak = 0
   await train(config, {
     progress: false,
     onStep: (r) => {
-      if (r.step === WARMUP) start = performance.now()
+      const rss = process.memoryUsage().rss
+      if (r.step === WARMUP) {
+        start = performance.now()
+        rssAfterWarmup = rss
+      }
+      rssPeak = Math.max(rssPeak, rss)
       end = performance.now()
     },
   })
@@ -71,9 +79,10 @@ try {
   const fixedRate = (STEPS / (performance.now() - t0)) * 1000
   trainer.dispose()
 
-  const result = { config: CONFIG, batch: BATCH, steps: STEPS, images: `${IMAGES} JPEG ${W}x${H}`, threads: getNumThreads(), loopStepsPerSecond: loopRate, fixedBatchStepsPerSecond: fixedRate, ratio: loopRate / fixedRate }
+  const result = { config: CONFIG, batch: BATCH, steps: STEPS, images: `${IMAGES} JPEG ${W}x${H}`, threads: getNumThreads(), loopStepsPerSecond: loopRate, fixedBatchStepsPerSecond: fixedRate, ratio: loopRate / fixedRate, rssAfterWarmupMB: rssAfterWarmup / 2 ** 20, rssPeakMB: rssPeak / 2 ** 20 }
   console.log(JSON.stringify(result))
   console.log(`train() ${loopRate.toFixed(2)} steps/s, fixed batch ${fixedRate.toFixed(2)} steps/s: ratio ${(loopRate / fixedRate).toFixed(3)}`)
+  console.log(`RSS during train(): ${result.rssAfterWarmupMB.toFixed(0)} MB after warm-up, ${result.rssPeakMB.toFixed(0)} MB at most`)
 } finally {
   rmSync(work, { recursive: true, force: true })
 }
