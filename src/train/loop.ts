@@ -204,6 +204,14 @@ export async function train(config: object, options?: TrainOptions): Promise<Tra
 
   if (latest) checkUnchanged(latest, resolved, s.outputDir)
   else if (resume) progress.note(`marvel: no checkpoint in ${s.outputDir} yet; starting a new run`)
+  if (writer) {
+    // Before the trainer is built (an L-32 takes a while): an output folder that cannot be made fails now.
+    try {
+      mkdirSync(join(s.outputDir, 'grids'), { recursive: true })
+    } catch (e) {
+      throw new MarvelError('MARVEL_IO', `cannot create experiment.output_dir ${s.outputDir}: ${(e as Error).message}`, { cause: e })
+    }
+  }
   const trainer = latest ? await Trainer.resume(latest) : await Trainer.create(resolved, { seed: s.seed, ...(s.initWeight ? { init: s.initWeight } : {}) })
   let data: BatchStream | undefined
   const sinks: TrainingSink[] = []
@@ -232,7 +240,6 @@ export async function train(config: object, options?: TrainOptions): Promise<Tra
     const validation = writer && evaluates ? await validationBatch(evalSource, s.numGeneratedImages, s.resizeShorterEdge, s.cropSize) : null
     if (writer) {
       for (const n of removeLeftovers(s.outputDir)) progress.note(`marvel: removed ${join(s.outputDir, n)}, left half-written by an earlier run`)
-      mkdirSync(join(s.outputDir, 'grids'), { recursive: true })
       sinks.push(...createSinks(join(s.outputDir, 'logs'), latest ? trainer.startStep : undefined))
     }
     if (latest) progress.note(`marvel: resuming ${latest} at step ${trainer.startStep}`)
