@@ -1,5 +1,5 @@
 /** The training data pipeline: tar reading (and fuzzing it), shard lists, the seeded stream and its position, damage. */
-import { execFileSync } from 'node:child_process'
+import { execFileSync, spawnSync } from 'node:child_process'
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, truncateSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -122,6 +122,21 @@ describe('tar reader', () => {
         }
       }
     }
+  })
+
+  const python = spawnSync('python3', ['-c', 'import tarfile'], { encoding: 'utf8' }).status === 0
+  it.skipIf(!python)(`reads what Python's tarfile writes (pax, as webdataset's ShardWriter does)${python ? '' : ' (skipped: no python3)'}`, async () => {
+    const path = join(work, 'py.tar')
+    const script = [
+      'import io, sys, tarfile',
+      'with tarfile.open(sys.argv[1], "w", format=tarfile.PAX_FORMAT) as t:',
+      '    for name, data in [("a" * 150 + "/k.jpg", b"x" * 700), ("caf\u00e9.cls", b"1"), ("big.bin", b"y" * 5000)]:',
+      '        info = tarfile.TarInfo(name); info.size = len(data); t.addfile(info, io.BytesIO(data))',
+    ].join('\n')
+    execFileSync('python3', ['-c', script, path])
+    const { names, errors } = await walk(path)
+    expect(errors).toEqual([])
+    expect(names).toEqual([`${'a'.repeat(150)}/k.jpg`, 'caf\u00e9.cls', 'big.bin'])
   })
 
   it('splits webdataset keys at the first dot of the file name', () => {
