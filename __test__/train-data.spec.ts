@@ -180,6 +180,14 @@ describe('shard lists', () => {
       await s.close()
     }
     expect(keys).toEqual([['s00000', 's00002'], ['s00001', 's00003']])
+    // The stride runs over the endless stream, not within an epoch: with one sample and four ranks, rank 3 gets it
+    // on the fourth pass rather than waiting forever.
+    const single = join(work, 'single.tar')
+    await writeShard(single, [['only.png', await encoded(0, 'png')]])
+    const lonely = await SampleStream.open({ kind: 'shards', units: [single] }, { seed: 1, bufferSize: 0, sampleStride: 4, sampleOffset: 3 })
+    expect((await lonely.next()).key).toBe('only')
+    expect(lonely.position()).toMatchObject({ epoch: 3, read: 4 })
+    await lonely.close()
   })
 })
 
