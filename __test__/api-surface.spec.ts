@@ -17,6 +17,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import * as api from '../src/index.js'
 import { MarvelError, MaskgitVqgan, Tokenizer, Tokens, Trainer } from '../src/index.js'
 import { hasParity, parityDir } from './helpers/fixtures.js'
+import { imageFolder, tinyYaml, writeShards } from './helpers/shards.js'
 import { tinyConfig, tinyModel } from './helpers/models.js'
 import { images, tinyTrainingConfig } from './helpers/training.js'
 
@@ -80,6 +81,8 @@ beforeAll(async () => {
   png = await sharp(Buffer.from(rgb(32).data), { raw: { width: 32, height: 32, channels: 3 } }).png().toBuffer()
   if (hasParity) vq = await MaskgitVqgan.fromPretrained(join(parityDir, 'maskgit_vqgan'))
   trainer = await Trainer.create(tinyTrainingConfig(), { seed: 1 })
+  await writeShards(join(work, 'shards'), 1, 2)
+  await imageFolder(join(work, 'images'), 2)
 })
 
 afterAll(() => {
@@ -141,6 +144,17 @@ const ROWS: Record<string, Row> = {
   'Trainer#applyGradients': { args: () => [new Float32Array(trainer.gradientLength)], call: (a) => trainer.applyGradients(a as never) },
   'Trainer#reconstruct': { args: () => [images(1), {}], call: (a, b) => trainer.reconstruct(a as never, b as never), options: 1 },
   'Trainer#dispose': { args: () => [], call: () => undefined },
+
+  makeShards: { args: () => [join(work, 'images'), { out: join(work, 'made'), perShard: 1 }], call: (a, b) => api.makeShards(a as never, b as never), options: 1 },
+  loadTrainingConfig: { args: () => [tinyYaml, ['training.max_train_steps=1']], call: (a, b) => api.loadTrainingConfig(a as never, b as never) },
+  train: {
+    args: () => [
+      api.loadTrainingConfig(tinyYaml, [`dataset.params.train_shards_path_or_url=${join(work, 'shards')}`, `experiment.output_dir=${join(work, 'run')}`, 'training.max_train_steps=1']),
+      { progress: false, resume: true },
+    ],
+    call: (a, b) => api.train(a as never, b as never),
+    options: 1,
+  },
 }
 
 /** Rows that need the MaskGIT-VQGAN fixture model. */

@@ -21,6 +21,10 @@ export {
   type TokenizerInfo,
 } from './tokenizer.js'
 export { getNumThreads, setNumThreads } from './threads.js'
+export { makeShards, type MadeShards, type MakeShardsOptions } from './data/make-shards.js'
+export { train, type StepReport, type TrainOptions, type TrainResult } from './train/loop.js'
+export { type TrainingSink } from './train/log.js'
+export { loadTrainingConfig } from './train/yaml-config.js'
 export { Trainer, type GradientsResult, type StepOptions, type TrainStepResult, type TrainerCreateOptions } from './trainer.js'
 
 export {

@@ -12,7 +12,10 @@ import { UsageError } from './common.js'
 import { registerDecode } from './decode.js'
 import { registerEncode } from './encode.js'
 import { registerInfo } from './info.js'
+import { registerMakeShards } from './make-shards.js'
+import { registerPretokenize } from './pretokenize.js'
 import { registerReconstruct } from './reconstruct.js'
+import { registerTrain } from './train.js'
 
 const EXIT_FAILURE = 1
 const EXIT_USAGE = 2
@@ -48,6 +51,9 @@ function program(): Command {
   registerDecode(root)
   registerReconstruct(root)
   registerInfo(root)
+  registerTrain(root)
+  registerMakeShards(root)
+  registerPretokenize(root)
   return root
 }
 
