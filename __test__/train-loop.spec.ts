@@ -11,6 +11,7 @@ import { join } from 'node:path'
 import sharp from 'sharp'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 
+import { readTensorBoardEvents } from '../src/train/tensorboard.js'
 import { Trainer, loadTrainingConfig, train } from '../src/index.js'
 import { cli, encoded, ensureBuilt, imageFolder, tinyYaml, writeShard, writeShards } from './helpers/shards.js'
 
@@ -112,6 +113,18 @@ describe('marvel train', () => {
     // keep: 2 — the last two checkpoints, latest on the newest.
     expect(readdirSync(straight()).filter((f) => f.startsWith('checkpoint-')).sort()).toEqual(['checkpoint-40', 'checkpoint-50'])
     expect(readlinkSync(join(straight(), 'latest'))).toBe('checkpoint-50')
+    // The same scalars in TensorBoard's event file, every record's CRCs checked by the reader.
+    const events = readdirSync(join(straight(), 'logs')).filter((f) => f.startsWith('events.out.tfevents.'))
+    expect(events).toHaveLength(1)
+    const tb = await readTensorBoardEvents(join(straight(), 'logs', events[0]))
+    expect(tb.truncated).toBe(false)
+    const tbLoss = tb.scalars.filter((e) => e.tag === 'loss')
+    expect(tbLoss.map((e) => e.step)).toEqual(steps.map((l) => l.step))
+    tbLoss.forEach((e, i) => expect(e.value).toBeCloseTo(steps[i].loss!, 6))
+    expect(tb.images.map((i) => [i.tag, i.step, i.width, i.height])).toEqual([
+      ['reconstruction', 25, 128, 128],
+      ['reconstruction', 50, 128, 128],
+    ])
     const resumed = await Trainer.resume(join(straight(), 'latest'))
     expect(resumed.startStep).toBe(50)
     resumed.dispose()
@@ -157,6 +170,29 @@ describe('marvel train', () => {
     expect(readlinkSync(join(out, 'latest'))).toBe(`checkpoint-${step}`)
     expect(marvel(['train', ...settings(out), '--resume']).code).toBe(0)
     expect(trajectory(out)).toEqual(trajectory(straight()))
+  })
+
+  it('--nproc 2: two ranks train with averaged gradients, stop together on SIGTERM, and resume to the uninterrupted run\'s losses', async () => {
+    const ranked = (out: string) => ['--nproc', '2', ...settings(out, ['training.max_train_steps=12', 'experiment.save_every=4', 'experiment.eval_every=6'])]
+    const whole = join(work, 'ranks-whole')
+    const r = marvel(['train', ...ranked(whole)])
+    expect(r.code, r.stderr).toBe(0)
+    expect(readlinkSync(join(whole, 'latest'))).toBe('checkpoint-12')
+    expect(metrics(whole).filter((l) => l.eval === undefined).map((l) => l.step)).toEqual(Array.from({ length: 12 }, (_, i) => i + 1))
+    // Both ranks' data positions are kept, so each resumes its own stream.
+    const saved = await Trainer.resume(join(whole, 'latest'))
+    expect((saved.dataPosition as { ranks: unknown[] }).ranks).toHaveLength(2)
+    saved.dispose()
+
+    const out = join(work, 'ranks-stopped')
+    const stopped = await trainUntil(ranked(out), 5, 'SIGTERM')
+    expect(stopped.code, stopped.stderr).toBe(0)
+    const step = Number(/marvel: stopped at step (\d+); checkpoint /.exec(stopped.stderr)?.[1])
+    expect(step).toBeGreaterThanOrEqual(5)
+    expect(step).toBeLessThan(12)
+    const resumed = marvel(['train', ...ranked(out), '--resume'])
+    expect(resumed.code, resumed.stderr).toBe(0)
+    expect(trajectory(out)).toEqual(trajectory(whole))
   })
 
   it('refuses to start over an existing run without --resume, and to resume it with settings its checkpoint overrides', () => {

@@ -183,7 +183,9 @@ export async function train(config: object, options?: TrainOptions): Promise<Tra
   const ranks = ranksOf({ rank: options.rank, worldSize: options.worldSize })
   const group = groupOf(ranks)
   const writer = ranks.rank === 0
-  const progress = new TrainProgress(options.progress === false ? { write: () => true } : (options.progress ?? process.stderr), s.logEvery)
+  // Rank 0 speaks for the run; the other ranks' lines would only repeat its steps.
+  const silent = options.progress === false || !writer
+  const progress = new TrainProgress(silent || options.progress === false ? { write: () => true } : (options.progress ?? process.stderr), s.logEvery)
 
   // Everything that can be checked without training is checked before the trainer is built.
   const source = resolveSource(s.trainData, 'dataset.params.train_shards_path_or_url')
