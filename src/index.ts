@@ -21,6 +21,30 @@ export {
   type TokenizerInfo,
 } from './tokenizer.js'
 export { getNumThreads, setNumThreads } from './threads.js'
+export {
+  evaluate,
+  type CodecEvaluation,
+  type DepthEvaluation,
+  type EvalInput,
+  type EvalReport,
+  type EvaluateOptions,
+} from './eval/evaluate.js'
+export { CODECS, encodeAtBytes, type Codec, type CodedImage } from './eval/codecs.js'
+export { FidInception, INCEPTION_FEATURES, INCEPTION_WEIGHTS_ENV, frechetDistance } from './eval/inception.js'
+export {
+  drawChart,
+  layoutChart,
+  parseMetricsLog,
+  rateDistortionChart,
+  renderChart,
+  toPixel,
+  trainingChart,
+  type ChartSpec,
+  type Panel,
+  type PanelLayout,
+  type Series,
+  type TrainingCurves,
+} from './chart/index.js'
 export { Trainer, type StepOptions, type TrainStepResult, type TrainerCreateOptions } from './trainer.js'
 
 export {

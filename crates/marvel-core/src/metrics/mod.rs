@@ -1,8 +1,10 @@
 //! Image quality metrics. Full-reference, on batches of 8-bit RGB images `(B, H, W, 3)`: PSNR ([`psnr`]) and SSIM
 //! ([`ssim`]) with scikit-image's conventions, MS-SSIM ([`ms_ssim`]) with pytorch-msssim's, so figures compare
 //! with the literature's evaluation scripts. Distribution-level: the Fréchet distance of feature statistics
-//! ([`fid`], on the eigen-solver of [`eigen`]). Each module documents its conventions.
+//! ([`fid`], on the eigen-solver of [`eigen`]). Of the tokens: codebook usage and entropy ([`codebook`]). Each
+//! module documents its conventions.
 
+pub mod codebook;
 pub mod eigen;
 pub mod fid;
 pub mod ms_ssim;
@@ -14,6 +16,7 @@ use rayon::prelude::*;
 use crate::error::Result;
 use crate::{invalid, shape_mismatch};
 
+pub use codebook::{codebook_usage, CodebookUsage};
 pub use fid::{frechet_distance, FeatureStats};
 pub use ms_ssim::ms_ssim;
 pub use psnr::psnr;

@@ -55,6 +55,7 @@ pub struct FidInception {
     mixed_6: [InceptionC; 4],
     mixed_7a: InceptionD,
     mixed_7: [InceptionE; 2],
+    device: Device,
 }
 
 impl FidInception {
@@ -86,13 +87,18 @@ impl FidInception {
             vb.pp("fc").get((CLASSES, FEATURES), "weight")?;
             vb.pp("fc").get(CLASSES, "bias")?;
         }
-        Ok(FidInception { stem, conv3b, conv4a, mixed_5, mixed_6a, mixed_6, mixed_7a, mixed_7 })
+        Ok(FidInception { stem, conv3b, conv4a, mixed_5, mixed_6a, mixed_6, mixed_7a, mixed_7, device: vb.device().clone() })
     }
 
     /// Loads pytorch-fid's weights (`pt_inception-2015-12-05-6726825d.pth`, or the same state dict as
     /// safetensors) strictly: every key present with its shape, nothing left over.
     pub fn load(path: impl AsRef<Path>, device: &Device) -> Result<Self> {
         Ok(load_strict(path, device, &LoadOptions::default(), Self::new)?.0)
+    }
+
+    /// [`Self::load`] onto the CPU (for callers that hold no candle device, such as the bindings).
+    pub fn load_on_cpu(path: impl AsRef<Path>) -> Result<Self> {
+        Self::load(path, &Device::Cpu)
     }
 
     /// Pool3 features (B, 2048) of a prepared batch (B, 3, H, W) in [-1, 1] ([`prepare_input`]; H = W = 299 for
@@ -125,7 +131,7 @@ impl FidInception {
 
     /// Pool3 features of interleaved RGB bytes (B, H, W, 3), as pytorch-fid computes them for image files:
     /// `count x 2048` values, image after image, [`FEATURE_BATCH`] images per pass.
-    pub fn features(&self, data: &[u8], (b, h, w): (usize, usize, usize), device: &Device) -> Result<Vec<f32>> {
+    pub fn features(&self, data: &[u8], (b, h, w): (usize, usize, usize)) -> Result<Vec<f32>> {
         crate::tensor::check_shape("images", data.len(), &[b, h, w, 3])?;
         if h == 0 || w == 0 {
             return Err(crate::invalid!("FID Inception: images must be at least 1x1, got {w}x{h}"));
@@ -134,7 +140,7 @@ impl FidInception {
         let mut out = Vec::with_capacity(b * FEATURES);
         for chunk in data.chunks(FEATURE_BATCH * frame) {
             let n = chunk.len() / frame;
-            let x = prepare_input(chunk, (n, h, w), INPUT_SIDE, device)?;
+            let x = prepare_input(chunk, (n, h, w), INPUT_SIDE, &self.device)?;
             out.extend(self.forward(&x)?.flatten_all()?.to_vec1::<f32>()?);
         }
         Ok(out)

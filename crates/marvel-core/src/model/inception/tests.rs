@@ -107,7 +107,7 @@ fn features_match_pytorch_fid() {
 
     let mut rng = SplitMix64::new(r.image_seed);
     let pixels: Vec<u8> = (0..r.images * r.side * r.side * 3).map(|_| (rng.next_u64() >> 56) as u8).collect();
-    let got = net.features(&pixels, (r.images, r.side, r.side), &Device::Cpu).unwrap();
+    let got = net.features(&pixels, (r.images, r.side, r.side)).unwrap();
     assert_eq!(got.len(), r.images * FEATURES);
     let worst = got.iter().zip(&r.features).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
     let scale = r.features.iter().fold(0f32, |m, v| m.max(v.abs()));
@@ -145,6 +145,6 @@ fn small_or_empty_inputs_are_refused() {
     let (net, _) = build_shape_only(DType::F32, &Device::Cpu, FidInception::new).unwrap();
     let err = net.forward(&Tensor::zeros((1, 3, 64, 64), DType::F32, &Device::Cpu).unwrap()).unwrap_err();
     assert_eq!(err.code(), "MARVEL_SHAPE_MISMATCH");
-    assert!(net.features(&[], (1, 0, 4), &Device::Cpu).is_err());
-    assert!(net.features(&[0; 10], (1, 2, 2), &Device::Cpu).is_err());
+    assert!(net.features(&[], (1, 0, 4)).is_err());
+    assert!(net.features(&[0; 10], (1, 2, 2)).is_err());
 }
