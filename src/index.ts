@@ -29,19 +29,14 @@ export {
   type EvalReport,
   type EvaluateOptions,
 } from './eval/evaluate.js'
-export { CODECS, encodeAtBytes, type Codec, type CodedImage } from './eval/codecs.js'
-export { FidInception, INCEPTION_FEATURES, INCEPTION_WEIGHTS_ENV, frechetDistance } from './eval/inception.js'
+export { frechetDistance } from './eval/inception.js'
 export {
-  drawChart,
-  layoutChart,
   parseMetricsLog,
   rateDistortionChart,
   renderChart,
-  toPixel,
   trainingChart,
   type ChartSpec,
   type Panel,
-  type PanelLayout,
   type Series,
   type TrainingCurves,
 } from './chart/index.js'

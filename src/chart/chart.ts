@@ -102,12 +102,32 @@ function checkSpec(spec: ChartSpec): Required<Pick<ChartSpec, 'width' | 'height'
   const rows = Math.ceil(spec.panels.length / columns)
   const width = integerParameter('renderChart', 'width', spec.width ?? 800, 160 * columns, MAX_SIDE)
   const height = integerParameter('renderChart', 'height', spec.height ?? 320 * rows, 120 * rows, MAX_SIDE)
-  spec.panels.forEach((p, i) => {
-    if (!p || !Array.isArray(p.series)) throw invalidParameter('renderChart', `panels[${i}].series`, 'an array of series', p?.series)
-    p.series.forEach((s, k) => {
-      if (!s || !Array.isArray(s.points)) throw invalidParameter('renderChart', `panels[${i}].series[${k}].points`, 'an array of [x, y] pairs', s?.points)
-    })
-  })
+  // Index loops: forEach skips the holes of sparse arrays.
+  for (let i = 0; i < spec.panels.length; i++) {
+    const p = spec.panels[i]
+    const at = `panels[${i}]`
+    if (!p || typeof p !== 'object') throw invalidParameter('renderChart', at, 'a panel { title, xLabel, series }', p)
+    if (typeof p.title !== 'string') throw invalidParameter('renderChart', `${at}.title`, 'a string', p.title)
+    if (typeof p.xLabel !== 'string') throw invalidParameter('renderChart', `${at}.xLabel`, 'a string', p.xLabel)
+    if (!Array.isArray(p.series)) throw invalidParameter('renderChart', `${at}.series`, 'an array of series', p.series)
+    for (let k = 0; k < p.series.length; k++) {
+      const s = p.series[k]
+      const sat = `${at}.series[${k}]`
+      if (!s || typeof s !== 'object') throw invalidParameter('renderChart', sat, 'a series { label, points }', s)
+      if (typeof s.label !== 'string') throw invalidParameter('renderChart', `${sat}.label`, 'a string', s.label)
+      if (!Array.isArray(s.points)) throw invalidParameter('renderChart', `${sat}.points`, 'an array of [x, y] pairs', s.points)
+      for (let j = 0; j < s.points.length; j++) {
+        const pt = s.points[j]
+        if (!Array.isArray(pt) || pt.length !== 2 || typeof pt[0] !== 'number' || typeof pt[1] !== 'number') {
+          throw invalidParameter('renderChart', `${sat}.points[${j}]`, 'an [x, y] pair of numbers', pt)
+        }
+      }
+      const c = s.color
+      if (c !== undefined && !(Array.isArray(c) && c.length === 3 && c.every((v) => Number.isInteger(v) && v >= 0 && v <= 255))) {
+        throw invalidParameter('renderChart', `${sat}.color`, 'an [r, g, b] triple of integers 0..255', c)
+      }
+    }
+  }
   return { width, height, columns }
 }
 

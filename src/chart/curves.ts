@@ -4,6 +4,7 @@
  * lines `{"step", "time", "eval": {"psnr": [depth 1, depth 2, ...]}}`. Lines that are not such objects are
  * skipped and counted, so a log cut short by a crash still plots.
  */
+import { integerParameter, invalidParameter, optionsParameter } from '../errors.js'
 import type { ChartSpec, Series } from './chart.js'
 
 export interface TrainingCurves {
@@ -23,6 +24,7 @@ const isNum = (v: unknown): v is number => typeof v === 'number' && Number.isFin
 
 /** The curves of a metrics.jsonl text. */
 export function parseMetricsLog(text: string): TrainingCurves {
+  if (typeof text !== 'string') throw invalidParameter('parseMetricsLog', 'text', 'the text of a metrics.jsonl file', text)
   const out: TrainingCurves = { loss: [], lr: [], psnr: [], lines: 0, skipped: 0 }
   for (const line of text.split('\n')) {
     if (line.trim() === '') continue
@@ -57,7 +59,13 @@ export function parseMetricsLog(text: string): TrainingCurves {
 }
 
 /** Loss, learning rate and (when evaluated) PSNR per depth against the step. */
-export function trainingChart(curves: TrainingCurves, options: { width?: number } = {}): ChartSpec {
+export function trainingChart(curves: TrainingCurves, options?: { width?: number }): ChartSpec {
+  const o = optionsParameter('trainingChart', options, ['width'])
+  const pairs = (v: unknown) => Array.isArray(v)
+  if (!curves || typeof curves !== 'object' || !pairs(curves.loss) || !pairs(curves.lr) || !pairs(curves.psnr)) {
+    throw invalidParameter('trainingChart', 'curves', 'the curves parseMetricsLog returns', curves)
+  }
+  const width = o.width === undefined ? 900 : integerParameter('trainingChart', 'width', o.width, 160, 8192)
   const panels = [
     { title: 'Loss', xLabel: 'step', series: [{ label: 'loss', points: curves.loss }] as Series[] },
     { title: 'Learning rate', xLabel: 'step', series: [{ label: 'lr', points: curves.lr }] as Series[] },
@@ -65,5 +73,5 @@ export function trainingChart(curves: TrainingCurves, options: { width?: number 
   if (curves.psnr.length > 0) {
     panels.push({ title: 'PSNR (dB)', xLabel: 'step', series: curves.psnr.map((points, d) => ({ label: `depth ${d + 1}`, points })) })
   }
-  return { width: options.width ?? 900, panels }
+  return { width, panels }
 }

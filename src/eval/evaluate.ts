@@ -5,7 +5,7 @@
  */
 import { native } from '../binding.js'
 import { integerParameter, invalidParameter, optionsParameter } from '../errors.js'
-import { prepareImage, type RgbImage } from '../image.js'
+import { isImageInput, prepareImage, type RgbImage } from '../image.js'
 import { compare } from '../metrics.js'
 import type { ImageInput, Tokenizer } from '../tokenizer.js'
 import { Tokens } from '../tokens.js'
@@ -118,6 +118,13 @@ export async function evaluate(tokenizer: Tokenizer, images: readonly EvalInput[
     throw invalidParameter('evaluate', 'tokenizer', 'a Tokenizer', tokenizer)
   }
   if (!Array.isArray(images) || images.length === 0) throw invalidParameter('evaluate', 'images', 'a non-empty array of images', images)
+  // An index loop: forEach skips the holes of a sparse array.
+  for (let i = 0; i < images.length; i++) {
+    const x = images[i]
+    if (typeof x !== 'function' && !isImageInput(x)) {
+      throw invalidParameter('evaluate', `images[${i}]`, 'an image (path, encoded bytes, sharp instance, raw pixels) or a function that loads one', x)
+    }
+  }
   const { imageSize: size, depth: modelDepth, bitsPerToken, numTokens, bitsPerImageByDepth } = tokenizer.info
   const depths =
     o.depth === undefined || o.depth === 'all'
