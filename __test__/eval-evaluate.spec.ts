@@ -137,6 +137,21 @@ describe('encodeAtBytes', () => {
   })
 })
 
+describe('compare: MS-SSIM', () => {
+  it('scores sides of 161 and more, null below; 1 for identical images, lower for a noisy copy', async () => {
+    const a = scene(161, 170, 1)
+    const noisy = { ...a, data: a.data.map((v, i) => Math.max(0, Math.min(255, v + ((i * 7919) % 41) - 20))) }
+    const [same, diff] = await compare([a, a], [{ ...a, data: a.data.slice() }, noisy])
+    expect(same.msSsim).toBeCloseTo(1, 12)
+    expect(diff.msSsim!).toBeLessThan(1)
+    expect(diff.msSsim!).toBeGreaterThan(0.5)
+    const small = scene(160, 200, 1)
+    const [s] = await compare(small, small)
+    expect(s.msSsim).toBeNull()
+    expect(s.ssim).toBeCloseTo(1, 12)
+  })
+})
+
 describe('frechetDistance', () => {
   /** n vectors of dim values from a fixed LCG. */
   function features(n: number, dim: number, seed: number): Float32Array {

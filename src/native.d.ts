@@ -87,10 +87,10 @@ export interface Float32Tensor {
 }
 
 /**
- * The Fréchet distance between the Gaussians of two feature sets (`countA` and `countB` vectors of `dim`
- * values each, at least 2 per set), statistics in float64.
+ * The Fréchet distances from one feature set (`reference`, `referenceCount` vectors of `dim` values) to each of
+ * `others` (`counts[i]` vectors each), statistics in float64; the reference's covariance root is computed once.
  */
-export declare function frechetDistanceOfFeatures(a: Float32Array, countA: number, b: Float32Array, countB: number, dim: number): Promise<number>
+export declare function frechetDistances(reference: Float32Array, referenceCount: number, others: Array<Float32Array>, counts: Array<number>, dim: number): Promise<Float64Array>
 
 /** Number of threads marvel's compute kernels use. */
 export declare function getNumThreads(): number

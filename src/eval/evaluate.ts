@@ -10,7 +10,7 @@ import { compare } from '../metrics.js'
 import type { ImageInput, Tokenizer } from '../tokenizer.js'
 import { Tokens } from '../tokens.js'
 import { CODECS, encodeAtBytes, type Codec } from './codecs.js'
-import { FidInception, INCEPTION_FEATURES, INCEPTION_WEIGHTS_ENV, frechetDistance } from './inception.js'
+import { FidInception, INCEPTION_FEATURES, INCEPTION_WEIGHTS_ENV, frechetDistances } from './inception.js'
 
 /** One image to evaluate, or a function that loads it when its batch comes (shard members, large sets). */
 export type EvalInput = ImageInput | (() => Promise<ImageInput>)
@@ -166,8 +166,10 @@ export async function evaluate(tokenizer: Tokenizer, images: readonly EvalInput[
 
     const all = Tokens.concat(tokenParts)
     const usage = await native().codebookUsageByDepth(all.data, all.depth, bitsPerToken)
-    const real = concatFloat(realFeatures)
     const rfidPossible = inception.net !== undefined && list.length >= 2
+    const rfids = rfidPossible
+      ? await frechetDistances(concatFloat(realFeatures), acc.map((a) => concatFloat(a.features)), INCEPTION_FEATURES)
+      : depths.map(() => null)
     const report: DepthEvaluation[] = []
     for (const [j, depth] of depths.entries()) {
       const a = acc[j]
@@ -182,7 +184,7 @@ export async function evaluate(tokenizer: Tokenizer, images: readonly EvalInput[
         distinctCodes: usage.distinct[depth - 1],
         codebookUsage: usage.distinct[depth - 1] / 2 ** bitsPerToken,
         entropyBits: usage.entropy[depth - 1],
-        rfid: rfidPossible ? await frechetDistance(real, concatFloat(a.features), INCEPTION_FEATURES) : null,
+        rfid: rfids[j],
         codecs: [...a.codecs.entries()].map(([codec, c]) => ({
           codec,
           bytesPerImage: mean(c.bytes),

@@ -87,7 +87,12 @@ export async function frechetDistance(a: Float32Array, b: Float32Array, dim = IN
   if (!(b instanceof Float32Array)) throw invalidParameter('frechetDistance', 'b', 'a Float32Array of features', b)
   if (!Number.isSafeInteger(dim) || dim < 1) throw invalidParameter('frechetDistance', 'dim', 'a positive integer', dim)
   for (const [name, x] of [['a', a], ['b', b]] as const) {
-    if (x.length % dim !== 0) throw new MarvelError('MARVEL_SHAPE_MISMATCH', `frechetDistance: ${name} holds ${x.length} values, not a whole number of ${dim}-d vectors`)
+    if (x.length % dim !== 0 || x.length === 0) throw new MarvelError('MARVEL_SHAPE_MISMATCH', `frechetDistance: ${name} holds ${x.length} values, not a whole number of ${dim}-d vectors`)
   }
-  return native().frechetDistanceOfFeatures(a, a.length / dim, b, b.length / dim, dim)
+  return (await frechetDistances(a, [b], dim))[0]
+}
+
+/** The Fréchet distances from `reference` to each of `others` (the reference's statistics computed once). */
+export async function frechetDistances(reference: Float32Array, others: Float32Array[], dim = INCEPTION_FEATURES): Promise<number[]> {
+  return Array.from(await native().frechetDistances(reference, reference.length / dim, others, others.map((o) => o.length / dim), dim))
 }

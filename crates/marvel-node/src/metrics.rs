@@ -1,7 +1,8 @@
 //! Bindings for `marvel_core::metrics`: PSNR, SSIM and MS-SSIM of batches of RGB image pairs, codebook usage of
 //! token ids, and the Fréchet distance of two feature sets.
 
-use marvel_core::metrics::{codebook_usage, compare, frechet_distance, FeatureStats, ImagePairs};
+use marvel_core::metrics::{codebook_usage, compare, FeatureStats, FrechetReference, ImagePairs};
+use marvel_core::shape_mismatch;
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
 
@@ -57,19 +58,27 @@ pub fn codebook_usage_by_depth(ids: Uint32Array, depth: u32, bits: u32) -> Async
     }))
 }
 
-/// The Fréchet distance between the Gaussians of two feature sets (`countA` and `countB` vectors of `dim`
-/// values each, at least 2 per set), statistics in float64.
-#[napi(ts_return_type = "Promise<number>")]
-pub fn frechet_distance_of_features(
-    a: Float32Array,
-    count_a: u32,
-    b: Float32Array,
-    count_b: u32,
+/// The Fréchet distances from one feature set (`reference`, `referenceCount` vectors of `dim` values) to each of
+/// `others` (`counts[i]` vectors each), statistics in float64; the reference's covariance root is computed once.
+#[napi(ts_return_type = "Promise<Float64Array>")]
+pub fn frechet_distances(
+    reference: Float32Array,
+    reference_count: u32,
+    others: Vec<Float32Array>,
+    counts: Vec<u32>,
     dim: u32,
-) -> AsyncTask<Job<(Float32Array, Float32Array), f64>> {
-    AsyncTask::new(Job::new((a, b), move |(a, b)| {
-        let sa = FeatureStats::from_features(a, count_a as usize, dim as usize)?;
-        let sb = FeatureStats::from_features(b, count_b as usize, dim as usize)?;
-        frechet_distance(&sa, &sb)
+) -> AsyncTask<Job<(Float32Array, Vec<Float32Array>), Float64Array>> {
+    AsyncTask::new(Job::new((reference, others), move |(reference, others)| {
+        if others.len() != counts.len() {
+            return Err(shape_mismatch!("frechetDistances: {} feature sets but {} counts", others.len(), counts.len()));
+        }
+        let dim = dim as usize;
+        let base = FrechetReference::new(FeatureStats::from_features(reference, reference_count as usize, dim)?)?;
+        let distances = others
+            .iter()
+            .zip(&counts)
+            .map(|(o, &n)| base.distance(&FeatureStats::from_features(o, n as usize, dim)?))
+            .collect::<marvel_core::Result<Vec<f64>>>()?;
+        Ok(Float64Array::new(distances))
     }))
 }

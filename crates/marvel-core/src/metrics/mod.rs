@@ -17,7 +17,7 @@ use crate::error::Result;
 use crate::{invalid, shape_mismatch};
 
 pub use codebook::{codebook_usage, CodebookUsage};
-pub use fid::{frechet_distance, FeatureStats};
+pub use fid::{frechet_distance, FeatureStats, FrechetReference};
 pub use ms_ssim::ms_ssim;
 pub use psnr::psnr;
 pub use ssim::{ssim, SsimScratch};
