@@ -59,9 +59,8 @@ export function registerEval(program: Command): void {
 }
 
 /** Image files and shard members, in argument order. */
-async function evalInputs(args: string[]): Promise<{ inputs: EvalInput[]; shards: number }> {
+async function evalInputs(args: string[]): Promise<EvalInput[]> {
   const inputs: EvalInput[] = []
-  let shards = 0
   const plain: string[] = []
   const flush = async () => {
     if (plain.length > 0) inputs.push(...(await expandInputs(plain.splice(0))))
@@ -75,10 +74,9 @@ async function evalInputs(args: string[]): Promise<{ inputs: EvalInput[]; shards
     const members = (await tarIndex(arg)).filter((e) => IMAGE_EXTENSIONS.includes(extname(e.name).toLowerCase()))
     if (members.length === 0) throw new MarvelError('MARVEL_IO', `shard ${arg} holds no image members (${IMAGE_EXTENSIONS.join(' ')})`)
     inputs.push(...members.map((m) => () => readTarEntry(arg, m)))
-    shards++
   }
   await flush()
-  return { inputs, shards }
+  return inputs
 }
 
 const fixed = (v: number | null, digits: number) => (v === null ? '-' : Number.isFinite(v) ? v.toFixed(digits) : v > 0 ? 'inf' : '-')
@@ -129,7 +127,7 @@ export function formatReport(report: EvalReport, model: string): string[] {
 
 async function runEval(args: string[], flags: EvalFlags): Promise<void> {
   if (flags.plot) await outputPath('eval', '--plot', flags.plot, 'chart')
-  const { inputs } = await evalInputs(args)
+  const inputs = await evalInputs(args)
   const tok = await loadModel(flags.model)
   try {
     if (flags.depth !== 'all') checkDepth(flags.depth, tok.info.depth)

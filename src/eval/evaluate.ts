@@ -147,7 +147,7 @@ export async function evaluate(tokenizer: Tokenizer, images: readonly EvalInput[
     const tokenParts: Tokens[] = []
     for (let start = 0; start < list.length; start += batchSize) {
       const chunk = list.slice(start, start + batchSize)
-      const originals = await Promise.all(chunk.map(async (x) => prepareImage((typeof x === 'function' ? await x() : x) as never, { size })))
+      const originals = await Promise.all(chunk.map(async (x) => prepareImage(typeof x === 'function' ? await x() : x, { size })))
       const tokens = await tokenizer.encode(originals, { resize: 'none', batchSize })
       tokenParts.push(tokens)
       if (inception.net) realFeatures.push(await inception.net.features(originals))
