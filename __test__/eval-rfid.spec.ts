@@ -51,6 +51,11 @@ describe('evaluate with Inception weights', () => {
       const one = await evaluate(tok, [img(1)], { inception: weights, codecs: false })
       expect(one.rfid).toEqual({ available: false, reason: expect.stringContaining('at least 2 images') })
       expect(one.depths[0].rfid).toBeNull()
+      // A .pth that is not a zip checkpoint (PyTorch before 1.6) is refused with the way to re-save it.
+      const legacy = join(dir, 'legacy.pth')
+      writeFileSync(legacy, Buffer.from('\x80\x02legacy pickle'))
+      const e = await evaluate(tok, [img(1), img(2)], { inception: legacy }).catch((x) => x)
+      expect(e).toMatchObject({ code: 'MARVEL_CHECKPOINT', message: expect.stringContaining('torch.save(torch.load(') })
     } finally {
       tok.dispose()
     }

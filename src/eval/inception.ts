@@ -47,7 +47,16 @@ export class FidInception {
     pathParameter('FidInception.load', 'path', file)
     if (!existsSync(file)) throw new MarvelError('MARVEL_IO', `FidInception.load: Inception weights ${file} not found`)
     await expectKind(file, 'Inception weights')
-    return new FidInception(await native().loadInception(file), file)
+    try {
+      return new FidInception(await native().loadInception(file), file)
+    } catch (e) {
+      // pytorch-fid's .pth may predate PyTorch 1.6's zip format, which is the only .pth layout marvel reads.
+      if (e instanceof Error && /not a PyTorch zip checkpoint/.test(e.message)) {
+        const hint = `; re-save it in the zip format: python -c "import torch; torch.save(torch.load('${file}'), 'pt_inception.pth')"`
+        throw new MarvelError((e as MarvelError).code ?? 'MARVEL_CHECKPOINT', `${e.message}${hint}`, { cause: e })
+      }
+      throw e
+    }
   }
 
   /** Pool3 features of `images` (any sizes), `images.length x 2048` values, image after image. */
