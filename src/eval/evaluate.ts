@@ -81,7 +81,10 @@ const meanOrNull = (xs: readonly (number | null)[]) => (xs.length > 0 && xs.ever
 function concatFloat(parts: Float32Array[]): Float32Array {
   const out = new Float32Array(parts.reduce((n, p) => n + p.length, 0))
   let at = 0
-  for (const p of parts) out.set(p, (at += p.length) - p.length)
+  for (const p of parts) {
+    out.set(p, at)
+    at += p.length
+  }
   return out
 }
 
