@@ -16,7 +16,7 @@ pub struct CodebookUsage {
 /// Usage of each depth of depth-major ids (`ids[d * per_depth..(d + 1) * per_depth]` are depth d's ids), every id
 /// checked to lie below `2^bits`.
 pub fn codebook_usage(ids: &[u32], depth: usize, bits: u32) -> Result<Vec<CodebookUsage>> {
-    if depth == 0 || ids.is_empty() || ids.len() % depth != 0 {
+    if depth == 0 || ids.is_empty() || !ids.len().is_multiple_of(depth) {
         return Err(shape_mismatch!("codebook usage: {} ids do not split into {depth} depth(s)", ids.len()));
     }
     if !(1..=32).contains(&bits) {
