@@ -70,6 +70,13 @@ beforeAll(async () => {
 })
 
 describe('marvel eval', () => {
+  it('is listed and documents its options, the Inception variable included', () => {
+    expect(marvel(['--help']).stdout).toMatch(/eval .*\n[\s\S]*plot /)
+    const help = marvel(['eval', '--help'])
+    expect(help.code).toBe(0)
+    for (const flag of ['--limit', '--depth', '--inception', 'MARVEL_INCEPTION_WEIGHTS', '--json', '--plot', '--no-codecs', '--model']) expect(help.stdout).toContain(flag)
+  })
+
   it('reports every depth as JSON and writes the rate–distortion chart; rFID unavailable without weights', async () => {
     const r = marvel(['eval', 'photos', '--model', model, '--json', '--plot', 'rd.png'])
     expect(r.stderr).toBe('')
