@@ -68,6 +68,14 @@ const savedEnv = { offline: process.env.HF_HUB_OFFLINE, cache: process.env.HF_HU
 
 const rgb = (side: number) => ({ data: new Uint8Array(side * side * 3).map((_, i) => (i * 13) % 256), width: side, height: side })
 const z = () => ({ data: new Float32Array([0.5, -0.5, 0.25, -0.25]), shape: [1, 2, 2] })
+const evalReport = (): api.EvalReport => ({
+  images: 2,
+  imageSize: 32,
+  numTokens: 4,
+  bitsPerToken: 6,
+  rfid: { available: false, reason: 'no weights' },
+  depths: [{ depth: 1, bitsPerImage: 24, bytesPerImage: 3, psnr: 20, ssim: 0.5, msSsim: null, distinctCodes: 2, codebookUsage: 2 / 64, entropyBits: 1, rfid: null, codecs: [] }],
+})
 
 beforeAll(async () => {
   work = mkdtempSync(join(tmpdir(), 'marvel-surface-'))
@@ -111,6 +119,12 @@ const ROWS: Record<string, Row> = {
   hubDownload: { args: () => ['org/model', 'config.json', { offline: true }], call: (a, b, c) => api.hubDownload(a as never, b as never, c as never), options: 2 },
   snapshotDownload: { args: () => ['org/model', ['config.json'], { offline: true }], call: (a, b, c) => api.snapshotDownload(a as never, b as never, c as never), options: 2 },
   resolveModelFiles: { args: () => ['org/model', { offline: true }], call: (a, b) => api.resolveModelFiles(a as never, b as never), options: 1 },
+  evaluate: { args: () => [tok, [rgb(32)], { codecs: false, inception: null }], call: (a, b, c) => api.evaluate(a as never, b as never, c as never), options: 2 },
+  frechetDistance: { args: () => [new Float32Array([1, 2, 3, 5]), new Float32Array([0, 1, 4, 4]), 2], call: (a, b, c) => api.frechetDistance(a as never, b as never, c as never) },
+  parseMetricsLog: { args: () => ['{"step": 1, "loss": 0.5}\n'], call: (a) => api.parseMetricsLog(a as never) },
+  trainingChart: { args: () => [api.parseMetricsLog('{"step": 1, "loss": 0.5}\n'), { width: 400 }], call: (a, b) => api.trainingChart(a as never, b as never), options: 1 },
+  rateDistortionChart: { args: () => [evalReport(), { width: 400 }], call: (a, b) => api.rateDistortionChart(a as never, b as never), options: 1 },
+  renderChart: { args: () => [{ width: 300, panels: [{ title: 't', xLabel: 'x', series: [{ label: 's', points: [[0, 1], [1, 2]] }] }] }], call: (a) => api.renderChart(a as never) },
 
   'Tokenizer.fromPretrained': { args: () => [model, {}], call: (a, b) => Tokenizer.fromPretrained(a as never, b as never).then((t) => t.dispose()), options: 1 },
   'Tokenizer.inspect': { args: () => [model, {}], call: (a, b) => Tokenizer.inspect(a as never, b as never), options: 1 },

@@ -226,7 +226,7 @@ export function isRgbImage(x: unknown): x is RgbImage | RawImage {
 }
 
 /** What an encoder takes as one image (the `ImageInput` of `Tokenizer.encode` and `MaskgitVqgan.encode`). */
-function isImageInput(x: unknown): boolean {
+export function isImageInput(x: unknown): boolean {
   return typeof x === 'string' || x instanceof Uint8Array || (!!x && typeof (x as Sharp).toBuffer === 'function') || isRgbImage(x)
 }
 

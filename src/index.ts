@@ -21,6 +21,25 @@ export {
   type TokenizerInfo,
 } from './tokenizer.js'
 export { getNumThreads, setNumThreads } from './threads.js'
+export {
+  evaluate,
+  type CodecEvaluation,
+  type DepthEvaluation,
+  type EvalInput,
+  type EvalReport,
+  type EvaluateOptions,
+} from './eval/evaluate.js'
+export { frechetDistance } from './eval/inception.js'
+export {
+  parseMetricsLog,
+  rateDistortionChart,
+  renderChart,
+  trainingChart,
+  type ChartSpec,
+  type Panel,
+  type Series,
+  type TrainingCurves,
+} from './chart/index.js'
 export { makeShards, type MadeShards, type MakeShardsOptions } from './data/make-shards.js'
 export { train, type StepReport, type TrainOptions, type TrainResult } from './train/loop.js'
 export { type TrainingSink } from './train/log.js'

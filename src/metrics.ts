@@ -1,5 +1,5 @@
 /**
- * Full-reference image quality: PSNR and SSIM of image pairs, computed in Rust off the main thread.
+ * Full-reference image quality: PSNR, SSIM and MS-SSIM of image pairs, computed in Rust off the main thread.
  *
  * Conventions (those of scikit-image, so figures compare with published evaluations):
  * - PSNR: `10 log10(255² / MSE)` in dB, the MSE over all pixels and all three channels; identical images give
@@ -8,6 +8,9 @@
  *   statistics, averaged over the valid region (a 5-pixel border dropped) per channel, then over the channels —
  *   skimage's `structural_similarity(gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
  *   data_range=255, channel_axis=-1)`.
+ * - MS-SSIM (Wang et al. 2003): pytorch-msssim's `ms_ssim(data_range=255)` — five scales with weights
+ *   [0.0448, 0.2856, 0.3001, 0.2363, 0.1333], the same window, 2x2 average pooling between scales; defined for sides
+ *   of at least 161 pixels (`null` below).
  */
 import { native } from './binding.js'
 import { MarvelError, integerParameter, invalidParameter } from './errors.js'
@@ -19,6 +22,8 @@ export interface ImageScores {
   psnr: number
   /** Structural similarity, at most 1 (1 when the images are identical). */
   ssim: number
+  /** Multi-scale SSIM in [0, 1]; `null` when a side is under 161 pixels (too small for five scales). */
+  msSsim: number | null
 }
 
 /** The smallest side SSIM's 11x11 window allows. */
@@ -49,7 +54,7 @@ function stack(images: RgbImage[]): Uint8Array {
 }
 
 /**
- * PSNR and SSIM of each pair `(a[i], b[i])` (or of the single pair `(a, b)`). Paired images must have the same
+ * PSNR, SSIM and MS-SSIM of each pair `(a[i], b[i])` (or of the single pair `(a, b)`). Paired images must have the same
  * size, at least 11x11; pairs of different sizes may be mixed (each size is scored in one native call).
  *
  * ```ts
@@ -89,7 +94,10 @@ export async function compare(a: RgbImage | RgbImage[], b: RgbImage | RgbImage[]
       height,
       width,
     )
-    indices.forEach((i, k) => (out[i] = { psnr: scores.psnr[k], ssim: scores.ssim[k] }))
+    indices.forEach((i, k) => {
+      const ms = scores.msSsim[k]
+      out[i] = { psnr: scores.psnr[k], ssim: scores.ssim[k], msSsim: Number.isNaN(ms) ? null : ms }
+    })
   }
   return out
 }

@@ -11,9 +11,11 @@ import { Command, CommanderError } from 'commander'
 import { UsageError } from './common.js'
 import { registerDecode } from './decode.js'
 import { registerEncode } from './encode.js'
+import { registerEval } from './eval.js'
 import { registerInfo } from './info.js'
 import { registerMakeShards } from './make-shards.js'
 import { registerPretokenize } from './pretokenize.js'
+import { registerPlot } from './plot.js'
 import { registerReconstruct } from './reconstruct.js'
 import { registerTrain } from './train.js'
 
@@ -44,6 +46,7 @@ function program(): Command {
       '\nEnvironment:\n' +
         '  HF_ENDPOINT, HF_HOME, HF_HUB_CACHE, HF_TOKEN, HF_HUB_OFFLINE   Hugging Face hub access and cache\n' +
         '  MARVEL_NUM_THREADS                                           compute threads (default: physical cores)\n' +
+        '  MARVEL_INCEPTION_WEIGHTS                                     pytorch-fid Inception weights for marvel eval (rFID)\n' +
         '  MARVEL_DEBUG=1                                               print stack traces on failure\n' +
         '\nExit codes: 0 success, 1 failure, 2 bad usage.',
     )
@@ -54,6 +57,8 @@ function program(): Command {
   registerTrain(root)
   registerMakeShards(root)
   registerPretokenize(root)
+  registerEval(root)
+  registerPlot(root)
   return root
 }
 

@@ -57,3 +57,37 @@ pub fn max_abs_diff(actual: &Tensor, expected: &Tensor) -> f32 {
     }
     (a - e).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
 }
+
+/// splitmix64 (Steele, Lea & Flood 2014): a tiny seeded generator whose stream is easy to reproduce bit for bit in
+/// another language, so Rust tests and the dev-only Python scripts that write reference values draw the same data.
+pub struct SplitMix64(u64);
+
+impl SplitMix64 {
+    pub fn new(seed: u64) -> Self {
+        SplitMix64(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1): the top 53 bits, exactly representable in f64.
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+    }
+
+    /// Uniform in [lo, hi), computed in f64.
+    pub fn uniform(&mut self, lo: f64, hi: f64) -> f64 {
+        lo + (hi - lo) * self.unit()
+    }
+}
+
+/// FNV-1a (64-bit) of a name: the per-tensor seed of generated test weights, so the values of a tensor depend on
+/// its key alone, not on the order the model asks for its tensors.
+pub fn fnv1a64(name: &str) -> u64 {
+    name.bytes().fold(0xCBF2_9CE4_8422_2325, |h, b| (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01B3))
+}

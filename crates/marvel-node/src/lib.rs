@@ -4,6 +4,7 @@
 
 #![deny(clippy::all)]
 
+mod inception;
 mod metrics;
 mod lfq;
 mod maskgit;

@@ -1,7 +1,13 @@
-//! Full-reference image quality metrics on batches of 8-bit RGB images `(B, H, W, 3)`: PSNR ([`psnr`]) and SSIM
-//! ([`ssim`]). Both follow scikit-image's conventions so figures compare with the literature's evaluation
-//! scripts; each module documents its own.
+//! Image quality metrics. Full-reference, on batches of 8-bit RGB images `(B, H, W, 3)`: PSNR ([`psnr`]) and SSIM
+//! ([`ssim`]) with scikit-image's conventions, MS-SSIM ([`ms_ssim`]) with pytorch-msssim's, so figures compare
+//! with the literature's evaluation scripts. Distribution-level: the Fréchet distance of feature statistics
+//! ([`fid`], on the eigen-solver of [`eigen`]). Of the tokens: codebook usage and entropy ([`codebook`]). Each
+//! module documents its conventions.
 
+pub mod codebook;
+pub mod eigen;
+pub mod fid;
+pub mod ms_ssim;
 pub mod psnr;
 pub mod ssim;
 
@@ -10,6 +16,9 @@ use rayon::prelude::*;
 use crate::error::Result;
 use crate::{invalid, shape_mismatch};
 
+pub use codebook::{codebook_usage, CodebookUsage};
+pub use fid::{frechet_distance, FeatureStats, FrechetReference};
+pub use ms_ssim::ms_ssim;
 pub use psnr::psnr;
 pub use ssim::{ssim, SsimScratch};
 
@@ -20,6 +29,8 @@ pub struct Scores {
     pub psnr: Vec<f64>,
     /// In [-1, 1]; 1 for identical images.
     pub ssim: Vec<f64>,
+    /// In [0, 1]; NaN where a side is below [`ms_ssim::MIN_SIDE`] (the five scales do not fit).
+    pub ms_ssim: Vec<f64>,
 }
 
 /// Two batches of interleaved RGB images, pair `i` being image `i` of `a` and of `b`, checked to fill
@@ -75,21 +86,28 @@ impl<'a> ImagePairs<'a> {
     }
 }
 
-/// PSNR and SSIM of every pair, images in parallel on the current rayon pool.
+/// PSNR, SSIM and MS-SSIM of every pair, images in parallel on the current rayon pool.
 pub fn compare(pairs: &ImagePairs) -> Scores {
     let (h, w) = (pairs.height, pairs.width);
-    let scores: Vec<(f64, f64)> = (0..pairs.len())
+    let multi_scale = h >= ms_ssim::MIN_SIDE && w >= ms_ssim::MIN_SIDE;
+    let scores: Vec<(f64, f64, f64)> = (0..pairs.len())
         .into_par_iter()
         .map_init(
             || SsimScratch::new(h, w),
             |scratch, i| {
                 let (a, b) = pairs.pair(i);
-                (psnr(a, b), ssim(a, b, h, w, scratch))
+                let ms = if multi_scale { ms_ssim(a, b, h, w) } else { f64::NAN };
+                (psnr(a, b), ssim(a, b, h, w, scratch), ms)
             },
         )
         .collect();
-    let (psnr, ssim) = scores.into_iter().unzip();
-    Scores { psnr, ssim }
+    let mut out = Scores { psnr: Vec::with_capacity(scores.len()), ssim: Vec::with_capacity(scores.len()), ms_ssim: Vec::with_capacity(scores.len()) };
+    for (p, s, m) in scores {
+        out.psnr.push(p);
+        out.ssim.push(s);
+        out.ms_ssim.push(m);
+    }
+    out
 }
 
 #[cfg(test)]
@@ -117,6 +135,18 @@ mod tests {
             assert_eq!(one.ssim[0], scores.ssim[i]);
             assert!(scores.psnr[i].is_finite() && scores.ssim[i] < 1.0);
         }
+    }
+
+    #[test]
+    fn ms_ssim_is_scored_where_the_five_scales_fit() {
+        let side = ms_ssim::MIN_SIDE;
+        let a = image(side, side, 1);
+        let b: Vec<u8> = a.iter().map(|v| v.wrapping_add(9)).collect();
+        let scores = compare(&ImagePairs::new(&a, &b, 1, side, side).unwrap());
+        assert_eq!(scores.ms_ssim[0], ms_ssim(&a, &b, side, side));
+        assert!(scores.ms_ssim[0] < 1.0);
+        let small = compare(&ImagePairs::new(&a[..(side - 1) * side * 3], &b[..(side - 1) * side * 3], 1, side - 1, side).unwrap());
+        assert!(small.ms_ssim[0].is_nan() && small.ssim[0].is_finite());
     }
 
     #[test]

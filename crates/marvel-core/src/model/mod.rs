@@ -3,6 +3,7 @@
 
 pub mod convnext;
 pub mod discriminator;
+pub mod inception;
 pub mod maskgit;
 pub mod titok;
 
