@@ -118,7 +118,7 @@ describe('marvel eval', () => {
   it('fails with one coded line: a missing Inception file, a bad shard, a depth the model lacks', () => {
     const cases: Array<[string[], number, string, RegExp]> = [
       [['eval', 'photos', '--model', model, '--inception', 'missing.pth'], 1, 'MARVEL_IO', /missing\.pth not found/],
-      [['eval', 'not-a-shard.tar', '--model', model], 1, 'MARVEL_IO', /not a tar archive/],
+      [['eval', 'not-a-shard.tar', '--model', model], 1, 'MARVEL_IO', /corrupt tar not-a-shard.tar at byte 0: header checksum mismatch/],
       [['eval', 'photos', '--model', model, '--depth', '3'], 2, 'MARVEL_INVALID_ARGUMENT', /--depth 3/],
       [['eval', 'photos', '--model', model, '--limit', '0'], 2, 'MARVEL_INVALID_ARGUMENT', /--limit/],
     ]

@@ -12,7 +12,7 @@ import { rateDistortionChart, renderChart } from '../chart/index.js'
 import { MarvelError } from '../errors.js'
 import { evaluate, type EvalInput, type EvalReport } from '../eval/evaluate.js'
 import { INCEPTION_WEIGHTS_ENV } from '../eval/inception.js'
-import { readTarEntry, tarIndex } from '../eval/tar.js'
+import { readTarMember, tarMembers } from '../data/tar.js'
 import { outputPath } from '../files.js'
 import { addBatchOption, addModelOption, checkDepth, loadModel, positiveInt, printJson } from './common.js'
 import { IMAGE_EXTENSIONS, expandInputs } from './inputs.js'
@@ -71,9 +71,9 @@ async function evalInputs(args: string[]): Promise<EvalInput[]> {
       continue
     }
     await flush()
-    const members = (await tarIndex(arg)).filter((e) => IMAGE_EXTENSIONS.includes(extname(e.name).toLowerCase()))
+    const members = (await tarMembers(arg)).filter((e) => IMAGE_EXTENSIONS.includes(extname(e.name).toLowerCase()))
     if (members.length === 0) throw new MarvelError('MARVEL_IO', `shard ${arg} holds no image members (${IMAGE_EXTENSIONS.join(' ')})`)
-    inputs.push(...members.map((m) => () => readTarEntry(arg, m)))
+    inputs.push(...members.map((m) => () => readTarMember(arg, m)))
   }
   await flush()
   return inputs

@@ -219,3 +219,25 @@ export class TarReader {
     return null
   }
 }
+
+/** The regular files of the archive at `path`, in archive order; damage is a `TarError` naming where. */
+export async function tarMembers(path: string): Promise<TarMember[]> {
+  const reader = await TarReader.open(path)
+  try {
+    const members: TarMember[] = []
+    for (let m = await reader.member(0); m; m = await reader.member(m.next)) members.push(m)
+    return members
+  } finally {
+    await reader.close()
+  }
+}
+
+/** The bytes of one member listed by `tarMembers(path)`. */
+export async function readTarMember(path: string, member: TarMember): Promise<Buffer> {
+  const reader = await TarReader.open(path)
+  try {
+    return await reader.data(member)
+  } finally {
+    await reader.close()
+  }
+}
