@@ -123,9 +123,9 @@ describe('the loop\'s settings', () => {
 describe('shipped configs', () => {
   const files = readdirSync(configs).filter((f) => f.endsWith('.yaml')).sort()
 
-  it('are the MARVEL-L-32 x1/x2/x4 stages, single S-128 and tiny', () => {
+  it('are the built-in model, the MARVEL-L-32 x1/x2/x4 stages, single S-128 and tiny', () => {
     expect(files).toEqual([
-      'marvel_l32_x1_stage1.yaml', 'marvel_l32_x1_stage2.yaml', 'marvel_l32_x2_stage1.yaml', 'marvel_l32_x2_stage2.yaml',
+      'builtin.yaml', 'marvel_l32_x1_stage1.yaml', 'marvel_l32_x1_stage2.yaml', 'marvel_l32_x2_stage1.yaml', 'marvel_l32_x2_stage2.yaml',
       'marvel_l32_x4_stage1.yaml', 'marvel_l32_x4_stage2.yaml', 'marvel_s128_single.yaml', 'tiny.yaml',
     ])
   })
