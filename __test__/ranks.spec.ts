@@ -163,6 +163,21 @@ describe('data-parallel ranks', () => {
     expect(Number(steps[0])).toBeGreaterThan(1)
   })
 
+  it('a launcher sent a second signal kills the ranks at once (they ignore repeats) and fails naming it', async () => {
+    const dir = join(work, 'deaf')
+    const proc = spawn(process.execPath, [launcher, worker, '2', 'deaf', dir], { env: { ...process.env, ...childEnv }, stdio: ['ignore', 'ignore', 'pipe'] })
+    let stderr = ''
+    proc.stderr!.on('data', (d: Buffer) => (stderr += d.toString()))
+    const exited = new Promise<number | null>((resolve) => proc.once('exit', (code) => resolve(code)))
+    while (!existsSync(join(dir, 'ready-0')) || !existsSync(join(dir, 'ready-1'))) await new Promise((r) => setTimeout(r, 20))
+    proc.kill('SIGINT')
+    await new Promise((r) => setTimeout(r, 200))
+    expect(proc.exitCode).toBe(null)
+    proc.kill('SIGINT')
+    expect(await exited).toBe(3)
+    expect(stderr).toMatch(/the ranks were killed: a second SIGINT means quit at once/)
+  })
+
   it('ranks whose launcher is killed fail at their next collective instead of waiting forever', async () => {
     const dir = join(work, 'orphans')
     const proc = spawn(process.execPath, [launcher, worker, '2', 'signal', dir], { env: { ...process.env, ...childEnv }, stdio: 'ignore' })

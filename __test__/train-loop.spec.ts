@@ -48,10 +48,13 @@ function marvel(args: string[]) {
   return { code: r.status, stdout: r.stdout, stderr: r.stderr }
 }
 
-/** Runs `marvel train`, sending `signal` once a progress line reaches step `at`; resolves with how it ended. */
-function trainUntil(args: string[], at: number, signal: NodeJS.Signals): Promise<{ code: number | null; signal: NodeJS.Signals | null; stderr: string; sentAt: number }> {
+/**
+ * Runs `marvel train`, sending `signal` once a progress line reaches step `at`; resolves with how it ended. `group`
+ * runs it in a process group of its own and signals the whole group, as a terminal's Ctrl-C does.
+ */
+function trainUntil(args: string[], at: number, signal: NodeJS.Signals, group = false): Promise<{ code: number | null; signal: NodeJS.Signals | null; stderr: string; sentAt: number }> {
   return new Promise((resolve) => {
-    const child = spawn(process.execPath, [cli, 'train', ...args], { cwd: work })
+    const child = spawn(process.execPath, [cli, 'train', ...args], { cwd: work, detached: group })
     let stderr = ''
     let sentAt = -1
     child.stderr.on('data', (d: Buffer) => {
@@ -59,7 +62,8 @@ function trainUntil(args: string[], at: number, signal: NodeJS.Signals): Promise
       const steps = [...stderr.matchAll(/^step +(\d+)\//gm)].map((m) => Number(m[1]))
       if (sentAt < 0 && steps.length > 0 && steps[steps.length - 1] >= at) {
         sentAt = steps[steps.length - 1]
-        child.kill(signal)
+        if (group) process.kill(-child.pid!, signal)
+        else child.kill(signal)
       }
     })
     child.on('exit', (code, sig) => resolve({ code, signal: sig, stderr, sentAt }))
@@ -193,6 +197,15 @@ describe('marvel train', () => {
     const resumed = marvel(['train', ...ranked(out), '--resume'])
     expect(resumed.code, resumed.stderr).toBe(0)
     expect(trajectory(out)).toEqual(trajectory(whole))
+  })
+
+  it('--nproc 2: a Ctrl-C to the whole process group (each rank gets it twice) saves a checkpoint and exits 0', async () => {
+    const out = join(work, 'ranks-ctrl-c')
+    const stopped = await trainUntil(['--nproc', '2', ...settings(out, ['training.max_train_steps=12', 'experiment.save_every=100'])], 3, 'SIGINT', true)
+    expect(stopped.code, stopped.stderr).toBe(0)
+    const step = Number(/marvel: stopped at step (\d+); checkpoint /.exec(stopped.stderr)?.[1])
+    expect(step).toBeGreaterThanOrEqual(3)
+    expect(readlinkSync(join(out, 'latest'))).toBe(`checkpoint-${step}`)
   })
 
   it('refuses to start over an existing run without --resume, and to resume it with settings its checkpoint overrides', () => {

@@ -82,6 +82,13 @@ switch (mode) {
     writeFileSync(join(out, `stopped-${rank}`), String(steps))
     break
   }
+  case 'deaf': {
+    // A rank that treats every signal as a repeat of one it is already handling: only the launcher can end it.
+    for (const sig of ['SIGINT', 'SIGTERM']) process.on(sig, () => undefined)
+    writeFileSync(join(out, `ready-${rank}`), String(process.pid))
+    await reduceForever()
+    break
+  }
   case 'lengths':
     await group.allReduceMean(new Float32Array(rank === 0 ? 3 : 4))
     break

@@ -2,7 +2,7 @@
 import { InvalidArgumentError, type Command } from 'commander'
 
 import { train } from '../train/loop.js'
-import { launchRanks } from '../train/ranks.js'
+import { LAUNCHER_ENV, launchRanks } from '../train/ranks.js'
 import { loadTrainingConfig } from '../train/yaml-config.js'
 import { UsageError } from './common.js'
 
@@ -53,9 +53,15 @@ async function run(settings: string[], flags: TrainFlags): Promise<void> {
   }
   const stop = new AbortController()
   let signals = 0
+  // A rank of `--nproc` is in its launcher's process group: a terminal's Ctrl-C reaches it directly and again through
+  // the launcher, so a repeat here is the same signal; the launcher counts the user's and kills the ranks on a second.
+  const underLauncher = process.env[LAUNCHER_ENV] === 'ipc'
   const onSignal = (name: string) => {
-    // A second signal means "now": the checkpoint of the first is abandoned.
-    if (++signals > 1) process.exit(130)
+    if (++signals > 1) {
+      if (underLauncher) return
+      // A second signal means "now": the checkpoint of the first is abandoned.
+      process.exit(130)
+    }
     process.stderr.write(`\nmarvel: ${name}: stopping after this step and saving a checkpoint (again to quit at once)\n`)
     stop.abort()
   }

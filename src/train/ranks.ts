@@ -17,7 +17,7 @@ import { MarvelError, integerParameter, invalidParameter, optionsParameter } fro
 import { pathParameter } from '../files.js'
 
 /** The environment variable that tells a rank its launcher listens on its IPC channel. */
-const LAUNCHER_ENV = 'MARVEL_RANK_LAUNCHER'
+export const LAUNCHER_ENV = 'MARVEL_RANK_LAUNCHER'
 
 /** Values per IPC message: large gradients go in pieces, so no single message grows past 64 MiB. */
 const CHUNK = 1 << 24
@@ -151,7 +151,8 @@ export interface LaunchOptions {
   /**
    * Pass SIGINT and SIGTERM sent to this process on to every rank (their checkpoint-on-signal) instead of ending this
    * process, which then ends when the ranks do; for a launcher that a job scheduler signals. Ranks started from a
-   * terminal also get its Ctrl-C directly, so a rank should treat a repeated signal as one. Default false.
+   * terminal also get its Ctrl-C directly, so a rank should treat a repeated signal as one: the launcher counts the
+   * signals it is sent, and on the second kills the ranks at once (SIGKILL) and rejects. Default false.
    */
   forwardSignals?: boolean
 }
@@ -218,7 +219,13 @@ export function launchRanks(n: number, script: string, args: string[] = [], env:
     }
     const onAbort = () => fail(rankError('the ranks were stopped: the launch was aborted'))
     signal?.addEventListener('abort', onAbort, { once: true })
-    const forward = (sig: NodeJS.Signals) => children.forEach((c, r) => exited[r] === null && c.kill(sig))
+    let signalsSent = 0
+    const forward = (sig: NodeJS.Signals) => {
+      if (++signalsSent === 1) return children.forEach((c, r) => exited[r] === null && c.kill(sig))
+      // The ranks ignore repeats (a terminal's Ctrl-C reaches them twice), so "quit now" is the launcher's to carry out.
+      fail(rankError(`the ranks were killed: a second ${sig} means quit at once, without the checkpoint of the first`))
+      children.forEach((c, r) => exited[r] === null && c.kill('SIGKILL'))
+    }
     if (forwardSignals) for (const sig of FORWARDED) process.on(sig, forward)
 
     const finish = () => {
