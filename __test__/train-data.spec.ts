@@ -12,6 +12,7 @@ import { Random } from '../src/data/random.js'
 import { expandBraces, resolveSource, unitsOfRank, type DataSource } from '../src/data/shards.js'
 import { SampleStream, splitKey, type Sample } from '../src/data/stream.js'
 import { TarError, TarReader } from '../src/data/tar.js'
+import { validationBatch } from '../src/train/evaluate.js'
 import { MarvelError, prepareImage } from '../src/index.js'
 import { encoded, writeShard, writeShards } from './helpers/shards.js'
 
@@ -258,6 +259,26 @@ describe('sample stream', () => {
     await batches.close()
     expect(batch.keys).toEqual(['k0', 'k2', 'k10', 'k11', 'k20', 'k21'])
     expect(batch.position.skipped).toEqual({ corrupt_member: 1, truncated_shard: 1, no_image: 1, unreadable_image: 1 })
+  })
+})
+
+describe('undecodable data', () => {
+  it('a shard whose members all read but none decodes fails with MARVEL_IO instead of searching forever', { timeout: 20_000 }, async () => {
+    const dir = join(work, 'undecodable')
+    mkdirSync(dir, { recursive: true })
+    const shard = join(dir, 'text.tar')
+    await writeShard(shard, [0, 1, 2].map((i) => [`t${i}.png`, Buffer.from(`text ${i}, not a PNG`)]))
+    const s = await SampleStream.open({ kind: 'shards', units: [shard] }, { seed: 5, bufferSize: 2 })
+    const batches = new BatchStream(s, { augmentation: { resizeShorterEdge: 32, cropSize: 32, randomCrop: true, randomFlip: true }, batchSize: 4 })
+    await expect(batches.next()).rejects.toMatchObject({ code: 'MARVEL_IO', message: expect.stringMatching(/^1000 images in a row failed to decode \(the last, \S*text\.tar@\d+: [\s\S]*\); the data \(1 shard\) holds no image that decodes$/) })
+    await batches.close()
+  })
+
+  it('so does the validation batch of an eval folder of undecodable images', { timeout: 20_000 }, async () => {
+    const dir = join(work, 'undecodable-eval')
+    mkdirSync(dir, { recursive: true })
+    for (const i of [0, 1]) writeFileSync(join(dir, `x${i}.png`), `not a png ${i}`)
+    await expect(validationBatch(resolveSource(dir, 'dataset.params.eval_shards_path_or_url'), 4, 32, 32)).rejects.toMatchObject({ code: 'MARVEL_IO', message: expect.stringContaining('holds no image that decodes') })
   })
 })
 
