@@ -4,7 +4,7 @@
  * at start on a missing shard or a bad override; make-shards feeds it and its model loads as a Tokenizer.
  */
 import { spawn, spawnSync } from 'node:child_process'
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, readlinkSync, rmSync, truncateSync, writeFileSync } from 'node:fs'
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, readlinkSync, rmSync, symlinkSync, truncateSync, unlinkSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 
@@ -163,6 +163,55 @@ describe('marvel train', () => {
     // The clock continues across the resume.
     const times = metrics(out).map((l) => l.time!)
     expect(times.every((t, i) => i === 0 || t >= times[i - 1])).toBe(true)
+  })
+
+  it('a lost or dangling latest: --resume continues from the newest checkpoint folder and points latest at it again', () => {
+    for (const damage of ['lost', 'dangling'] as const) {
+      const out = join(work, `${damage}-latest`)
+      cpSync(straight(), out, { recursive: true, verbatimSymlinks: true })
+      unlinkSync(join(out, 'latest'))
+      // A kill between the rename of a checkpoint folder and the link leaves the first; a lost folder the second.
+      if (damage === 'dangling') symlinkSync('checkpoint-60', join(out, 'latest'))
+      const refused = marvel(['train', ...settings(out)])
+      expect(refused.code).toBe(1)
+      expect(refused.stderr).toContain(`already holds a run (its newest checkpoint: ${join(out, 'checkpoint-50')})`)
+      const r = marvel(['train', ...settings(out), '--resume'])
+      expect(r.code, r.stderr).toBe(0)
+      expect(r.stderr).toContain(`continuing from the newest checkpoint, ${join(out, 'checkpoint-50')}`)
+      expect(r.stderr).toContain('marvel: finished at step 50')
+      expect(readlinkSync(join(out, 'latest'))).toBe('checkpoint-50')
+      expect(trajectory(out)).toEqual(trajectory(straight()))
+    }
+  })
+
+  it('a new run in a folder with logs but no checkpoint starts its metrics.jsonl afresh', () => {
+    const out = join(work, 'fresh-over-logs')
+    mkdirSync(join(out, 'logs'), { recursive: true })
+    writeFileSync(join(out, 'logs', 'metrics.jsonl'), [1, 2, 3, 4].map((step) => `${JSON.stringify({ step, loss: 9 })}\n`).join(''))
+    const r = marvel(['train', ...settings(out, ['training.max_train_steps=2'])])
+    expect(r.code, r.stderr).toBe(0)
+    expect(metrics(out).map((l) => [l.step, l.loss === 9])).toEqual([[1, false], [2, false]])
+  })
+
+  it('SIGKILLed again and again at random moments with a checkpoint every step: latest always loads', async () => {
+    const out = join(work, 'kill-loop')
+    let seed = 20261201
+    const random = () => (seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31
+    const args = ['train', ...settings(out, ['experiment.save_every=1', 'training.max_train_steps=1000']), '--resume']
+    let last = 0
+    for (let kill = 0; kill < 5; kill++) {
+      const delay = Math.floor(random() * 700)
+      const child = spawn(process.execPath, [cli, ...args], { cwd: work, stdio: ['ignore', 'ignore', 'pipe'] })
+      // From the first step on, a checkpoint is being written nearly all the time.
+      child.stderr!.on('data', (d: Buffer) => /^step /m.test(d.toString()) && setTimeout(() => child.kill('SIGKILL'), delay))
+      await new Promise((resolve) => child.once('exit', resolve))
+      if (!existsSync(join(out, 'latest'))) continue
+      const t = await Trainer.resume(join(out, 'latest'))
+      expect(t.startStep, `kill ${kill} after ${delay} ms`).toBeGreaterThanOrEqual(last)
+      last = t.startStep
+      t.dispose()
+    }
+    expect(last).toBeGreaterThan(0)
   })
 
   it('SIGTERM saves a checkpoint at the current step and exits 0; the resumed run matches too', async () => {

@@ -6,14 +6,14 @@
  * uninterrupted run would have taken.
  */
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs'
-import { join } from 'node:path'
+import { basename, join } from 'node:path'
 
 import { BatchStream } from '../data/batches.js'
 import { resolveSource, unitsOfRank, type DataSource } from '../data/shards.js'
 import { SampleStream, type StreamPosition } from '../data/stream.js'
 import { MarvelError, integerParameter, invalidParameter, optionsParameter } from '../errors.js'
 import { Trainer } from '../trainer.js'
-import { latestCheckpoint, removeLeftovers, saveCheckpoint } from './checkpoints.js'
+import { pointLatest, removeLeftovers, resumePoint, saveCheckpoint } from './checkpoints.js'
 import { evaluate, validationBatch } from './evaluate.js'
 import { MetricsJsonl, type TrainingSink } from './log.js'
 import { TrainProgress, type ProgressStream } from './progress.js'
@@ -84,7 +84,7 @@ async function hasCodes(source: DataSource): Promise<boolean> {
 }
 
 /** The sinks rank 0 writes to; the one place a new kind of log joins. */
-async function createSinks(logDir: string, resumeStep: number | undefined): Promise<TrainingSink[]> {
+async function createSinks(logDir: string, resumeStep: number): Promise<TrainingSink[]> {
   return [new MetricsJsonl(logDir, resumeStep), await TensorBoardWriter.open(logDir)]
 }
 
@@ -196,11 +196,13 @@ export async function train(config: object, options?: TrainOptions): Promise<Tra
   const centreCrop = !s.randomCrop && !s.randomFlip && s.resizeShorterEdge === s.cropSize
   const pretokenized = await hasCodes(source)
   checkNetworks(resolved, pretokenized && centreCrop)
-  const latest = latestCheckpoint(s.outputDir)
+  const point = resumePoint(s.outputDir)
+  const latest = point?.dir ?? null
   const resume = options.resume ?? s.resume
   if (latest && !resume) {
-    throw new MarvelError('MARVEL_INVALID_ARGUMENT', `${s.outputDir} already holds a run (latest: ${latest}); resume it (--resume, or experiment.resume: true) or choose another experiment.output_dir`)
+    throw new MarvelError('MARVEL_INVALID_ARGUMENT', `${s.outputDir} already holds a run (${point!.recovered ? 'its newest checkpoint' : 'latest'}: ${latest}); resume it (--resume, or experiment.resume: true) or choose another experiment.output_dir`)
   }
+  if (point?.recovered) progress.note(`marvel: ${join(s.outputDir, 'latest')} is missing or names no folder; continuing from the newest checkpoint, ${latest}`)
   // A resumed run's weights come from its checkpoint.
   if (!latest) checkInitWeight(s.initWeight)
   const part = unitsOfRank(source.units, ranks.rank, ranks.worldSize)
@@ -244,7 +246,10 @@ export async function train(config: object, options?: TrainOptions): Promise<Tra
     const validation = writer && evaluates ? await validationBatch(evalSource, s.numGeneratedImages, s.resizeShorterEdge, s.cropSize) : null
     if (writer) {
       for (const n of removeLeftovers(s.outputDir)) progress.note(`marvel: removed ${join(s.outputDir, n)}, left half-written by an earlier run`)
-      sinks.push(...await createSinks(join(s.outputDir, 'logs'), latest ? trainer.startStep : undefined))
+      // The checkpoint loaded, so `latest` may name it again.
+      if (point?.recovered) pointLatest(s.outputDir, basename(latest!))
+      // A new run keeps no lines of an earlier one that saved no checkpoint (step 0: every line goes).
+      sinks.push(...await createSinks(join(s.outputDir, 'logs'), latest ? trainer.startStep : 0))
     }
     if (latest) progress.note(`marvel: resuming ${latest} at step ${trainer.startStep}`)
     const useCodes = pretokenized && centreCrop && trainer.recipe === 'stage1'
