@@ -41,12 +41,16 @@ export interface TrainBatch {
   proxyCodes?: Int32Array
 }
 
-/** One micro-batch through the trainer; with several ranks its gradients are averaged across them before the update. */
+/**
+ * One micro-batch through the trainer. With several ranks, each accumulates its micro-batches locally and the
+ * accumulated gradients are averaged across the ranks once per optimizer step, before the update.
+ */
 export async function stepBatch(trainer: Trainer, batch: TrainBatch, group: ProcessGroup | null): Promise<TrainStepResult> {
   const options: StepOptions = batch.proxyCodes ? { proxyCodes: batch.proxyCodes } : {}
   if (!group) return trainer.step(batch.images, options)
-  const { gradients } = await trainer.gradients(batch.images, options)
-  return trainer.applyGradients(await group.allReduceMean(gradients))
+  const r = await trainer.gradients(batch.images, options)
+  if (r.gradients === null) return { step: r.step, lr: r.lr, loss: r.loss, components: r.components, gradNorm: null }
+  return trainer.applyGradients(await group.allReduceMean(r.gradients))
 }
 
 /** Whether any rank wants to stop: all ranks stop after the same step, so none is left waiting in a collective. */
