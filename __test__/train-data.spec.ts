@@ -221,6 +221,19 @@ describe('sample stream', () => {
     await straight.close()
   })
 
+  it('gives each rank its own draws over a shard order common to all ranks; rank 0 draws as a single rank', async () => {
+    const run = async (rank?: number) => {
+      const s = await SampleStream.open(source(), { seed: 4, bufferSize: 0, sampleStride: 2, sampleOffset: 0, ...(rank === undefined ? {} : { rank }) })
+      const got = await draw(s, 8)
+      await s.close()
+      return got
+    }
+    const [single, rank0, rank1] = [await run(), await run(0), await run(1)]
+    expect(rank0).toEqual(single)
+    expect(rank1.map((x) => x.key)).toEqual(rank0.map((x) => x.key))
+    expect(rank1.map((x) => x.draws)).not.toEqual(rank0.map((x) => x.draws))
+  })
+
   it('refuses a position that does not fit the data', async () => {
     const a = await SampleStream.open(source(), { seed: 1, bufferSize: 3 })
     await draw(a, 4)
@@ -278,7 +291,7 @@ describe('undecodable data', () => {
     const dir = join(work, 'undecodable-eval')
     mkdirSync(dir, { recursive: true })
     for (const i of [0, 1]) writeFileSync(join(dir, `x${i}.png`), `not a png ${i}`)
-    await expect(validationBatch(resolveSource(dir, 'dataset.params.eval_shards_path_or_url'), 4, 32, 32)).rejects.toMatchObject({ code: 'MARVEL_IO', message: expect.stringContaining('holds no image that decodes') })
+    await expect(validationBatch(resolveSource(dir, 'dataset.params.eval_shards_path_or_url'), 4, 32)).rejects.toMatchObject({ code: 'MARVEL_IO', message: expect.stringContaining('holds no image that decodes') })
   })
 })
 

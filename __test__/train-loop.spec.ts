@@ -12,7 +12,7 @@ import sharp from 'sharp'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 
 import { readTensorBoardEvents } from '../src/train/tensorboard.js'
-import { Trainer, loadTrainingConfig, train } from '../src/index.js'
+import { Trainer, loadTrainingConfig, prepareImage, train } from '../src/index.js'
 import { cli, encoded, ensureBuilt, imageFolder, tinyYaml, writeShard, writeShards } from './helpers/shards.js'
 
 let work: string
@@ -157,6 +157,12 @@ describe('marvel train', () => {
     expect(r.stderr).toContain(`marvel: removed ${join(out, '.checkpoint-30.partial-99999')}, left half-written by an earlier run`)
     expect(readdirSync(out).filter((n) => n.startsWith('.'))).toEqual([])
     expect(trajectory(out)).toEqual(trajectory(straight()))
+    // The resumed run's event file tells TensorBoard to drop the killed run's steps after the checkpoint.
+    const resumedAt = Number(/marvel: resuming .* at step (\d+)/.exec(r.stderr)?.[1])
+    const eventFiles = readdirSync(join(out, 'logs')).filter((f) => f.startsWith('events.out.tfevents.'))
+    expect(eventFiles).toHaveLength(2)
+    const starts = await Promise.all(eventFiles.map(async (f) => (await readTensorBoardEvents(join(out, 'logs', f))).sessionStarts))
+    expect(starts.sort((a, b) => a.length - b.length)).toEqual([[], [resumedAt + 1]])
     for (const file of ['model.safetensors', 'ema.safetensors', 'optimizer.safetensors']) {
       expect(readFileSync(join(out, 'checkpoint-50', file)).equals(readFileSync(join(straight(), 'checkpoint-50', file))), file).toBe(true)
     }
@@ -257,6 +263,31 @@ describe('marvel train', () => {
     expect(readlinkSync(join(out, 'latest'))).toBe(`checkpoint-${step}`)
   })
 
+  it('evaluates as the reference does: shorter side to crop_size, centre crop, reconstructed through the EMA weights', async () => {
+    const out = join(work, 'eval-ema')
+    const evalDir = join(work, 'eval-one')
+    mkdirSync(evalDir, { recursive: true })
+    const png = await encoded(7, 'png', 64, 48)
+    writeFileSync(join(evalDir, 'a.png'), png)
+    // Training resizes to 40 first; the evaluation must not.
+    const extra = ['training.max_train_steps=3', 'experiment.eval_every=3', 'dataset.preprocessing.resize_shorter_edge=40', `dataset.params.eval_shards_path_or_url=${evalDir}`]
+    const r = marvel(['train', ...settings(out, extra)])
+    expect(r.code, r.stderr).toBe(0)
+    const grid = await sharp(join(out, 'grids', 'step-3.png')).removeAlpha().raw().toBuffer({ resolveWithObject: true })
+    expect([grid.info.width, grid.info.channels]).toEqual([4 * 32, 3])
+    const cell = (column: number) => {
+      const c = Buffer.alloc(32 * 32 * 3)
+      for (let y = 0; y < 32; y++) grid.data.copy(c, y * 96, (y * grid.info.width + column * 32) * 3, (y * grid.info.width + column * 32 + 32) * 3)
+      return c
+    }
+    expect(cell(0).equals(Buffer.from((await prepareImage(png, { size: 32 })).data))).toBe(true)
+    const t = await Trainer.resume(join(out, 'latest'))
+    for (let depth = 1; depth <= 3; depth++) {
+      expect(Buffer.from(await t.reconstruct(cell(0), { depth, ema: true })).equals(cell(depth)), `depth ${depth}`).toBe(true)
+    }
+    t.dispose()
+  })
+
   it('refuses to start over an existing run without --resume, and to resume it with settings its checkpoint overrides', () => {
     const r = marvel(['train', ...settings(straight())])
     expect(r.code).toBe(1)
@@ -287,14 +318,15 @@ describe('marvel train', () => {
     await writeShard(join(dir, 'c.tar'), [['notes.png', Buffer.from('not an image')], ...(await samples(20, 4))])
 
     const out = join(work, 'damaged-run')
-    const args = [`config=${tinyYaml}`, `dataset.params.train_shards_path_or_url=${dir}`, `experiment.output_dir=${out}`, 'training.max_train_steps=4', 'experiment.log_every=1']
+    const args = [`config=${tinyYaml}`, `dataset.params.train_shards_path_or_url=${dir}`, `experiment.output_dir=${out}`, 'training.max_train_steps=2', 'experiment.log_every=1', 'dataset.params.shuffle_buffer_size=1', 'training.per_gpu_batch_size=5']
     const r = marvel(['train', ...args])
     expect(r.code, r.stderr).toBe(0)
     expect(r.stderr).toMatch(/marvel: skipped a\.tar@\d+: corrupt tar .*a\.tar at byte \d+: header checksum mismatch/)
     expect(r.stderr).toMatch(/marvel: skipped b\.tar@\d+: truncated tar /)
     expect(r.stderr).toMatch(/marvel: skipped .*c\.tar@0: cannot decode image/)
     const last = metrics(out).at(-1)!
-    expect(last.skipped).toEqual({ corrupt_member: expect.any(Number), truncated_shard: expect.any(Number), unreadable_image: expect.any(Number) })
+    // Two batches of five are one pass over the ten good samples (no shuffle buffer reading ahead): each damage once.
+    expect(last.skipped).toEqual({ corrupt_member: 1, truncated_shard: 1, unreadable_image: 1 })
 
     const missing = marvel(['train', ...args.slice(0, 1), `dataset.params.train_shards_path_or_url=${join(work, 'shards', 'train-{0000..0005}.tar')}`, `experiment.output_dir=${join(work, 'never')}`])
     expect(missing.code).toBe(1)
@@ -334,6 +366,15 @@ describe('marvel train', () => {
     expect(noEval.step).toBe(2)
     expect(result).toEqual({ step: 7, stopped: true, outputDir: out, checkpoint: join(out, 'checkpoint-7') })
     await expect(train(config, { progress: false, resume: true, rank: 1, worldSize: 2 })).rejects.toMatchObject({ code: 'MARVEL_INVALID_ARGUMENT', message: /world size 2/ })
+  })
+
+  it('refuses the stage-2 recipe with several ranks at start: its discriminator is not averaged across them', async () => {
+    const config = loadTrainingConfig(join(import.meta.dirname, '..', 'configs', 'marvel_l32_x1_stage2.yaml'), [`experiment.output_dir=${join(work, 'stage2-ranks')}`])
+    await expect(train(config, { progress: false, rank: 0, worldSize: 2 })).rejects.toMatchObject({
+      code: 'MARVEL_CONFIG',
+      message: expect.stringContaining('the stage-2 recipe trains on one rank only (world size 2 given)'),
+    })
+    expect(existsSync(join(work, 'stage2-ranks'))).toBe(false)
   })
 })
 
@@ -375,5 +416,9 @@ describe('make-shards → train → export → Tokenizer', () => {
     expect(r.status, r.stderr).toBe(0)
     expect(r.stdout).toMatch(/step 20 +loss \d\.\d{4}/)
     expect(existsSync(join(work, 'example', 'reconstruction-depth3.png'))).toBe(true)
+    // Run again once finished: nothing left to train, the model is exported from latest.
+    const again = spawnSync(process.execPath, [join(import.meta.dirname, '..', 'examples', 'train.mjs'), join(work, 'example'), '20'], { encoding: 'utf8', timeout: 120_000 })
+    expect(again.status, again.stderr).toBe(0)
+    expect(again.stdout).toContain(`model in ${join(work, 'example', 'model')}`)
   })
 })
