@@ -6,6 +6,8 @@ import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 
 import { MarvelError, Trainer } from '../src/index.js'
+import { rankValue } from '../src/cli/train.js'
+import { ranksOf } from '../src/train/data-parallel.js'
 import { ProcessGroup, launchRanks } from '../src/train/ranks.js'
 import { bundleChild, childEnv } from './helpers/bundle.js'
 import { images, tinyTrainingConfig } from './helpers/training.js'
@@ -243,6 +245,17 @@ describe('data-parallel ranks', () => {
     while (pids.some(alive) && performance.now() - started < 20_000) await new Promise((r) => setTimeout(r, 50))
     expect(pids.filter(alive)).toEqual([])
     for (const r of [0, 1]) expect(readFileSync(join(dir, `failed-${r}`), 'utf8')).toMatch(/the rank launcher is gone/)
+  })
+
+  it('RANK / WORLD_SIZE, --rank / --world-size and train({ rank, worldSize }) accept and refuse the same values', () => {
+    const flag = (value: string) => rankValue('--world-size', 1)(value)
+    for (const bad of [' 2', '2.0', '1e1', '-1', '0x2', '0', '65537']) {
+      expect(() => ranksOf({}, { WORLD_SIZE: bad }), bad).toThrow(`WORLD_SIZE=${bad}: expected an integer from 1 to 65536`)
+      expect(() => ProcessGroup.fromEnv({ WORLD_SIZE: bad }), bad).toThrow(`WORLD_SIZE=${bad}: expected an integer from 1 to 65536`)
+      expect(() => flag(bad), bad).toThrow(`--world-size=${bad}: expected an integer from 1 to 65536`)
+    }
+    expect(() => ranksOf({ worldSize: 65537 })).toThrow('worldSize=65537: expected an integer from 1 to 65536')
+    expect([ranksOf({}, { WORLD_SIZE: '4', RANK: '3' }), flag('4')]).toEqual([{ rank: 3, worldSize: 4 }, 4])
   })
 
   it('one process without WORLD_SIZE is a group of one; WORLD_SIZE > 1 needs the launcher', async () => {

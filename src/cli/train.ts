@@ -2,15 +2,21 @@
 import { InvalidArgumentError, type Command } from 'commander'
 
 import { train } from '../train/loop.js'
-import { LAUNCHER_ENV, launchRanks } from '../train/ranks.js'
+import { LAUNCHER_ENV, MAX_WORLD_SIZE, launchRanks, rankInteger } from '../train/ranks.js'
 import { loadTrainingConfig } from '../train/yaml-config.js'
 import { UsageError } from './common.js'
 
-/** commander parser for --rank / --world-size. */
+/** commander parser for --rank / --world-size / --nproc: the same values `RANK` / `WORLD_SIZE` take. */
 export function rankValue(flag: string, min: number): (value: string) => number {
   return (value) => {
-    if (!/^\d+$/.test(value.trim()) || Number(value) < min) throw new InvalidArgumentError(`${flag} must be an integer ≥ ${min}, got ${JSON.stringify(value)}`)
-    return Number(value)
+    try {
+      const n = rankInteger(flag, value, min, flag === '--rank' ? MAX_WORLD_SIZE - 1 : MAX_WORLD_SIZE)
+      if (n === undefined) throw new InvalidArgumentError(`${flag} needs a value`)
+      return n
+    } catch (e) {
+      if (e instanceof InvalidArgumentError) throw e
+      throw new InvalidArgumentError((e as Error).message)
+    }
   }
 }
 
