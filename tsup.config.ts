@@ -6,8 +6,8 @@ export default defineConfig([
     format: ['esm', 'cjs'],
     dts: true,
     sourcemap: true,
-    // The two configs build in parallel: leave the CLI's files to the second one.
-    clean: ['!cli.js', '!cli.js.map'],
+    // The configs build in parallel: leave the CLI's and the tar writer's files to theirs.
+    clean: ['!cli.js', '!cli.js.map', '!tar-writer.js'],
     target: 'node20',
     // import.meta.url in the CommonJS build (the loader resolves the package root from it).
     shims: true,
@@ -22,5 +22,12 @@ export default defineConfig([
     target: 'node20',
     banner: { js: '#!/usr/bin/env node' },
     external: ['sharp', 'commander'],
+  },
+  {
+    // The webdataset writer alone, for scripts/builtin-data/tar.mjs: one tar writer in the repository.
+    entry: { 'tar-writer': 'src/data/tar-writer.ts' },
+    format: ['esm'],
+    clean: false,
+    target: 'node20',
   },
 ])

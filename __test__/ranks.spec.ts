@@ -6,6 +6,8 @@ import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 
 import { MarvelError, Trainer } from '../src/index.js'
+import { rankValue } from '../src/cli/train.js'
+import { ranksOf } from '../src/train/data-parallel.js'
 import { ProcessGroup, launchRanks } from '../src/train/ranks.js'
 import { bundleChild, childEnv } from './helpers/bundle.js'
 import { images, tinyTrainingConfig } from './helpers/training.js'
@@ -75,7 +77,7 @@ describe('data-parallel ranks', () => {
 
     const single = await Trainer.create(config, { seed: 5 })
     const whole = await single.gradients(images(4))
-    await single.applyGradients(whole.gradients)
+    await single.applyGradients(whole.gradients!)
     await single.exportModel(join(dir, 'model-single'))
     single.dispose()
 
@@ -83,8 +85,8 @@ describe('data-parallel ranks', () => {
     expect(Buffer.from(mean0.buffer).equals(Buffer.from(mean1.buffer))).toBe(true)
     // Adam's first update barely depends on the gradients' scale, so a sum in place of the mean would pass the weight
     // check: compare the averaged gradients with the whole batch's first.
-    const scale = whole.gradients.reduce((m, g) => Math.max(m, Math.abs(g)), 0)
-    expect(maxAbsDiff(whole.gradients, mean0)).toBeLessThanOrEqual(1e-5 * scale)
+    const scale = whole.gradients!.reduce((m, g) => Math.max(m, Math.abs(g)), 0)
+    expect(maxAbsDiff(whole.gradients!, mean0)).toBeLessThanOrEqual(1e-5 * scale)
     const steps = [0, 1].map((r) => JSON.parse(readFileSync(join(dir, `step-${r}.json`), 'utf8')))
     expect(steps.map((s) => s.step)).toEqual([1, 1])
     expect((steps[0].loss + steps[1].loss) / 2).toBeCloseTo(whole.loss, 5)
@@ -104,6 +106,53 @@ describe('data-parallel ranks', () => {
     fresh.dispose()
     const initial = safetensors(join(dir, 'model-fresh', 'model.safetensors'))
     expect(Math.max(...[...reference].map(([name, w]) => maxAbsDiff(w, initial.get(name)!)))).toBeGreaterThan(1e-3)
+  })
+
+  it('with gradient accumulation, ranks exchange gradients once per optimizer step and match one rank\'s accumulation', async () => {
+    const config = linearConfig()
+    config.training.gradient_accumulation_steps = 2
+    const dir = join(work, 'accumulate')
+    await launchRanks(2, worker, ['accumulate', dir, JSON.stringify(config)], childEnv)
+    for (const r of [0, 1]) {
+      const got = JSON.parse(readFileSync(join(dir, `accumulate-${r}.json`), 'utf8'))
+      expect(got.collectives).toBe(1)
+      expect(got.steps).toEqual([0, 1])
+      expect([got.gradNorms[0], typeof got.gradNorms[1]]).toEqual([null, 'number'])
+    }
+    // One rank, micro-batch i holding each rank's i-th image: the same mean over the same four images.
+    const single = await Trainer.create(config, { seed: 5 })
+    const frame = 32 * 32 * 3
+    const all = images(4)
+    const pick = (...ids: number[]) => {
+      const out = new Uint8Array(ids.length * frame)
+      ids.forEach((id, k) => out.set(all.subarray(id * frame, (id + 1) * frame), k * frame))
+      return out
+    }
+    await single.step(pick(0, 2))
+    expect((await single.step(pick(1, 3))).step).toBe(1)
+    await single.exportModel(join(dir, 'model-single'))
+    single.dispose()
+    const reference = safetensors(join(dir, 'model-single', 'model.safetensors'))
+    const rank0 = safetensors(join(dir, 'model-0', 'model.safetensors'))
+    const rank1 = safetensors(join(dir, 'model-1', 'model.safetensors'))
+    let worst = 0
+    for (const [name, w] of reference) {
+      expect(Buffer.from(rank0.get(name)!.buffer).equals(Buffer.from(rank1.get(name)!.buffer)), name).toBe(true)
+      worst = Math.max(worst, maxAbsDiff(w, rank0.get(name)!))
+    }
+    expect(worst).toBeLessThanOrEqual(1e-6)
+  })
+
+  it('gradients() hands back gradients only at the accumulation boundary, and refuses to run past unapplied ones', async () => {
+    const t = await Trainer.create(tinyTrainingConfig({ gradient_accumulation_steps: 2 }), { seed: 1 })
+    const first = await t.gradients(images(1))
+    expect([first.gradients, first.step]).toEqual([null, 0])
+    await expect(t.applyGradients(new Float32Array(t.gradientLength))).rejects.toThrow(/no gradients\(\) result to apply/)
+    const second = await t.gradients(images(1))
+    expect(second.gradients).toBeInstanceOf(Float32Array)
+    await expect(t.gradients(images(1))).rejects.toThrow(/were not applied; pass them \(averaged across ranks\) to applyGradients\(\) first/)
+    expect((await t.applyGradients(second.gradients!)).step).toBe(1)
+    t.dispose()
   })
 
   it('averages in rank order, so every rank gets the same bits: the float64 sum rounded once', async () => {
@@ -163,6 +212,21 @@ describe('data-parallel ranks', () => {
     expect(Number(steps[0])).toBeGreaterThan(1)
   })
 
+  it('a launcher sent a second signal kills the ranks at once (they ignore repeats) and fails naming it', async () => {
+    const dir = join(work, 'deaf')
+    const proc = spawn(process.execPath, [launcher, worker, '2', 'deaf', dir], { env: { ...process.env, ...childEnv }, stdio: ['ignore', 'ignore', 'pipe'] })
+    let stderr = ''
+    proc.stderr!.on('data', (d: Buffer) => (stderr += d.toString()))
+    const exited = new Promise<number | null>((resolve) => proc.once('exit', (code) => resolve(code)))
+    while (!existsSync(join(dir, 'ready-0')) || !existsSync(join(dir, 'ready-1'))) await new Promise((r) => setTimeout(r, 20))
+    proc.kill('SIGINT')
+    await new Promise((r) => setTimeout(r, 200))
+    expect(proc.exitCode).toBe(null)
+    proc.kill('SIGINT')
+    expect(await exited).toBe(3)
+    expect(stderr).toMatch(/the ranks were killed: a second SIGINT means quit at once/)
+  })
+
   it('ranks whose launcher is killed fail at their next collective instead of waiting forever', async () => {
     const dir = join(work, 'orphans')
     const proc = spawn(process.execPath, [launcher, worker, '2', 'signal', dir], { env: { ...process.env, ...childEnv }, stdio: 'ignore' })
@@ -181,6 +245,17 @@ describe('data-parallel ranks', () => {
     while (pids.some(alive) && performance.now() - started < 20_000) await new Promise((r) => setTimeout(r, 50))
     expect(pids.filter(alive)).toEqual([])
     for (const r of [0, 1]) expect(readFileSync(join(dir, `failed-${r}`), 'utf8')).toMatch(/the rank launcher is gone/)
+  })
+
+  it('RANK / WORLD_SIZE, --rank / --world-size and train({ rank, worldSize }) accept and refuse the same values', () => {
+    const flag = (value: string) => rankValue('--world-size', 1)(value)
+    for (const bad of [' 2', '2.0', '1e1', '-1', '0x2', '0', '65537']) {
+      expect(() => ranksOf({}, { WORLD_SIZE: bad }), bad).toThrow(`WORLD_SIZE=${bad}: expected an integer from 1 to 65536`)
+      expect(() => ProcessGroup.fromEnv({ WORLD_SIZE: bad }), bad).toThrow(`WORLD_SIZE=${bad}: expected an integer from 1 to 65536`)
+      expect(() => flag(bad), bad).toThrow(`--world-size=${bad}: expected an integer from 1 to 65536`)
+    }
+    expect(() => ranksOf({ worldSize: 65537 })).toThrow('worldSize=65537: expected an integer from 1 to 65536')
+    expect([ranksOf({}, { WORLD_SIZE: '4', RANK: '3' }), flag('4')]).toEqual([{ rank: 3, worldSize: 4 }, 4])
   })
 
   it('one process without WORLD_SIZE is a group of one; WORLD_SIZE > 1 needs the launcher', async () => {
@@ -209,8 +284,8 @@ describe('Trainer.gradients / applyGradients', () => {
     for (let i = 0; i < 3; i++) {
       const stepped = await a.step(images(2))
       const computed = await b.gradients(images(2))
-      expect(computed.gradients.length).toBe(b.gradientLength)
-      const applied = await b.applyGradients(computed.gradients)
+      expect(computed.gradients!.length).toBe(b.gradientLength)
+      const applied = await b.applyGradients(computed.gradients!)
       expect(applied).toEqual(stepped)
     }
     await a.exportModel(join(work, 'split-a'))
@@ -223,7 +298,7 @@ describe('Trainer.gradients / applyGradients', () => {
   it('refuses gradients of the wrong length or not finite, and an apply without gradients', async () => {
     const t = await Trainer.create(tinyTrainingConfig(), { seed: 1 })
     await expect(t.applyGradients(new Float32Array(t.gradientLength))).rejects.toThrow(/no gradients\(\) result to apply/)
-    const { gradients } = await t.gradients(images(1))
+    const gradients = (await t.gradients(images(1))).gradients!
     await expect(t.applyGradients(gradients.subarray(1))).rejects.toThrow(new RegExp(`expected gradients to be a Float32Array of ${t.gradientLength} values`))
     await expect(t.applyGradients(new Float64Array(t.gradientLength) as never)).rejects.toMatchObject({ code: 'MARVEL_INVALID_ARGUMENT' })
     const bad = gradients.slice()

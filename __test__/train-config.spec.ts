@@ -90,6 +90,23 @@ describe('overrides', () => {
     expect(() => applyOverrides(base(), ['trainig.seed=1'], isLoopKey)).toThrow(configError('unknown key trainig.seed in override trainig.seed=1: the config has no section trainig'))
     expect(() => applyOverrides(base(), ['seed'], isLoopKey)).toThrow(configError('is not key=value'))
   })
+
+  it('over a reference take the type their own text has in YAML', () => {
+    const c = loadTrainingConfig(join(work, 'ref.yaml'), ['lr_scheduler.params.learning_rate=3e-4', 'experiment.output_dir=runs/x'], isLoopKey) as any
+    expect(c.lr_scheduler.params.learning_rate).toBe(3e-4)
+    expect(c.experiment.output_dir).toBe('runs/x')
+    // A reference given on the command line is still one.
+    expect((loadTrainingConfig(join(work, 'ref.yaml'), ['lr_scheduler.params.learning_rate=${lr_scheduler.params.end_lr}'], isLoopKey) as any).lr_scheduler.params.learning_rate).toBe(1e-5)
+  })
+
+  it('cannot reach Object.prototype: __proto__, constructor and prototype are refused', () => {
+    for (const key of ['training.__proto__.polluted', '__proto__.polluted', 'training.constructor.prototype.polluted', 'training.constructor']) {
+      expect(() => applyOverrides(base(), [`${key}=1`], () => true), key).toThrow(configError(/contains (__proto__|constructor), which no config key may be named/))
+    }
+    expect(({} as any).polluted).toBe(undefined)
+    // Inherited names are not keys: `toString` is unknown, not Object.prototype's.
+    expect(() => applyOverrides(base(), ['training.toString.x=1'], () => true)).toThrow(configError('the config has no section training.toString'))
+  })
 })
 
 describe('the loop\'s settings', () => {
@@ -123,9 +140,9 @@ describe('the loop\'s settings', () => {
 describe('shipped configs', () => {
   const files = readdirSync(configs).filter((f) => f.endsWith('.yaml')).sort()
 
-  it('are the MARVEL-L-32 x1/x2/x4 stages, single S-128 and tiny', () => {
+  it('are the built-in model, the MARVEL-L-32 x1/x2/x4 stages, single S-128 and tiny', () => {
     expect(files).toEqual([
-      'marvel_l32_x1_stage1.yaml', 'marvel_l32_x1_stage2.yaml', 'marvel_l32_x2_stage1.yaml', 'marvel_l32_x2_stage2.yaml',
+      'builtin.yaml', 'marvel_l32_x1_stage1.yaml', 'marvel_l32_x1_stage2.yaml', 'marvel_l32_x2_stage1.yaml', 'marvel_l32_x2_stage2.yaml',
       'marvel_l32_x4_stage1.yaml', 'marvel_l32_x4_stage2.yaml', 'marvel_s128_single.yaml', 'tiny.yaml',
     ])
   })

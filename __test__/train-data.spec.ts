@@ -12,6 +12,7 @@ import { Random } from '../src/data/random.js'
 import { expandBraces, resolveSource, unitsOfRank, type DataSource } from '../src/data/shards.js'
 import { SampleStream, splitKey, type Sample } from '../src/data/stream.js'
 import { TarError, TarReader } from '../src/data/tar.js'
+import { validationBatch } from '../src/train/evaluate.js'
 import { MarvelError, prepareImage } from '../src/index.js'
 import { encoded, writeShard, writeShards } from './helpers/shards.js'
 
@@ -220,6 +221,19 @@ describe('sample stream', () => {
     await straight.close()
   })
 
+  it('gives each rank its own draws over a shard order common to all ranks; rank 0 draws as a single rank', async () => {
+    const run = async (rank?: number) => {
+      const s = await SampleStream.open(source(), { seed: 4, bufferSize: 0, sampleStride: 2, sampleOffset: 0, ...(rank === undefined ? {} : { rank }) })
+      const got = await draw(s, 8)
+      await s.close()
+      return got
+    }
+    const [single, rank0, rank1] = [await run(), await run(0), await run(1)]
+    expect(rank0).toEqual(single)
+    expect(rank1.map((x) => x.key)).toEqual(rank0.map((x) => x.key))
+    expect(rank1.map((x) => x.draws)).not.toEqual(rank0.map((x) => x.draws))
+  })
+
   it('refuses a position that does not fit the data', async () => {
     const a = await SampleStream.open(source(), { seed: 1, bufferSize: 3 })
     await draw(a, 4)
@@ -258,6 +272,26 @@ describe('sample stream', () => {
     await batches.close()
     expect(batch.keys).toEqual(['k0', 'k2', 'k10', 'k11', 'k20', 'k21'])
     expect(batch.position.skipped).toEqual({ corrupt_member: 1, truncated_shard: 1, no_image: 1, unreadable_image: 1 })
+  })
+})
+
+describe('undecodable data', () => {
+  it('a shard whose members all read but none decodes fails with MARVEL_IO instead of searching forever', { timeout: 20_000 }, async () => {
+    const dir = join(work, 'undecodable')
+    mkdirSync(dir, { recursive: true })
+    const shard = join(dir, 'text.tar')
+    await writeShard(shard, [0, 1, 2].map((i) => [`t${i}.png`, Buffer.from(`text ${i}, not a PNG`)]))
+    const s = await SampleStream.open({ kind: 'shards', units: [shard] }, { seed: 5, bufferSize: 2 })
+    const batches = new BatchStream(s, { augmentation: { resizeShorterEdge: 32, cropSize: 32, randomCrop: true, randomFlip: true }, batchSize: 4 })
+    await expect(batches.next()).rejects.toMatchObject({ code: 'MARVEL_IO', message: expect.stringMatching(/^1000 images in a row failed to decode \(the last, \S*text\.tar@\d+: [\s\S]*\); the data \(1 shard\) holds no image that decodes$/) })
+    await batches.close()
+  })
+
+  it('so does the validation batch of an eval folder of undecodable images', { timeout: 20_000 }, async () => {
+    const dir = join(work, 'undecodable-eval')
+    mkdirSync(dir, { recursive: true })
+    for (const i of [0, 1]) writeFileSync(join(dir, `x${i}.png`), `not a png ${i}`)
+    await expect(validationBatch(resolveSource(dir, 'dataset.params.eval_shards_path_or_url'), 4, 32)).rejects.toMatchObject({ code: 'MARVEL_IO', message: expect.stringContaining('holds no image that decodes') })
   })
 })
 

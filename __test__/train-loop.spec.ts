@@ -4,7 +4,7 @@
  * at start on a missing shard or a bad override; make-shards feeds it and its model loads as a Tokenizer.
  */
 import { spawn, spawnSync } from 'node:child_process'
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, readlinkSync, rmSync, truncateSync, writeFileSync } from 'node:fs'
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, readlinkSync, rmSync, symlinkSync, truncateSync, unlinkSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 
@@ -12,7 +12,7 @@ import sharp from 'sharp'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 
 import { readTensorBoardEvents } from '../src/train/tensorboard.js'
-import { Trainer, loadTrainingConfig, train } from '../src/index.js'
+import { Trainer, loadTrainingConfig, prepareImage, train } from '../src/index.js'
 import { cli, encoded, ensureBuilt, imageFolder, tinyYaml, writeShard, writeShards } from './helpers/shards.js'
 
 let work: string
@@ -48,10 +48,13 @@ function marvel(args: string[]) {
   return { code: r.status, stdout: r.stdout, stderr: r.stderr }
 }
 
-/** Runs `marvel train`, sending `signal` once a progress line reaches step `at`; resolves with how it ended. */
-function trainUntil(args: string[], at: number, signal: NodeJS.Signals): Promise<{ code: number | null; signal: NodeJS.Signals | null; stderr: string; sentAt: number }> {
+/**
+ * Runs `marvel train`, sending `signal` once a progress line reaches step `at`; resolves with how it ended. `group`
+ * runs it in a process group of its own and signals the whole group, as a terminal's Ctrl-C does.
+ */
+function trainUntil(args: string[], at: number, signal: NodeJS.Signals, group = false): Promise<{ code: number | null; signal: NodeJS.Signals | null; stderr: string; sentAt: number }> {
   return new Promise((resolve) => {
-    const child = spawn(process.execPath, [cli, 'train', ...args], { cwd: work })
+    const child = spawn(process.execPath, [cli, 'train', ...args], { cwd: work, detached: group })
     let stderr = ''
     let sentAt = -1
     child.stderr.on('data', (d: Buffer) => {
@@ -59,7 +62,8 @@ function trainUntil(args: string[], at: number, signal: NodeJS.Signals): Promise
       const steps = [...stderr.matchAll(/^step +(\d+)\//gm)].map((m) => Number(m[1]))
       if (sentAt < 0 && steps.length > 0 && steps[steps.length - 1] >= at) {
         sentAt = steps[steps.length - 1]
-        child.kill(signal)
+        if (group) process.kill(-child.pid!, signal)
+        else child.kill(signal)
       }
     })
     child.on('exit', (code, sig) => resolve({ code, signal: sig, stderr, sentAt }))
@@ -153,12 +157,67 @@ describe('marvel train', () => {
     expect(r.stderr).toContain(`marvel: removed ${join(out, '.checkpoint-30.partial-99999')}, left half-written by an earlier run`)
     expect(readdirSync(out).filter((n) => n.startsWith('.'))).toEqual([])
     expect(trajectory(out)).toEqual(trajectory(straight()))
+    // The resumed run's event file tells TensorBoard to drop the killed run's steps after the checkpoint.
+    const resumedAt = Number(/marvel: resuming .* at step (\d+)/.exec(r.stderr)?.[1])
+    const eventFiles = readdirSync(join(out, 'logs')).filter((f) => f.startsWith('events.out.tfevents.'))
+    expect(eventFiles).toHaveLength(2)
+    const starts = await Promise.all(eventFiles.map(async (f) => (await readTensorBoardEvents(join(out, 'logs', f))).sessionStarts))
+    expect(starts.sort((a, b) => a.length - b.length)).toEqual([[], [resumedAt + 1]])
     for (const file of ['model.safetensors', 'ema.safetensors', 'optimizer.safetensors']) {
       expect(readFileSync(join(out, 'checkpoint-50', file)).equals(readFileSync(join(straight(), 'checkpoint-50', file))), file).toBe(true)
     }
     // The clock continues across the resume.
     const times = metrics(out).map((l) => l.time!)
     expect(times.every((t, i) => i === 0 || t >= times[i - 1])).toBe(true)
+  })
+
+  it('a lost or dangling latest: --resume continues from the newest checkpoint folder and points latest at it again', () => {
+    for (const damage of ['lost', 'dangling'] as const) {
+      const out = join(work, `${damage}-latest`)
+      cpSync(straight(), out, { recursive: true, verbatimSymlinks: true })
+      unlinkSync(join(out, 'latest'))
+      // A kill between the rename of a checkpoint folder and the link leaves the first; a lost folder the second.
+      if (damage === 'dangling') symlinkSync('checkpoint-60', join(out, 'latest'))
+      const refused = marvel(['train', ...settings(out)])
+      expect(refused.code).toBe(1)
+      expect(refused.stderr).toContain(`already holds a run (its newest checkpoint: ${join(out, 'checkpoint-50')})`)
+      const r = marvel(['train', ...settings(out), '--resume'])
+      expect(r.code, r.stderr).toBe(0)
+      expect(r.stderr).toContain(`continuing from the newest checkpoint, ${join(out, 'checkpoint-50')}`)
+      expect(r.stderr).toContain('marvel: finished at step 50')
+      expect(readlinkSync(join(out, 'latest'))).toBe('checkpoint-50')
+      expect(trajectory(out)).toEqual(trajectory(straight()))
+    }
+  })
+
+  it('a new run in a folder with logs but no checkpoint starts its metrics.jsonl afresh', () => {
+    const out = join(work, 'fresh-over-logs')
+    mkdirSync(join(out, 'logs'), { recursive: true })
+    writeFileSync(join(out, 'logs', 'metrics.jsonl'), [1, 2, 3, 4].map((step) => `${JSON.stringify({ step, loss: 9 })}\n`).join(''))
+    const r = marvel(['train', ...settings(out, ['training.max_train_steps=2'])])
+    expect(r.code, r.stderr).toBe(0)
+    expect(metrics(out).map((l) => [l.step, l.loss === 9])).toEqual([[1, false], [2, false]])
+  })
+
+  it('SIGKILLed again and again at random moments with a checkpoint every step: latest always loads', async () => {
+    const out = join(work, 'kill-loop')
+    let seed = 20261201
+    const random = () => (seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31
+    const args = ['train', ...settings(out, ['experiment.save_every=1', 'training.max_train_steps=1000']), '--resume']
+    let last = 0
+    for (let kill = 0; kill < 5; kill++) {
+      const delay = Math.floor(random() * 700)
+      const child = spawn(process.execPath, [cli, ...args], { cwd: work, stdio: ['ignore', 'ignore', 'pipe'] })
+      // From the first step on, a checkpoint is being written nearly all the time.
+      child.stderr!.on('data', (d: Buffer) => /^step /m.test(d.toString()) && setTimeout(() => child.kill('SIGKILL'), delay))
+      await new Promise((resolve) => child.once('exit', resolve))
+      if (!existsSync(join(out, 'latest'))) continue
+      const t = await Trainer.resume(join(out, 'latest'))
+      expect(t.startStep, `kill ${kill} after ${delay} ms`).toBeGreaterThanOrEqual(last)
+      last = t.startStep
+      t.dispose()
+    }
+    expect(last).toBeGreaterThan(0)
   })
 
   it('SIGTERM saves a checkpoint at the current step and exits 0; the resumed run matches too', async () => {
@@ -195,6 +254,40 @@ describe('marvel train', () => {
     expect(trajectory(out)).toEqual(trajectory(whole))
   })
 
+  it('--nproc 2: a Ctrl-C to the whole process group (each rank gets it twice) saves a checkpoint and exits 0', async () => {
+    const out = join(work, 'ranks-ctrl-c')
+    const stopped = await trainUntil(['--nproc', '2', ...settings(out, ['training.max_train_steps=12', 'experiment.save_every=100'])], 3, 'SIGINT', true)
+    expect(stopped.code, stopped.stderr).toBe(0)
+    const step = Number(/marvel: stopped at step (\d+); checkpoint /.exec(stopped.stderr)?.[1])
+    expect(step).toBeGreaterThanOrEqual(3)
+    expect(readlinkSync(join(out, 'latest'))).toBe(`checkpoint-${step}`)
+  })
+
+  it('evaluates as the reference does: shorter side to crop_size, centre crop, reconstructed through the EMA weights', async () => {
+    const out = join(work, 'eval-ema')
+    const evalDir = join(work, 'eval-one')
+    mkdirSync(evalDir, { recursive: true })
+    const png = await encoded(7, 'png', 64, 48)
+    writeFileSync(join(evalDir, 'a.png'), png)
+    // Training resizes to 40 first; the evaluation must not.
+    const extra = ['training.max_train_steps=3', 'experiment.eval_every=3', 'dataset.preprocessing.resize_shorter_edge=40', `dataset.params.eval_shards_path_or_url=${evalDir}`]
+    const r = marvel(['train', ...settings(out, extra)])
+    expect(r.code, r.stderr).toBe(0)
+    const grid = await sharp(join(out, 'grids', 'step-3.png')).removeAlpha().raw().toBuffer({ resolveWithObject: true })
+    expect([grid.info.width, grid.info.channels]).toEqual([4 * 32, 3])
+    const cell = (column: number) => {
+      const c = Buffer.alloc(32 * 32 * 3)
+      for (let y = 0; y < 32; y++) grid.data.copy(c, y * 96, (y * grid.info.width + column * 32) * 3, (y * grid.info.width + column * 32 + 32) * 3)
+      return c
+    }
+    expect(cell(0).equals(Buffer.from((await prepareImage(png, { size: 32 })).data))).toBe(true)
+    const t = await Trainer.resume(join(out, 'latest'))
+    for (let depth = 1; depth <= 3; depth++) {
+      expect(Buffer.from(await t.reconstruct(cell(0), { depth, ema: true })).equals(cell(depth)), `depth ${depth}`).toBe(true)
+    }
+    t.dispose()
+  })
+
   it('refuses to start over an existing run without --resume, and to resume it with settings its checkpoint overrides', () => {
     const r = marvel(['train', ...settings(straight())])
     expect(r.code).toBe(1)
@@ -225,14 +318,15 @@ describe('marvel train', () => {
     await writeShard(join(dir, 'c.tar'), [['notes.png', Buffer.from('not an image')], ...(await samples(20, 4))])
 
     const out = join(work, 'damaged-run')
-    const args = [`config=${tinyYaml}`, `dataset.params.train_shards_path_or_url=${dir}`, `experiment.output_dir=${out}`, 'training.max_train_steps=4', 'experiment.log_every=1']
+    const args = [`config=${tinyYaml}`, `dataset.params.train_shards_path_or_url=${dir}`, `experiment.output_dir=${out}`, 'training.max_train_steps=2', 'experiment.log_every=1', 'dataset.params.shuffle_buffer_size=1', 'training.per_gpu_batch_size=5']
     const r = marvel(['train', ...args])
     expect(r.code, r.stderr).toBe(0)
     expect(r.stderr).toMatch(/marvel: skipped a\.tar@\d+: corrupt tar .*a\.tar at byte \d+: header checksum mismatch/)
     expect(r.stderr).toMatch(/marvel: skipped b\.tar@\d+: truncated tar /)
     expect(r.stderr).toMatch(/marvel: skipped .*c\.tar@0: cannot decode image/)
     const last = metrics(out).at(-1)!
-    expect(last.skipped).toEqual({ corrupt_member: expect.any(Number), truncated_shard: expect.any(Number), unreadable_image: expect.any(Number) })
+    // Two batches of five are one pass over the ten good samples (no shuffle buffer reading ahead): each damage once.
+    expect(last.skipped).toEqual({ corrupt_member: 1, truncated_shard: 1, unreadable_image: 1 })
 
     const missing = marvel(['train', ...args.slice(0, 1), `dataset.params.train_shards_path_or_url=${join(work, 'shards', 'train-{0000..0005}.tar')}`, `experiment.output_dir=${join(work, 'never')}`])
     expect(missing.code).toBe(1)
@@ -272,6 +366,15 @@ describe('marvel train', () => {
     expect(noEval.step).toBe(2)
     expect(result).toEqual({ step: 7, stopped: true, outputDir: out, checkpoint: join(out, 'checkpoint-7') })
     await expect(train(config, { progress: false, resume: true, rank: 1, worldSize: 2 })).rejects.toMatchObject({ code: 'MARVEL_INVALID_ARGUMENT', message: /world size 2/ })
+  })
+
+  it('refuses the stage-2 recipe with several ranks at start: its discriminator is not averaged across them', async () => {
+    const config = loadTrainingConfig(join(import.meta.dirname, '..', 'configs', 'marvel_l32_x1_stage2.yaml'), [`experiment.output_dir=${join(work, 'stage2-ranks')}`])
+    await expect(train(config, { progress: false, rank: 0, worldSize: 2 })).rejects.toMatchObject({
+      code: 'MARVEL_CONFIG',
+      message: expect.stringContaining('the stage-2 recipe trains on one rank only (world size 2 given)'),
+    })
+    expect(existsSync(join(work, 'stage2-ranks'))).toBe(false)
   })
 })
 
@@ -313,5 +416,9 @@ describe('make-shards → train → export → Tokenizer', () => {
     expect(r.status, r.stderr).toBe(0)
     expect(r.stdout).toMatch(/step 20 +loss \d\.\d{4}/)
     expect(existsSync(join(work, 'example', 'reconstruction-depth3.png'))).toBe(true)
+    // Run again once finished: nothing left to train, the model is exported from latest.
+    const again = spawnSync(process.execPath, [join(import.meta.dirname, '..', 'examples', 'train.mjs'), join(work, 'example'), '20'], { encoding: 'utf8', timeout: 120_000 })
+    expect(again.status, again.stderr).toBe(0)
+    expect(again.stdout).toContain(`model in ${join(work, 'example', 'model')}`)
   })
 })

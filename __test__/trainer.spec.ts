@@ -93,6 +93,23 @@ describe('Trainer', () => {
     expect(recon.length).toBe(2 * 32 * 32 * 3)
   })
 
+  it('reconstructs through the EMA of the weights with { ema: true }, as the exported EMA model does, the weights untouched', async () => {
+    const t = await Trainer.create(tinyTrainingConfig(), { seed: 2 })
+    for (let i = 0; i < 3; i++) await t.step(images(2))
+    const live = Buffer.from(await t.reconstruct(images(2)))
+    const ema = Buffer.from(await t.reconstruct(images(2), { ema: true }))
+    expect(ema.equals(live)).toBe(false)
+    expect(Buffer.from(await t.reconstruct(images(2))).equals(live)).toBe(true)
+    const dir = join(work, 'recon-ema')
+    await t.exportModel(dir, { ema: true })
+    const fromEma = await Trainer.create(tinyTrainingConfig(), { init: dir, seed: 2 })
+    expect(Buffer.from(await fromEma.reconstruct(images(2))).equals(ema)).toBe(true)
+    await expect(t.reconstruct(images(1), { ema: 1 as never })).rejects.toThrow(/expected ema to be a boolean/)
+    const plain = await Trainer.create(tinyTrainingConfig({ use_ema: false }), { seed: 2 })
+    await expect(plain.reconstruct(images(1), { ema: true })).rejects.toThrow(/training.use_ema is false/)
+    for (const x of [t, fromEma, plain]) x.dispose()
+  })
+
   it('keeps the event loop free during steps', async () => {
     const t = await Trainer.create(tinyTrainingConfig(), { seed: 3 })
     const batch = images(8)

@@ -55,7 +55,8 @@ if (result.stopped) {
 }
 
 // 4. The last checkpoint as a model folder, loaded like any other model.
-const trainer = await Trainer.resume(result.checkpoint)
+// A rerun of a finished run takes no step and saves nothing: its checkpoint is the one `latest` names.
+const trainer = await Trainer.resume(result.checkpoint ?? join(result.outputDir, 'latest'))
 await trainer.exportModel(join(work, 'model'), { ema: true })
 trainer.dispose()
 const tok = await Tokenizer.fromPretrained(join(work, 'model'))

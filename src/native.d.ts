@@ -49,16 +49,25 @@ export declare class NativeTrainer {
   get info(): TrainerInfo
   /** One micro-batch of `batch` images (`[batch, S, S, 3]` bytes) and, for stage 1, their MaskGIT codes. */
   step(images: Uint8Array, batch: number, proxyCodes?: Int32Array | undefined | null): Promise<StepResult>
-  /** The first half of `step`: one micro-batch's loss and flat gradients, the weights untouched. */
+  /**
+   * The first half of `step`: one micro-batch's loss, its gradients added to the accumulation, and the
+   * accumulated flat gradients at the accumulation boundary; the weights untouched.
+   */
   gradients(images: Uint8Array, batch: number, proxyCodes?: Int32Array | undefined | null): Promise<GradientsResult>
-  /** The second half of `step` with gradients of `gradients`' layout (averaged across ranks by the caller). */
+  /**
+   * The second half of `step`: the optimizer step with accumulated gradients of `gradients`' layout (averaged
+   * across ranks by the caller).
+   */
   applyGradients(flat: Float32Array): Promise<UpdateResult>
   /** Write a checkpoint folder; `data_position_json` is kept verbatim. */
   save(dir: string, dataPositionJson: string): Promise<void>
   /** Write a model folder of the weights, or of their EMA. */
   exportModel(dir: string, ema: boolean): Promise<void>
-  /** Reconstructions (`[batch, S, S, 3]` bytes) through the current weights, from the first `depth` depths. */
-  reconstruct(images: Uint8Array, batch: number, depth?: number | undefined | null): Promise<Uint8Array>
+  /**
+   * Reconstructions (`[batch, S, S, 3]` bytes) through the current weights (or their EMA), from the first
+   * `depth` depths.
+   */
+  reconstruct(images: Uint8Array, batch: number, depth?: number | undefined | null, ema?: boolean | undefined | null): Promise<Uint8Array>
   /** Release the trainer once calls in flight have finished. Later calls fail with a clear error. */
   dispose(): void
 }
@@ -99,11 +108,19 @@ export declare function frechetDistances(reference: Float32Array, referenceCount
 /** Number of threads marvel's compute kernels use. */
 export declare function getNumThreads(): number
 
-/** One micro-batch's loss and its flat gradients (every trainable parameter in parameter order). */
+/**
+ * One micro-batch's loss and, when it completed the accumulation, the accumulated flat gradients (every
+ * trainable parameter in parameter order).
+ */
 export interface GradientsResult {
+  /** Optimizer steps taken so far. */
+  step: number
+  /** The learning rate of the update this micro-batch contributes to. */
+  lr: number
   loss: number
   components: Array<LossComponent>
-  gradients: Float32Array
+  /** Null until the `gradient_accumulation_steps`-th micro-batch. */
+  gradients?: Float32Array
 }
 
 /**

@@ -42,15 +42,20 @@ export interface TrainStepResult {
 }
 
 export interface GradientsResult {
+  /** Optimizer steps taken so far. */
+  step: number
+  /** The learning rate of the update this batch contributes to. */
+  lr: number
   /** Loss of this batch's forward pass. */
   loss: number
   /** The loss's weighted parts, as `TrainStepResult.components`. */
   components: Record<string, number>
   /**
-   * The batch's gradients, `gradientLength` values: every trainable parameter in parameter order (the same layout on
-   * every rank of a run), zeros for a parameter the loss did not reach.
+   * Null until this batch completes `gradient_accumulation_steps` of them; then the accumulated gradients,
+   * `gradientLength` values: every trainable parameter in parameter order (the same layout on every rank of a run),
+   * zeros for a parameter the loss did not reach. Ranks exchange only these, once per optimizer step.
    */
-  gradients: Float32Array
+  gradients: Float32Array | null
 }
 
 /**
@@ -145,21 +150,23 @@ export class Trainer {
   }
 
   /**
-   * The first half of `step` for data-parallel training: this rank's loss and flat gradients, the weights untouched.
-   * Average the gradients across ranks (`ProcessGroup.allReduceMean`), then pass the mean to `applyGradients`.
+   * The first half of `step` for data-parallel training: this rank's loss, its gradients added to this rank's
+   * accumulation, the weights untouched. Every `gradient_accumulation_steps`-th call returns the accumulated
+   * gradients: average them across ranks (`ProcessGroup.allReduceMean`), then pass the mean to `applyGradients`.
    */
   async gradients(images: Uint8Array, options?: StepOptions): Promise<GradientsResult> {
     const [batch, codes] = this.#microBatch('gradients', images, options)
+    if (this.#computed !== null) throw invalidArgument('gradients: the accumulated gradients of the last gradients() call were not applied; pass them (averaged across ranks) to applyGradients() first')
     const r = await this.#run((t) => t.gradients(images, batch, codes))
-    const result = { loss: r.loss, components: componentRecord(r.components), gradients: r.gradients }
-    this.#computed = { loss: result.loss, components: result.components }
+    const result = { step: r.step, lr: r.lr, loss: r.loss, components: componentRecord(r.components), gradients: r.gradients ?? null }
+    if (result.gradients !== null) this.#computed = { loss: result.loss, components: result.components }
     return result
   }
 
   /**
-   * The second half of `step`: accumulates `gradients` (the rank-averaged result of the last `gradients()` call) and,
-   * every `gradient_accumulation_steps` calls, clips them and updates the weights and their EMA. The result reports
-   * the loss of that `gradients()` call (this rank's batch).
+   * The second half of `step`: clips `gradients` (the rank-averaged accumulated gradients the last `gradients()`
+   * call returned) and updates the weights and their EMA. The result reports the loss of that `gradients()` call
+   * (this rank's batch).
    */
   async applyGradients(gradients: Float32Array): Promise<TrainStepResult> {
     if (!(gradients instanceof Float32Array) || gradients.length !== this.gradientLength) {
@@ -195,12 +202,17 @@ export class Trainer {
     await this.#run((t) => t.exportModel(dir, ema))
   }
 
-  /** The current weights' reconstructions of `images` (same layout), from the first `depth` depths (all by default). */
-  async reconstruct(images: Uint8Array, options?: { depth?: number }): Promise<Uint8Array> {
+  /**
+   * The current weights' reconstructions of `images` (same layout), from the first `depth` depths (all by default);
+   * `ema` decodes with the moving average of the weights instead (`training.use_ema`).
+   */
+  async reconstruct(images: Uint8Array, options?: { depth?: number; ema?: boolean }): Promise<Uint8Array> {
     const batch = this.#batchOf('reconstruct', images)
-    options = optionsParameter('reconstruct', options, ['depth'])
+    options = optionsParameter('reconstruct', options, ['depth', 'ema'])
     const depth = options.depth === undefined ? null : integerParameter('reconstruct', 'depth', options.depth, 1, this.depth)
-    return this.#run((t) => t.reconstruct(images, batch, depth))
+    const ema = options.ema ?? false
+    if (typeof ema !== 'boolean') throw invalidParameter('reconstruct', 'ema', 'a boolean', ema)
+    return this.#run((t) => t.reconstruct(images, batch, depth, ema))
   }
 
   /** Frees the trainer's memory once calls in flight finish. Any later call throws. */

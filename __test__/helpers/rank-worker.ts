@@ -3,6 +3,7 @@
 import { mkdirSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 
+import { stepBatch } from '../../src/train/data-parallel.js'
 import { ProcessGroup } from '../../src/train/ranks.js'
 import { Trainer } from '../../src/trainer.js'
 import { images } from './training.js'
@@ -26,10 +27,27 @@ switch (mode) {
     const share = 4 / worldSize
     const mine = images(4).subarray(rank * share * frame, (rank + 1) * share * frame)
     const computed = await trainer.gradients(mine)
-    const mean = await group.allReduceMean(computed.gradients)
+    const mean = await group.allReduceMean(computed.gradients!)
     const applied = await trainer.applyGradients(mean)
     save(`mean-${rank}.f32`, mean)
     writeFileSync(join(out, `step-${rank}.json`), JSON.stringify({ loss: computed.loss, step: applied.step, gradNorm: applied.gradNorm }))
+    await trainer.exportModel(join(out, `model-${rank}`))
+    trainer.dispose()
+    break
+  }
+  case 'accumulate': {
+    // gradient_accumulation_steps = 2 through the loop's stepBatch: this rank's two images of images(4) as two
+    // micro-batches of one, counting the collectives.
+    const trainer = await Trainer.create(JSON.parse(extra), { seed: 5 })
+    const frame = 32 * 32 * 3
+    let collectives = 0
+    const counting = { allReduceMean: (x: Float32Array) => (collectives++, group.allReduceMean(x)) } as unknown as ProcessGroup
+    const results = []
+    for (const i of [0, 1]) {
+      const image = images(4).slice((rank * 2 + i) * frame, (rank * 2 + i + 1) * frame)
+      results.push(await stepBatch(trainer, { images: image }, counting))
+    }
+    writeFileSync(join(out, `accumulate-${rank}.json`), JSON.stringify({ collectives, steps: results.map((r) => r.step), gradNorms: results.map((r) => r.gradNorm) }))
     await trainer.exportModel(join(out, `model-${rank}`))
     trainer.dispose()
     break
@@ -80,6 +98,13 @@ switch (mode) {
       process.exit(1)
     }
     writeFileSync(join(out, `stopped-${rank}`), String(steps))
+    break
+  }
+  case 'deaf': {
+    // A rank that treats every signal as a repeat of one it is already handling: only the launcher can end it.
+    for (const sig of ['SIGINT', 'SIGTERM']) process.on(sig, () => undefined)
+    writeFileSync(join(out, `ready-${rank}`), String(process.pid))
+    await reduceForever()
     break
   }
   case 'lengths':

@@ -163,7 +163,7 @@ async function main() {
   const shards = [...new Set(plan.map((c) => c.shard))]
   for (const shard of shards) {
     const members = plan.filter((c) => c.shard === shard).map((c) => [`${c.key}.${args.format}`, readFileSync(join(staging, `${c.key}.${args.format}`))])
-    writeTar(join(shardDir, shard), members)
+    await writeTar(join(shardDir, shard), members)
   }
   rmSync(staging, { recursive: true, force: true })
 

@@ -2,15 +2,21 @@
 import { InvalidArgumentError, type Command } from 'commander'
 
 import { train } from '../train/loop.js'
-import { launchRanks } from '../train/ranks.js'
+import { LAUNCHER_ENV, MAX_WORLD_SIZE, launchRanks, rankInteger } from '../train/ranks.js'
 import { loadTrainingConfig } from '../train/yaml-config.js'
 import { UsageError } from './common.js'
 
-/** commander parser for --rank / --world-size. */
+/** commander parser for --rank / --world-size / --nproc: the same values `RANK` / `WORLD_SIZE` take. */
 export function rankValue(flag: string, min: number): (value: string) => number {
   return (value) => {
-    if (!/^\d+$/.test(value.trim()) || Number(value) < min) throw new InvalidArgumentError(`${flag} must be an integer ≥ ${min}, got ${JSON.stringify(value)}`)
-    return Number(value)
+    try {
+      const n = rankInteger(flag, value, min, flag === '--rank' ? MAX_WORLD_SIZE - 1 : MAX_WORLD_SIZE)
+      if (n === undefined) throw new InvalidArgumentError(`${flag} needs a value`)
+      return n
+    } catch (e) {
+      if (e instanceof InvalidArgumentError) throw e
+      throw new InvalidArgumentError((e as Error).message)
+    }
   }
 }
 
@@ -53,9 +59,15 @@ async function run(settings: string[], flags: TrainFlags): Promise<void> {
   }
   const stop = new AbortController()
   let signals = 0
+  // A rank of `--nproc` is in its launcher's process group: a terminal's Ctrl-C reaches it directly and again through
+  // the launcher, so a repeat here is the same signal; the launcher counts the user's and kills the ranks on a second.
+  const underLauncher = process.env[LAUNCHER_ENV] === 'ipc'
   const onSignal = (name: string) => {
-    // A second signal means "now": the checkpoint of the first is abandoned.
-    if (++signals > 1) process.exit(130)
+    if (++signals > 1) {
+      if (underLauncher) return
+      // A second signal means "now": the checkpoint of the first is abandoned.
+      process.exit(130)
+    }
     process.stderr.write(`\nmarvel: ${name}: stopping after this step and saving a checkpoint (again to quit at once)\n`)
     stop.abort()
   }

@@ -2,11 +2,13 @@
  * Batches of augmented images, `[B, S, S, 3]` bytes, decoded ahead of the trainer. Samples are drawn from the stream
  * one at a time in order; their decodes run concurrently (bounded by the process's decode slots) and are consumed
  * in draw order, so a batch holds the same images whatever the timing. An image that fails to decode is skipped,
- * counted and replaced by the next sample.
+ * counted and replaced by the next sample; so many failures in a row that the data plainly holds no decodable image
+ * (`maxFailuresInRow`) end the stream with an error instead of an endless search.
  *
  * Each batch carries the data position *after* its last image: the stream's state when that sample was drawn,
  * before any look-ahead. Saved with a checkpoint, it makes a resumed run draw the very next sample.
  */
+import { MarvelError } from '../errors.js'
 import { decodeSlots } from '../image.js'
 import { augment, type Augmentation } from './augment.js'
 import type { SampleStream, SkipReason, Skip, StreamPosition } from './stream.js'
@@ -34,13 +36,21 @@ export class BatchStream {
   #draw: Promise<unknown> = Promise.resolve()
   /** Decode failures consumed by this object; a restored stream's counts already hold the earlier ones. */
   #unreadable = 0
+  /** Decode failures since the last image that decoded. */
+  #failedInRow = 0
+  readonly #maxFailuresInRow: number
 
-  constructor(stream: SampleStream, options: { augmentation: Augmentation; batchSize: number; lookahead?: number; onSkip?: (skip: Skip) => void }) {
+  /**
+   * `maxFailuresInRow` (default max(1000, 10 × batchSize)): the stream's own guard sees only reads, and a shard
+   * whose members all read but none decodes would otherwise be searched forever.
+   */
+  constructor(stream: SampleStream, options: { augmentation: Augmentation; batchSize: number; lookahead?: number; onSkip?: (skip: Skip) => void; maxFailuresInRow?: number }) {
     this.#stream = stream
     this.#aug = options.augmentation
     this.#batchSize = options.batchSize
     this.#lookahead = options.lookahead ?? 2 * options.batchSize
     this.#onSkip = options.onSkip
+    this.#maxFailuresInRow = options.maxFailuresInRow ?? Math.max(1000, 10 * options.batchSize)
   }
 
   #fill(): void {
@@ -75,10 +85,20 @@ export class BatchStream {
       const head = await this.#pending.shift()!.decoded
       if (head.pixels === null) {
         this.#unreadable++
-        this.#onSkip?.({ reason: 'unreadable_image', where: head.where, message: head.error?.message ?? 'not an image' })
+        const message = head.error?.message ?? 'not an image'
+        this.#onSkip?.({ reason: 'unreadable_image', where: head.where, message })
         position = head.position
+        if (++this.#failedInRow >= this.#maxFailuresInRow) {
+          const units = this.#stream.source.units.length
+          throw new MarvelError(
+            'MARVEL_IO',
+            `${this.#failedInRow} images in a row failed to decode (the last, ${head.where}: ${message}); the data ` +
+              `(${units} ${this.#stream.source.kind === 'shards' ? 'shard' : 'image'}${units === 1 ? '' : 's'}) holds no image that decodes`,
+          )
+        }
         continue
       }
+      this.#failedInRow = 0
       images.set(head.pixels, keys.length * frame)
       keys.push(head.key)
       if (head.codes) codes.push(head.codes)

@@ -71,6 +71,11 @@ export interface StreamOptions {
   /** Keep samples `read % sampleStride === sampleOffset` (ranks sharing shards). */
   sampleStride?: number
   sampleOffset?: number
+  /**
+   * This rank: its own stream of augmentation and shuffle draws (rank 0's is a single rank's), so ranks that read
+   * the same image do not crop and flip it alike. The shard order stays common, as ranks sharing shards need.
+   */
+  rank?: number
   onSkip?: (skip: Skip) => void
 }
 
@@ -100,8 +105,8 @@ export class SampleStream {
   private constructor(source: DataSource, options: StreamOptions) {
     if (source.units.length === 0) throw new MarvelError('MARVEL_IO', 'the training data holds no shards or images')
     this.source = source
-    this.#options = { sampleStride: 1, sampleOffset: 0, ordered: false, ...options }
-    this.#rng = new Random(options.seed, 0x5eed)
+    this.#options = { sampleStride: 1, sampleOffset: 0, ordered: false, rank: 0, ...options }
+    this.#rng = new Random(options.seed, 0x5eed, options.rank ?? 0)
   }
 
   /** A stream at the start of epoch 0, or continuing from `position`. */

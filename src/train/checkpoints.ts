@@ -34,8 +34,22 @@ export function latestCheckpoint(outputDir: string): string | null {
   }
 }
 
+/**
+ * The checkpoint a run continues from: the folder `latest` names, else the newest `checkpoint-<step>` folder (each is
+ * renamed into place only once complete, so one exists without `latest` when a run was killed between its first
+ * save's rename and the link, or `latest` was lost); null for a run that has none. `recovered` says `latest` did not
+ * name it.
+ */
+export function resumePoint(outputDir: string): { dir: string; recovered: boolean } | null {
+  const latest = latestCheckpoint(outputDir)
+  if (latest) return { dir: latest, recovered: false }
+  const steps = checkpointSteps(outputDir)
+  if (steps.length === 0) return null
+  return { dir: join(outputDir, checkpointName(steps[steps.length - 1])), recovered: true }
+}
+
 /** Points `latest` at `name` in one rename (a link made beside it first). */
-function pointLatest(outputDir: string, name: string): void {
+export function pointLatest(outputDir: string, name: string): void {
   const tmp = join(outputDir, `.latest-${process.pid}`)
   try {
     if (existsSync(tmp) || isLink(tmp)) unlinkSync(tmp)

@@ -7,24 +7,17 @@
  */
 import { MarvelError } from '../errors.js'
 import type { StepOptions, Trainer, TrainStepResult } from '../trainer.js'
-import { ProcessGroup } from './ranks.js'
+import { MAX_WORLD_SIZE, ProcessGroup, rankInteger } from './ranks.js'
 
 export interface Ranks {
   rank: number
   worldSize: number
 }
 
-function parse(name: string, value: string | number | undefined, min: number): number | undefined {
-  if (value === undefined || value === '') return undefined
-  const n = typeof value === 'number' ? value : /^\d+$/.test(value.trim()) ? Number(value) : NaN
-  if (!Number.isSafeInteger(n) || n < min) throw new MarvelError('MARVEL_INVALID_ARGUMENT', `${name} must be an integer ≥ ${min}, got ${JSON.stringify(value)}`)
-  return n
-}
-
 /** This process's rank: explicit values first, then the environment, then a single rank. */
 export function ranksOf(explicit: { rank?: number; worldSize?: number } = {}, env: NodeJS.ProcessEnv = process.env): Ranks {
-  const worldSize = parse('world size', explicit.worldSize, 1) ?? parse('WORLD_SIZE', env.WORLD_SIZE, 1) ?? 1
-  const rank = parse('rank', explicit.rank, 0) ?? parse('RANK', env.RANK, 0) ?? 0
+  const worldSize = rankInteger('worldSize', explicit.worldSize, 1, MAX_WORLD_SIZE) ?? rankInteger('WORLD_SIZE', env.WORLD_SIZE, 1, MAX_WORLD_SIZE) ?? 1
+  const rank = rankInteger('rank', explicit.rank, 0, MAX_WORLD_SIZE - 1) ?? rankInteger('RANK', env.RANK, 0, MAX_WORLD_SIZE - 1) ?? 0
   if (rank >= worldSize) throw new MarvelError('MARVEL_INVALID_ARGUMENT', `rank ${rank} is not below the world size ${worldSize}`)
   return { rank, worldSize }
 }
@@ -41,12 +34,16 @@ export interface TrainBatch {
   proxyCodes?: Int32Array
 }
 
-/** One micro-batch through the trainer; with several ranks its gradients are averaged across them before the update. */
+/**
+ * One micro-batch through the trainer. With several ranks, each accumulates its micro-batches locally and the
+ * accumulated gradients are averaged across the ranks once per optimizer step, before the update.
+ */
 export async function stepBatch(trainer: Trainer, batch: TrainBatch, group: ProcessGroup | null): Promise<TrainStepResult> {
   const options: StepOptions = batch.proxyCodes ? { proxyCodes: batch.proxyCodes } : {}
   if (!group) return trainer.step(batch.images, options)
-  const { gradients } = await trainer.gradients(batch.images, options)
-  return trainer.applyGradients(await group.allReduceMean(gradients))
+  const r = await trainer.gradients(batch.images, options)
+  if (r.gradients === null) return { step: r.step, lr: r.lr, loss: r.loss, components: r.components, gradNorm: null }
+  return trainer.applyGradients(await group.allReduceMean(r.gradients))
 }
 
 /** Whether any rank wants to stop: all ranks stop after the same step, so none is left waiting in a collective. */

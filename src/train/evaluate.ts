@@ -18,11 +18,15 @@ export interface Evaluation {
   png: Buffer
 }
 
-/** `count` images of `source` in order, centre-cropped to `cropSize` (`[count, S, S, 3]`); undecodable ones are passed over. */
-export async function validationBatch(source: DataSource, count: number, resizeShorterEdge: number, cropSize: number): Promise<Uint8Array> {
+/**
+ * `count` images of `source` in order as the reference's eval transform makes them: the shorter side resized to
+ * `cropSize`, then the centre `cropSize` square (`[count, S, S, 3]`), whatever the training's `resize_shorter_edge`;
+ * undecodable ones are passed over.
+ */
+export async function validationBatch(source: DataSource, count: number, cropSize: number): Promise<Uint8Array> {
   const stream = await SampleStream.open(source, { seed: 0, bufferSize: 0, ordered: true })
   const batches = new BatchStream(stream, {
-    augmentation: { resizeShorterEdge, cropSize, randomCrop: false, randomFlip: false },
+    augmentation: { resizeShorterEdge: cropSize, cropSize, randomCrop: false, randomFlip: false },
     batchSize: count,
     lookahead: count,
   })
@@ -33,8 +37,8 @@ export async function validationBatch(source: DataSource, count: number, resizeS
   }
 }
 
-/** Reconstructs `images` at every depth through the trainer's current weights; the grid and the PSNRs. */
-export async function evaluate(trainer: Trainer, images: Uint8Array): Promise<Evaluation> {
+/** Reconstructs `images` at every depth through the trainer's current weights (`ema`: their EMA); the grid and the PSNRs. */
+export async function evaluate(trainer: Trainer, images: Uint8Array, options: { ema?: boolean } = {}): Promise<Evaluation> {
   const size = trainer.imageSize
   const frame = size * size * 3
   const count = images.length / frame
@@ -42,7 +46,7 @@ export async function evaluate(trainer: Trainer, images: Uint8Array): Promise<Ev
   const psnr: number[] = []
   const originals = Array.from({ length: count }, (_, i) => ({ data: images.subarray(i * frame, (i + 1) * frame), width: size, height: size }))
   for (let depth = 1; depth <= trainer.depth; depth++) {
-    const recon = await trainer.reconstruct(images, { depth })
+    const recon = await trainer.reconstruct(images, { depth, ema: options.ema ?? false })
     columns.push(recon)
     const scores = await compare(
       originals,

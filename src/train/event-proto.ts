@@ -2,7 +2,9 @@
  * The few protobuf messages of a TensorBoard event file, encoded and decoded by hand (tensorflow/core/util/
  * event.proto, tensorflow/core/framework/summary.proto):
  *
- *   Event         { double wall_time = 1; int64 step = 2; string file_version = 3; Summary summary = 5; }
+ *   Event         { double wall_time = 1; int64 step = 2; string file_version = 3; Summary summary = 5;
+ *                   SessionLog session_log = 6; }
+ *   SessionLog    { SessionStatus status = 1; }  (START = 1)
  *   Summary       { repeated Value value = 1; }
  *   Summary.Value { string tag = 1; float simple_value = 2; Image image = 4; }
  *   Summary.Image { int32 height = 1; int32 width = 2; int32 colorspace = 3; bytes encoded_image_string = 4; }
@@ -34,7 +36,11 @@ export interface EventMessage {
   step: number
   fileVersion?: string
   summary?: SummaryValue[]
+  /** SessionLog.START: TensorBoard drops the events of earlier files from this event's step on. */
+  sessionStart?: boolean
 }
+
+const SESSION_START = 1
 
 /** Appends protobuf fields to a list of chunks. */
 class ProtoWriter {
@@ -102,6 +108,7 @@ export function encodeEvent(e: EventMessage): Buffer {
     for (const v of e.summary) summary.bytes(1, encodeValue(v))
     w.bytes(5, summary.finish())
   }
+  if (e.sessionStart) w.bytes(6, new ProtoWriter().varint(1, SESSION_START).finish())
   return w.finish()
 }
 
@@ -186,10 +193,22 @@ export function decodeEvent(buf: Buffer): EventMessage {
     else if (field === 2 && wire === VARINT) e.step = r.varint()
     else if (field === 3 && wire === LENGTH) e.fileVersion = r.bytes().toString('utf8')
     else if (field === 5 && wire === LENGTH) e.summary = decodeSummary(r.bytes())
+    else if (field === 6 && wire === LENGTH) e.sessionStart = decodeSessionStatus(r.bytes()) === SESSION_START
     else return false
     return true
   })
   return e
+}
+
+function decodeSessionStatus(buf: Buffer): number {
+  let status = 0
+  const r = new ProtoReader(buf)
+  r.fields((field, wire) => {
+    if (field !== 1 || wire !== VARINT) return false
+    status = r.varint()
+    return true
+  })
+  return status
 }
 
 function decodeSummary(buf: Buffer): SummaryValue[] {

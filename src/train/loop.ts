@@ -6,21 +6,21 @@
  * uninterrupted run would have taken.
  */
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs'
-import { join } from 'node:path'
+import { basename, join } from 'node:path'
 
 import { BatchStream } from '../data/batches.js'
 import { resolveSource, unitsOfRank, type DataSource } from '../data/shards.js'
 import { SampleStream, type StreamPosition } from '../data/stream.js'
 import { MarvelError, integerParameter, invalidParameter, optionsParameter } from '../errors.js'
 import { Trainer } from '../trainer.js'
-import { latestCheckpoint, removeLeftovers, saveCheckpoint } from './checkpoints.js'
+import { pointLatest, removeLeftovers, resumePoint, saveCheckpoint } from './checkpoints.js'
 import { evaluate, validationBatch } from './evaluate.js'
 import { MetricsJsonl, type TrainingSink } from './log.js'
 import { TrainProgress, type ProgressStream } from './progress.js'
 import { agreeToStop, gatherPositions, groupOf, ranksOf, stepBatch, type Ranks } from './data-parallel.js'
 import type { ProcessGroup } from './ranks.js'
 import { TensorBoardWriter } from './tensorboard.js'
-import { changedSinceCheckpoint, checkInitWeight, checkNetworks, loopSettings, type LoopSettings } from './settings.js'
+import { changedSinceCheckpoint, checkInitWeight, checkNetworks, expectedRecipe, loopSettings, type LoopSettings } from './settings.js'
 import { resolveReferences, type ConfigObject } from './yaml-config.js'
 
 export interface TrainOptions {
@@ -84,8 +84,8 @@ async function hasCodes(source: DataSource): Promise<boolean> {
 }
 
 /** The sinks rank 0 writes to; the one place a new kind of log joins. */
-async function createSinks(logDir: string, resumeStep: number | undefined): Promise<TrainingSink[]> {
-  return [new MetricsJsonl(logDir, resumeStep), await TensorBoardWriter.open(logDir)]
+async function createSinks(logDir: string, resumeStep: number): Promise<TrainingSink[]> {
+  return [new MetricsJsonl(logDir, resumeStep), await TensorBoardWriter.open(logDir, resumeStep > 0 ? { restartAt: resumeStep + 1 } : {})]
 }
 
 /** This rank's part of a checkpoint's data position (null for a checkpoint saved outside `train`). */
@@ -181,6 +181,13 @@ export async function train(config: object, options?: TrainOptions): Promise<Tra
   const resolved = resolveReferences(config as ConfigObject)
   const s = loopSettings(resolved)
   const ranks = ranksOf({ rank: options.rank, worldSize: options.worldSize })
+  if (ranks.worldSize > 1 && expectedRecipe(resolved) === 'stage2') {
+    // Stage 2 steps its discriminator on each rank's own batch after the update, and nothing averages those gradients.
+    throw new MarvelError(
+      'MARVEL_CONFIG',
+      `the stage-2 recipe trains on one rank only (world size ${ranks.worldSize} given): its discriminator's gradients are not averaged across ranks, so each rank would train a different discriminator`,
+    )
+  }
   const group = groupOf(ranks)
   const writer = ranks.rank === 0
   // Rank 0 speaks for the run; the other ranks' lines would only repeat its steps.
@@ -196,11 +203,13 @@ export async function train(config: object, options?: TrainOptions): Promise<Tra
   const centreCrop = !s.randomCrop && !s.randomFlip && s.resizeShorterEdge === s.cropSize
   const pretokenized = await hasCodes(source)
   checkNetworks(resolved, pretokenized && centreCrop)
-  const latest = latestCheckpoint(s.outputDir)
+  const point = resumePoint(s.outputDir)
+  const latest = point?.dir ?? null
   const resume = options.resume ?? s.resume
   if (latest && !resume) {
-    throw new MarvelError('MARVEL_INVALID_ARGUMENT', `${s.outputDir} already holds a run (latest: ${latest}); resume it (--resume, or experiment.resume: true) or choose another experiment.output_dir`)
+    throw new MarvelError('MARVEL_INVALID_ARGUMENT', `${s.outputDir} already holds a run (${point!.recovered ? 'its newest checkpoint' : 'latest'}: ${latest}); resume it (--resume, or experiment.resume: true) or choose another experiment.output_dir`)
   }
+  if (point?.recovered) progress.note(`marvel: ${join(s.outputDir, 'latest')} is missing or names no folder; continuing from the newest checkpoint, ${latest}`)
   // A resumed run's weights come from its checkpoint.
   if (!latest) checkInitWeight(s.initWeight)
   const part = unitsOfRank(source.units, ranks.rank, ranks.worldSize)
@@ -232,6 +241,7 @@ export async function train(config: object, options?: TrainOptions): Promise<Tra
         bufferSize: s.shuffleBuffer,
         sampleStride: part.sampleStride,
         sampleOffset: part.sampleOffset,
+        rank: ranks.rank,
         onSkip: (k) => progress.note(`marvel: skipped ${k.where}: ${k.message}`),
       },
       saved?.stream,
@@ -241,10 +251,15 @@ export async function train(config: object, options?: TrainOptions): Promise<Tra
       batchSize: s.batchSize,
       onSkip: (k) => progress.note(`marvel: skipped ${k.where}: ${k.message}`),
     })
-    const validation = writer && evaluates ? await validationBatch(evalSource, s.numGeneratedImages, s.resizeShorterEdge, s.cropSize) : null
+    const validation = writer && evaluates ? await validationBatch(evalSource, s.numGeneratedImages, s.cropSize) : null
+    // The reference evaluates (and exports) the EMA model when it keeps one.
+    const useEma = (resolved.training as ConfigObject | undefined)?.use_ema === true
     if (writer) {
       for (const n of removeLeftovers(s.outputDir)) progress.note(`marvel: removed ${join(s.outputDir, n)}, left half-written by an earlier run`)
-      sinks.push(...await createSinks(join(s.outputDir, 'logs'), latest ? trainer.startStep : undefined))
+      // The checkpoint loaded, so `latest` may name it again.
+      if (point?.recovered) pointLatest(s.outputDir, basename(latest!))
+      // A new run keeps no lines of an earlier one that saved no checkpoint (step 0: every line goes).
+      sinks.push(...await createSinks(join(s.outputDir, 'logs'), latest ? trainer.startStep : 0))
     }
     if (latest) progress.note(`marvel: resuming ${latest} at step ${trainer.startStep}`)
     const useCodes = pretokenized && centreCrop && trainer.recipe === 'stage1'
@@ -290,7 +305,7 @@ export async function train(config: object, options?: TrainOptions): Promise<Tra
       }
       await options.onStep?.(report)
       if (writer && validation && evalDue(s, step)) {
-        const ev = await evaluate(trainer, validation)
+        const ev = await evaluate(trainer, validation, { ema: useEma })
         writeFileSync(join(s.outputDir, 'grids', `step-${step}.png`), ev.png)
         const values: Record<string, number> = { time: now() }
         ev.psnr.forEach((p, d) => (values[`eval/psnr_depth${d + 1}`] = p))

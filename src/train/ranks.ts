@@ -17,7 +17,7 @@ import { MarvelError, integerParameter, invalidParameter, optionsParameter } fro
 import { pathParameter } from '../files.js'
 
 /** The environment variable that tells a rank its launcher listens on its IPC channel. */
-const LAUNCHER_ENV = 'MARVEL_RANK_LAUNCHER'
+export const LAUNCHER_ENV = 'MARVEL_RANK_LAUNCHER'
 
 /** Values per IPC message: large gradients go in pieces, so no single message grows past 64 MiB. */
 const CHUNK = 1 << 24
@@ -37,15 +37,21 @@ function rankError(message: string): MarvelError {
   return new MarvelError('MARVEL_RANK', message)
 }
 
-/** An integer environment variable, or an error naming it. */
-function envInteger(env: NodeJS.ProcessEnv, name: string, fallback: number, min: number, max: number): number {
-  const raw = env[name]
-  if (raw === undefined || raw === '') return fallback
-  const value = Number(raw)
-  if (!/^\d+$/.test(raw) || value < min || value > max) {
-    throw new MarvelError('MARVEL_INVALID_ARGUMENT', `${name}=${raw}: expected an integer from ${min} to ${max}`)
+/** The most ranks a run may have (and one more than the highest rank). */
+export const MAX_WORLD_SIZE = 65536
+
+/**
+ * A rank or world size as given (an environment variable, a flag, an option): undefined when absent or empty, else
+ * decimal digits (or a safe integer) from `min` to `max`, or an error naming it. The one parser of every way a
+ * process is told its place, so `RANK`, `--rank` and `train({ rank })` accept the same values.
+ */
+export function rankInteger(name: string, value: string | number | undefined, min: number, max: number): number | undefined {
+  if (value === undefined || value === '') return undefined
+  const n = typeof value === 'number' ? value : /^\d+$/.test(value) ? Number(value) : NaN
+  if (!Number.isSafeInteger(n) || n < min || n > max) {
+    throw new MarvelError('MARVEL_INVALID_ARGUMENT', `${name}=${value}: expected an integer from ${min} to ${max}`)
   }
-  return value
+  return n
 }
 
 /** This process's place among the ranks, and the collective that averages across them. */
@@ -74,8 +80,8 @@ export class ProcessGroup {
    * rank when they are absent. More than one needs a process started by `launchRanks`.
    */
   static fromEnv(env: NodeJS.ProcessEnv = process.env): ProcessGroup {
-    const worldSize = envInteger(env, 'WORLD_SIZE', 1, 1, 65536)
-    const rank = envInteger(env, 'RANK', 0, 0, worldSize - 1)
+    const worldSize = rankInteger('WORLD_SIZE', env.WORLD_SIZE, 1, MAX_WORLD_SIZE) ?? 1
+    const rank = rankInteger('RANK', env.RANK, 0, worldSize - 1) ?? 0
     if (worldSize > 1 && (env[LAUNCHER_ENV] !== 'ipc' || typeof process.send !== 'function')) {
       throw new MarvelError(
         'MARVEL_INVALID_ARGUMENT',
@@ -151,7 +157,8 @@ export interface LaunchOptions {
   /**
    * Pass SIGINT and SIGTERM sent to this process on to every rank (their checkpoint-on-signal) instead of ending this
    * process, which then ends when the ranks do; for a launcher that a job scheduler signals. Ranks started from a
-   * terminal also get its Ctrl-C directly, so a rank should treat a repeated signal as one. Default false.
+   * terminal also get its Ctrl-C directly, so a rank should treat a repeated signal as one: the launcher counts the
+   * signals it is sent, and on the second kills the ranks at once (SIGKILL) and rejects. Default false.
    */
   forwardSignals?: boolean
 }
@@ -218,7 +225,13 @@ export function launchRanks(n: number, script: string, args: string[] = [], env:
     }
     const onAbort = () => fail(rankError('the ranks were stopped: the launch was aborted'))
     signal?.addEventListener('abort', onAbort, { once: true })
-    const forward = (sig: NodeJS.Signals) => children.forEach((c, r) => exited[r] === null && c.kill(sig))
+    let signalsSent = 0
+    const forward = (sig: NodeJS.Signals) => {
+      if (++signalsSent === 1) return children.forEach((c, r) => exited[r] === null && c.kill(sig))
+      // The ranks ignore repeats (a terminal's Ctrl-C reaches them twice), so "quit now" is the launcher's to carry out.
+      fail(rankError(`the ranks were killed: a second ${sig} means quit at once, without the checkpoint of the first`))
+      children.forEach((c, r) => exited[r] === null && c.kill('SIGKILL'))
+    }
     if (forwardSignals) for (const sig of FORWARDED) process.on(sig, forward)
 
     const finish = () => {

@@ -15,18 +15,15 @@ import { join } from 'node:path'
 import { MarvelError, integerParameter, invalidParameter, optionsParameter } from '../errors.js'
 import { pathParameter } from '../files.js'
 import { ProtoError, decodeEvent, encodeEvent, type SummaryValue } from './event-proto.js'
+import type { TrainingSink } from './log.js'
 import { RecordError, frameRecord, scanRecords } from './tfrecord.js'
 
-/** Where a training loop sends what it logs. */
-export interface TrainingSink {
-  scalars(step: number, values: Record<string, number>): void
-  image(step: number, tag: string, png: Buffer): void
-  close(): Promise<void>
-}
 
 export interface TensorBoardWriterOptions {
   /** Milliseconds between periodic writes of what was logged. Default 2000. */
   flushMs?: number
+  /** For a resumed run: its first new step, marked by a SessionLog START (TensorBoard's purge of orphaned steps). */
+  restartAt?: number
 }
 
 /** Logged bytes that trigger a write before the next periodic one (an image grid is a few hundred KB). */
@@ -79,8 +76,9 @@ export class TensorBoardWriter implements TrainingSink {
   /** A writer of a new event file `events.out.tfevents.<secs>.<host>.<pid>.<n>` in `logdir` (created if needed). */
   static async open(logdir: string, options?: TensorBoardWriterOptions): Promise<TensorBoardWriter> {
     pathParameter('TensorBoardWriter.open', 'logdir', logdir)
-    options = optionsParameter('TensorBoardWriter.open', options, ['flushMs'])
+    options = optionsParameter('TensorBoardWriter.open', options, ['flushMs', 'restartAt'])
     const flushMs = integerParameter('TensorBoardWriter.open', 'flushMs', options.flushMs ?? 2000, 1, 3_600_000)
+    const restartAt = options.restartAt === undefined ? undefined : integerParameter('TensorBoardWriter.open', 'restartAt', options.restartAt, 0, Number.MAX_SAFE_INTEGER)
     const now = Date.now()
     const secs = String(Math.floor(now / 1000)).padStart(10, '0')
     const file = join(logdir, `events.out.tfevents.${secs}.${hostname()}.${process.pid}.${opened++}`)
@@ -94,6 +92,9 @@ export class TensorBoardWriter implements TrainingSink {
     const writer = new TensorBoardWriter(file, handle, flushMs)
     // The version record first and at once, so TensorBoard recognises the file before the first flush.
     writer.#append({ wallTime: now / 1000, step: 0, fileVersion: 'brain.Event:2' })
+    // A resumed run's earlier files hold steps logged after its checkpoint, which this run takes again: a session
+    // start at the first new step makes TensorBoard drop those orphans rather than draw two curves.
+    if (restartAt !== undefined) writer.#append({ wallTime: now / 1000, step: restartAt, sessionStart: true })
     await writer.flush()
     return writer
   }
@@ -202,6 +203,8 @@ export interface TensorBoardEvents {
   images: TensorBoardImage[]
   /** True when the file ends in the middle of a record: a writer still appending it, or killed while it did. */
   truncated: boolean
+  /** Steps of the file's SessionLog START events (a resumed run's first new step). */
+  sessionStarts: number[]
 }
 
 /**
@@ -216,7 +219,7 @@ export async function readTensorBoardEvents(file: string): Promise<TensorBoardEv
   } catch (e) {
     throw ioError(`readTensorBoardEvents: cannot read ${file}`, e)
   }
-  const out: TensorBoardEvents = { fileVersion: null, events: 0, scalars: [], images: [], truncated: false }
+  const out: TensorBoardEvents = { fileVersion: null, events: 0, scalars: [], images: [], truncated: false, sessionStarts: [] }
   let scan
   try {
     scan = scanRecords(buf)
@@ -235,6 +238,7 @@ export async function readTensorBoardEvents(file: string): Promise<TensorBoardEv
     }
     out.events++
     if (i === 0 && event.fileVersion !== undefined) out.fileVersion = event.fileVersion
+    if (event.sessionStart) out.sessionStarts.push(event.step)
     for (const v of event.summary ?? []) {
       const at = { step: event.step, wallTime: event.wallTime, tag: v.tag }
       if (v.simpleValue !== undefined) out.scalars.push({ ...at, value: v.simpleValue })

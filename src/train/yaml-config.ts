@@ -48,6 +48,9 @@ function typeName(v: unknown): string {
   return `a ${typeof v}`
 }
 
+/** Path parts that name Object's machinery, not a key. */
+const FORBIDDEN_PARTS = new Set(['__proto__', 'constructor', 'prototype'])
+
 /** A value written on the command line: YAML 1.1 scalar syntax, like OmegaConf's dotlist. */
 function parseValue(text: string): unknown {
   try {
@@ -71,9 +74,12 @@ export function applyOverrides(config: ConfigObject, overrides: readonly string[
     const text = item.slice(eq + 1)
     const path = key.split('.')
     if (path.some((p) => p === '')) throw configError(`override ${JSON.stringify(item)}: ${JSON.stringify(key)} is not a dotted key`)
+    // Such a part would walk into (and write to) Object.prototype rather than the config.
+    const forbidden = path.find((p) => FORBIDDEN_PARTS.has(p))
+    if (forbidden !== undefined) throw configError(`override ${JSON.stringify(item)}: ${JSON.stringify(key)} contains ${forbidden}, which no config key may be named`)
     let parent: ConfigObject = out
     for (let i = 0; i < path.length - 1; i++) {
-      const child = parent[path[i]]
+      const child = Object.hasOwn(parent, path[i]) ? parent[path[i]] : undefined
       if (!isObject(child)) {
         const section = path.slice(0, i + 1).join('.')
         throw configError(`unknown key ${key} in override ${item}: the config has no section ${section}`)
@@ -81,16 +87,19 @@ export function applyOverrides(config: ConfigObject, overrides: readonly string[
       parent = child
     }
     const name = path[path.length - 1]
-    const old = parent[name]
+    const old = Object.hasOwn(parent, name) ? parent[name] : undefined
     const value = parseValue(text)
-    if (!(name in parent)) {
+    if (!Object.hasOwn(parent, name)) {
       if (path.length === 1 || !known(key)) {
         throw configError(`unknown key ${key} in override ${item}: the config has no such key${path.length > 1 ? ` in ${path.slice(0, -1).join('.')}` : ''}`)
       }
       parent[name] = value
       continue
     }
-    if (typeof old === 'string') {
+    if (typeof old === 'string' && old.match(REFERENCE) !== null) {
+      // A reference has no type of its own until resolved; the override's YAML says what it is (`3e-4`: a number).
+      parent[name] = value
+    } else if (typeof old === 'string') {
       parent[name] = text
     } else if (old === null || old === undefined) {
       parent[name] = value
@@ -112,7 +121,7 @@ export function applyOverrides(config: ConfigObject, overrides: readonly string[
 function lookup(root: ConfigObject, path: string): { found: boolean; value: unknown } {
   let node: unknown = root
   for (const part of path.split('.')) {
-    if (!isObject(node) || !(part in node)) return { found: false, value: undefined }
+    if (!isObject(node) || !Object.hasOwn(node, part)) return { found: false, value: undefined }
     node = node[part]
   }
   return { found: true, value: node }

@@ -33,12 +33,18 @@ pub struct StepResult {
     pub grad_norm: Option<f64>,
 }
 
-/// One micro-batch's loss and its flat gradients (every trainable parameter in parameter order).
+/// One micro-batch's loss and, when it completed the accumulation, the accumulated flat gradients (every
+/// trainable parameter in parameter order).
 #[napi(object)]
 pub struct GradientsResult {
+    /// Optimizer steps taken so far.
+    pub step: f64,
+    /// The learning rate of the update this micro-batch contributes to.
+    pub lr: f64,
     pub loss: f64,
     pub components: Vec<LossComponent>,
-    pub gradients: Float32Array,
+    /// Null until the `gradient_accumulation_steps`-th micro-batch.
+    pub gradients: Option<Float32Array>,
 }
 
 /// What applying gradients did; mirrors `marvel_core::train::UpdateOutput`.
@@ -148,7 +154,8 @@ impl NativeTrainer {
         })))
     }
 
-    /// The first half of `step`: one micro-batch's loss and flat gradients, the weights untouched.
+    /// The first half of `step`: one micro-batch's loss, its gradients added to the accumulation, and the
+    /// accumulated flat gradients at the accumulation boundary; the weights untouched.
     #[napi(ts_return_type = "Promise<GradientsResult>")]
     pub fn gradients(
         &self,
@@ -160,16 +167,18 @@ impl NativeTrainer {
         let t = self.shared(&env)?;
         Ok(AsyncTask::new(Job::new((t, images, proxy_codes), move |(t, images, codes)| {
             let mut t = lock(t)?;
-            let (grads, loss, parts) = t.gradients(images, batch as usize, codes.as_deref())?;
-            Ok(GradientsResult {
-                loss: f64::from(loss),
-                components: components(parts),
-                gradients: Float32Array::new(t.flatten_gradients(&grads)?),
-            })
+            let lr = t.learning_rate();
+            let (accumulated, loss, parts) = t.accumulate(images, batch as usize, codes.as_deref())?;
+            let gradients = match accumulated {
+                Some(grads) => Some(Float32Array::new(t.flatten_gradients(&grads)?)),
+                None => None,
+            };
+            Ok(GradientsResult { step: t.steps() as f64, lr, loss: f64::from(loss), components: components(parts), gradients })
         })))
     }
 
-    /// The second half of `step` with gradients of `gradients`' layout (averaged across ranks by the caller).
+    /// The second half of `step`: the optimizer step with accumulated gradients of `gradients`' layout (averaged
+    /// across ranks by the caller).
     #[napi(ts_return_type = "Promise<UpdateResult>")]
     pub fn apply_gradients(
         &self,
@@ -180,7 +189,7 @@ impl NativeTrainer {
         Ok(AsyncTask::new(Job::new((t, flat), |(t, flat)| {
             let mut t = lock(t)?;
             let grads = t.unflatten_gradients(flat)?;
-            let out = t.apply(&grads, &mut SingleRank)?;
+            let out = t.update(grads, &mut SingleRank)?;
             Ok(UpdateResult {
                 step: out.step as f64,
                 lr: out.lr,
@@ -207,7 +216,8 @@ impl NativeTrainer {
         Ok(AsyncTask::new(Job::new((t, dir), move |(t, dir)| lock(t)?.export_model(Path::new(dir), ema))))
     }
 
-    /// Reconstructions (`[batch, S, S, 3]` bytes) through the current weights, from the first `depth` depths.
+    /// Reconstructions (`[batch, S, S, 3]` bytes) through the current weights (or their EMA), from the first
+    /// `depth` depths.
     #[napi(ts_return_type = "Promise<Uint8Array>")]
     pub fn reconstruct(
         &self,
@@ -215,10 +225,14 @@ impl NativeTrainer {
         images: Uint8Array,
         batch: u32,
         depth: Option<u32>,
+        ema: Option<bool>,
     ) -> napi::Result<AsyncTask<Job<(Shared, Uint8Array), Uint8Array>>> {
         let t = self.shared(&env)?;
         Ok(AsyncTask::new(Job::new((t, images), move |(t, images)| {
-            Ok(Uint8Array::new(lock(t)?.reconstruct(images, batch as usize, depth.map(|d| d as usize))?))
+            let t = lock(t)?;
+            let depth = depth.map(|d| d as usize);
+            let out = if ema.unwrap_or(false) { t.reconstruct_ema(images, batch as usize, depth)? } else { t.reconstruct(images, batch as usize, depth)? };
+            Ok(Uint8Array::new(out))
         })))
     }
 

@@ -177,6 +177,15 @@ fn with_pixel_weights(
     Ok(weights)
 }
 
+/// Stage 2 steps its discriminator on each rank's own batch after the update, and nothing averages those
+/// gradients: the ranks' discriminators would drift apart, so data-parallel stage 2 is refused.
+pub fn stage2_ranks_error(world_size: usize) -> MarvelError {
+    invalid!(
+        "the stage-2 recipe trains on one rank only: its discriminator's gradients are not averaged across ranks, \
+         so {world_size} ranks would train {world_size} different discriminators; run it with one rank"
+    )
+}
+
 /// `text` parsed as JSON, or an argument error naming `what`.
 pub fn json_arg(what: &str, text: &str) -> Result<Value> {
     serde_json::from_str(text).map_err(|e| invalid!("{what} is not valid JSON: {e}"))
@@ -363,9 +372,39 @@ impl Trainer {
     /// cannot reach the others cannot continue the run anyway.
     pub fn apply(&mut self, grads: &Gradients, reducer: &mut dyn GradientReducer) -> Result<UpdateOutput> {
         let lr = self.schedule.lr(self.step);
-        let Some(mut grads) = self.accumulator.add(grads)? else {
+        let Some(grads) = self.accumulator.add(grads)? else {
             return Ok(UpdateOutput { step: self.step, lr, grad_norm: None, components: Vec::new() });
         };
+        self.update(grads, reducer)
+    }
+
+    /// [`Trainer::gradients`] added to this trainer's accumulation: the accumulated gradients once this micro-batch
+    /// completes `gradient_accumulation_steps` (scaled as [`Trainer::apply`] scales them), `None` before. A rank
+    /// that exchanges its gradients itself exchanges only these, once per optimizer step, then hands the mean to
+    /// [`Trainer::update`].
+    pub fn accumulate(
+        &mut self,
+        images: &[u8],
+        batch: usize,
+        proxy_codes: Option<&[i32]>,
+    ) -> Result<(Option<Gradients>, f32, Vec<(String, f32)>)> {
+        let (grads, loss, components) = self.gradients(images, batch, proxy_codes)?;
+        Ok((self.accumulator.add(&grads)?, loss, components))
+    }
+
+    /// The learning rate of the optimizer step the next micro-batch contributes to.
+    pub fn learning_rate(&self) -> f64 {
+        self.schedule.lr(self.step)
+    }
+
+    /// The optimizer step for accumulated gradients (of [`Trainer::accumulate`], or [`Trainer::apply`]'s): averages
+    /// them across ranks through `reducer` (skipped for one rank), clips them, and runs AdamW, the EMA and the
+    /// recipe's after-update.
+    pub fn update(&mut self, mut grads: Gradients, reducer: &mut dyn GradientReducer) -> Result<UpdateOutput> {
+        if reducer.world_size() > 1 && self.recipe.kind() == RecipeKind::Stage2 {
+            return Err(stage2_ranks_error(reducer.world_size()));
+        }
+        let lr = self.schedule.lr(self.step);
         if reducer.world_size() > 1 {
             let mean = reducer.all_reduce_mean(&self.layout.flatten(&grads)?)?;
             grads = self.layout.unflatten(&mean)?;
@@ -410,6 +449,21 @@ impl Trainer {
             Some(d) => self.model.decode_tokens_to_depth(&tokens, d)?,
         };
         images_to_u8_nhwc(&recon.detach())
+    }
+
+    /// [`Trainer::reconstruct`] through the EMA of the weights (what an exported `ema` model decodes with): the
+    /// shadows are put into the parameters for the call and the weights put back, bit for bit.
+    pub fn reconstruct_ema(&self, images: &[u8], batch: usize, depth: Option<usize>) -> Result<Vec<u8>> {
+        let shadows = self.weights(true)?;
+        let kept = self.params.iter().map(|(_, v)| v.as_tensor().copy()).collect::<candle_core::Result<Vec<_>>>()?;
+        for ((_, v), (_, shadow)) in self.params.iter().zip(&shadows) {
+            v.set(shadow)?;
+        }
+        let out = self.reconstruct(images, batch, depth);
+        for ((_, v), weight) in self.params.iter().zip(&kept) {
+            v.set(weight)?;
+        }
+        out
     }
 
     /// The model's weights (`ema` false) or their EMA, in checkpoint order.

@@ -403,3 +403,50 @@ fn frozen_tensors_get_no_gradient_no_optimizer_state_and_do_not_change() {
     assert!(frozen >= 10 && trained >= 10, "{frozen} frozen, {trained} trained");
 }
 
+
+#[test]
+fn accumulate_then_update_is_step_bit_for_bit_and_hands_back_gradients_only_at_the_boundary() {
+    let cfg = tiny_config(1e-3, json!({"gradient_accumulation_steps": 3}));
+    let mut a = Trainer::create(cfg.clone(), None, 5).unwrap();
+    let mut b = Trainer::create(cfg, None, 5).unwrap();
+    let imgs = images(2);
+    for i in 0..6 {
+        let stepped = a.step(&imgs, 2, None).unwrap();
+        let lr = b.learning_rate();
+        let (acc, loss, _) = b.accumulate(&imgs, 2, None).unwrap();
+        assert_eq!(loss.to_bits(), stepped.loss.to_bits(), "micro-batch {i}");
+        assert_eq!(lr, stepped.lr);
+        match acc {
+            None => assert!(stepped.grad_norm.is_none(), "micro-batch {i}: gradients only at the boundary"),
+            Some(grads) => {
+                let out = b.update(grads, &mut super::SingleRank).unwrap();
+                assert_eq!(out.step, stepped.step);
+                assert_eq!(out.grad_norm.map(f32::to_bits), stepped.grad_norm.map(f32::to_bits), "micro-batch {i}");
+            }
+        }
+    }
+    assert_eq!(b.steps(), 2);
+    assert_eq!(run_state(&a), run_state(&b));
+}
+
+#[test]
+fn reconstruct_ema_decodes_with_the_shadows_and_leaves_the_weights_as_they_were() {
+    let mut t = Trainer::create(tiny_config(1e-2, json!({})), None, 4).unwrap();
+    let imgs = images(2);
+    for _ in 0..3 {
+        t.step(&imgs, 2, None).unwrap();
+    }
+    let before = run_state(&t);
+    let live = t.reconstruct(&imgs, 2, None).unwrap();
+    let ema = t.reconstruct_ema(&imgs, 2, None).unwrap();
+    assert_ne!(live, ema, "the EMA lags the weights after a few large steps");
+    assert_eq!(run_state(&t), before);
+    assert_eq!(t.reconstruct(&imgs, 2, None).unwrap(), live);
+    // The same as a model built from the exported EMA weights.
+    let dir = scratch("reconstruct-ema");
+    t.export_model(&dir, true).unwrap();
+    let from_ema = Trainer::create(tiny_config(1e-2, json!({})), Some(&dir), 4).unwrap();
+    assert_eq!(from_ema.reconstruct(&imgs, 2, None).unwrap(), ema);
+    let no_ema = Trainer::create(tiny_config(1e-2, json!({"use_ema": false})), None, 4).unwrap();
+    assert!(no_ema.reconstruct_ema(&imgs, 2, None).unwrap_err().to_string().contains("training.use_ema is false"));
+}
