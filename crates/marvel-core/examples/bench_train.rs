@@ -7,16 +7,19 @@
 //!     bench_train CONFIG_JSON [--threads 2] [--batch 2] [--warmup 2] [--runs 5] [--split]
 //!
 //! `--split` adds `gradients_s`, the median of RUNS forward + backward passes without the update (clipping, AdamW,
-//! EMA), measured after the steps (so not in the peak RSS), to see where a step's time goes.
+//! EMA), and `update_s`, the median of RUNS updates alone (clipping, AdamW and EMA over the same parameters with the
+//! last pass's gradients, by an optimizer and EMA of the bench's own built from the same config), measured after
+//! the steps (so not in the peak RSS), to see where a step's time goes.
 
 use std::time::Instant;
 
 use marvel_core::runtime;
 use marvel_core::train::trainer::Trainer;
+use marvel_core::train::{clip_grad_norm, AdamW, Ema, Gradients, TrainConfig};
 use marvel_core::Result;
 #[path = "common/mod.rs"]
 mod common;
-use common::{run_bench, status_mib};
+use common::{run_bench, status_mib, try_median_secs};
 
 struct Args {
     config: String,
@@ -97,21 +100,23 @@ fn run(a: &Args) -> Result<String> {
     };
     let median = median_of(&times);
     let peak_rss = status_mib("VmHWM");
-    let gradients_s = if a.split {
+    let split = if a.split {
         let mut g = Vec::with_capacity(a.runs);
+        let mut grads = None;
         for _ in 0..a.runs {
             let t = Instant::now();
-            trainer.gradients(&images, a.batch, None)?;
+            grads = Some(trainer.gradients(&images, a.batch, None)?.0);
             g.push(t.elapsed().as_secs_f64());
         }
-        format!(",\"gradients_s\":{:.4}", median_of(&g))
+        let update_s = time_update(a, &trainer, &mut grads.expect("runs > 0"))?;
+        format!(",\"gradients_s\":{:.4},\"update_s\":{update_s:.4}", median_of(&g))
     } else {
         String::new()
     };
     let fmt = |v: &[f64]| v.iter().map(|t| format!("{t:.4}")).collect::<Vec<_>>().join(",");
     Ok(format!(
         "{{\"engine\":\"marvel\",\"params\":{params},\"threads\":{},\"batch\":{},\"median_s\":{median:.4},\"steps_per_s\":{:.4},\
-         \"cpu_s\":{:.2},\"runs\":[{}],\"losses\":[{}],\"peak_rss_mib\":{peak_rss:.1}{gradients_s}}}",
+         \"cpu_s\":{:.2},\"runs\":[{}],\"losses\":[{}],\"peak_rss_mib\":{peak_rss:.1}{split}}}",
         runtime::num_threads()?,
         a.batch,
         1.0 / median,
@@ -119,6 +124,26 @@ fn run(a: &Args) -> Result<String> {
         fmt(&times),
         losses.iter().map(|l| format!("{l:.5}")).collect::<Vec<_>>().join(","),
     ))
+}
+
+/// Median seconds of RUNS updates (clipping to the config's max_grad_norm, AdamW, EMA) of the trainer's
+/// trainable parameters with `grads`, as `Trainer::step` runs them after backward.
+fn time_update(a: &Args, trainer: &Trainer, grads: &mut Gradients) -> Result<f64> {
+    let cfg = TrainConfig::from_value(serde_json::from_str(&a.config).expect("the config parsed once already"))?;
+    let params = trainer.parameters();
+    let trainable: Vec<_> = params.iter().filter(|(n, _)| trainer.is_trainable(n)).cloned().collect();
+    let mut opt = AdamW::new(cfg.adamw(), trainable)?;
+    let mut ema = cfg.ema().map(|c| Ema::new(c, params, |n| trainer.is_trainable(n))).transpose()?;
+    try_median_secs(a.runs, || {
+        if let Some(max) = cfg.training.max_grad_norm {
+            clip_grad_norm(grads, max)?;
+        }
+        opt.step(grads)?;
+        if let Some(e) = &mut ema {
+            e.update(params)?;
+        }
+        Ok(())
+    })
 }
 
 fn main() {

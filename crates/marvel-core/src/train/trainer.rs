@@ -334,7 +334,7 @@ impl Trainer {
     pub fn step(&mut self, images: &[u8], batch: usize, proxy_codes: Option<&[i32]>) -> Result<StepOutput> {
         let (grads, loss, mut components) = self.gradients(images, batch, proxy_codes)?;
         let lr = self.schedule.lr(self.step);
-        let Some(mut grads) = self.accumulator.add(&grads)? else {
+        let Some(mut grads) = self.accumulator.add(grads)? else {
             return Ok(StepOutput { step: self.step, lr, loss, components, grad_norm: None });
         };
         let grad_norm = match self.cfg.training.max_grad_norm {
