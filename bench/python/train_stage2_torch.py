@@ -71,7 +71,7 @@ def bench_config(work: Path) -> dict:
         },
         "optimizer": {"name": "adamw", "params": {"learning_rate": lr, "discriminator_learning_rate": lr,
                                                   "beta1": 0.9, "beta2": 0.99, "weight_decay": 1e-4}},
-        "lr_scheduler": {"scheduler": "cosine", "params": {"learning_rate": lr, "warmup_steps": 5, "end_lr": lr / 10}},
+        "lr_scheduler": {"scheduler": "cosine", "params": {"learning_rate": lr, "warmup_steps": 0, "end_lr": lr / 10}},
         "training": {"gradient_accumulation_steps": 1, "use_ema": True, "max_train_steps": 1000, "max_grad_norm": 1.0},
     }
 
