@@ -261,7 +261,8 @@ def main():
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--split", action="store_true", help="also time the generator's forward + backward alone")
+    ap.add_argument("--split", action="store_true",
+                    help="also time the generator's forward + backward alone and the model's update alone")
     a = ap.parse_args()
     if a.print_config:
         work = Path(a.print_config)
@@ -312,17 +313,20 @@ def main():
                  + losses["discriminator_weight"] * losses["discriminator_factor"] * gan)
         return total, recon
 
+    def update_model(i: int) -> None:
+        torch.nn.utils.clip_grad_norm_(g_params, max_norm)
+        g_opt.step()
+        with torch.no_grad():
+            torch._foreach_lerp_([shadow[j] for j in moving], [params[j].detach() for j in moving], 1.0 - ema_decay(i + 1))
+            torch._foreach_copy_([shadow[j] for j in frozen], [params[j].detach() for j in frozen])
+
     def step(i: int) -> float:
         nonlocal lecam_real, lecam_fake
         x = images.permute(0, 3, 1, 2).float() / 255.0
         g_opt.zero_grad(set_to_none=True)
         loss, recon = generator_loss(x)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(g_params, max_norm)
-        g_opt.step()
-        with torch.no_grad():
-            torch._foreach_lerp_([shadow[j] for j in moving], [params[j].detach() for j in moving], 1.0 - ema_decay(i + 1))
-            torch._foreach_copy_([shadow[j] for j in frozen], [params[j].detach() for j in frozen])
+        update_model(i)
         # The discriminator's step on the same images and the detached reconstructions.
         d_opt.zero_grad(set_to_none=True)
         real, fake = disc(x), disc(recon.detach())
@@ -356,6 +360,15 @@ def main():
             generator_loss(images.permute(0, 3, 1, 2).float() / 255.0)[0].backward()
             grads.append(time.perf_counter() - t)
         extra["gradients_s"] = round(statistics.median(grads), 4)
+        # The model's update alone (clipping, AdamW, EMA) with the last pass's gradients, as bench_train's update_s.
+        upd, upd_cpu = [], []
+        for i in range(a.runs):
+            t, c = time.perf_counter(), time.process_time()
+            update_model(a.warmup + a.runs + i)
+            upd.append(time.perf_counter() - t)
+            upd_cpu.append(time.process_time() - c)
+        extra["update_s"] = round(statistics.median(upd), 4)
+        extra["update_cpu_s"] = round(statistics.median(upd_cpu), 4)
     print(json.dumps({
         "engine": "torch", "version": torch.__version__, "params": sum(p.numel() for p in params),
         "threads": torch.get_num_threads(), "batch": a.batch,

@@ -117,6 +117,27 @@ mod tests {
         assert_eq!(global_norm(&g).unwrap(), ((1u64 << 24) as f64 + (1u64 << 20) as f64).sqrt() as f32);
     }
 
+    /// The norm of a gradient of many chunks is the same bits on 1 and 3 threads (fixed chunks, summed in order).
+    #[test]
+    fn the_norm_does_not_depend_on_the_thread_count() {
+        let n = 5 * CHUNK + 3;
+        let values: Vec<f32> = (0..n).map(|i| ((i as f32) * 0.731).sin() * (1.0 + (i % 97) as f32)).collect();
+        let norm_on = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| {
+                let mut g = Gradients::new();
+                g.insert("w", Tensor::from_vec(values.clone(), n, &Device::Cpu).unwrap()).unwrap();
+                g.insert("b", Tensor::new(&[3f32, -4.0], &Device::Cpu).unwrap()).unwrap();
+                global_norm(&g).unwrap().to_bits()
+            })
+        };
+        let one = norm_on(1);
+        assert_eq!(norm_on(3), one);
+        let exact = values.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>().sqrt() as f32;
+        let want = (f64::from(exact) * f64::from(exact) + 25.0).sqrt() as f32;
+        assert!((f32::from_bits(one) - want).abs() <= want * 1e-6, "{} vs {want}", f32::from_bits(one));
+    }
+
     #[test]
     fn a_bad_max_norm_is_refused() {
         for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
