@@ -46,8 +46,12 @@ def main():
     for key in order:
         for engine, r in best[key].items():
             if "gradients_s" in r:
+                rest = "the discriminator's step, clipping, AdamW, EMA" if key[0].startswith("stage2") else \
+                    "clipping, AdamW, EMA"
+                alone = (f"; the update alone (clipping, AdamW, EMA) {r['update_s']:.3f} s, {r['update_cpu_s']:.3f} CPU s"
+                         if "update_s" in r else "")
                 print(f"{key[0]} batch {key[1]} {engine}: forward + backward {r['gradients_s']:.2f} s, the rest of the "
-                      f"step (clipping, AdamW, EMA) about {r['median_s'] - r['gradients_s']:.2f} s")
+                      f"step ({rest}) about {r['median_s'] - r['gradients_s']:.2f} s{alone}")
     for key in order:
         counts = {e: r["params"] for e, r in best[key].items() if "params" in r}
         if len(set(counts.values())) > 1:

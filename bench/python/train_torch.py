@@ -149,7 +149,8 @@ def main():
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--split", action="store_true", help="also time forward + backward alone (gradients_s)")
+    ap.add_argument("--split", action="store_true",
+                    help="also time forward + backward alone (gradients_s) and the update alone (update_s)")
     a = ap.parse_args()
     if a.print_config:
         print(json.dumps(bench_config(a.tokens)))
@@ -203,6 +204,18 @@ def main():
             model.loss(images.permute(0, 3, 1, 2).float() / 255.0, cfg["losses"]).backward()
             grads.append(time.perf_counter() - t)
         extra["gradients_s"] = round(statistics.median(grads), 4)
+        # The update alone (clipping, AdamW, EMA) with the last pass's gradients, as bench_train's update_s.
+        upd, upd_cpu = [], []
+        for i in range(a.runs):
+            t, c = time.perf_counter(), time.process_time()
+            torch.nn.utils.clip_grad_norm_(params, max_norm)
+            opt.step()
+            with torch.no_grad():
+                torch._foreach_lerp_(shadow, [p.detach() for p in params], 1.0 - ema_decay(a.warmup + a.runs + i + 1))
+            upd.append(time.perf_counter() - t)
+            upd_cpu.append(time.process_time() - c)
+        extra["update_s"] = round(statistics.median(upd), 4)
+        extra["update_cpu_s"] = round(statistics.median(upd_cpu), 4)
     print(json.dumps({
         "engine": "torch", "version": torch.__version__, "params": sum(p.numel() for p in params), "threads": torch.get_num_threads(), "batch": a.batch,
         "median_s": round(med, 4), "steps_per_s": round(1 / med, 4),

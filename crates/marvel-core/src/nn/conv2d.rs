@@ -39,23 +39,43 @@ impl Geometry {
         (o * self.stride + k).checked_sub(self.padding).filter(|&i| i < n * self.up).map(|i| i / self.up)
     }
 
-    /// Walks every (column row, output position, input position) of one channel's k·k column rows.
+    /// The output columns `lo..hi` whose window column `kj` lies inside the (upsampled) image of width `n`:
+    /// 0 <= ox·stride + kj - padding < n·up.
     #[inline(always)]
-    fn for_each(&self, mut f: impl FnMut(usize, usize, usize)) {
+    fn valid_cols(&self, kj: usize, n: usize, out: usize) -> (usize, usize) {
+        let lo = self.padding.saturating_sub(kj).div_ceil(self.stride).min(out);
+        let hi = (n * self.up + self.padding).saturating_sub(kj).div_ceil(self.stride).min(out);
+        (lo, hi.max(lo))
+    }
+
+    /// Walks one channel's k·k column rows by spans: for each (column row, output row, kernel column) it gives the
+    /// column row's offset of that output row, the input row's offset, and the valid output columns `lo..hi`
+    /// (see [`Geometry::input_col`]); positions outside are padding.
+    #[inline(always)]
+    fn for_each_span(&self, mut f: impl FnMut(usize, usize, usize, usize, usize)) {
         let (oh, ow) = self.out_hw();
+        let l = oh * ow;
         for ki in 0..self.kernel {
             for kj in 0..self.kernel {
-                let row = ki * self.kernel + kj;
+                let row = (ki * self.kernel + kj) * l;
+                let (lo, hi) = self.valid_cols(kj, self.w, ow);
                 for oy in 0..oh {
                     let Some(iy) = self.source(oy, ki, self.h) else { continue };
-                    for ox in 0..ow {
-                        if let Some(ix) = self.source(ox, kj, self.w) {
-                            f(row, oy * ow + ox, iy * self.w + ix);
-                        }
-                    }
+                    f(row + oy * ow, iy * self.w, kj, lo, hi);
                 }
             }
         }
+    }
+
+    /// The stored input column read by output column `ox` at kernel column `kj` (a valid one).
+    #[inline(always)]
+    fn input_col(&self, ox: usize, kj: usize) -> usize {
+        (ox * self.stride + kj - self.padding) / self.up
+    }
+
+    /// Whether input columns follow output columns one to one (stride 1, no upsampling): spans are slices.
+    fn unit_step(&self) -> bool {
+        self.stride == 1 && self.up == 1
     }
 }
 
@@ -79,7 +99,15 @@ impl CustomOp1 for Im2Col {
         let (kk, l) = (g.kernel * g.kernel, oh * ow);
         let mut cols = vec![0f32; b * g.channels * kk * l];
         cols.par_chunks_mut(kk * l).zip(x.par_chunks(g.h * g.w)).for_each(|(dst, plane)| {
-            g.for_each(|row, o, i| dst[row * l + o] = plane[i]);
+            g.for_each_span(|d, src, kj, lo, hi| {
+                let d = &mut dst[d + lo..d + hi];
+                if g.unit_step() {
+                    let s = src + lo + kj - g.padding;
+                    d.copy_from_slice(&plane[s..s + d.len()]);
+                } else {
+                    (lo..hi).zip(d).for_each(|(ox, v)| *v = plane[src + g.input_col(ox, kj)]);
+                }
+            });
         });
         Ok((CpuStorage::F32(cols), Shape::from((b, g.channels * kk, l))))
     }
@@ -109,8 +137,16 @@ impl CustomOp1 for Col2Im {
         let (kk, l) = (g.kernel * g.kernel, oh * ow);
         let mut x = vec![0f32; b * g.channels * g.h * g.w];
         // One task per (image, channel) plane: each writes only its own plane.
-        x.par_chunks_mut(g.h * g.w).zip(cols.par_chunks(kk * l)).for_each(|(plane, src)| {
-            g.for_each(|row, o, i| plane[i] += src[row * l + o]);
+        x.par_chunks_mut(g.h * g.w).zip(cols.par_chunks(kk * l)).for_each(|(plane, cols)| {
+            g.for_each_span(|c, dst, kj, lo, hi| {
+                let c = &cols[c + lo..c + hi];
+                if g.unit_step() {
+                    let d = dst + lo + kj - g.padding;
+                    plane[d..d + c.len()].iter_mut().zip(c).for_each(|(p, v)| *p += v);
+                } else {
+                    (lo..hi).zip(c).for_each(|(ox, v)| plane[dst + g.input_col(ox, kj)] += v);
+                }
+            });
         });
         Ok((CpuStorage::F32(x), Shape::from((b, g.channels, g.h, g.w))))
     }

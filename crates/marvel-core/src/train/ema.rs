@@ -7,14 +7,19 @@
 //! reference's settings (decay 0.999, nothing else set) that is 0, 2/11, 3/12, ..., reaching 0.999 at step 8991.
 //! The update is float32: shadow = shadow - (1 - decay) * (shadow - p), 1 - decay computed in double and rounded
 //! to float32 (a python float times a tensor); the first step (decay 0) makes shadow = p up to the last bit.
-//! Parameters that do not train (requires_grad false) are copied instead. With update_every k the update (and the
+//! Parameters that do not train (requires_grad false) are copied instead. The shadows are the EMA's own tensors,
+//! updated in place (one fused loop per parameter, no tensor allocated per step); [`Ema::shadow`] and
+//! [`Ema::state`] hand out tensors sharing their storage, to be `copy()`d if kept past the next update. With update_every k the update (and the
 //! decay's computation) happens only at t = 1, 1 + k, 1 + 2k, ..., while t counts every call.
 
 use std::collections::HashMap;
 
 use candle_core::{DType, Tensor, Var};
 
+use rayon::prelude::*;
+
 use crate::error::{MarvelError, Result};
+use crate::train::raw::{self, owned_copy, CHUNK};
 
 /// `EMAModel`'s constructor arguments, with the reference's defaults.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -99,10 +104,6 @@ pub struct Ema {
     index: HashMap<String, usize>,
 }
 
-/// A float32 copy that shares nothing with `t` and tracks no graph.
-fn snapshot(t: &Tensor) -> Result<Tensor> {
-    Ok(t.detach().contiguous()?.copy()?)
-}
 
 impl Ema {
     /// Shadows start as copies of `params` (all of the model's parameters, in order); `trainable(name)` says
@@ -121,7 +122,7 @@ impl Ema {
             if index.insert(name.clone(), shadows.len()).is_some() {
                 return Err(MarvelError::InvalidArgument(format!("parameter `{name}` given twice")));
             }
-            shadows.push(Shadow { name: name.clone(), value: snapshot(var.as_tensor())?, trainable: trainable(name) });
+            shadows.push(Shadow { name: name.clone(), value: owned_copy(var.as_tensor())?, trainable: trainable(name) });
         }
         Ok(Self { config, optimization_step: 0, shadows, index })
     }
@@ -148,13 +149,20 @@ impl Ema {
             return Ok(None);
         }
         let decay = self.config.decay_at(self.optimization_step);
-        let one_minus_decay = 1.0 - decay;
-        for (shadow, p) in self.shadows.iter_mut().zip(current) {
-            shadow.value = if shadow.trainable {
-                (&shadow.value - (&shadow.value - &p)?.affine(one_minus_decay, 0.0)?)?
-            } else {
-                snapshot(&p)?
-            };
+        let one_minus_decay = (1.0 - decay) as f32;
+        for (shadow, p) in self.shadows.iter().zip(current) {
+            let p = p.contiguous()?;
+            raw::with_mut_src("EMA shadow", &shadow.value, &p, |s, p| {
+                s.par_chunks_mut(CHUNK).zip(p.par_chunks(CHUNK)).for_each(|(s, p)| {
+                    if shadow.trainable {
+                        // torch: s_param.sub_(one_minus_decay * (s_param - param)), two roundings.
+                        s.iter_mut().zip(p).for_each(|(s, &p)| *s -= (*s - p) * one_minus_decay);
+                    } else {
+                        s.copy_from_slice(p);
+                    }
+                })
+            })
+            .map_err(|e| MarvelError::InvalidArgument(format!("EMA update of `{}`: {e}", shadow.name)))?;
         }
         Ok(Some(decay))
     }
@@ -242,7 +250,7 @@ impl Ema {
             return Err(MarvelError::Checkpoint(format!("EMA state: {}", problems.join("; "))));
         }
         for (shadow, v) in self.shadows.iter_mut().zip(values) {
-            shadow.value = snapshot(&v.expect("every shadow checked above"))?;
+            shadow.value = owned_copy(&v.expect("every shadow checked above"))?;
         }
         self.optimization_step = step.expect("checked above");
         Ok(())

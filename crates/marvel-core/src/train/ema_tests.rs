@@ -116,3 +116,29 @@ fn mismatched_parameters_and_states_are_refused() {
         assert_eq!(Ema::new(bad, &params, |_| true).unwrap_err().code(), "MARVEL_INVALID_ARGUMENT");
     }
 }
+
+/// Shadows of several parallel chunks move exactly as the one-value rule, on any number of threads.
+#[test]
+fn a_shadow_spanning_many_chunks_follows_the_rule_on_any_thread_count() {
+    let n = 2 * crate::train::raw::CHUNK + 5;
+    let start: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
+    let next: Vec<f32> = (0..n).map(|i| (i as f32 * 0.11).cos()).collect();
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        pool.install(|| {
+            let params = vec![("w".to_string(), var(&start)), ("frozen".to_string(), var(&start))];
+            let mut ema = Ema::new(EmaConfig::reference(), &params, |n| n != "frozen").unwrap();
+            ema.update(&params).unwrap();
+            for (_, p) in &params {
+                p.set(&Tensor::new(next.as_slice(), &Device::Cpu).unwrap()).unwrap();
+            }
+            ema.update(&params).unwrap();
+            (values(ema.shadow("w").unwrap()), values(ema.shadow("frozen").unwrap()))
+        })
+    };
+    let k = (1.0 - 2.0 / 11.0f64) as f32;
+    let want: Vec<f32> = start.iter().zip(&next).map(|(&s, &p)| s - (s - p) * k).collect();
+    let one = run(1);
+    assert_eq!(one, (want, next.clone()));
+    assert_eq!(run(3), one);
+}

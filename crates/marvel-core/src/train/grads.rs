@@ -4,13 +4,20 @@
 //! clipping and the accumulation work on names instead, so that a gradient can come from a backward pass, a sum
 //! over micro-batches, another rank or a test fixture alike. The order is the parameter order, which fixes the
 //! order of every sum over parameters (clip_grad_norm_'s total norm) as PyTorch's `model.parameters()` does.
+//!
+//! Like PyTorch's `.grad`, the gradients are changed in place (clipping scales them, accumulation adds into the
+//! first micro-batch's): a `Gradients` owns the storage of its tensors, so a tensor inserted here should not be
+//! one the caller still reads (a backward pass's gradients are fresh tensors; [`Gradients::from_store`] takes
+//! them from a store the caller then drops).
 
 use std::collections::HashMap;
 
 use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
+use rayon::prelude::*;
 
 use crate::error::{MarvelError, Result};
+use crate::train::raw::{self, CHUNK};
 
 #[derive(Debug, Clone, Default)]
 pub struct Gradients {
@@ -72,13 +79,70 @@ impl Gradients {
         self.entries.is_empty()
     }
 
-    /// Replaces every gradient with `f(name, gradient)`, keeping the order.
-    pub(crate) fn try_map(&mut self, mut f: impl FnMut(&str, &Tensor) -> Result<Tensor>) -> Result<()> {
+    /// Multiplies every gradient by `factor` in place (one rounding per value, as `g * factor` in float32).
+    pub(crate) fn scale_in_place(&mut self, factor: f32) -> Result<()> {
         for (name, g) in &mut self.entries {
-            *g = f(name, g)?;
+            scale(g, factor).map_err(|e| MarvelError::InvalidArgument(format!("gradient of `{name}`: {e}")))?;
         }
         Ok(())
     }
+
+    /// Adds `factor * other[name]` into each gradient of `other` held here, in place; the others of `other` are
+    /// appended, multiplied by `factor`, after the ones held here (in `other`'s order). Shapes are checked first.
+    pub(crate) fn add_scaled(&mut self, other: Gradients, factor: f32) -> Result<()> {
+        for (name, g) in other.iter() {
+            if let Some(sum) = self.get(name) {
+                if sum.dims() != g.dims() {
+                    return Err(MarvelError::ShapeMismatch(format!(
+                        "gradient of `{name}` has shape {:?}, {:?} in the sum it is added to",
+                        g.dims(),
+                        sum.dims()
+                    )));
+                }
+            }
+        }
+        let mut fresh = Gradients::new();
+        for (name, mut g) in other.entries {
+            match self.index.get(&name) {
+                Some(&i) => {
+                    let sum = &mut self.entries[i].1;
+                    own_contiguous(sum)?;
+                    let g = g.contiguous()?;
+                    raw::with_mut_src("gradient sum", sum, &g, |sum, g| {
+                        sum.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK)).for_each(|(sum, g)| {
+                            sum.iter_mut().zip(g).for_each(|(s, &g)| *s += g * factor);
+                        })
+                    })?;
+                }
+                None => {
+                    if factor != 1.0 {
+                        scale(&mut g, factor)?;
+                    }
+                    fresh.insert(&name, g)?;
+                }
+            }
+        }
+        for (name, g) in fresh.entries {
+            self.insert(&name, g)?;
+        }
+        Ok(())
+    }
+}
+
+/// Makes `g` a contiguous tensor (a copy when it is a strided view), so it can be written in place.
+fn own_contiguous(g: &mut Tensor) -> Result<()> {
+    if !g.is_contiguous() {
+        *g = g.contiguous()?;
+    }
+    Ok(())
+}
+
+/// `g *= factor` in place.
+fn scale(g: &mut Tensor, factor: f32) -> Result<()> {
+    own_contiguous(g)?;
+    raw::with_mut("gradient scaling", g, |g| {
+        g.par_chunks_mut(CHUNK).for_each(|c| c.iter_mut().for_each(|x| *x *= factor))
+    })
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ pub mod grads;
 pub mod losses;
 pub mod optim;
 pub mod params;
+mod raw;
 pub mod recipe;
 pub mod reduce;
 pub mod schedule;

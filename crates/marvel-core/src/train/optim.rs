@@ -12,14 +12,17 @@
 //! 6. p = p + ((-lr / (1 - beta1^t)) * m) / denom            `addcdiv_`
 //!
 //! Each line is computed here in the same float32 order. torch's SIMD kernels round steps 3 and 4 once (lerp
-//! calls fmadd; GCC contracts addcmul's multiply-add): with two roundings m and v would differ from the
-//! reference fixture in the last bit at about half and a quarter of the values. candle has no FMA, so both
-//! multiply-adds run in float64, where the product of two float32 values is exact, and are rounded to float32:
-//! that equals the FMA except when the float64 sum lands exactly halfway between two float32 values (about
-//! one case in 2^29). Against the fixture the moments then agree bit for bit; about 0.2% of the parameters
-//! still differ by an ulp, where sqrt(v) lies within 0.03 ulp of a rounding midpoint and the reference machine's
-//! SIMD sqrt rounded the other way (candle's is correctly rounded). The step count is exact here up to 2^64;
-//! torch keeps it in a float32 tensor, exact up to 2^24 steps.
+//! calls fmadd; GCC contracts addcmul's multiply-add), and so does `f32::mul_add` here: with two roundings m and
+//! v would differ from the reference fixture in the last bit at about half and a quarter of the values. Against
+//! the fixture the moments agree bit for bit; about 0.2% of the parameters still differ by an ulp, where sqrt(v)
+//! lies within 0.03 ulp of a rounding midpoint and the reference machine's SIMD sqrt rounded the other way
+//! (Rust's is correctly rounded). The step count is exact here up to 2^64; torch keeps it in a float32 tensor,
+//! exact up to 2^24 steps.
+//!
+//! The update is one fused loop over each parameter's storage, its moments and its gradient, in place (the
+//! parameter's `Var` storage, which the model shares), in parallel over fixed chunks: no tensor is allocated per
+//! step. The moment tensors are the optimizer's own; [`AdamW::moments`] and [`AdamW::state`] hand out tensors
+//! that share their storage, so a copy taken for later must be `copy()`d before the next step.
 //!
 //! Parameters without a gradient in a step are skipped, their moments and step count untouched, as PyTorch
 //! skips `grad is None`. The state exports as named tensors (`exp_avg.<name>`, `exp_avg_sq.<name>`, `step.<name>`)
@@ -28,10 +31,12 @@
 use std::collections::HashMap;
 
 use candle_core::{DType, Tensor, Var};
+use rayon::prelude::*;
 
 use crate::error::{MarvelError, Result};
 use crate::train::ema::read_count;
 use crate::train::grads::Gradients;
+use crate::train::raw::{self, CHUNK};
 
 /// create_optimizer's no-decay rule: `p.ndim < 2` or any of these substrings in the full parameter name. The
 /// tests are substring tests, so e.g. `decoder.decoder_embed.weight` (a 2-D Linear weight) and
@@ -115,6 +120,11 @@ impl AdamW {
                     var.dtype()
                 )));
             }
+            if !var.is_contiguous() {
+                return Err(MarvelError::InvalidArgument(format!(
+                    "AdamW parameter `{name}`: the optimizer updates contiguous parameters in place, this one is strided"
+                )));
+            }
             if index.insert(name.clone(), out.len()).is_some() {
                 return Err(MarvelError::InvalidArgument(format!("parameter `{name}` given twice")));
             }
@@ -172,7 +182,7 @@ impl AdamW {
         }
         for (name, g) in grads.iter() {
             let i = self.index[name];
-            update(&mut self.params[i], g, &self.config)?;
+            update(&mut self.params[i], &g.contiguous()?, &self.config)?;
         }
         Ok(())
     }
@@ -254,45 +264,91 @@ impl AdamW {
     }
 }
 
-/// Steps 1-6 of the module comment for one parameter.
+/// Steps 2-6 of the module comment as float32 scalars, for one parameter at step t.
+#[derive(Debug, Clone, Copy)]
+struct StepScalars {
+    /// 1 - lr * wd (1 in the no-decay group: p * 1 is p).
+    decay: f32,
+    one_minus_beta1: f32,
+    beta2: f32,
+    one_minus_beta2: f32,
+    bias_correction2_sqrt: f32,
+    eps: f32,
+    /// -lr / (1 - beta1^t)
+    neg_step_size: f32,
+}
+
+impl StepScalars {
+    fn new(c: &AdamWConfig, weight_decay: f64, t: u64) -> Self {
+        let (lr, t) = (c.learning_rate, t as f64);
+        Self {
+            decay: (1.0 - lr * weight_decay) as f32,
+            one_minus_beta1: (1.0 - c.beta1) as f32,
+            beta2: c.beta2 as f32,
+            one_minus_beta2: (1.0 - c.beta2) as f32,
+            bias_correction2_sqrt: (1.0 - c.beta2.powf(t)).sqrt() as f32,
+            eps: c.epsilon as f32,
+            neg_step_size: (-lr / (1.0 - c.beta1.powf(t))) as f32,
+        }
+    }
+}
+
+/// Steps 1-6 of the module comment for one parameter, in place over its storage and its moments.
 fn update(p: &mut Param, g: &Tensor, c: &AdamWConfig) -> Result<()> {
-    let g = g.detach();
-    let lr = c.learning_rate;
     let moments = match &mut p.moments {
         Some(m) => m,
         slot => slot.insert(Moments { exp_avg: g.zeros_like()?, exp_avg_sq: g.zeros_like()?, step: 0 }),
     };
+    let s = StepScalars::new(c, p.weight_decay, moments.step + 1);
+    let (exp_avg, exp_avg_sq, param) = (&moments.exp_avg, &moments.exp_avg_sq, p.var.as_tensor());
+    raw::with_mut("exp_avg", exp_avg, |m| {
+        raw::with_mut("exp_avg_sq", exp_avg_sq, |v| {
+            raw::with_mut_src("AdamW parameter", param, g, |p, g| adamw(p, m, v, g, &s))
+        })
+        .and_then(|r| r)
+    })
+    .and_then(|r| r)
+    .map_err(|e| MarvelError::InvalidArgument(format!("AdamW step of `{}`: {e}", p.name)))?;
     moments.step += 1;
-    let t = moments.step as f64;
-    let mut theta = p.var.as_tensor().detach();
-    if p.weight_decay != 0.0 {
-        theta = theta.affine(1.0 - lr * p.weight_decay, 0.0)?;
-    }
-    let m = fma(&(&g - &moments.exp_avg)?, (1.0 - c.beta1) as f32, &moments.exp_avg)?;
-    let v = fma_tensor(&g.affine(1.0 - c.beta2, 0.0)?, &g, &moments.exp_avg_sq.affine(c.beta2, 0.0)?)?;
-    let bias_correction1 = 1.0 - c.beta1.powf(t);
-    let bias_correction2_sqrt = (1.0 - c.beta2.powf(t)).powf(0.5);
-    let step_size = lr / bias_correction1;
-    // candle's `tensor / f64` multiplies by the reciprocal; torch divides.
-    let bc2_sqrt = Tensor::new(bias_correction2_sqrt as f32, g.device())?;
-    let denom = v.sqrt()?.broadcast_div(&bc2_sqrt)?.affine(1.0, c.epsilon)?;
-    let theta = (theta + (m.affine(-step_size, 0.0)? / denom)?)?;
-    p.var.set(&theta)?;
-    moments.exp_avg = m;
-    moments.exp_avg_sq = v;
     Ok(())
 }
 
-/// a * w + c rounded once to float32 (`w` a float32 value), through float64 (see the module comment).
-fn fma(a: &Tensor, w: f32, c: &Tensor) -> Result<Tensor> {
-    let sum = (a.to_dtype(DType::F64)?.affine(f64::from(w), 0.0)? + c.to_dtype(DType::F64)?)?;
-    Ok(sum.to_dtype(DType::F32)?)
+fn adamw(p: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32], s: &StepScalars) {
+    p.par_chunks_mut(CHUNK)
+        .zip(m.par_chunks_mut(CHUNK))
+        .zip(v.par_chunks_mut(CHUNK))
+        .zip(g.par_chunks(CHUNK))
+        .for_each(|(((p, m), v), g)| adamw_chunk(p, m, v, g, s));
 }
 
-/// a * b + c elementwise, rounded once to float32, through float64.
-fn fma_tensor(a: &Tensor, b: &Tensor, c: &Tensor) -> Result<Tensor> {
-    let sum = ((a.to_dtype(DType::F64)? * b.to_dtype(DType::F64)?)? + c.to_dtype(DType::F64)?)?;
-    Ok(sum.to_dtype(DType::F32)?)
+fn adamw_chunk(p: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32], s: &StepScalars) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the one requirement of a target_feature function is that the CPU has the features, checked
+        // just above.
+        return unsafe { adamw_chunk_fma(p, m, v, g, s) };
+    }
+    adamw_body(p, m, v, g, s)
+}
+
+/// [`adamw_body`] compiled with FMA and 8-wide vectors: `mul_add` becomes one instruction instead of a libm call,
+/// and the loop vectorises. The results are the same bits (mul_add, sqrt and division are correctly rounded
+/// either way).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn adamw_chunk_fma(p: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32], s: &StepScalars) {
+    adamw_body(p, m, v, g, s)
+}
+
+#[inline(always)]
+fn adamw_body(p: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32], s: &StepScalars) {
+    for (((p, m), v), &g) in p.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()).zip(g) {
+        let theta = *p * s.decay;
+        *m = s.one_minus_beta1.mul_add(g - *m, *m);
+        *v = (g * s.one_minus_beta2).mul_add(g, *v * s.beta2);
+        let denom = v.sqrt() / s.bias_correction2_sqrt + s.eps;
+        *p = theta + (*m * s.neg_step_size) / denom;
+    }
 }
 
 #[cfg(test)]

@@ -256,3 +256,36 @@ fn bad_settings_are_refused() {
     let err = AdamW::new(CONFIG, vec![("w".into(), f64_param)]).unwrap_err();
     assert!(err.to_string().contains("float32 parameters only"), "{err}");
 }
+
+/// A parameter of several of the fused loop's parallel chunks, updated on pools of 1 and 3 threads: both equal
+/// the element-by-element reference, bit for bit, so the chunking and the thread count change nothing.
+#[test]
+fn a_parameter_spanning_many_chunks_updates_as_the_reference_on_any_thread_count() {
+    // 3 chunks and a part of a fourth, 17 columns so that the weight is 2-D (the decay group).
+    let n = 17 * (3 * crate::train::raw::CHUNK / 17 + 1);
+    let mut rng = SplitMix64::new(21);
+    let init = normal_ish(&mut rng, n, 0.05);
+    let steps: Vec<Vec<f32>> = (0..3).map(|_| normal_ish(&mut rng, n, 0.3)).collect();
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        pool.install(|| {
+            let var = Var::from_tensor(&Tensor::from_vec(init.clone(), (n / 17, 17), &Device::Cpu).unwrap()).unwrap();
+            let mut opt = AdamW::new(CONFIG, vec![("big.weight".into(), var.clone())]).unwrap();
+            for g in &steps {
+                let mut grads = Gradients::new();
+                grads.insert("big.weight", Tensor::from_vec(g.clone(), (n / 17, 17), &Device::Cpu).unwrap()).unwrap();
+                opt.step(&grads).unwrap();
+            }
+            let (m, v, _) = opt.moments("big.weight").unwrap();
+            (bits(var.as_tensor()), bits(m), bits(v))
+        })
+    };
+    let (mut p, mut m, mut v) = (init.clone(), vec![0f32; n], vec![0f32; n]);
+    for (k, g) in steps.iter().enumerate() {
+        reference_step(&mut p, &mut m, &mut v, g, k as u64 + 1, CONFIG.weight_decay, &CONFIG);
+    }
+    let want = |x: &[f32]| x.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    let one = run(1);
+    assert_eq!(one, (want(&p), want(&m), want(&v)));
+    assert_eq!(run(3), one);
+}

@@ -78,7 +78,7 @@ fn run_ranks(world: usize, all: &[u8], batch: usize, steps: usize) -> Vec<(Vec<V
                 let mut loss = 0.0;
                 for _ in 0..steps {
                     let (grads, l, _) = t.gradients(&mine, batch / world, None).unwrap();
-                    let out = t.apply(&grads, &mut group).unwrap();
+                    let out = t.apply(grads, &mut group).unwrap();
                     assert!(out.grad_norm.is_some());
                     loss = l;
                 }
@@ -103,7 +103,7 @@ fn two_ranks_of_two_images_step_like_one_rank_of_four() {
     let mut single = Trainer::create(config(), None, 5).unwrap();
     let (grads, whole_loss, _) = single.gradients(&all, 4, None).unwrap();
     let whole = single.flatten_gradients(&grads).unwrap();
-    single.apply(&grads, &mut super::SingleRank).unwrap();
+    single.apply(grads, &mut super::SingleRank).unwrap();
 
     let ranks = run_ranks(2, &all, 4, 1);
     let (w0, mean0, loss0) = &ranks[0];

@@ -227,7 +227,7 @@ impl Recipe for Stage2Recipe {
             lecam += scalar(&d.lecam)?;
             real += d.mean_real;
             fake += d.mean_fake;
-            summed = accumulator.add(&grads)?;
+            summed = accumulator.add(grads)?;
         }
         let mut grads = summed.expect("the accumulator completes after its last micro-batch");
         let grad_norm = match self.max_grad_norm {

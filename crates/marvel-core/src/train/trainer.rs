@@ -360,7 +360,7 @@ impl Trainer {
     /// `gradient_accumulation_steps` calls.
     pub fn step(&mut self, images: &[u8], batch: usize, proxy_codes: Option<&[i32]>) -> Result<StepOutput> {
         let (grads, loss, mut components) = self.gradients(images, batch, proxy_codes)?;
-        let update = self.apply(&grads, &mut SingleRank)?;
+        let update = self.apply(grads, &mut SingleRank)?;
         components.extend(update.components);
         Ok(StepOutput { step: update.step, lr: update.lr, loss, components, grad_norm: update.grad_norm })
     }
@@ -370,7 +370,7 @@ impl Trainer {
     /// one collective of data-parallel training; skipped for one rank), clips them, and runs AdamW, the EMA and
     /// the recipe's after-update. A reducer that fails leaves this optimizer step's gradients spent: a rank that
     /// cannot reach the others cannot continue the run anyway.
-    pub fn apply(&mut self, grads: &Gradients, reducer: &mut dyn GradientReducer) -> Result<UpdateOutput> {
+    pub fn apply(&mut self, grads: Gradients, reducer: &mut dyn GradientReducer) -> Result<UpdateOutput> {
         let lr = self.schedule.lr(self.step);
         let Some(grads) = self.accumulator.add(grads)? else {
             return Ok(UpdateOutput { step: self.step, lr, grad_norm: None, components: Vec::new() });
@@ -389,7 +389,7 @@ impl Trainer {
         proxy_codes: Option<&[i32]>,
     ) -> Result<(Option<Gradients>, f32, Vec<(String, f32)>)> {
         let (grads, loss, components) = self.gradients(images, batch, proxy_codes)?;
-        Ok((self.accumulator.add(&grads)?, loss, components))
+        Ok((self.accumulator.add(grads)?, loss, components))
     }
 
     /// The learning rate of the optimizer step the next micro-batch contributes to.

@@ -150,24 +150,21 @@ impl ConvNext {
                 x.dims()
             ));
         }
-        let x = conv_bias(&x.conv2d(&self.stem_weight, 0, 4, 1, 1)?, &self.stem_bias)?;
+        // nn::conv2d: a gemm backward when training (candle's CPU conv backward is a naive transposed conv).
+        let x = crate::nn::conv2d(x, &self.stem_weight, Some(&self.stem_bias), 4, 0)?;
         let mut x = self.stem_norm.forward_nchw(&x)?;
         for (blocks, down) in &self.stages {
             for block in blocks {
                 x = block.forward(&x)?;
             }
             if let Some(d) = down {
-                x = conv_bias(&d.norm.forward_nchw(&x)?.conv2d(&d.weight, 0, 2, 1, 1)?, &d.bias)?;
+                x = crate::nn::conv2d(&d.norm.forward_nchw(&x)?, &d.weight, Some(&d.bias), 2, 0)?;
             }
         }
         let pooled = x.flatten_from(2)?.mean_keepdim(2)?.unsqueeze(3)?;
         let pooled = self.head_norm.forward_nchw(&pooled)?.flatten_from(1)?;
         Ok(self.head.forward(&pooled)?)
     }
-}
-
-fn conv_bias(y: &Tensor, bias: &Tensor) -> Result<Tensor> {
-    Ok(y.broadcast_add(&bias.reshape((1, (), 1, 1))?)?)
 }
 
 #[cfg(test)]

@@ -81,13 +81,13 @@ impl SameConv {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = if self.kernel % 2 == 1 {
+        // nn::conv2d: a gemm backward when training (candle's CPU conv backward is a naive transposed conv).
+        Ok(if self.kernel % 2 == 1 {
             // Odd kernels at stride 1 pad (k - 1) / 2 on every side: the conv's own padding.
-            x.conv2d(&self.weight, (self.kernel - 1) / 2, 1, 1, 1)?
+            crate::nn::conv2d(x, &self.weight, Some(&self.bias), 1, (self.kernel - 1) / 2)?
         } else {
-            pad_same(x, self.kernel, 1)?.conv2d(&self.weight, 0, 1, 1, 1)?
-        };
-        Ok(y.broadcast_add(&self.bias.reshape((1, (), 1, 1))?)?)
+            crate::nn::conv2d(&pad_same(x, self.kernel, 1)?, &self.weight, Some(&self.bias), 1, 0)?
+        })
     }
 }
 
@@ -126,7 +126,7 @@ impl BlurDownsample {
         let padded = pad_same(x, self.size, 2)?;
         let (_, _, hp, wp) = padded.dims4()?;
         // The same filter for every channel: one single-channel conv over B * C maps instead of a grouped conv.
-        let y = padded.reshape((b * c, 1, hp, wp))?.conv2d(&self.kernel, 0, 2, 1, 1)?;
+        let y = crate::nn::conv2d(&padded.reshape((b * c, 1, hp, wp))?, &self.kernel, None, 2, 0)?;
         let (_, _, ho, wo) = y.dims4()?;
         Ok(y.reshape((b, c, ho, wo))?)
     }
