@@ -40,16 +40,21 @@ impl MultiheadAttention {
     /// `xs`: (B, L, D), batch first (the reference permutes to sequence-first only to suit torch's API).
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let (b, l, d) = xs.dims3()?;
+        let qkv = super::linear_forward(&self.in_proj, xs)?;
+        #[cfg(target_arch = "x86_64")]
+        if super::trains_on_cpu(&[&qkv]) {
+            return super::linear_forward(&self.out_proj, &super::ops::attention(&qkv, self.num_heads)?);
+        }
         let (h, hd) = (self.num_heads, self.head_dim);
         // (B, L, 3D) -> (3, B, H, L, hd): the packed rows are [q; k; v], each split into heads.
-        let qkv = self.in_proj.forward(xs)?.reshape((b, l, 3, h, hd))?.permute((2, 0, 3, 1, 4))?.contiguous()?;
+        let qkv = qkv.reshape((b, l, 3, h, hd))?.permute((2, 0, 3, 1, 4))?.contiguous()?;
         // PyTorch scales q by 1/sqrt(hd) before the product; scaling the smaller tensor is also cheaper.
         let q = (qkv.get(0)? / (hd as f64).sqrt())?;
         let (k, v) = (qkv.get(1)?, qkv.get(2)?);
         let attn = q.matmul(&k.t()?)?;
         let attn = super::softmax_last_dim(&attn)?;
         let out = attn.matmul(&v)?.transpose(1, 2)?.reshape((b, l, d))?;
-        self.out_proj.forward(&out)
+        super::linear_forward(&self.out_proj, &out)
     }
 }
 

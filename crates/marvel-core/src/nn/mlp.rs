@@ -26,7 +26,12 @@ impl Mlp {
 
 impl Module for Mlp {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let hidden = super::linear_forward(&self.c_fc, xs)?;
+        #[cfg(target_arch = "x86_64")]
+        if super::trains_on_cpu(&[&hidden]) {
+            return super::linear_forward(&self.c_proj, &super::ops::gelu(&hidden)?);
+        }
         // torch.nn.GELU() defaults to the exact erf form, not the tanh approximation.
-        self.c_fc.forward(xs)?.gelu_erf()?.apply(&self.c_proj)
+        super::linear_forward(&self.c_proj, &hidden.gelu_erf()?)
     }
 }
