@@ -155,13 +155,13 @@ simd_dispatch! {
 }
 
 simd_dispatch! {
-    /// grad ← grad · gelu'(x), gelu'(x) = Φ(x) + x·φ(x).
-    pub fn gelu_backward(grad: &mut [f32], x: &[f32]) {
+    /// dx ← dy · gelu'(x), gelu'(x) = Φ(x) + x·φ(x).
+    pub fn gelu_backward(dx: &mut [f32], dy: &[f32], x: &[f32]) {
         // 1/√(2π)
         const INV_SQRT_2PI: f32 = 0.398_942_3;
-        for (g, x) in grad.iter_mut().zip(x) {
+        for ((o, g), x) in dx.iter_mut().zip(dy).zip(x) {
             let density = INV_SQRT_2PI * exp(-0.5 * x * x);
-            *g *= x.mul_add(density, normal_cdf(*x));
+            *o = g * x.mul_add(density, normal_cdf(*x));
         }
     }
 }

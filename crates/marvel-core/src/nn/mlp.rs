@@ -26,12 +26,14 @@ impl Mlp {
 
 impl Module for Mlp {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let hidden = super::linear_forward(&self.c_fc, xs)?;
-        #[cfg(target_arch = "x86_64")]
-        if super::trains_on_cpu(&[&hidden]) {
-            return super::linear_forward(&self.c_proj, &super::ops::gelu(&hidden)?);
-        }
         // torch.nn.GELU() defaults to the exact erf form, not the tanh approximation.
-        super::linear_forward(&self.c_proj, &hidden.gelu_erf()?)
+        #[cfg(target_arch = "x86_64")]
+        {
+            let (w, b) = super::attention::linear_parts(&self.c_fc);
+            if super::trains_on_cpu(&[xs, w, b]) {
+                return super::linear_forward(&self.c_proj, &super::ops::linear_gelu(xs, w, b)?);
+            }
+        }
+        super::linear_forward(&self.c_proj, &super::linear_forward(&self.c_fc, xs)?.gelu_erf()?)
     }
 }

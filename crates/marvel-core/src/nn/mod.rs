@@ -94,7 +94,6 @@ mod tests {
             ("layer_norm.rs", include_str!("layer_norm.rs")),
             ("mlp.rs", include_str!("mlp.rs")),
             ("ops/attention.rs", include_str!("ops/attention.rs")),
-            ("ops/gelu.rs", include_str!("ops/gelu.rs")),
             ("ops/layer_norm.rs", include_str!("ops/layer_norm.rs")),
             ("ops/linear.rs", include_str!("ops/linear.rs")),
             ("ops/mod.rs", include_str!("ops/mod.rs")),

@@ -5,24 +5,23 @@
 //! single-threaded or spin-synchronised elementwise maps, plus copies: the weight broadcast to every image by
 //! `Linear` on 3-D input and summed back in the backward, the q/k/v permutes, the transposes of matmul
 //! gradients. Here each layer is one op: a linear layer's backward is two gemm calls and a column sum; layer
-//! norm and GELU are one fused pass each way; attention reads q, k and v in place from the packed projection and
-//! recomputes the probabilities in its backward instead of keeping them (B·H·L² values a block).
+//! norm is one fused pass each way; attention reads q, k and v in place from the packed projection and
+//! recomputes the probabilities in its backward instead of keeping them (B·H·L² values a block); the MLP's GELU
+//! rides on the linear layer before it.
 //!
 //! Determinism: every reduction has a fixed order (rows split into fixed-size chunks whose partial sums are
 //! added in chunk order; gemm splits no dot product across threads), so the same inputs give the same bits
 //! whatever the number of threads, as the exact-resume guarantee of training needs.
 
 mod attention;
-mod gelu;
 mod layer_norm;
 mod linear;
 #[cfg(test)]
 mod tests;
 
 pub(crate) use attention::attention;
-pub(crate) use gelu::gelu;
 pub(crate) use layer_norm::layer_norm;
-pub(crate) use linear::linear;
+pub(crate) use linear::{linear, linear_gelu};
 
 use candle_core::{bail, CpuStorage, DType, Device, Layout, Result, Storage, Tensor};
 use gemm::Parallelism;

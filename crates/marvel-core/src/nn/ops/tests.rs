@@ -3,7 +3,7 @@
 
 use candle_core::{Device, Tensor, Var, D};
 
-use super::{attention, gelu, layer_norm, linear};
+use super::{attention, layer_norm, linear, linear_gelu};
 
 fn rnd(shape: &[usize], seed: u64) -> Var {
     // Deterministic values without a global RNG: a hash of the index, in [-1, 1).
@@ -90,10 +90,16 @@ fn layer_norm_matches_composed() {
 }
 
 #[test]
-fn gelu_matches_composed() {
-    // Scaled to reach both of the CDF's forms and its tails.
-    let x = Var::from_tensor(&(rnd(&[3, 1000], 7).as_tensor() * 6.0).unwrap()).unwrap();
-    assert_matches("gelu", &[&x], |t| gelu(&t[0]).unwrap(), |t| t[0].gelu_erf().unwrap());
+fn linear_gelu_matches_composed() {
+    // Weights scaled so that the pre-activations reach both of the CDF's forms and its tails.
+    let (x, b) = (rnd(&[2, 35, 24], 7), rnd(&[70], 8));
+    let w = Var::from_tensor(&(rnd(&[70, 24], 9).as_tensor() * 1.5).unwrap()).unwrap();
+    assert_matches(
+        "linear_gelu",
+        &[&x, &w, &b],
+        |t| linear_gelu(&t[0], &t[1], &t[2]).unwrap(),
+        |t| t[0].broadcast_matmul(&t[1].t().unwrap()).unwrap().broadcast_add(&t[2]).unwrap().gelu_erf().unwrap(),
+    );
 }
 
 #[test]
