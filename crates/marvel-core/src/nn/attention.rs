@@ -40,11 +40,15 @@ impl MultiheadAttention {
     /// `xs`: (B, L, D), batch first (the reference permutes to sequence-first only to suit torch's API).
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let (b, l, d) = xs.dims3()?;
-        let qkv = super::linear_forward(&self.in_proj, xs)?;
         #[cfg(target_arch = "x86_64")]
-        if super::trains_on_cpu(&[&qkv]) {
-            return super::linear_forward(&self.out_proj, &super::ops::attention(&qkv, self.num_heads)?);
+        {
+            let (w, bias) = linear_parts(&self.in_proj);
+            if super::trains_on_cpu(&[xs, w, bias]) {
+                let attended = super::ops::linear_attention(xs, w, bias, self.num_heads)?;
+                return super::linear_forward(&self.out_proj, &attended);
+            }
         }
+        let qkv = super::linear_forward(&self.in_proj, xs)?;
         let (h, hd) = (self.num_heads, self.head_dim);
         // (B, L, 3D) -> (3, B, H, L, hd): the packed rows are [q; k; v], each split into heads.
         let qkv = qkv.reshape((b, l, 3, h, hd))?.permute((2, 0, 3, 1, 4))?.contiguous()?;
@@ -59,7 +63,7 @@ impl MultiheadAttention {
 }
 
 /// A linear layer's weight and bias; every linear layer of the block is built with a bias.
-#[cfg(target_arch = "x86_64")] // read by the fused path only
+#[cfg(target_arch = "x86_64")] // read by the fused path and the training ops only
 pub(super) fn linear_parts(l: &Linear) -> (&Tensor, &Tensor) {
     (l.weight(), l.bias().expect("the block's linear layers are built with a bias"))
 }

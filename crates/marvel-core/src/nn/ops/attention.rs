@@ -1,68 +1,30 @@
-//! The core of multi-head self-attention, softmax(q·kᵀ/√hd)·v per image and head, from the packed projection
-//! (B, L, 3D) (rows [q | k | v], heads side by side in each) to (B, L, D): the forward is the inference kernel,
-//! reading q, k and v in place; the backward recomputes each head's probabilities (one L×L product) rather than
-//! keeping B·H·L² of them per block, and writes dq, dk and dv into their columns of the packed gradient.
-//! One (image, head) pair per task, single-threaded gemms inside.
+//! The backward of multi-head self-attention's core, softmax(q·kᵀ/√hd)·v per image and head, whose forward is
+//! the inference kernel (`fused::attention`, reading q, k and v in place from the packed projection (B, L, 3D),
+//! rows [q | k | v], heads side by side in each). It recomputes each head's probabilities (one L×L product)
+//! rather than keeping B·H·L² of them per block, and writes dq, dk and dv into their columns of the packed
+//! gradient. One (image, head) pair per task, single-threaded gemms inside.
 
-use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{cpu_tensor, product, values, with_values, View};
-use crate::nn::fused::{self, SharedMut};
+use super::{product, View};
+use crate::nn::fused::SharedMut;
 use crate::nn::kernels;
 
-/// `qkv` (B, L, 3D) → (B, L, D) for `heads` heads, differentiable.
-pub(crate) fn attention(qkv: &Tensor, heads: usize) -> Result<Tensor> {
-    qkv.contiguous()?.apply_op1(AttentionOp { heads })
-}
-
-struct AttentionOp {
-    heads: usize,
-}
-
-impl AttentionOp {
-    /// (B, L, D) of a packed (B, L, 3D) input, checked.
-    fn sizes(&self, dims: &[usize]) -> Result<(usize, usize, usize)> {
-        let &[b, l, d3] = dims else { bail!("attention: the packed projection must be (B, L, 3D), got {dims:?}") };
-        if d3 % 3 != 0 || self.heads == 0 || (d3 / 3) % self.heads != 0 {
-            bail!("attention: {} heads do not split a packed width of {d3} into q, k, v", self.heads);
-        }
-        Ok((b, l, d3 / 3))
-    }
-}
-
-impl CustomOp1 for AttentionOp {
-    fn name(&self) -> &'static str {
-        "marvel-attention"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (b, l, d) = self.sizes(layout.dims())?;
-        let qkv = values(s, layout, "attention")?;
-        let mut out = vec![0f32; b * l * d];
-        fused::attention(qkv, &mut out, b, l, d, self.heads);
-        Ok((CpuStorage::F32(out), Shape::from((b, l, d))))
-    }
-
-    fn bwd(&self, qkv: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let (b, l, d) = self.sizes(qkv.dims())?;
-        let heads = self.heads;
-        let dqkv = with_values([qkv, grad], |[qkv, dout]| {
-            let mut dqkv = vec![0f32; qkv.len()];
-            let dst = SharedMut(dqkv.as_mut_ptr());
-            (0..b * heads).into_par_iter().for_each_init(
-                || (vec![0f32; l * l], vec![0f32; l * l], vec![0f32; l]),
-                |(probs, dprobs, inv_sums), task| {
-                    let (img, head) = (task / heads, task % heads);
-                    // SAFETY: the task reads rows img·L.. of qkv and dout and writes columns head·hd.. of q, k and
-                    // v in rows img·L.. of dqkv, a block no other task touches; `dqkv` outlives the loop.
-                    unsafe { head_backward(qkv, dout, dst, probs, dprobs, inv_sums, (img, head), (l, d, heads)) }
-                },
-            );
-            dqkv
-        })?;
-        Ok(Some(cpu_tensor(dqkv, qkv.dims())?))
-    }
+/// The gradient of the packed projection `qkv` ((B·L, 3D)) from that of the attention output `dout` ((B·L, D)).
+pub(super) fn attention_backward(qkv: &[f32], dout: &[f32], b: usize, l: usize, d: usize, heads: usize) -> Vec<f32> {
+    assert!(qkv.len() == b * l * 3 * d && dout.len() == b * l * d && d % heads == 0, "attention: sizes do not match");
+    let mut dqkv = vec![0f32; qkv.len()];
+    let dst = SharedMut(dqkv.as_mut_ptr());
+    (0..b * heads).into_par_iter().for_each_init(
+        || (vec![0f32; l * l], vec![0f32; l * l], vec![0f32; l]),
+        |(probs, dprobs, inv_sums), task| {
+            let (img, head) = (task / heads, task % heads);
+            // SAFETY: the task reads rows img·L.. of qkv and dout and writes columns head·hd.. of q, k and v in
+            // rows img·L.. of dqkv, a block no other task touches; `dqkv` outlives the loop.
+            unsafe { head_backward(qkv, dout, dst, probs, dprobs, inv_sums, (img, head), (l, d, heads)) }
+        },
+    );
+    dqkv
 }
 
 /// dq, dk, dv of one (image, head) pair. With P = softmax(S), S = q·kᵀ·s (s = 1/√hd) and O = P·v:

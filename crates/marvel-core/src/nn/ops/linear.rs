@@ -1,40 +1,61 @@
 //! y = x·Wᵀ + b over every row of x at once (x of any rank, flattened to (M, K); W (N, K) as nn.Linear keeps it),
-//! and the MLP's first layer with its GELU, gelu(x·Wᵀ + b), as one node. candle's `Linear` broadcasts W to each
-//! image of a 3-D input and sums the gradient back; here the backward is dx = dy·W and dW = dyᵀ·x, one gemm each
-//! reading the operands in place, and db the column sums of dy. Folding the GELU in saves a node, and with it
-//! candle's zero-filled gradient buffer and the pass that adds into it for the MLP's widest activation.
+//! optionally followed in the same node by what the block does next with y: the MLP's GELU after c_fc, the
+//! attention core after the packed q/k/v projection. candle's `Linear` broadcasts W to each image of a 3-D input
+//! and sums the gradient back; here the backward is dx = dy·W and dW = dyᵀ·x, one gemm each reading the
+//! operands in place, and db the column sums of dy. Folding the next step in saves a node, and with it candle's
+//! zero-filled gradient buffer and the pass that adds into it, for the block's two widest activations.
 
 use std::sync::Mutex;
 
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::attention::attention_backward;
 use super::{cpu_tensor, product, values, with_values, View};
 use crate::nn::{fused, kernels};
 
 /// x (..., K) · Wᵀ + b, differentiable in all three.
 pub(crate) fn linear(xs: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
-    xs.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, LinearOp { gelu: None })
+    apply(xs, weight, bias, Then::Nothing)
 }
 
 /// gelu(x·Wᵀ + b) with torch's exact (erf) GELU, differentiable in all three.
 pub(crate) fn linear_gelu(xs: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
-    let op = LinearOp { gelu: Some(Mutex::new(Vec::new())) };
+    apply(xs, weight, bias, Then::Gelu)
+}
+
+/// Self-attention's core with `heads` heads on the packed projection x·Wᵀ + b of `xs` (B, L, K), W (3D, K):
+/// (B, L, D), differentiable in all three.
+pub(crate) fn linear_attention(xs: &Tensor, weight: &Tensor, bias: &Tensor, heads: usize) -> Result<Tensor> {
+    apply(xs, weight, bias, Then::Attention { heads })
+}
+
+fn apply(xs: &Tensor, weight: &Tensor, bias: &Tensor, then: Then) -> Result<Tensor> {
+    let op = LinearOp { then, kept: Mutex::new(Vec::new()) };
     xs.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, op)
 }
 
+/// What the node does with the product before handing it on.
+#[derive(Clone, Copy)]
+enum Then {
+    Nothing,
+    Gelu,
+    Attention { heads: usize },
+}
+
 struct LinearOp {
-    /// With a GELU: the pre-activations the forward computed, which its backward needs (the op keeps them in
-    /// place of the tensor a separate GELU node would keep).
-    gelu: Option<Mutex<Vec<f32>>>,
+    then: Then,
+    /// With a second step: the product the forward computed (the GELU's pre-activations, the packed q/k/v),
+    /// which that step's backward needs; the op keeps it in place of the tensor a separate node would keep.
+    kept: Mutex<Vec<f32>>,
 }
 
 impl CustomOp3 for LinearOp {
     fn name(&self) -> &'static str {
-        if self.gelu.is_some() {
-            "marvel-linear-gelu"
-        } else {
-            "marvel-linear"
+        match self.then {
+            Then::Nothing => "marvel-linear",
+            Then::Gelu => "marvel-linear-gelu",
+            Then::Attention { .. } => "marvel-linear-attention",
         }
     }
 
@@ -56,14 +77,25 @@ impl CustomOp3 for LinearOp {
         if k > 0 {
             fused::linear_rows(&mut out, None, x, w, b);
         }
-        if let Some(kept) = &self.gelu {
-            let mut activated = vec![0f32; out.len()];
-            fused::par_rows2(&mut activated, &out, 1, kernels::gelu_into);
-            *kept.lock().unwrap_or_else(|p| p.into_inner()) = out;
-            out = activated;
-        }
+        let rows = out.len() / n.max(1);
+        let out = match self.then {
+            Then::Nothing => out,
+            Then::Gelu => {
+                let mut activated = vec![0f32; out.len()];
+                fused::par_rows2(&mut activated, &out, 1, kernels::gelu_into);
+                *self.kept.lock().unwrap_or_else(|p| p.into_inner()) = out;
+                activated
+            }
+            Then::Attention { heads } => {
+                let (b, l, d) = attention_sizes(xl.dims(), n, heads)?;
+                let mut attended = vec![0f32; rows * d];
+                fused::attention(&out, &mut attended, b, l, d, heads);
+                *self.kept.lock().unwrap_or_else(|p| p.into_inner()) = out;
+                attended
+            }
+        };
         let mut dims = xl.dims().to_vec();
-        *dims.last_mut().expect("checked above") = n;
+        *dims.last_mut().expect("checked above") = if let Then::Attention { .. } = self.then { n / 3 } else { n };
         Ok((CpuStorage::F32(out), Shape::from(dims)))
     }
 
@@ -80,13 +112,18 @@ impl CustomOp3 for LinearOp {
         // A frozen input or weight (not a variable, nothing tracked behind it) needs no gradient.
         let (want_dx, want_dw) = (x.track_op(), w.track_op());
         let (dx, dw, db) = with_values([x, w, grad], |[xv, wv, dy]| {
-            let through_gelu;
-            let dy = match &self.gelu {
-                None => dy,
-                Some(kept) => {
-                    let pre = kept.lock().unwrap_or_else(|p| p.into_inner());
-                    through_gelu = gelu_backward(dy, &pre);
-                    &through_gelu[..]
+            let kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+            let through_next;
+            let dy = match self.then {
+                Then::Nothing => dy,
+                Then::Gelu => {
+                    through_next = gelu_backward(dy, &kept);
+                    &through_next[..]
+                }
+                Then::Attention { heads } => {
+                    let (b, l, d) = attention_sizes(x.dims(), n, heads).expect("checked in the forward");
+                    through_next = attention_backward(&kept, dy, b, l, d, heads);
+                    &through_next[..]
                 }
             };
             let mut dx = vec![0f32; if want_dx { m * k } else { 0 }];
@@ -106,6 +143,15 @@ impl CustomOp3 for LinearOp {
         let dw = if want_dw { Some(cpu_tensor(dw, &[n, k])?) } else { None };
         Ok((dx, dw, Some(cpu_tensor(db, &[n])?)))
     }
+}
+
+/// (B, L, D) of attention on the packed projection (width `n` = 3D) of an input `dims` (B, L, K).
+fn attention_sizes(dims: &[usize], n: usize, heads: usize) -> Result<(usize, usize, usize)> {
+    let &[b, l, _] = dims else { bail!("attention: the input must be (B, L, D), got {dims:?}") };
+    if n % 3 != 0 || heads == 0 || (n / 3) % heads != 0 {
+        bail!("attention: {heads} heads do not split a packed projection of width {n} into q, k, v");
+    }
+    Ok((b, l, n / 3))
 }
 
 /// dy · gelu'(pre), in parallel over blocks of elements.

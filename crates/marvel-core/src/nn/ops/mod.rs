@@ -6,8 +6,8 @@
 //! `Linear` on 3-D input and summed back in the backward, the q/k/v permutes, the transposes of matmul
 //! gradients. Here each layer is one op: a linear layer's backward is two gemm calls and a column sum; layer
 //! norm is one fused pass each way; attention reads q, k and v in place from the packed projection and
-//! recomputes the probabilities in its backward instead of keeping them (B·H·L² values a block); the MLP's GELU
-//! rides on the linear layer before it.
+//! recomputes the probabilities in its backward instead of keeping them (B·H·L² values a block); the attention
+//! core and the MLP's GELU ride on the linear layer before each.
 //!
 //! Determinism: every reduction has a fixed order (rows split into fixed-size chunks whose partial sums are
 //! added in chunk order; gemm splits no dot product across threads), so the same inputs give the same bits
@@ -19,9 +19,8 @@ mod linear;
 #[cfg(test)]
 mod tests;
 
-pub(crate) use attention::attention;
 pub(crate) use layer_norm::layer_norm;
-pub(crate) use linear::{linear, linear_gelu};
+pub(crate) use linear::{linear, linear_attention, linear_gelu};
 
 use candle_core::{bail, CpuStorage, DType, Device, Layout, Result, Storage, Tensor};
 use gemm::Parallelism;

@@ -3,7 +3,7 @@
 
 use candle_core::{Device, Tensor, Var, D};
 
-use super::{attention, layer_norm, linear, linear_gelu};
+use super::{layer_norm, linear, linear_attention, linear_gelu};
 
 fn rnd(shape: &[usize], seed: u64) -> Var {
     // Deterministic values without a global RNG: a hash of the index, in [-1, 1).
@@ -103,16 +103,18 @@ fn linear_gelu_matches_composed() {
 }
 
 #[test]
-fn attention_matches_composed() {
-    let (b, l, d, heads) = (2, 19, 24, 3);
+fn linear_attention_matches_composed() {
+    let (b, l, k, d, heads) = (2, 19, 16, 24, 3);
     let hd = d / heads;
-    let qkv = Var::from_tensor(&(rnd(&[b, l, 3 * d], 8).as_tensor() * 2.0).unwrap()).unwrap();
+    let (x, b_in) = (rnd(&[b, l, k], 10), rnd(&[3 * d], 11));
+    let w = Var::from_tensor(&(rnd(&[3 * d, k], 12).as_tensor() * 0.8).unwrap()).unwrap();
     assert_matches(
-        "attention",
-        &[&qkv],
-        |t| attention(&t[0], heads).unwrap(),
+        "linear_attention",
+        &[&x, &w, &b_in],
+        |t| linear_attention(&t[0], &t[1], &t[2], heads).unwrap(),
         |t| {
-            let qkv = t[0].reshape((b, l, 3, heads, hd)).unwrap().permute((2, 0, 3, 1, 4)).unwrap();
+            let qkv = t[0].broadcast_matmul(&t[1].t().unwrap()).unwrap().broadcast_add(&t[2]).unwrap();
+            let qkv = qkv.reshape((b, l, 3, heads, hd)).unwrap().permute((2, 0, 3, 1, 4)).unwrap();
             let part = |i: usize| qkv.get(i).unwrap().contiguous().unwrap();
             let s = (part(0).matmul(&part(1).t().unwrap()).unwrap() / (hd as f64).sqrt()).unwrap();
             let p = candle_nn::ops::softmax(&s, D::Minus1).unwrap();
