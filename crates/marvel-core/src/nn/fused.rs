@@ -140,12 +140,9 @@ pub(crate) fn layer_norm_rows(dst: &mut [f32], src: &[f32], weight: &[f32], bias
         .for_each(|(o, x)| kernels::layer_norm_rows(o, x, weight, bias, eps));
 }
 
+/// dst (rows, out) = [residual +] a (rows, in) · wᵀ + bias.
 fn linear(dst: &mut [f32], residual: Option<&[f32]>, a: &[f32], lin: &LinearData) {
-    linear_rows(dst, residual, a, lin.weight.get(), lin.bias.get())
-}
-
-/// dst (rows, out) = [residual +] a (rows, in) · wᵀ + bias, for a weight `w` stored (out, in) row-major.
-pub(crate) fn linear_rows(dst: &mut [f32], residual: Option<&[f32]>, a: &[f32], w: &[f32], bias: &[f32]) {
+    let (w, bias) = (lin.weight.get(), lin.bias.get());
     let (n, k) = (bias.len(), w.len() / bias.len());
     let m = a.len() / k;
     match residual {

@@ -6,7 +6,7 @@
 
 use rayon::prelude::*;
 
-use super::{product, View};
+use super::{product, Product, View};
 use crate::nn::fused::SharedMut;
 use crate::nn::kernels;
 
@@ -52,16 +52,17 @@ unsafe fn head_backward(
     let dst = dqkv.get().add(base);
     let (dq, dk, dv) = (dst, dst.add(d), dst.add(2 * d));
 
-    product(l, l, hd, probs.as_mut_ptr(), l, q, k.t(), scale, false);
+    let (one, scaled) = (Product { scale: 1.0, accumulate: false, parallel: false }, Product { scale, accumulate: false, parallel: false });
+    product(l, l, hd, probs.as_mut_ptr(), l, q, k.t(), scaled);
     kernels::softmax_exp_rows(probs, l, inv_sums);
     for (r, inv) in probs.chunks_exact_mut(l).zip(inv_sums.iter()) {
         kernels::scale(r, *inv);
     }
     let p = View::rows(probs.as_ptr(), l);
-    product(l, hd, l, dv, row, p.t(), d_out, 1.0, false);
-    product(l, l, hd, dprobs.as_mut_ptr(), l, d_out, v.t(), 1.0, false);
+    product(l, hd, l, dv, row, p.t(), d_out, one);
+    product(l, l, hd, dprobs.as_mut_ptr(), l, d_out, v.t(), one);
     kernels::softmax_backward_rows(dprobs, probs, l);
     let ds = View::rows(dprobs.as_ptr(), l);
-    product(l, hd, l, dq, row, ds, k, scale, false);
-    product(l, hd, l, dk, row, ds.t(), q, scale, false);
+    product(l, hd, l, dq, row, ds, k, scaled);
+    product(l, hd, l, dk, row, ds.t(), q, scaled);
 }

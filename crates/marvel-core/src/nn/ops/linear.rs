@@ -11,7 +11,7 @@ use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::attention::attention_backward;
-use super::{cpu_tensor, product, values, with_values, View};
+use super::{cpu_tensor, product, values, with_values, Product, View, PARALLEL};
 use crate::nn::{fused, kernels};
 
 /// x (..., K) · Wᵀ + b, differentiable in all three.
@@ -73,11 +73,15 @@ impl CustomOp3 for LinearOp {
             bail!("linear: input {:?}, weight {:?} and bias {:?} do not fit", xl.dims(), wl.dims(), bl.dims());
         }
         let (x, w, b) = (values(xs, xl, "linear")?, values(ws, wl, "linear")?, values(bs, bl, "linear")?);
-        let mut out = vec![0f32; x.len() / k.max(1) * n];
+        let rows = x.len() / k.max(1);
+        let mut out = vec![0f32; rows * n];
+        // The bias first, the product accumulated onto it: no pass of its own.
+        fused::par_rows(&mut out, n, |o| o.chunks_exact_mut(n).for_each(|row| row.copy_from_slice(b)));
         if k > 0 {
-            fused::linear_rows(&mut out, None, x, w, b);
+            let how = Product { accumulate: true, ..PARALLEL };
+            // SAFETY: x holds rows·k values, W n·k, out rows·n.
+            unsafe { product(rows, n, k, out.as_mut_ptr(), n, View::rows(x.as_ptr(), k), View::rows(w.as_ptr(), k).t(), how) };
         }
-        let rows = out.len() / n.max(1);
         let out = match self.then {
             Then::Nothing => out,
             Then::Gelu => {
@@ -131,10 +135,10 @@ impl CustomOp3 for LinearOp {
             // SAFETY: dy holds m·n values, W n·k, x m·k; dx and dw are sized for their products.
             unsafe {
                 if want_dx && n > 0 {
-                    product(m, k, n, dx.as_mut_ptr(), k, View::rows(dy.as_ptr(), n), View::rows(wv.as_ptr(), k), 1.0, true);
+                    product(m, k, n, dx.as_mut_ptr(), k, View::rows(dy.as_ptr(), n), View::rows(wv.as_ptr(), k), PARALLEL);
                 }
                 if want_dw && m > 0 {
-                    product(n, k, m, dw.as_mut_ptr(), k, View::rows(dy.as_ptr(), n).t(), View::rows(xv.as_ptr(), k), 1.0, true);
+                    product(n, k, m, dw.as_mut_ptr(), k, View::rows(dy.as_ptr(), n).t(), View::rows(xv.as_ptr(), k), PARALLEL);
                 }
             }
             (dx, dw, column_sums(dy, n))
