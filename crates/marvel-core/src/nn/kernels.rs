@@ -228,26 +228,34 @@ simd_dispatch! {
     }
 }
 
+/// dst ← x - mean(x); returns 1/√(var + eps) with the biased variance of the centred values (two passes, not
+/// E[x²] - E[x]², which cancels badly when the mean is large).
+#[inline(always)]
+fn centre(dst: &mut [f32], x: &[f32], eps: f32) -> f32 {
+    let d = x.len() as f32;
+    let mean = sum(x) / d;
+    for (o, x) in dst.iter_mut().zip(x) {
+        *o = x - mean;
+    }
+    let mut acc = [0f32; LANES];
+    let chunks = dst.chunks_exact(LANES);
+    let tail = chunks.remainder().iter().map(|c| c * c).sum::<f32>();
+    for c in chunks {
+        for i in 0..LANES {
+            acc[i] += c[i] * c[i];
+        }
+    }
+    let var = (acc.iter().sum::<f32>() + tail) / d;
+    1.0 / (var + eps).sqrt()
+}
+
 simd_dispatch! {
     /// LayerNorm of each row (`weight.len()` wide) as PyTorch computes it: mean, then the biased variance of the
     /// centred values (two passes, not E[x²] - E[x]², which cancels badly when the mean is large).
     pub fn layer_norm_rows(dst: &mut [f32], src: &[f32], weight: &[f32], bias: &[f32], eps: f32) {
         let d = weight.len();
         for (o, x) in dst.chunks_exact_mut(d).zip(src.chunks_exact(d)) {
-            let mean = sum(x) / d as f32;
-            for (o, x) in o.iter_mut().zip(x) {
-                *o = x - mean;
-            }
-            let mut acc = [0f32; LANES];
-            let chunks = o.chunks_exact(LANES);
-            let tail = chunks.remainder().iter().map(|c| c * c).sum::<f32>();
-            for c in chunks {
-                for i in 0..LANES {
-                    acc[i] += c[i] * c[i];
-                }
-            }
-            let var = (acc.iter().sum::<f32>() + tail) / d as f32;
-            let inv_std = 1.0 / (var + eps).sqrt();
+            let inv_std = centre(o, x, eps);
             for ((o, w), b) in o.iter_mut().zip(weight).zip(bias) {
                 *o = *o * inv_std * w + b;
             }
@@ -291,21 +299,8 @@ simd_dispatch! {
     ) {
         let d = weight.len();
         for ((dx, x), dy) in dx.chunks_exact_mut(d).zip(x.chunks_exact(d)).zip(dy.chunks_exact(d)) {
-            // The forward's statistics, recomputed the same way (`layer_norm_rows`); dx holds x̂ meanwhile.
-            let mean = sum(x) / d as f32;
-            for (o, x) in dx.iter_mut().zip(x) {
-                *o = x - mean;
-            }
-            let mut acc = [0f32; LANES];
-            let chunks = dx.chunks_exact(LANES);
-            let tail = chunks.remainder().iter().map(|c| c * c).sum::<f32>();
-            for c in chunks {
-                for i in 0..LANES {
-                    acc[i] += c[i] * c[i];
-                }
-            }
-            let var = (acc.iter().sum::<f32>() + tail) / d as f32;
-            let r = 1.0 / (var + eps).sqrt();
+            // The forward's statistics, recomputed the same way; dx holds x̂ meanwhile.
+            let r = centre(dx, x, eps);
             let (mut sum_g, mut sum_gx) = ([0f32; LANES], [0f32; LANES]);
             for (j, ((xh, g), w)) in dx.iter_mut().zip(dy).zip(weight).enumerate() {
                 *xh *= r;

@@ -47,12 +47,19 @@ unsafe fn head_backward(
     let scale = 1.0 / (hd as f32).sqrt();
     let row = 3 * d;
     let base = img * l * row + head * hd;
-    let (q, k, v) = (View::rows(qkv[base..].as_ptr(), row), View::rows(qkv[base + d..].as_ptr(), row), View::rows(qkv[base + 2 * d..].as_ptr(), row));
+    let (q, k, v) = (
+        View::rows(qkv[base..].as_ptr(), row),
+        View::rows(qkv[base + d..].as_ptr(), row),
+        View::rows(qkv[base + 2 * d..].as_ptr(), row),
+    );
     let d_out = View::rows(dout[img * l * d + head * hd..].as_ptr(), d);
     let dst = dqkv.get().add(base);
     let (dq, dk, dv) = (dst, dst.add(d), dst.add(2 * d));
 
-    let (one, scaled) = (Product { scale: 1.0, accumulate: false, parallel: false }, Product { scale, accumulate: false, parallel: false });
+    let (one, scaled) = (
+        Product { scale: 1.0, accumulate: false, parallel: false },
+        Product { scale, accumulate: false, parallel: false },
+    );
     product(l, l, hd, probs.as_mut_ptr(), l, q, k.t(), scaled);
     kernels::softmax_exp_rows(probs, l, inv_sums);
     for (r, inv) in probs.chunks_exact_mut(l).zip(inv_sums.iter()) {

@@ -33,7 +33,12 @@ impl CustomOp3 for LayerNormOp {
     ) -> Result<(CpuStorage, Shape)> {
         let d = wl.shape().elem_count();
         if xl.dims().last() != Some(&d) || wl.dims() != [d] || bl.dims() != [d] {
-            bail!("layer_norm: input {:?} does not end in the weight's {:?} / bias's {:?}", xl.dims(), wl.dims(), bl.dims());
+            bail!(
+                "layer_norm: input {:?} does not end in the weight's {:?} / bias's {:?}",
+                xl.dims(),
+                wl.dims(),
+                bl.dims()
+            );
         }
         let (x, w, b) = (values(xs, xl, "layer_norm")?, values(ws, wl, "layer_norm")?, values(bs, bl, "layer_norm")?);
         let mut out = vec![0f32; x.len()];

@@ -80,7 +80,9 @@ impl CustomOp3 for LinearOp {
         if k > 0 {
             let how = Product { accumulate: true, ..PARALLEL };
             // SAFETY: x holds rows·k values, W n·k, out rows·n.
-            unsafe { product(rows, n, k, out.as_mut_ptr(), n, View::rows(x.as_ptr(), k), View::rows(w.as_ptr(), k).t(), how) };
+            unsafe {
+                product(rows, n, k, out.as_mut_ptr(), n, View::rows(x.as_ptr(), k), View::rows(w.as_ptr(), k).t(), how)
+            };
         }
         let out = match self.then {
             Then::Nothing => out,
@@ -135,10 +137,28 @@ impl CustomOp3 for LinearOp {
             // SAFETY: dy holds m·n values, W n·k, x m·k; dx and dw are sized for their products.
             unsafe {
                 if want_dx && n > 0 {
-                    product(m, k, n, dx.as_mut_ptr(), k, View::rows(dy.as_ptr(), n), View::rows(wv.as_ptr(), k), PARALLEL);
+                    product(
+                        m,
+                        k,
+                        n,
+                        dx.as_mut_ptr(),
+                        k,
+                        View::rows(dy.as_ptr(), n),
+                        View::rows(wv.as_ptr(), k),
+                        PARALLEL,
+                    );
                 }
                 if want_dw && m > 0 {
-                    product(n, k, m, dw.as_mut_ptr(), k, View::rows(dy.as_ptr(), n).t(), View::rows(xv.as_ptr(), k), PARALLEL);
+                    product(
+                        n,
+                        k,
+                        m,
+                        dw.as_mut_ptr(),
+                        k,
+                        View::rows(dy.as_ptr(), n).t(),
+                        View::rows(xv.as_ptr(), k),
+                        PARALLEL,
+                    );
                 }
             }
             (dx, dw, column_sums(dy, n))

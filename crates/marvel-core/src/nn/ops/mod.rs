@@ -101,8 +101,25 @@ unsafe fn product(m: usize, n: usize, k: usize, dst: *mut f32, dst_stride: usize
     let parallelism = if how.parallel && threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None };
     let keep = if how.accumulate { 1.0 } else { 0.0 };
     gemm::gemm(
-        m, n, k, dst, 1, dst_stride as isize, how.accumulate, lhs.ptr, lhs.cs, lhs.rs, rhs.ptr, rhs.cs, rhs.rs, keep,
-        how.scale, false, false, false, parallelism,
+        m,
+        n,
+        k,
+        dst,
+        1,
+        dst_stride as isize,
+        how.accumulate,
+        lhs.ptr,
+        lhs.cs,
+        lhs.rs,
+        rhs.ptr,
+        rhs.cs,
+        rhs.rs,
+        keep,
+        how.scale,
+        false,
+        false,
+        false,
+        parallelism,
     )
 }
 

@@ -37,7 +37,12 @@ fn forward_backward(inputs: &[&Var], f: impl Fn(&[Tensor]) -> Tensor) -> (Tensor
     (y.detach(), gs)
 }
 
-fn assert_matches(name: &str, inputs: &[&Var], op: impl Fn(&[Tensor]) -> Tensor + Sync, composed: impl Fn(&[Tensor]) -> Tensor) {
+fn assert_matches(
+    name: &str,
+    inputs: &[&Var],
+    op: impl Fn(&[Tensor]) -> Tensor + Sync,
+    composed: impl Fn(&[Tensor]) -> Tensor,
+) {
     let (y, gs) = forward_backward(inputs, &op);
     let (y_ref, gs_ref) = forward_backward(inputs, composed);
     let e = rel_err(&y, &y_ref);
@@ -53,8 +58,12 @@ fn assert_matches(name: &str, inputs: &[&Var], op: impl Fn(&[Tensor]) -> Tensor 
     };
     let (one, three) = (on(1), on(3));
     for (i, (a, b)) in one.iter().zip(&three).enumerate() {
-        let (a, b) = (a.flatten_all().unwrap().to_vec1::<f32>().unwrap(), b.flatten_all().unwrap().to_vec1::<f32>().unwrap());
-        assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()), "{name}: input {i}'s gradient depends on the threads");
+        let (a, b) =
+            (a.flatten_all().unwrap().to_vec1::<f32>().unwrap(), b.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+        assert!(
+            a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
+            "{name}: input {i}'s gradient depends on the threads"
+        );
     }
 }
 
