@@ -117,6 +117,10 @@ impl CustomOp3 for LinearOp {
         let m = x.elem_count() / k.max(1);
         // A frozen input or weight (not a variable, nothing tracked behind it) needs no gradient.
         let (want_dx, want_dw) = (x.track_op(), w.track_op());
+        let sizes = match self.then {
+            Then::Attention { heads } => Some((attention_sizes(x.dims(), n, heads)?, heads)),
+            _ => None,
+        };
         let (dx, dw, db) = with_values([x, w, grad], |[xv, wv, dy]| {
             let kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
             let through_next;
@@ -126,8 +130,8 @@ impl CustomOp3 for LinearOp {
                     through_next = gelu_backward(dy, &kept);
                     &through_next[..]
                 }
-                Then::Attention { heads } => {
-                    let (b, l, d) = attention_sizes(x.dims(), n, heads).expect("checked in the forward");
+                Then::Attention { .. } => {
+                    let ((b, l, d), heads) = sizes.expect("set for attention above");
                     through_next = attention_backward(&kept, dy, b, l, d, heads);
                     &through_next[..]
                 }

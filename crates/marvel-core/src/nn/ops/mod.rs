@@ -10,8 +10,9 @@
 //! core and the MLP's GELU ride on the linear layer before each.
 //!
 //! Determinism: every reduction has a fixed order (rows split into fixed-size chunks whose partial sums are
-//! added in chunk order; gemm splits no dot product across threads), so the same inputs give the same bits
-//! whatever the number of threads, as the exact-resume guarantee of training needs.
+//! added in chunk order; column sums by bands of columns; the `gemm` crate splits the output across threads, not
+//! the dot products), so the same inputs give the same bits however rayon schedules the tasks, as the
+//! exact-resume guarantee of training needs (the tests check 1 against 3 threads).
 
 mod attention;
 mod layer_norm;
