@@ -161,7 +161,7 @@ const SGEMM_MAX_ROWS: usize = 1024;
 
 /// dst (m, n) = [dst +] a (m, k) · wᵀ, for a weight `w` stored (n, k) row-major, as nn.Linear keeps it; on the
 /// whole compute pool.
-pub(crate) fn gemm_wt(dst: &mut [f32], accumulate: bool, a: &[f32], w: &[f32], m: usize, k: usize, n: usize) {
+fn gemm_wt(dst: &mut [f32], accumulate: bool, a: &[f32], w: &[f32], m: usize, k: usize, n: usize) {
     assert!(dst.len() == m * n && a.len() == m * k && w.len() == n * k, "gemm_wt: sizes do not match");
     let threads = rayon::current_num_threads();
     if m < SGEMM_MAX_ROWS && sgemm::available() {
@@ -271,7 +271,8 @@ pub(crate) fn attention(qkv: &[f32], out: &mut [f32], b: usize, l: usize, d: usi
 /// A pointer that parallel tasks write through, each to its own disjoint part.
 #[derive(Clone, Copy)]
 pub(crate) struct SharedMut(pub(crate) *mut f32);
-// SAFETY: used only where each task writes a region no other task reads or writes (see `attention`).
+// SAFETY: used only where each task writes a region no other task reads or writes (see `attention` here and
+// `ops::attention`).
 unsafe impl Send for SharedMut {}
 unsafe impl Sync for SharedMut {}
 impl SharedMut {
