@@ -40,21 +40,30 @@ impl MultiheadAttention {
     /// `xs`: (B, L, D), batch first (the reference permutes to sequence-first only to suit torch's API).
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let (b, l, d) = xs.dims3()?;
+        #[cfg(target_arch = "x86_64")]
+        {
+            let (w, bias) = linear_parts(&self.in_proj);
+            if super::trains_on_cpu(&[xs, w, bias]) {
+                let attended = super::ops::linear_attention(xs, w, bias, self.num_heads)?;
+                return super::linear_forward(&self.out_proj, &attended);
+            }
+        }
+        let qkv = super::linear_forward(&self.in_proj, xs)?;
         let (h, hd) = (self.num_heads, self.head_dim);
         // (B, L, 3D) -> (3, B, H, L, hd): the packed rows are [q; k; v], each split into heads.
-        let qkv = self.in_proj.forward(xs)?.reshape((b, l, 3, h, hd))?.permute((2, 0, 3, 1, 4))?.contiguous()?;
+        let qkv = qkv.reshape((b, l, 3, h, hd))?.permute((2, 0, 3, 1, 4))?.contiguous()?;
         // PyTorch scales q by 1/sqrt(hd) before the product; scaling the smaller tensor is also cheaper.
         let q = (qkv.get(0)? / (hd as f64).sqrt())?;
         let (k, v) = (qkv.get(1)?, qkv.get(2)?);
         let attn = q.matmul(&k.t()?)?;
         let attn = super::softmax_last_dim(&attn)?;
         let out = attn.matmul(&v)?.transpose(1, 2)?.reshape((b, l, d))?;
-        self.out_proj.forward(&out)
+        super::linear_forward(&self.out_proj, &out)
     }
 }
 
 /// A linear layer's weight and bias; every linear layer of the block is built with a bias.
-#[cfg(target_arch = "x86_64")] // read by the fused path only
+#[cfg(target_arch = "x86_64")] // read by the fused path and the training ops only
 pub(super) fn linear_parts(l: &Linear) -> (&Tensor, &Tensor) {
     (l.weight(), l.bias().expect("the block's linear layers are built with a bias"))
 }

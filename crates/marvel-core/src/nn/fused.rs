@@ -198,7 +198,7 @@ fn gemm_wt(dst: &mut [f32], accumulate: bool, a: &[f32], w: &[f32], m: usize, k:
 /// softmax(q·kᵀ/√hd)·v for every image and head, from the packed projection `qkv` ((B·L, 3D) rows of
 /// [q | k | v], heads side by side within each) into `out` ((B·L, D), heads side by side, as torch concatenates
 /// them).
-fn attention(qkv: &[f32], out: &mut [f32], b: usize, l: usize, d: usize, heads: usize) {
+pub(crate) fn attention(qkv: &[f32], out: &mut [f32], b: usize, l: usize, d: usize, heads: usize) {
     let hd = d / heads;
     assert!(qkv.len() == b * l * 3 * d && out.len() == b * l * d && hd * heads == d, "attention: sizes do not match");
     let scale = 1.0 / (hd as f32).sqrt();
@@ -270,18 +270,19 @@ fn attention(qkv: &[f32], out: &mut [f32], b: usize, l: usize, d: usize, heads: 
 
 /// A pointer that parallel tasks write through, each to its own disjoint part.
 #[derive(Clone, Copy)]
-struct SharedMut(*mut f32);
-// SAFETY: used only where each task writes a region no other task reads or writes (see `attention`).
+pub(crate) struct SharedMut(pub(crate) *mut f32);
+// SAFETY: used only where each task writes a region no other task reads or writes (see `attention` here and
+// `ops::attention`).
 unsafe impl Send for SharedMut {}
 unsafe impl Sync for SharedMut {}
 impl SharedMut {
-    fn get(self) -> *mut f32 {
+    pub(crate) fn get(self) -> *mut f32 {
         self.0
     }
 }
 
 /// Rows per parallel task: a few tasks per thread, for balance, and at least 8 rows, so a task is worth its cost.
-fn rows_per_task(rows: usize) -> usize {
+pub(crate) fn rows_per_task(rows: usize) -> usize {
     rows.div_ceil(4 * rayon::current_num_threads()).max(8)
 }
 
@@ -290,7 +291,7 @@ pub(crate) fn softmax_rows(xs: &mut [f32], cols: usize) {
     par_rows(xs, cols, |rows| kernels::softmax_rows(rows, cols));
 }
 
-fn par_rows(xs: &mut [f32], cols: usize, f: impl Fn(&mut [f32]) + Sync) {
+pub(crate) fn par_rows(xs: &mut [f32], cols: usize, f: impl Fn(&mut [f32]) + Sync) {
     if cols == 0 || xs.is_empty() {
         return;
     }
@@ -298,7 +299,7 @@ fn par_rows(xs: &mut [f32], cols: usize, f: impl Fn(&mut [f32]) + Sync) {
     xs.par_chunks_mut(per_task).for_each(&f);
 }
 
-fn par_rows2(xs: &mut [f32], ys: &[f32], cols: usize, f: impl Fn(&mut [f32], &[f32]) + Sync) {
+pub(crate) fn par_rows2(xs: &mut [f32], ys: &[f32], cols: usize, f: impl Fn(&mut [f32], &[f32]) + Sync) {
     if cols == 0 || xs.is_empty() {
         return;
     }

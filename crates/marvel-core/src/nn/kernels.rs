@@ -73,8 +73,15 @@ fn max(xs: &[f32]) -> f32 {
 /// Chebyshev fit with relative error below 1.2e-7 for every z ≥ 0. Both forms are computed and one is selected,
 /// which vectorises better than a branch.
 #[inline(always)]
-#[allow(clippy::excessive_precision)]
 pub fn gelu(x: f32) -> f32 {
+    // x·(½·y) and (½·x)·y round alike: halving is exact.
+    x * normal_cdf(x)
+}
+
+/// Φ(x), the standard normal CDF, by the two forms `gelu` describes.
+#[inline(always)]
+#[allow(clippy::excessive_precision)]
+pub fn normal_cdf(x: f32) -> f32 {
     let z = x.abs() * std::f32::consts::FRAC_1_SQRT_2;
     let z2 = z * z;
 
@@ -88,7 +95,7 @@ pub fn gelu(x: f32) -> f32 {
     e = e.mul_add(z2, 1.128_379_2e-1);
     e = e.mul_add(z2, -3.761_263_8e-1);
     e = e.mul_add(z2, std::f32::consts::FRAC_2_SQRT_PI);
-    let near_zero = 0.5 * x * (1.0 + e * (x * std::f32::consts::FRAC_1_SQRT_2));
+    let near_zero = 0.5 * (1.0 + e * (x * std::f32::consts::FRAC_1_SQRT_2));
 
     let t = 1.0 / (1.0 + 0.5 * z);
     let mut p = 0.170_872_77_f32;
@@ -108,7 +115,7 @@ pub fn gelu(x: f32) -> f32 {
     if z < 0.75 {
         near_zero
     } else {
-        x * phi
+        phi
     }
 }
 
@@ -136,6 +143,27 @@ pub fn exp(x: f32) -> f32 {
     // n ∈ [-116, 127] after the clamp, so 2ⁿ is a normal float: its exponent field is n + 127.
     let n = (t.to_bits() as i32).wrapping_sub(SHIFT.to_bits() as i32);
     y * f32::from_bits(((n + 127) as u32) << 23)
+}
+
+simd_dispatch! {
+    /// dst ← gelu(src).
+    pub fn gelu_into(dst: &mut [f32], src: &[f32]) {
+        for (o, x) in dst.iter_mut().zip(src) {
+            *o = gelu(*x);
+        }
+    }
+}
+
+simd_dispatch! {
+    /// dx ← dy · gelu'(x), gelu'(x) = Φ(x) + x·φ(x).
+    pub fn gelu_backward(dx: &mut [f32], dy: &[f32], x: &[f32]) {
+        // 1/√(2π)
+        const INV_SQRT_2PI: f32 = 0.398_942_3;
+        for ((o, g), x) in dx.iter_mut().zip(dy).zip(x) {
+            let density = INV_SQRT_2PI * exp(-0.5 * x * x);
+            *o = g * x.mul_add(density, normal_cdf(*x));
+        }
+    }
 }
 
 simd_dispatch! {
@@ -200,28 +228,93 @@ simd_dispatch! {
     }
 }
 
+/// dst ← x - mean(x); returns 1/√(var + eps) with the biased variance of the centred values (two passes, not
+/// E[x²] - E[x]², which cancels badly when the mean is large).
+#[inline(always)]
+fn centre(dst: &mut [f32], x: &[f32], eps: f32) -> f32 {
+    let d = x.len() as f32;
+    let mean = sum(x) / d;
+    for (o, x) in dst.iter_mut().zip(x) {
+        *o = x - mean;
+    }
+    let mut acc = [0f32; LANES];
+    let chunks = dst.chunks_exact(LANES);
+    let tail = chunks.remainder().iter().map(|c| c * c).sum::<f32>();
+    for c in chunks {
+        for i in 0..LANES {
+            acc[i] += c[i] * c[i];
+        }
+    }
+    let var = (acc.iter().sum::<f32>() + tail) / d;
+    1.0 / (var + eps).sqrt()
+}
+
 simd_dispatch! {
     /// LayerNorm of each row (`weight.len()` wide) as PyTorch computes it: mean, then the biased variance of the
     /// centred values (two passes, not E[x²] - E[x]², which cancels badly when the mean is large).
     pub fn layer_norm_rows(dst: &mut [f32], src: &[f32], weight: &[f32], bias: &[f32], eps: f32) {
         let d = weight.len();
         for (o, x) in dst.chunks_exact_mut(d).zip(src.chunks_exact(d)) {
-            let mean = sum(x) / d as f32;
-            for (o, x) in o.iter_mut().zip(x) {
-                *o = x - mean;
-            }
-            let mut acc = [0f32; LANES];
-            let chunks = o.chunks_exact(LANES);
-            let tail = chunks.remainder().iter().map(|c| c * c).sum::<f32>();
-            for c in chunks {
-                for i in 0..LANES {
-                    acc[i] += c[i] * c[i];
-                }
-            }
-            let var = (acc.iter().sum::<f32>() + tail) / d as f32;
-            let inv_std = 1.0 / (var + eps).sqrt();
+            let inv_std = centre(o, x, eps);
             for ((o, w), b) in o.iter_mut().zip(weight).zip(bias) {
                 *o = *o * inv_std * w + b;
+            }
+        }
+    }
+}
+
+simd_dispatch! {
+    /// The backward of `softmax_rows`, in place: for each row of probabilities p and incoming gradient g (`cols`
+    /// wide), g ← p ⊙ (g - ⟨g, p⟩).
+    pub fn softmax_backward_rows(grad: &mut [f32], probs: &[f32], cols: usize) {
+        for (g, p) in grad.chunks_exact_mut(cols).zip(probs.chunks_exact(cols)) {
+            let mut acc = [0f32; LANES];
+            let chunks = g.chunks_exact(LANES).zip(p.chunks_exact(LANES));
+            for (gc, pc) in chunks {
+                for i in 0..LANES {
+                    acc[i] = gc[i].mul_add(pc[i], acc[i]);
+                }
+            }
+            let tail = cols / LANES * LANES;
+            let dot = acc.iter().sum::<f32>() + g[tail..].iter().zip(&p[tail..]).map(|(a, b)| a * b).sum::<f32>();
+            for (g, p) in g.iter_mut().zip(p) {
+                *g = p * (*g - dot);
+            }
+        }
+    }
+}
+
+simd_dispatch! {
+    /// The backward of `layer_norm_rows` for a block of rows: dx ← the input's gradient; `dw` and `db` (one
+    /// weight's length each) ← Σ over these rows of dy·x̂ and dy. With x̂ = (x - mean)·r, r = 1/√(var + eps) and
+    /// g = dy·w: dx = r·(g - mean(g) - x̂·mean(g·x̂)).
+    pub fn layer_norm_backward_rows(
+        dx: &mut [f32],
+        dw: &mut [f32],
+        db: &mut [f32],
+        x: &[f32],
+        dy: &[f32],
+        weight: &[f32],
+        eps: f32,
+    ) {
+        let d = weight.len();
+        for ((dx, x), dy) in dx.chunks_exact_mut(d).zip(x.chunks_exact(d)).zip(dy.chunks_exact(d)) {
+            // The forward's statistics, recomputed the same way; dx holds x̂ meanwhile.
+            let r = centre(dx, x, eps);
+            let (mut sum_g, mut sum_gx) = ([0f32; LANES], [0f32; LANES]);
+            for (j, ((xh, g), w)) in dx.iter_mut().zip(dy).zip(weight).enumerate() {
+                *xh *= r;
+                let gw = g * w;
+                sum_g[j % LANES] += gw;
+                sum_gx[j % LANES] = gw.mul_add(*xh, sum_gx[j % LANES]);
+            }
+            let mean_g = sum_g.iter().sum::<f32>() / d as f32;
+            let mean_gx = sum_gx.iter().sum::<f32>() / d as f32;
+            for ((((o, g), w), dw), db) in dx.iter_mut().zip(dy).zip(weight).zip(dw.iter_mut()).zip(db.iter_mut()) {
+                let xh = *o;
+                *dw = g.mul_add(xh, *dw);
+                *db += g;
+                *o = r * (g * w - mean_g - xh * mean_gx);
             }
         }
     }

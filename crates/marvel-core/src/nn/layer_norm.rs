@@ -28,9 +28,13 @@ impl LayerNorm {
     }
 
     /// The fused kernels (ours on f32 CPU data, candle's elsewhere) record no backward pass, so they only serve
-    /// untracked (inference) inputs.
+    /// untracked (inference) inputs; tracked ones take the training op (f32 CPU data) or the composed form.
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         if super::needs_grad(&[xs, &self.weight, &self.bias]) {
+            #[cfg(target_arch = "x86_64")]
+            if super::ops::serve(&[xs, &self.weight, &self.bias]) {
+                return super::ops::layer_norm(xs, &self.weight, &self.bias, self.eps);
+            }
             return self.forward_composed(xs);
         }
         let xs = xs.contiguous()?;

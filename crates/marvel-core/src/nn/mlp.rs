@@ -27,6 +27,13 @@ impl Mlp {
 impl Module for Mlp {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         // torch.nn.GELU() defaults to the exact erf form, not the tanh approximation.
-        self.c_fc.forward(xs)?.gelu_erf()?.apply(&self.c_proj)
+        #[cfg(target_arch = "x86_64")]
+        {
+            let (w, b) = super::attention::linear_parts(&self.c_fc);
+            if super::trains_on_cpu(&[xs, w, b]) {
+                return super::linear_forward(&self.c_proj, &super::ops::linear_gelu(xs, w, b)?);
+            }
+        }
+        super::linear_forward(&self.c_proj, &super::linear_forward(&self.c_fc, xs)?.gelu_erf()?)
     }
 }

@@ -14,6 +14,8 @@ mod fused;
 mod kernels;
 mod layer_norm;
 mod mlp;
+#[cfg(target_arch = "x86_64")]
+mod ops;
 pub mod param_init;
 #[cfg(target_arch = "x86_64")]
 mod sgemm;
@@ -30,6 +32,25 @@ use candle_core::{Result, Tensor, D};
 /// True when `xs` (or a weight it meets) takes part in a computation whose gradient will be asked for.
 pub(crate) fn needs_grad(tensors: &[&Tensor]) -> bool {
     tensors.iter().any(|t| t.track_op())
+}
+
+/// True when the CPU training ops take this computation: something in it is tracked for gradients, and every
+/// tensor is f32 on the CPU.
+#[cfg(target_arch = "x86_64")]
+fn trains_on_cpu(tensors: &[&Tensor]) -> bool {
+    needs_grad(tensors) && ops::serve(tensors)
+}
+
+/// A linear layer on `xs` (..., in): one product over all rows, with a gemm-only backward, when training on the
+/// CPU; candle's `Linear` otherwise.
+pub fn linear_forward(layer: &candle_nn::Linear, xs: &Tensor) -> Result<Tensor> {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(bias) = layer.bias() {
+        if trains_on_cpu(&[xs, layer.weight(), bias]) {
+            return ops::linear(xs, layer.weight(), bias);
+        }
+    }
+    candle_core::Module::forward(layer, xs)
 }
 
 /// Softmax over the last dimension: candle's fused kernel for inference, the composed (differentiable) form
@@ -72,6 +93,10 @@ mod tests {
             ("kernels.rs", include_str!("kernels.rs")),
             ("layer_norm.rs", include_str!("layer_norm.rs")),
             ("mlp.rs", include_str!("mlp.rs")),
+            ("ops/attention.rs", include_str!("ops/attention.rs")),
+            ("ops/layer_norm.rs", include_str!("ops/layer_norm.rs")),
+            ("ops/linear.rs", include_str!("ops/linear.rs")),
+            ("ops/mod.rs", include_str!("ops/mod.rs")),
             ("param_init.rs", include_str!("param_init.rs")),
             ("sgemm.rs", include_str!("sgemm.rs")),
         ];

@@ -2,12 +2,14 @@
 //! attends to the embedded latent tokens; the grid's outputs become either 1024 MaskGIT logits per patch
 //! (legacy head) or RGB pixels (pixel head).
 
-use candle_core::{Module, Result, Tensor};
+use candle_core::{Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
 use crate::config::{TitokConfig, LEGACY_LOGITS};
 use crate::nn::TRUNC_NORMAL_002;
-use crate::nn::{conv1x1_as_linear, linear, param, LayerNorm, ParamInit, ResidualAttentionBlock, LAYER_NORM_EPS};
+use crate::nn::{
+    conv1x1_as_linear, linear, linear_forward, param, LayerNorm, ParamInit, ResidualAttentionBlock, LAYER_NORM_EPS,
+};
 
 /// The output head (`ffn`, and `conv_out` for pixels).
 #[derive(Debug, Clone)]
@@ -90,7 +92,7 @@ impl TitokDecoder {
             );
         }
         let (g, d, n) = (self.grid, self.width, self.num_latent_tokens);
-        let latents = self.decoder_embed.forward(&z_q.reshape((b, c, n))?.transpose(1, 2)?.contiguous()?)?;
+        let latents = linear_forward(&self.decoder_embed, &z_q.reshape((b, c, n))?.transpose(1, 2)?.contiguous()?)?;
         let latents = latents.broadcast_add(&self.latent_token_positional_embedding)?;
 
         // The class token and the mask-token grid do not depend on the input.
@@ -108,7 +110,7 @@ impl TitokDecoder {
         let Head::Logits { ffn0, ffn2 } = &self.head else {
             candle_core::bail!("this decoder has a pixel head; it predicts no logits")
         };
-        ffn2.forward(&ffn0.forward(&self.grid_features(z_q)?)?.tanh()?)
+        linear_forward(ffn2, &linear_forward(ffn0, &self.grid_features(z_q)?)?.tanh()?)
     }
 
     /// `z_q`: (B, token_size, 1, N). Legacy head: logits (B, 1024, grid, grid); pixel head: (B, 3, H, W),
@@ -123,7 +125,7 @@ impl TitokDecoder {
             }
             Head::Pixels { ffn0, conv_out } => {
                 let p = self.patch_size;
-                let patches = ffn0.forward(&self.grid_features(z_q)?)?;
+                let patches = linear_forward(ffn0, &self.grid_features(z_q)?)?;
                 // einops 'b (p1 p2 c) h w -> b c (h p1) (w p2)': channel (p1·p + p2)·3 + c of patch (h, w).
                 let pixels =
                     patches.reshape((b, g, g, p, p, 3))?.permute((0, 5, 1, 3, 2, 4))?.reshape((b, 3, g * p, g * p))?;

@@ -1,12 +1,13 @@
 //! TiTok's ViT encoder (`TiTokEncoder` in the reference `modeling/modules/blocks.py`): image patches and the
 //! learned latent tokens go through one transformer; only the latent tokens' outputs are kept, as the 1-D code.
 
-use candle_core::{Module, Result, Tensor};
+use candle_core::{Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
 use crate::config::TitokConfig;
 use crate::nn::{
-    conv1x1_as_linear, param, LayerNorm, ParamInit, ResidualAttentionBlock, LAYER_NORM_EPS, TRUNC_NORMAL_002,
+    conv1x1_as_linear, linear_forward, param, LayerNorm, ParamInit, ResidualAttentionBlock, LAYER_NORM_EPS,
+    TRUNC_NORMAL_002,
 };
 
 #[derive(Debug, Clone)]
@@ -71,7 +72,7 @@ impl TitokEncoder {
             .permute((0, 2, 4, 1, 3, 5))?
             .contiguous()?
             .reshape((b, g * g, c * p * p))?;
-        let patches = self.patch_embed.forward(&patches)?;
+        let patches = linear_forward(&self.patch_embed, &patches)?;
 
         let pos = &self.positional_embedding;
         let class = (&self.class_embedding + pos.narrow(0, 0, 1)?)?.unsqueeze(0)?.broadcast_as((b, 1, d))?;
@@ -86,7 +87,7 @@ impl TitokEncoder {
         // Legacy checkpoints were trained with a reshape where a transpose was meant: the (N, D) matrix of each
         // image is read as (D, N), so the 1x1 conv mixes across tokens. It must be kept to match their weights.
         let latents = if self.is_legacy { latents.reshape((b, d, n))?.transpose(1, 2)? } else { latents };
-        let z = self.conv_out.forward(&latents.contiguous()?)?; // (B, N, token_size)
+        let z = linear_forward(&self.conv_out, &latents.contiguous()?)?; // (B, N, token_size)
         z.transpose(1, 2)?.reshape((b, self.token_size, 1, n))
     }
 }

@@ -1,0 +1,133 @@
+//! Each op against the same math composed from candle ops: the forward and every gradient, and the bits of the
+//! gradients across thread counts.
+
+use candle_core::{Device, Tensor, Var, D};
+
+use super::{layer_norm, linear, linear_attention, linear_gelu};
+
+fn rnd(shape: &[usize], seed: u64) -> Var {
+    // Deterministic values without a global RNG: a hash of the index, in [-1, 1).
+    let n: usize = shape.iter().product();
+    let v: Vec<f32> = (0..n as u64)
+        .map(|i| {
+            let h = (i + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ seed.wrapping_mul(0xD1B5_4A32_D192_ED03);
+            let h = (h ^ (h >> 29)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            ((h >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect();
+    Var::from_tensor(&Tensor::from_vec(v, shape, &Device::Cpu).unwrap()).unwrap()
+}
+
+/// max |got - want| / max |want|.
+fn rel_err(got: &Tensor, want: &Tensor) -> f32 {
+    assert_eq!(got.dims(), want.dims());
+    let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    let scale = want.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    diff / scale.max(1e-30)
+}
+
+/// Runs `f` (the op or its composed twin) on `inputs`, with the loss Σ y·r for a fixed r so that every output
+/// element gets its own gradient; returns the output and the inputs' gradients.
+fn forward_backward(inputs: &[&Var], f: impl Fn(&[Tensor]) -> Tensor) -> (Tensor, Vec<Tensor>) {
+    let ts: Vec<Tensor> = inputs.iter().map(|v| v.as_tensor().clone()).collect();
+    let y = f(&ts);
+    let r = rnd(y.dims(), 99).as_detached_tensor();
+    let grads = (&y * r).unwrap().sum_all().unwrap().backward().unwrap();
+    let gs = ts.iter().map(|t| grads.get(t).expect("every input gets a gradient").clone()).collect();
+    (y.detach(), gs)
+}
+
+fn assert_matches(
+    name: &str,
+    inputs: &[&Var],
+    op: impl Fn(&[Tensor]) -> Tensor + Sync,
+    composed: impl Fn(&[Tensor]) -> Tensor,
+) {
+    let (y, gs) = forward_backward(inputs, &op);
+    let (y_ref, gs_ref) = forward_backward(inputs, composed);
+    let e = rel_err(&y, &y_ref);
+    assert!(e < 1e-5, "{name}: forward relative error {e}");
+    for (i, (g, g_ref)) in gs.iter().zip(&gs_ref).enumerate() {
+        let e = rel_err(g, g_ref);
+        assert!(e < 1e-5, "{name}: gradient of input {i}: relative error {e}");
+    }
+    // The same gradients, to the bit, on 1 and on 3 threads.
+    let on = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        pool.install(|| forward_backward(inputs, &op).1)
+    };
+    let (one, three) = (on(1), on(3));
+    for (i, (a, b)) in one.iter().zip(&three).enumerate() {
+        let (a, b) =
+            (a.flatten_all().unwrap().to_vec1::<f32>().unwrap(), b.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+        assert!(
+            a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
+            "{name}: input {i}'s gradient depends on the threads"
+        );
+    }
+}
+
+#[test]
+fn linear_matches_composed() {
+    // 70 rows: more than one column band of the bias sum, and rows not a multiple of any tile.
+    let (x, w, b) = (rnd(&[2, 35, 24], 1), rnd(&[70, 24], 2), rnd(&[70], 3));
+    assert_matches(
+        "linear",
+        &[&x, &w, &b],
+        |t| linear(&t[0], &t[1], &t[2]).unwrap(),
+        |t| t[0].broadcast_matmul(&t[1].t().unwrap()).unwrap().broadcast_add(&t[2]).unwrap(),
+    );
+}
+
+#[test]
+fn layer_norm_matches_composed() {
+    // 75 rows: more than two of the reduction's fixed chunks, the last one partial.
+    let (x, w, b) = (rnd(&[3, 25, 40], 4), rnd(&[40], 5), rnd(&[40], 6));
+    let eps = 1e-5;
+    assert_matches(
+        "layer_norm",
+        &[&x, &w, &b],
+        |t| layer_norm(&t[0], &t[1], &t[2], eps).unwrap(),
+        |t| {
+            let mean = t[0].mean_keepdim(D::Minus1).unwrap();
+            let centred = t[0].broadcast_sub(&mean).unwrap();
+            let var = centred.sqr().unwrap().mean_keepdim(D::Minus1).unwrap();
+            let normed = centred.broadcast_div(&(var + eps).unwrap().sqrt().unwrap()).unwrap();
+            normed.broadcast_mul(&t[1]).unwrap().broadcast_add(&t[2]).unwrap()
+        },
+    );
+}
+
+#[test]
+fn linear_gelu_matches_composed() {
+    // Weights scaled so that the pre-activations reach both of the CDF's forms and its tails.
+    let (x, b) = (rnd(&[2, 35, 24], 7), rnd(&[70], 8));
+    let w = Var::from_tensor(&(rnd(&[70, 24], 9).as_tensor() * 1.5).unwrap()).unwrap();
+    assert_matches(
+        "linear_gelu",
+        &[&x, &w, &b],
+        |t| linear_gelu(&t[0], &t[1], &t[2]).unwrap(),
+        |t| t[0].broadcast_matmul(&t[1].t().unwrap()).unwrap().broadcast_add(&t[2]).unwrap().gelu_erf().unwrap(),
+    );
+}
+
+#[test]
+fn linear_attention_matches_composed() {
+    let (b, l, k, d, heads) = (2, 19, 16, 24, 3);
+    let hd = d / heads;
+    let (x, b_in) = (rnd(&[b, l, k], 10), rnd(&[3 * d], 11));
+    let w = Var::from_tensor(&(rnd(&[3 * d, k], 12).as_tensor() * 0.8).unwrap()).unwrap();
+    assert_matches(
+        "linear_attention",
+        &[&x, &w, &b_in],
+        |t| linear_attention(&t[0], &t[1], &t[2], heads).unwrap(),
+        |t| {
+            let qkv = t[0].broadcast_matmul(&t[1].t().unwrap()).unwrap().broadcast_add(&t[2]).unwrap();
+            let qkv = qkv.reshape((b, l, 3, heads, hd)).unwrap().permute((2, 0, 3, 1, 4)).unwrap();
+            let part = |i: usize| qkv.get(i).unwrap().contiguous().unwrap();
+            let s = (part(0).matmul(&part(1).t().unwrap()).unwrap() / (hd as f64).sqrt()).unwrap();
+            let p = candle_nn::ops::softmax(&s, D::Minus1).unwrap();
+            p.matmul(&part(2)).unwrap().transpose(1, 2).unwrap().reshape((b, l, d)).unwrap()
+        },
+    );
+}
