@@ -51,6 +51,19 @@ function maxAbsDiff(a: Float32Array, b: Float32Array): number {
   return m
 }
 
+/** Both ranks' exported weights are bit-identical, and within 1e-6 of the single-rank run's (`model-single`). */
+function expectRanksMatchSingle(dir: string): void {
+  const reference = safetensors(join(dir, 'model-single', 'model.safetensors'))
+  const rank0 = safetensors(join(dir, 'model-0', 'model.safetensors'))
+  const rank1 = safetensors(join(dir, 'model-1', 'model.safetensors'))
+  let worst = 0
+  for (const [name, w] of reference) {
+    expect(Buffer.from(rank0.get(name)!.buffer).equals(Buffer.from(rank1.get(name)!.buffer)), name).toBe(true)
+    worst = Math.max(worst, maxAbsDiff(w, rank0.get(name)!))
+  }
+  expect(worst).toBeLessThanOrEqual(1e-6)
+}
+
 /** launchRanks' rejection (or 'resolved'), and how long it took. */
 async function outcome(run: Promise<void>): Promise<[unknown, number]> {
   const started = performance.now()
@@ -91,15 +104,7 @@ describe('data-parallel ranks', () => {
     expect(steps.map((s) => s.step)).toEqual([1, 1])
     expect((steps[0].loss + steps[1].loss) / 2).toBeCloseTo(whole.loss, 5)
 
-    const reference = safetensors(join(dir, 'model-single', 'model.safetensors'))
-    const rank0 = safetensors(join(dir, 'model-0', 'model.safetensors'))
-    const rank1 = safetensors(join(dir, 'model-1', 'model.safetensors'))
-    let worst = 0
-    for (const [name, w] of reference) {
-      expect(Buffer.from(rank0.get(name)!.buffer).equals(Buffer.from(rank1.get(name)!.buffer)), name).toBe(true)
-      worst = Math.max(worst, maxAbsDiff(w, rank0.get(name)!))
-    }
-    expect(worst).toBeLessThanOrEqual(1e-6)
+    expectRanksMatchSingle(dir)
     // The step moved the weights (lr 2e-3 from the first step), so the comparison above is not of untouched weights.
     const fresh = await Trainer.create(config, { seed: 5 })
     await fresh.exportModel(join(dir, 'model-fresh'))
@@ -132,15 +137,7 @@ describe('data-parallel ranks', () => {
     expect((await single.step(pick(1, 3))).step).toBe(1)
     await single.exportModel(join(dir, 'model-single'))
     single.dispose()
-    const reference = safetensors(join(dir, 'model-single', 'model.safetensors'))
-    const rank0 = safetensors(join(dir, 'model-0', 'model.safetensors'))
-    const rank1 = safetensors(join(dir, 'model-1', 'model.safetensors'))
-    let worst = 0
-    for (const [name, w] of reference) {
-      expect(Buffer.from(rank0.get(name)!.buffer).equals(Buffer.from(rank1.get(name)!.buffer)), name).toBe(true)
-      worst = Math.max(worst, maxAbsDiff(w, rank0.get(name)!))
-    }
-    expect(worst).toBeLessThanOrEqual(1e-6)
+    expectRanksMatchSingle(dir)
   })
 
   it('gradients() hands back gradients only at the accumulation boundary, and refuses to run past unapplied ones', async () => {

@@ -23,8 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import statistics
-import time
 from pathlib import Path
 
 import torch
@@ -32,6 +30,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from step_timing import time_training
 from titok_torch import Cfg, TiTok, randomize
 
 NO_DECAY = ("ln", "bias", "latent_tokens", "mask_token", "embedding", "norm", "gamma", "embed")
@@ -342,39 +341,15 @@ def main():
             lecam_fake = lecam_fake * decay + fake.mean() * (1 - decay)
         return loss.item()
 
-    losses_seen = [step(i) for i in range(a.warmup)]
-    times, cpu = [], []
-    for i in range(a.warmup, a.warmup + a.runs):
-        t, c = time.perf_counter(), time.process_time()
-        losses_seen.append(step(i))
-        times.append(time.perf_counter() - t)
-        cpu.append(time.process_time() - c)
-    med = statistics.median(times)
-    hwm = next(l for l in open("/proc/self/status") if l.startswith("VmHWM:"))
-    extra = {}
-    if a.split:
-        grads = []
-        for _ in range(a.runs):
-            t = time.perf_counter()
-            g_opt.zero_grad(set_to_none=True)
-            generator_loss(images.permute(0, 3, 1, 2).float() / 255.0)[0].backward()
-            grads.append(time.perf_counter() - t)
-        extra["gradients_s"] = round(statistics.median(grads), 4)
-        # The model's update alone (clipping, AdamW, EMA) with the last pass's gradients, as bench_train's update_s.
-        upd, upd_cpu = [], []
-        for i in range(a.runs):
-            t, c = time.perf_counter(), time.process_time()
-            update_model(a.warmup + a.runs + i)
-            upd.append(time.perf_counter() - t)
-            upd_cpu.append(time.process_time() - c)
-        extra["update_s"] = round(statistics.median(upd), 4)
-        extra["update_cpu_s"] = round(statistics.median(upd_cpu), 4)
+    def gradients() -> None:
+        g_opt.zero_grad(set_to_none=True)
+        generator_loss(images.permute(0, 3, 1, 2).float() / 255.0)[0].backward()
+
+    timed = time_training(step, a.warmup, a.runs, a.split, gradients, update_model)
     print(json.dumps({
         "engine": "torch", "version": torch.__version__, "params": sum(p.numel() for p in params),
         "threads": torch.get_num_threads(), "batch": a.batch,
-        "median_s": round(med, 4), "steps_per_s": round(1 / med, 4),
-        "cpu_s": round(statistics.median(cpu), 2), "runs": [round(t, 4) for t in times],
-        "losses": [round(l, 5) for l in losses_seen], "peak_rss_mib": round(int(hwm.split()[1]) / 1024, 1), **extra,
+        **timed,
     }))
 
 

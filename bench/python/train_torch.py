@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from step_timing import time_training
 from titok_torch import VIT_SIZES, Block
 
 # Parameter-name substrings the reference's AdamW groups keep out of weight decay (marvel's optim.rs, the same list).
@@ -186,41 +185,20 @@ def main():
             torch._foreach_lerp_(shadow, [p.detach() for p in params], 1.0 - ema_decay(i + 1))
         return loss.item()
 
-    losses = [step(i) for i in range(a.warmup)]
-    times, cpu = [], []
-    for i in range(a.warmup, a.warmup + a.runs):
-        t, c = time.perf_counter(), time.process_time()
-        losses.append(step(i))
-        times.append(time.perf_counter() - t)
-        cpu.append(time.process_time() - c)
-    med = statistics.median(times)
-    hwm = next(l for l in open("/proc/self/status") if l.startswith("VmHWM:"))
-    extra = {}
-    if a.split:
-        grads = []
-        for _ in range(a.runs):
-            t = time.perf_counter()
-            opt.zero_grad(set_to_none=True)
-            model.loss(images.permute(0, 3, 1, 2).float() / 255.0, cfg["losses"]).backward()
-            grads.append(time.perf_counter() - t)
-        extra["gradients_s"] = round(statistics.median(grads), 4)
-        # The update alone (clipping, AdamW, EMA) with the last pass's gradients, as bench_train's update_s.
-        upd, upd_cpu = [], []
-        for i in range(a.runs):
-            t, c = time.perf_counter(), time.process_time()
-            torch.nn.utils.clip_grad_norm_(params, max_norm)
-            opt.step()
-            with torch.no_grad():
-                torch._foreach_lerp_(shadow, [p.detach() for p in params], 1.0 - ema_decay(a.warmup + a.runs + i + 1))
-            upd.append(time.perf_counter() - t)
-            upd_cpu.append(time.process_time() - c)
-        extra["update_s"] = round(statistics.median(upd), 4)
-        extra["update_cpu_s"] = round(statistics.median(upd_cpu), 4)
+    def gradients() -> None:
+        opt.zero_grad(set_to_none=True)
+        model.loss(images.permute(0, 3, 1, 2).float() / 255.0, cfg["losses"]).backward()
+
+    def update(i: int) -> None:
+        torch.nn.utils.clip_grad_norm_(params, max_norm)
+        opt.step()
+        with torch.no_grad():
+            torch._foreach_lerp_(shadow, [p.detach() for p in params], 1.0 - ema_decay(i + 1))
+
+    timed = time_training(step, a.warmup, a.runs, a.split, gradients, update)
     print(json.dumps({
         "engine": "torch", "version": torch.__version__, "params": sum(p.numel() for p in params), "threads": torch.get_num_threads(), "batch": a.batch,
-        "median_s": round(med, 4), "steps_per_s": round(1 / med, 4),
-        "cpu_s": round(statistics.median(cpu), 2), "runs": [round(t, 4) for t in times],
-        "losses": [round(l, 5) for l in losses], "peak_rss_mib": round(int(hwm.split()[1]) / 1024, 1), **extra,
+        **timed,
     }))
 
 
