@@ -51,8 +51,8 @@ function maxAbsDiff(a: Float32Array, b: Float32Array): number {
   return m
 }
 
-/** Both ranks' exported weights are bit-identical, and within 1e-6 of the single-rank run's (`model-single`). */
-function expectRanksMatchSingle(dir: string): void {
+/** Both ranks' exported weights are bit-identical, and within 1e-6 of the single-rank run's (`model-single`), returned. */
+function expectRanksMatchSingle(dir: string): Map<string, Float32Array> {
   const reference = safetensors(join(dir, 'model-single', 'model.safetensors'))
   const rank0 = safetensors(join(dir, 'model-0', 'model.safetensors'))
   const rank1 = safetensors(join(dir, 'model-1', 'model.safetensors'))
@@ -62,6 +62,7 @@ function expectRanksMatchSingle(dir: string): void {
     worst = Math.max(worst, maxAbsDiff(w, rank0.get(name)!))
   }
   expect(worst).toBeLessThanOrEqual(1e-6)
+  return reference
 }
 
 /** launchRanks' rejection (or 'resolved'), and how long it took. */
@@ -104,7 +105,7 @@ describe('data-parallel ranks', () => {
     expect(steps.map((s) => s.step)).toEqual([1, 1])
     expect((steps[0].loss + steps[1].loss) / 2).toBeCloseTo(whole.loss, 5)
 
-    expectRanksMatchSingle(dir)
+    const reference = expectRanksMatchSingle(dir)
     // The step moved the weights (lr 2e-3 from the first step), so the comparison above is not of untouched weights.
     const fresh = await Trainer.create(config, { seed: 5 })
     await fresh.exportModel(join(dir, 'model-fresh'))
