@@ -89,7 +89,7 @@ describe('marvel eval', () => {
     for (const d of report.depths) {
       expect(d.psnr).toBeGreaterThan(0)
       expect(d.msSsim).not.toBeNull()
-      expect(d.codecs.map((c: { codec: string }) => c.codec)).toEqual(['webp', 'jpeg'])
+      expect(d.codecs.map((c: { codec: string }) => c.codec)).toEqual(['webp', 'jpeg', 'webp-downscaled', 'jpeg-downscaled'])
     }
     const meta = await sharp(join(work, 'rd.png')).metadata()
     expect([meta.format, meta.width, meta.height]).toEqual(['png', 800, 320])
@@ -112,7 +112,8 @@ describe('marvel eval', () => {
     expect(lines[1]).toMatch(/depth\s+bits\/image\s+PSNR \(dB\)\s+SSIM\s+MS-SSIM/)
     expect(lines[2]).toMatch(/^\s*2\s+/)
     expect(r.stdout).toMatch(/rFID unavailable/)
-    expect(r.stdout).toMatch(/webp bytes/)
+    expect(r.stdout).toMatch(/full resolution[^\n]*\n\s*depth\s+bytes\s+marvel PSNR\s+SSIM\s+webp bytes\s+webp q/)
+    expect(r.stdout).toMatch(/downscaled[^\n]*\n\s*depth\s+bytes\s+marvel PSNR\s+SSIM\s+webp bytes\s+webp scale/)
   })
 
   it('fails with one coded line: a missing Inception file, a bad shard, a depth the model lacks', () => {

@@ -3,7 +3,7 @@ import sharp from 'sharp'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 
 import { MarvelError, Tokenizer, compare, evaluate, frechetDistance, prepareImage, type RgbImage } from '../src/index.js'
-import { encodeAtBytes } from '../src/eval/codecs.js'
+import { DOWNSCALE_FACTORS, encodeAtBytes, encodeDownscaledWithin } from '../src/eval/codecs.js'
 import { tinyModel } from './helpers/models.js'
 
 /** A structured RGB image (gradients, rings, a seed-dependent phase) of w x h. */
@@ -85,10 +85,12 @@ describe('evaluate', () => {
   it('puts WebP and JPEG beside each depth, at the quality closest to the tokens\' bytes', async () => {
     const report = await evaluate(tok, [scene(256, 256, 1), scene(256, 256, 2)], { depth: 3 })
     const [d] = report.depths
-    expect(d.codecs.map((c) => c.codec)).toEqual(['webp', 'jpeg'])
+    expect(d.codecs.map((c) => c.codec)).toEqual(['webp', 'jpeg', 'webp-downscaled', 'jpeg-downscaled'])
     for (const c of d.codecs) {
-      // The tokens' 9 bytes are below any WebP or JPEG file: the smallest quality is chosen, and its real size reported.
+      // The tokens' 9 bytes are below any WebP or JPEG file: the smallest quality is chosen, and its real size reported
+      // (downscaled: the smallest file of all, that of the 1/8 copy).
       expect(c.quality).toBe(1)
+      expect(c.downscale).toBe(c.codec.endsWith('-downscaled') ? 8 : 1)
       expect(c.bytesPerImage).toBeGreaterThan(d.bytesPerImage)
       expect(c.bitsPerImage).toBe(8 * c.bytesPerImage)
       expect(c.psnr).toBeGreaterThan(10)
@@ -133,6 +135,43 @@ describe('encodeAtBytes', () => {
       expect(coded.bytes).toBe(sizes[coded.quality - 1])
       expect(Math.abs(coded.bytes - target)).toBe(best)
       expect([coded.image.width, coded.image.height, coded.image.data.length]).toEqual([64, 64, 64 * 64 * 3])
+    }
+  })
+})
+
+describe('encodeDownscaledWithin', () => {
+  it('keeps the file within the budget and takes the factor and quality with the best PSNR', async () => {
+    const img = scene(128, 128, 3)
+    for (const codec of ['webp', 'jpeg'] as const) {
+      // Every (factor, quality) by brute force: the file sizes and the PSNR of each upscaled result.
+      const options: Array<{ factor: number; quality: number; bytes: number; psnr: number }> = []
+      for (const factor of DOWNSCALE_FACTORS) {
+        const side = 128 / factor
+        const small = await sharp(Buffer.from(img.data), { raw: { width: 128, height: 128, channels: 3 } }).resize(side, side, { fit: 'fill' }).raw().toBuffer()
+        for (let q = 1; q <= 100; q++) {
+          const input = sharp(small, { raw: { width: side, height: side, channels: 3 } })
+          const file = await (codec === 'webp' ? input.webp({ quality: q }) : input.jpeg({ quality: q })).toBuffer()
+          const back = await sharp(file).removeAlpha().resize(128, 128, { fit: 'fill' }).raw().toBuffer()
+          const [score] = await compare(img, { data: new Uint8Array(back), width: 128, height: 128 })
+          options.push({ factor, quality: q, bytes: file.length, psnr: score.psnr })
+        }
+      }
+      const sizes = options.map((o) => o.bytes).sort((a, b) => a - b)
+      const budget = sizes[Math.floor(sizes.length / 2)]
+      const coded = await encodeDownscaledWithin(img, codec, budget)
+      expect(coded.codec).toBe(`${codec}-downscaled`)
+      expect(coded.bytes).toBeLessThanOrEqual(budget)
+      const chosen = options.find((o) => o.factor === coded.downscale && o.quality === coded.quality)!
+      expect(coded.bytes).toBe(chosen.bytes)
+      // Per factor, the quality just below the first that goes over the budget; across factors, the best PSNR.
+      for (const factor of DOWNSCALE_FACTORS) {
+        const ladder = options.filter((o) => o.factor === factor)
+        const over = ladder.findIndex((o) => o.bytes > budget)
+        const top = over === -1 ? ladder[99] : over === 0 ? undefined : ladder[over - 1]
+        if (factor === coded.downscale) expect(top?.quality).toBe(coded.quality)
+        else if (top) expect(top.psnr).toBeLessThanOrEqual(chosen.psnr + 1e-9)
+      }
+      expect([coded.image.width, coded.image.height]).toEqual([128, 128])
     }
   })
 })

@@ -8,6 +8,12 @@ import time
 from typing import Callable
 
 
+def ema_decay(step: int, max_decay: float = 0.999) -> float:
+    """The reference's EMA decay with update_after_step 0, as marvel's ema.rs applies it at optimizer step `step`."""
+    s = step - 1
+    return 0.0 if s <= 0 else min((1 + s) / (10 + s), max_decay)
+
+
 def time_training(step: Callable[[int], float], warmup: int, runs: int, split: bool,
                   gradients: Callable[[], None], update: Callable[[int], None]) -> dict:
     """`step(i)` runs optimizer step i and returns its loss; `gradients()` one forward + backward; `update(i)` the

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from step_timing import time_training
+from step_timing import ema_decay, time_training
 from titok_torch import Cfg, TiTok, randomize
 
 NO_DECAY = ("ln", "bias", "latent_tokens", "mask_token", "embedding", "norm", "gamma", "embed")
@@ -246,10 +246,6 @@ def random_images(batch: int, size: int, seed: int = 1) -> torch.Tensor:
         out[i] = s >> 56
     return torch.frombuffer(out, dtype=torch.uint8).reshape(batch, size, size, 3)
 
-
-def ema_decay(step: int, max_decay: float = 0.999) -> float:
-    s = step - 1
-    return 0.0 if s <= 0 else min((1 + s) / (10 + s), max_decay)
 
 
 def main():

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from step_timing import time_training
+from step_timing import ema_decay, time_training
 from titok_torch import VIT_SIZES, Block
 
 # Parameter-name substrings the reference's AdamW groups keep out of weight decay (marvel's optim.rs, the same list).
@@ -133,10 +133,6 @@ class Model(nn.Module):
         recon = self.decoder(z_q)
         return losses["reconstruction_weight"] * F.mse_loss(recon, x) + losses["quantizer_weight"] * quantizer
 
-
-def ema_decay(step: int, max_decay: float = 0.999) -> float:
-    s = step - 1  # the reference's rule with update_after_step 0 (marvel's ema.rs)
-    return 0.0 if s <= 0 else min((1 + s) / (10 + s), max_decay)
 
 
 def main():

@@ -10,7 +10,7 @@ import { InvalidArgumentError, type Command } from 'commander'
 
 import { rateDistortionChart, renderChart } from '../chart/index.js'
 import { MarvelError } from '../errors.js'
-import { evaluate, type EvalInput, type EvalReport } from '../eval/evaluate.js'
+import { evaluate, type CodecEvaluation, type EvalInput, type EvalReport } from '../eval/evaluate.js'
 import { INCEPTION_WEIGHTS_ENV } from '../eval/inception.js'
 import { readTarMember, tarMembers } from '../data/tar.js'
 import { outputPath } from '../files.js'
@@ -108,15 +108,31 @@ export function formatReport(report: EvalReport, model: string): string[] {
   )
   if (!report.rfid.available) out.push(`rFID unavailable: ${report.rfid.reason}`)
   const codecs = [...new Set(report.depths.flatMap((d) => d.codecs.map((c) => c.codec)))]
-  if (codecs.length > 0) {
-    out.push('', 'At the same bytes (codec quality chosen per image for the closest file size):')
+  const sections = [
+    {
+      title: 'At the same bytes, full resolution (codec quality chosen per image for the closest file size):',
+      names: codecs.filter((c) => !c.endsWith('-downscaled')),
+      setting: { header: 'q', cell: (c: CodecEvaluation) => fixed(c.quality, 0) },
+    },
+    {
+      title: "Within the same bytes, downscaled (side / 2, 4 or 8, upscaled back; per image the best PSNR whose file fits the tokens' bytes):",
+      names: codecs.filter((c) => c.endsWith('-downscaled')),
+      setting: { header: 'scale', cell: (c: CodecEvaluation) => `1/${fixed(c.downscale, 1)}` },
+    },
+  ]
+  for (const { title, names, setting } of sections) {
+    if (names.length === 0) continue
+    out.push('', title)
     const header = ['depth', 'bytes', 'marvel PSNR', 'SSIM']
-    for (const c of codecs) header.push(`${c} bytes`, `${c} q`, `${c} PSNR`, 'SSIM')
+    for (const c of names) {
+      const short = c.replace('-downscaled', '')
+      header.push(`${short} bytes`, `${short} ${setting.header}`, `${short} PSNR`, 'SSIM')
+    }
     const rows = report.depths.map((d) => {
       const row = [String(d.depth), fixed(d.bytesPerImage, 0), fixed(d.psnr, 2), fixed(d.ssim, 4)]
-      for (const name of codecs) {
+      for (const name of names) {
         const c = d.codecs.find((x) => x.codec === name)
-        row.push(c ? fixed(c.bytesPerImage, 0) : '-', c ? fixed(c.quality, 0) : '-', c ? fixed(c.psnr, 2) : '-', c ? fixed(c.ssim, 4) : '-')
+        row.push(c ? fixed(c.bytesPerImage, 0) : '-', c ? setting.cell(c) : '-', c ? fixed(c.psnr, 2) : '-', c ? fixed(c.ssim, 4) : '-')
       }
       return row
     })

@@ -9,7 +9,7 @@ import { isImageInput, prepareImage, type RgbImage } from '../image.js'
 import { compare } from '../metrics.js'
 import type { ImageInput, Tokenizer } from '../tokenizer.js'
 import { Tokens } from '../tokens.js'
-import { CODECS, encodeAtBytes, type Codec } from './codecs.js'
+import { CODECS, encodeAtBytes, encodeDownscaledWithin, type CodecVariant } from './codecs.js'
 import { FidInception, INCEPTION_FEATURES, INCEPTION_WEIGHTS_ENV, frechetDistances } from './inception.js'
 
 /** One image to evaluate, or a function that loads it when its batch comes (shard members, large sets). */
@@ -27,20 +27,26 @@ export interface EvaluateOptions {
    * `$MARVEL_INCEPTION_WEIGHTS`; without either (or with `null`) rFID is reported unavailable.
    */
   inception?: string | FidInception | null
-  /** Compare with WebP and JPEG at the tokens' bytes (default true). */
+  /** Compare with WebP and JPEG at the tokens' bytes, at full resolution and downscaled (default true). */
   codecs?: boolean
   /** Called after each batch. */
   onProgress?: (done: number, total: number) => void
 }
 
-/** A classic codec at (about) the same bytes as the tokens of one depth, means over the images. */
+/**
+ * A classic codec at (about) the same bytes as the tokens of one depth, means over the images. `webp` / `jpeg`: full
+ * resolution, the quality whose file is closest to the tokens' bytes. `webp-downscaled` / `jpeg-downscaled`: the
+ * image shrunk by 2, 4 or 8 and upscaled back after decoding, the best PSNR whose file fits in the tokens' bytes.
+ */
 export interface CodecEvaluation {
-  codec: Codec
+  codec: CodecVariant
   /** Mean file size; the codec cannot always get as small as the tokens. */
   bytesPerImage: number
   bitsPerImage: number
   /** Mean of the qualities chosen per image. */
   quality: number
+  /** Mean of the downscale factors chosen per image (1 at full resolution). */
+  downscale: number
   psnr: number
   ssim: number
   msSsim: number | null
@@ -104,7 +110,7 @@ interface DepthAccumulator {
   ssim: number[]
   msSsim: (number | null)[]
   features: Float32Array[]
-  codecs: Map<Codec, { bytes: number[]; quality: number[]; psnr: number[]; ssim: number[]; msSsim: (number | null)[] }>
+  codecs: Map<CodecVariant, { bytes: number[]; quality: number[]; downscale: number[]; psnr: number[]; ssim: number[]; msSsim: (number | null)[] }>
 }
 
 /**
@@ -193,6 +199,7 @@ export async function evaluate(tokenizer: Tokenizer, images: readonly EvalInput[
           bytesPerImage: mean(c.bytes),
           bitsPerImage: 8 * mean(c.bytes),
           quality: mean(c.quality),
+          downscale: mean(c.downscale),
           psnr: mean(c.psnr),
           ssim: mean(c.ssim),
           msSsim: meanOrNull(c.msSsim),
@@ -210,16 +217,21 @@ export async function evaluate(tokenizer: Tokenizer, images: readonly EvalInput[
   }
 }
 
-/** Each original through each codec at `bytes`, scored against the original. */
+/** Each original through each codec at `bytes` (full resolution, then downscaled), scored against the original. */
 async function codecScores(originals: RgbImage[], bytes: number, acc: DepthAccumulator): Promise<void> {
-  for (const codec of CODECS) {
-    const coded = await Promise.all(originals.map((img) => encodeAtBytes(img, codec, bytes)))
+  const runs = [
+    ...CODECS.map((codec) => (img: RgbImage) => encodeAtBytes(img, codec, bytes)),
+    ...CODECS.map((codec) => (img: RgbImage) => encodeDownscaledWithin(img, codec, bytes)),
+  ]
+  for (const run of runs) {
+    const coded = await Promise.all(originals.map(run))
     const scores = await compare(originals, coded.map((c) => c.image))
-    let c = acc.codecs.get(codec)
-    if (!c) acc.codecs.set(codec, (c = { bytes: [], quality: [], psnr: [], ssim: [], msSsim: [] }))
+    let c = acc.codecs.get(coded[0].codec)
+    if (!c) acc.codecs.set(coded[0].codec, (c = { bytes: [], quality: [], downscale: [], psnr: [], ssim: [], msSsim: [] }))
     coded.forEach((x, i) => {
       c.bytes.push(x.bytes)
       c.quality.push(x.quality)
+      c.downscale.push(x.downscale)
       c.psnr.push(scores[i].psnr)
       c.ssim.push(scores[i].ssim)
       c.msSsim.push(scores[i].msSsim)
