@@ -138,8 +138,8 @@ describe('rateDistortionChart', () => {
       entropyBits: 3,
       rfid: rfid ? 40 - 10 * depth : null,
       codecs: [
-        { codec: 'webp' as const, bytesPerImage: 300 + 10 * depth, bitsPerImage: 8 * (300 + 10 * depth), quality: 1, downscale: 1, psnr: 17 + depth, ssim: 0.4, msSsim: 0.6 },
-        { codec: 'jpeg' as const, bytesPerImage: 600 + 10 * depth, bitsPerImage: 8 * (600 + 10 * depth), quality: 1, downscale: 1, psnr: 15 + depth, ssim: 0.3, msSsim: 0.5 },
+        { codec: 'webp' as const, bytesPerImage: 300 + 10 * depth, bitsPerImage: 8 * (300 + 10 * depth), quality: 1, downscale: 1, withinBudget: 0, psnr: 17 + depth, ssim: 0.4, msSsim: 0.6 },
+        { codec: 'jpeg' as const, bytesPerImage: 600 + 10 * depth, bitsPerImage: 8 * (600 + 10 * depth), quality: 1, downscale: 1, withinBudget: 0, psnr: 15 + depth, ssim: 0.3, msSsim: 0.5 },
       ],
     })),
   })

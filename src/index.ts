@@ -29,6 +29,7 @@ export {
   type EvalReport,
   type EvaluateOptions,
 } from './eval/evaluate.js'
+export { type CodecVariant } from './eval/codecs.js'
 export { frechetDistance } from './eval/inception.js'
 export {
   parseMetricsLog,

@@ -247,7 +247,6 @@ def random_images(batch: int, size: int, seed: int = 1) -> torch.Tensor:
     return torch.frombuffer(out, dtype=torch.uint8).reshape(batch, size, size, 3)
 
 
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("config", nargs="?")

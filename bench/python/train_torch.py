@@ -134,7 +134,6 @@ class Model(nn.Module):
         return losses["reconstruction_weight"] * F.mse_loss(recon, x) + losses["quantizer_weight"] * quantizer
 
 
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("config", nargs="?")

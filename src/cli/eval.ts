@@ -1,6 +1,7 @@
 /**
  * `marvel eval`: a model measured on an image folder or webdataset shards — PSNR, SSIM, MS-SSIM, codebook usage,
- * token entropy, bits per image and rFID per depth, with WebP and JPEG at the same bytes. A table on the terminal,
+ * token entropy, bits per image and rFID per depth, with WebP and JPEG at the same bytes (full size, and downscaled
+ * within the bytes). A table on the terminal,
  * `--json`, and `--plot rd.png` for the rate–distortion chart.
  */
 import { writeFile } from 'node:fs/promises'
@@ -44,7 +45,8 @@ export function registerEval(program: Command): void {
         'side is the model size, centre-cropped, encoded and decoded at each depth. Reports PSNR, SSIM, MS-SSIM, codebook ' +
         'usage (distinct ids / 2^bits) and token entropy per depth, bits per image, rFID (pytorch-fid InceptionV3; needs ' +
         `its weights: --inception or $${INCEPTION_WEIGHTS_ENV}, otherwise reported unavailable) and WebP / JPEG at the ` +
-        'quality whose file size is closest to the tokens\' bytes.',
+        'quality whose file size is closest to the tokens\' bytes, then again on a copy downscaled by 2, 4, 8 or 16 at ' +
+        'the best PSNR whose file fits in those bytes (--no-codecs skips both).',
     )
     .argument('<inputs...>', 'image files, folders, globs or .tar shards')
     .option('-d, --depth <d|all>', 'one depth d, or all depths 1..D', depthOrAll, 'all')
@@ -115,9 +117,9 @@ export function formatReport(report: EvalReport, model: string): string[] {
       setting: { header: 'q', cell: (c: CodecEvaluation) => fixed(c.quality, 0) },
     },
     {
-      title: "Within the same bytes, downscaled (side / 2, 4 or 8, upscaled back; per image the best PSNR whose file fits the tokens' bytes):",
+      title: "Within the same bytes, downscaled (side / 2, 4, 8 or 16, upscaled back; per image the best PSNR whose file fits the tokens' bytes):",
       names: codecs.filter((c) => c.endsWith('-downscaled')),
-      setting: { header: 'scale', cell: (c: CodecEvaluation) => `1/${fixed(c.downscale, 1)}` },
+      setting: { header: 'scale', cell: (c: CodecEvaluation) => `1/${Number.isInteger(c.downscale) ? c.downscale : fixed(c.downscale, 1)}` },
     },
   ]
   for (const { title, names, setting } of sections) {
@@ -132,11 +134,14 @@ export function formatReport(report: EvalReport, model: string): string[] {
       const row = [String(d.depth), fixed(d.bytesPerImage, 0), fixed(d.psnr, 2), fixed(d.ssim, 4)]
       for (const name of names) {
         const c = d.codecs.find((x) => x.codec === name)
-        row.push(c ? fixed(c.bytesPerImage, 0) : '-', c ? setting.cell(c) : '-', c ? fixed(c.psnr, 2) : '-', c ? fixed(c.ssim, 4) : '-')
+        row.push(c ? `${fixed(c.bytesPerImage, 0)}${c.withinBudget < 1 ? '*' : ''}` : '-', c ? setting.cell(c) : '-', c ? fixed(c.psnr, 2) : '-', c ? fixed(c.ssim, 4) : '-')
       }
       return row
     })
     out.push(...table(header, rows))
+  }
+  if (report.depths.some((d) => d.codecs.some((c) => c.withinBudget < 1))) {
+    out.push("* over the tokens' bytes for some images: no file of that codec is so small, its smallest is counted")
   }
   return out
 }

@@ -36,17 +36,20 @@ export interface EvaluateOptions {
 /**
  * A classic codec at (about) the same bytes as the tokens of one depth, means over the images. `webp` / `jpeg`: full
  * resolution, the quality whose file is closest to the tokens' bytes. `webp-downscaled` / `jpeg-downscaled`: the
- * image shrunk by 2, 4 or 8 and upscaled back after decoding, the best PSNR whose file fits in the tokens' bytes.
+ * image shrunk by 2, 4, 8 or 16 and upscaled back after decoding, the best PSNR whose file fits in the tokens' bytes
+ * (where no file is that small, the smallest one: `withinBudget` says for how many images it fit).
  */
 export interface CodecEvaluation {
   codec: CodecVariant
   /** Mean file size; the codec cannot always get as small as the tokens. */
   bytesPerImage: number
   bitsPerImage: number
-  /** Mean of the qualities chosen per image. */
+  /** Mean of the qualities chosen per image (for the downscaled rows, qualities taken at different factors). */
   quality: number
   /** Mean of the downscale factors chosen per image (1 at full resolution). */
   downscale: number
+  /** Share of the images whose file is no larger than the tokens' bytes (below 1: the codec cannot get that small). */
+  withinBudget: number
   psnr: number
   ssim: number
   msSsim: number | null
@@ -110,7 +113,7 @@ interface DepthAccumulator {
   ssim: number[]
   msSsim: (number | null)[]
   features: Float32Array[]
-  codecs: Map<CodecVariant, { bytes: number[]; quality: number[]; downscale: number[]; psnr: number[]; ssim: number[]; msSsim: (number | null)[] }>
+  codecs: Map<CodecVariant, { bytes: number[]; quality: number[]; downscale: number[]; within: number[]; psnr: number[]; ssim: number[]; msSsim: (number | null)[] }>
 }
 
 /**
@@ -200,6 +203,7 @@ export async function evaluate(tokenizer: Tokenizer, images: readonly EvalInput[
           bitsPerImage: 8 * mean(c.bytes),
           quality: mean(c.quality),
           downscale: mean(c.downscale),
+          withinBudget: mean(c.within),
           psnr: mean(c.psnr),
           ssim: mean(c.ssim),
           msSsim: meanOrNull(c.msSsim),
@@ -227,11 +231,12 @@ async function codecScores(originals: RgbImage[], bytes: number, acc: DepthAccum
     const coded = await Promise.all(originals.map(run))
     const scores = await compare(originals, coded.map((c) => c.image))
     let c = acc.codecs.get(coded[0].codec)
-    if (!c) acc.codecs.set(coded[0].codec, (c = { bytes: [], quality: [], downscale: [], psnr: [], ssim: [], msSsim: [] }))
+    if (!c) acc.codecs.set(coded[0].codec, (c = { bytes: [], quality: [], downscale: [], within: [], psnr: [], ssim: [], msSsim: [] }))
     coded.forEach((x, i) => {
       c.bytes.push(x.bytes)
       c.quality.push(x.quality)
       c.downscale.push(x.downscale)
+      c.within.push(x.withinBudget ? 1 : 0)
       c.psnr.push(scores[i].psnr)
       c.ssim.push(scores[i].ssim)
       c.msSsim.push(scores[i].msSsim)
