@@ -15,11 +15,13 @@
 //! exact-resume guarantee of training needs (the tests check 1 against 3 threads).
 
 mod attention;
+mod conv;
 mod layer_norm;
 mod linear;
 #[cfg(test)]
 mod tests;
 
+pub(crate) use conv::conv2d;
 pub(crate) use layer_norm::layer_norm;
 pub(crate) use linear::{linear, linear_attention, linear_gelu};
 
