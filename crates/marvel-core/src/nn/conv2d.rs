@@ -195,7 +195,7 @@ fn im2col_conv(
     padding: usize,
     up: usize,
 ) -> Result<Tensor> {
-    let (b, c_in, h, w) = x.dims4()?;
+    let (_, c_in, h, w) = x.dims4()?;
     let (c_out, wc, k, k2) = weight.dims4()?;
     if wc != c_in || k != k2 || stride == 0 || h * up + 2 * padding < k || w * up + 2 * padding < k {
         candle_core::bail!(
@@ -219,6 +219,14 @@ fn im2col_conv(
         };
         return super::ops::conv2d(x, weight, &bias, g);
     }
+    composed_im2col_conv(x, weight, bias, g)
+}
+
+/// The im2col convolution composed from candle ops (`Im2Col`, a broadcast matmul, a broadcast add): where
+/// `nn::ops` is not built, and the reference its training op is tested against.
+fn composed_im2col_conv(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, g: Geometry) -> Result<Tensor> {
+    let (b, c_in, _, _) = x.dims4()?;
+    let (c_out, _, k, _) = weight.dims4()?;
     let (oh, ow) = g.out_hw();
     let cols = x.contiguous()?.apply_op1(Im2Col(g))?;
     let y = weight.reshape((c_out, c_in * k * k))?.broadcast_left(b)?.matmul(&cols)?.reshape((b, c_out, oh, ow))?;
@@ -395,6 +403,34 @@ mod tests {
         let g_want = want.mul(&m).unwrap().sum_all().unwrap().backward().unwrap();
         assert!(g_got.get(&xs).is_none());
         assert!(rel_err(g_got.get(&wv).unwrap(), g_want.get(&wv).unwrap()) < 1e-4);
+    }
+
+    /// The training op (`nn::ops::conv2d`) gives the composed im2col convolution's forward and gradients bit
+    /// for bit: the same products in the same order (the convolution of the single-recipe decoder's `conv_out`
+    /// sits in a training run that a last-bit difference sends elsewhere).
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn training_op_matches_the_composed_form_bit_for_bit() {
+        let dev = Device::Cpu;
+        // k·k·C_in from 27 to 576 (beyond one gemm depth block), stride 1 and 2.
+        for (b, ci, co, h, w, k, stride, padding) in
+            [(2, 3, 3, 16, 16, 3, 1, 1), (2, 64, 32, 12, 10, 3, 1, 1), (3, 8, 5, 9, 9, 4, 2, 1)]
+        {
+            let x = Var::from_tensor(&Tensor::randn(0f32, 1., (b, ci, h, w), &dev).unwrap()).unwrap();
+            let wt = Var::from_tensor(&Tensor::randn(0f32, 1., (co, ci, k, k), &dev).unwrap()).unwrap();
+            let bias = Var::from_tensor(&Tensor::randn(0f32, 1., co, &dev).unwrap()).unwrap();
+            let g = Geometry { channels: ci, h, w, up: 1, kernel: k, stride, padding };
+            let got = crate::nn::ops::conv2d(&x, &wt, &bias, g).unwrap();
+            let want = composed_im2col_conv(&x, &wt, Some(&bias), g).unwrap();
+            let bits = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&want), "forward");
+            let m = Tensor::randn(0f32, 1., want.shape(), &dev).unwrap();
+            let g_got = got.mul(&m).unwrap().sum_all().unwrap().backward().unwrap();
+            let g_want = want.mul(&m).unwrap().sum_all().unwrap().backward().unwrap();
+            for (name, v) in [("input", &x), ("weight", &wt), ("bias", &bias)] {
+                assert_eq!(bits(g_got.get(v).unwrap()), bits(g_want.get(v).unwrap()), "{ci}->{co} k{k}: {name} gradient");
+            }
+        }
     }
 
     #[test]

@@ -6,14 +6,16 @@
 //! perceptual ConvNeXt's and the frozen discriminator's in the generator's step, the constant blur kernel's in
 //! every discriminator pass, each a gemm as large as the forward. It also went through a (B, C·k·k, Ho·Wo)
 //! gradient of the columns, allocated zeroed and added to by the gradient store before col2im read it. Here the
-//! columns' gradient is made and folded back one image at a time.
+//! columns' gradient is made and folded back one image at a time. The arithmetic is the composed form's, in
+//! its order (the same gemm calls, the bias added after the product, the sums over images in image order), so
+//! the values are too.
 
 use std::sync::Mutex;
 
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{cpu_tensor, product, values, with_values, Product, View, PARALLEL};
+use super::{cpu_tensor, product, values, with_values, View, PARALLEL};
 use crate::nn::conv2d::Geometry;
 
 /// `conv2d(x, weight) + bias` of geometry `g`: `x` (B, C_in, H, W), `weight` (C_out, C_in, k, k), `bias`
@@ -29,9 +31,6 @@ struct ConvOp {
     /// tensor the composed form kept).
     cols: Mutex<Vec<f32>>,
 }
-
-/// Accumulating into a zeroed (or bias-filled) buffer.
-const ADD: Product = Product { accumulate: true, ..PARALLEL };
 
 impl ConvOp {
     /// (C_out, C_in·k·k, Ho·Wo): the product's sizes.
@@ -66,17 +65,21 @@ impl CustomOp3 for ConvOp {
         let (_, k, l) = self.sizes(wl.dims());
         let cols = g.im2col(x);
         let mut out = vec![0f32; b * c_out * l];
-        // The bias first, the product accumulated onto it: no pass of its own.
-        out.par_chunks_mut(l.max(1)).enumerate().for_each(|(row, o)| o.fill(bias[row % c_out]));
         if k > 0 && l > 0 {
             for i in 0..b {
                 // SAFETY: W holds c_out·k values, the image's columns k·l, its output c_out·l.
                 unsafe {
                     let (dst, rhs) = (out[i * c_out * l..].as_mut_ptr(), cols[i * k * l..].as_ptr());
-                    product(c_out, l, k, dst, l, View::rows(wv.as_ptr(), k), View::rows(rhs, l), ADD);
+                    product(c_out, l, k, dst, l, View::rows(wv.as_ptr(), k), View::rows(rhs, l), PARALLEL);
                 }
             }
         }
+        // The bias added after the product, as the composed form's broadcast add: the same bits (accumulating
+        // the product onto the bias would round differently where the gemm splits k into blocks).
+        out.par_chunks_mut(l.max(1)).enumerate().for_each(|(row, o)| {
+            let bias = bias[row % c_out];
+            o.iter_mut().for_each(|v| *v += bias);
+        });
         *self.cols.lock().unwrap_or_else(|p| p.into_inner()) = cols;
         let (oh, ow) = g.out_hw();
         Ok((CpuStorage::F32(out), Shape::from((b, c_out, oh, ow))))
@@ -99,6 +102,7 @@ impl CustomOp3 for ConvOp {
         let (dx, dw, db) = with_values([w, grad], |[wv, dy]| {
             let mut dw = vec![0f32; if want_dw { c_out * k } else { 0 }];
             let mut dx = vec![0f32; if want_dx { x.elem_count() } else { 0 }];
+            let mut dw_i = vec![0f32; dw.len()];
             let mut dcols = vec![0f32; if want_dx { k * l } else { 0 }];
             let plane = g.channels * g.h * g.w;
             for i in 0..b {
@@ -107,9 +111,11 @@ impl CustomOp3 for ConvOp {
                 // their products.
                 unsafe {
                     if want_dw && l > 0 {
-                        // dW += dy_i · cols_iᵀ, the images in order (a fixed summation order).
+                        // dW_i = dy_i · cols_iᵀ, then summed over the images in order: the composed form's
+                        // per-image product and its broadcast's sum, bit for bit.
                         let cols_i = View::rows(cols[i * k * l..].as_ptr(), l).t();
-                        product(c_out, k, l, dw.as_mut_ptr(), k, View::rows(dy_i, l), cols_i, ADD);
+                        product(c_out, k, l, dw_i.as_mut_ptr(), k, View::rows(dy_i, l), cols_i, PARALLEL);
+                        dw.iter_mut().zip(&dw_i).for_each(|(d, v)| *d += v);
                     }
                     if want_dx && c_out > 0 {
                         // The columns' gradient Wᵀ · dy_i, folded back onto the image at once.
@@ -122,9 +128,11 @@ impl CustomOp3 for ConvOp {
                 }
             }
             let db: Vec<f32> = if want_db {
+                // One running sum per channel over the images and positions in memory order, as candle's sum over
+                // (B, H, W) adds them.
                 (0..c_out)
                     .into_par_iter()
-                    .map(|c| (0..b).map(|i| dy[(i * c_out + c) * l..][..l].iter().sum::<f32>()).sum())
+                    .map(|c| (0..b).fold(0f32, |acc, i| dy[(i * c_out + c) * l..][..l].iter().fold(acc, |a, v| a + v)))
                     .collect()
             } else {
                 Vec::new()
