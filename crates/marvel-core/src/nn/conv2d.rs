@@ -422,13 +422,19 @@ mod tests {
             let g = Geometry { channels: ci, h, w, up: 1, kernel: k, stride, padding };
             let got = crate::nn::ops::conv2d(&x, &wt, &bias, g).unwrap();
             let want = composed_im2col_conv(&x, &wt, Some(&bias), g).unwrap();
-            let bits = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            let bits = |t: &Tensor| {
+                t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+            };
             assert_eq!(bits(&got), bits(&want), "forward");
             let m = Tensor::randn(0f32, 1., want.shape(), &dev).unwrap();
             let g_got = got.mul(&m).unwrap().sum_all().unwrap().backward().unwrap();
             let g_want = want.mul(&m).unwrap().sum_all().unwrap().backward().unwrap();
             for (name, v) in [("input", &x), ("weight", &wt), ("bias", &bias)] {
-                assert_eq!(bits(g_got.get(v).unwrap()), bits(g_want.get(v).unwrap()), "{ci}->{co} k{k}: {name} gradient");
+                assert_eq!(
+                    bits(g_got.get(v).unwrap()),
+                    bits(g_want.get(v).unwrap()),
+                    "{ci}->{co} k{k}: {name} gradient"
+                );
             }
         }
     }

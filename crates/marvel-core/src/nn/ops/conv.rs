@@ -57,7 +57,9 @@ impl CustomOp3 for ConvOp {
         let g = self.g;
         let (b, c_in, h, w) = xl.shape().dims4()?;
         let (c_out, k_in, kh, kw) = wl.shape().dims4()?;
-        if (c_in, h, w) != (g.channels, g.h, g.w) || (k_in, kh, kw) != (c_in, g.kernel, g.kernel) || bl.dims() != [c_out]
+        if (c_in, h, w) != (g.channels, g.h, g.w)
+            || (k_in, kh, kw) != (c_in, g.kernel, g.kernel)
+            || bl.dims() != [c_out]
         {
             bail!("conv2d: input {:?}, weight {:?} and bias {:?} do not fit", xl.dims(), wl.dims(), bl.dims());
         }
