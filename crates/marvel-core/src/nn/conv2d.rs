@@ -16,19 +16,19 @@ use rayon::prelude::*;
 /// The geometry of one convolution (square kernel, same stride and zero padding on both axes, no dilation),
 /// reading its input through a nearest upsampling by `up` (1: none).
 #[derive(Debug, Clone, Copy, PartialEq)]
-struct Geometry {
-    channels: usize,
+pub(crate) struct Geometry {
+    pub(crate) channels: usize,
     /// The stored input's sides; the convolution sees `up` times them.
-    h: usize,
-    w: usize,
+    pub(crate) h: usize,
+    pub(crate) w: usize,
     up: usize,
-    kernel: usize,
+    pub(crate) kernel: usize,
     stride: usize,
     padding: usize,
 }
 
 impl Geometry {
-    fn out_hw(&self) -> (usize, usize) {
+    pub(crate) fn out_hw(&self) -> (usize, usize) {
         let out = |n: usize| (n * self.up + 2 * self.padding - self.kernel) / self.stride + 1;
         (out(self.h), out(self.w))
     }
@@ -77,6 +77,47 @@ impl Geometry {
     fn unit_step(&self) -> bool {
         self.stride == 1 && self.up == 1
     }
+
+    /// (B, C, H, W) values -> (B, C·k·k, Ho·Wo) columns: each column holds the input window of one output
+    /// position, in the weight's (C, ki, kj) order; zeros where the window reaches into the padding.
+    pub(crate) fn im2col(&self, x: &[f32]) -> Vec<f32> {
+        let g = *self;
+        let (oh, ow) = g.out_hw();
+        let (kk, l) = (g.kernel * g.kernel, oh * ow);
+        let mut cols = vec![0f32; x.len() / (g.h * g.w) * kk * l];
+        cols.par_chunks_mut(kk * l).zip(x.par_chunks(g.h * g.w)).for_each(|(dst, plane)| {
+            g.for_each_span(|d, src, kj, lo, hi| {
+                let d = &mut dst[d + lo..d + hi];
+                if g.unit_step() {
+                    let s = src + lo + kj - g.padding;
+                    d.copy_from_slice(&plane[s..s + d.len()]);
+                } else {
+                    (lo..hi).zip(d).for_each(|(ox, v)| *v = plane[src + g.input_col(ox, kj)]);
+                }
+            });
+        });
+        cols
+    }
+
+    /// The adjoint of [`Geometry::im2col`]: adds each column value of `cols` (any number of images) back onto
+    /// the position of `x` (those images' planes) it was read from.
+    pub(crate) fn col2im_add(&self, cols: &[f32], x: &mut [f32]) {
+        let g = *self;
+        let (oh, ow) = g.out_hw();
+        let (kk, l) = (g.kernel * g.kernel, oh * ow);
+        // One task per (image, channel) plane: each writes only its own plane.
+        x.par_chunks_mut(g.h * g.w).zip(cols.par_chunks(kk * l)).for_each(|(plane, cols)| {
+            g.for_each_span(|c, dst, kj, lo, hi| {
+                let c = &cols[c + lo..c + hi];
+                if g.unit_step() {
+                    let d = dst + lo + kj - g.padding;
+                    plane[d..d + c.len()].iter_mut().zip(c).for_each(|(p, v)| *p += v);
+                } else {
+                    (lo..hi).zip(c).for_each(|(ox, v)| plane[dst + g.input_col(ox, kj)] += v);
+                }
+            });
+        });
+    }
 }
 
 /// (B, C, H, W) -> (B, C·k·k, Ho·Wo): each column holds the input window of one output position, in the
@@ -97,18 +138,7 @@ impl CustomOp1 for Im2Col {
         let (b, _, _, _) = layout.shape().dims4()?;
         let (oh, ow) = g.out_hw();
         let (kk, l) = (g.kernel * g.kernel, oh * ow);
-        let mut cols = vec![0f32; b * g.channels * kk * l];
-        cols.par_chunks_mut(kk * l).zip(x.par_chunks(g.h * g.w)).for_each(|(dst, plane)| {
-            g.for_each_span(|d, src, kj, lo, hi| {
-                let d = &mut dst[d + lo..d + hi];
-                if g.unit_step() {
-                    let s = src + lo + kj - g.padding;
-                    d.copy_from_slice(&plane[s..s + d.len()]);
-                } else {
-                    (lo..hi).zip(d).for_each(|(ox, v)| *v = plane[src + g.input_col(ox, kj)]);
-                }
-            });
-        });
+        let cols = g.im2col(x);
         Ok((CpuStorage::F32(cols), Shape::from((b, g.channels * kk, l))))
     }
 
@@ -133,21 +163,8 @@ impl CustomOp1 for Col2Im {
         let cols = &storage.as_slice::<f32>()?[start..end];
         let g = self.0;
         let (b, _, _) = layout.shape().dims3()?;
-        let (oh, ow) = g.out_hw();
-        let (kk, l) = (g.kernel * g.kernel, oh * ow);
         let mut x = vec![0f32; b * g.channels * g.h * g.w];
-        // One task per (image, channel) plane: each writes only its own plane.
-        x.par_chunks_mut(g.h * g.w).zip(cols.par_chunks(kk * l)).for_each(|(plane, cols)| {
-            g.for_each_span(|c, dst, kj, lo, hi| {
-                let c = &cols[c + lo..c + hi];
-                if g.unit_step() {
-                    let d = dst + lo + kj - g.padding;
-                    plane[d..d + c.len()].iter_mut().zip(c).for_each(|(p, v)| *p += v);
-                } else {
-                    (lo..hi).zip(c).for_each(|(ox, v)| plane[dst + g.input_col(ox, kj)] += v);
-                }
-            });
-        });
+        g.col2im_add(cols, &mut x);
         Ok((CpuStorage::F32(x), Shape::from((b, g.channels, g.h, g.w))))
     }
 }
@@ -178,7 +195,7 @@ fn im2col_conv(
     padding: usize,
     up: usize,
 ) -> Result<Tensor> {
-    let (b, c_in, h, w) = x.dims4()?;
+    let (_, c_in, h, w) = x.dims4()?;
     let (c_out, wc, k, k2) = weight.dims4()?;
     if wc != c_in || k != k2 || stride == 0 || h * up + 2 * padding < k || w * up + 2 * padding < k {
         candle_core::bail!(
@@ -191,6 +208,25 @@ fn im2col_conv(
         candle_core::bail!("conv2d_im2col: f32 CPU tensors only, got {:?} on {:?}", x.dtype(), x.device());
     }
     let g = Geometry { channels: c_in, h, w, up, kernel: k, stride, padding };
+    #[cfg(target_arch = "x86_64")]
+    if super::ops::serve(&[x, weight]) && bias.is_none_or(|b| super::ops::serve(&[b])) {
+        // One node for im2col, product and bias: its backward computes only the gradients that are asked for
+        // (candle's matmul backward computes both operands' whatever is tracked) and folds the columns'
+        // gradient image by image, never as a whole (B, C·k·k, Ho·Wo) tensor.
+        let bias = match bias {
+            Some(b) => b.clone(),
+            None => Tensor::zeros(c_out, DType::F32, x.device())?,
+        };
+        return super::ops::conv2d(x, weight, &bias, g);
+    }
+    composed_im2col_conv(x, weight, bias, g)
+}
+
+/// The im2col convolution composed from candle ops (`Im2Col`, a broadcast matmul, a broadcast add): where
+/// `nn::ops` is not built, and the reference its training op is tested against.
+fn composed_im2col_conv(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, g: Geometry) -> Result<Tensor> {
+    let (b, c_in, _, _) = x.dims4()?;
+    let (c_out, _, k, _) = weight.dims4()?;
     let (oh, ow) = g.out_hw();
     let cols = x.contiguous()?.apply_op1(Im2Col(g))?;
     let y = weight.reshape((c_out, c_in * k * k))?.broadcast_left(b)?.matmul(&cols)?.reshape((b, c_out, oh, ow))?;
@@ -337,6 +373,68 @@ mod tests {
             for (name, v) in [("input", &x), ("weight", &wt), ("bias", &bias)] {
                 let (a, e) = (g_got.get(v).unwrap(), g_want.get(v).unwrap());
                 assert!(rel_err(a, e) < 1e-4, "{c_in}->{c_out} {h}x{w}: {name} gradient, {}", rel_err(a, e));
+            }
+        }
+    }
+
+    /// A frozen weight and bias (plain tensors) get no gradient, and the input's still equals candle's; a
+    /// frozen input with a trained weight likewise.
+    #[test]
+    fn frozen_operands_get_no_gradient() {
+        let dev = Device::Cpu;
+        // Sides that agree modulo the stride (see the first test on candle's conv backward).
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1., (2, 3, 8, 6), &dev).unwrap()).unwrap();
+        let wt = Tensor::randn(0f32, 1., (4, 3, 3, 3), &dev).unwrap();
+        let bias = Tensor::randn(0f32, 1., 4, &dev).unwrap();
+        let got = conv2d(&x, &wt, Some(&bias), 1, 1).unwrap();
+        let want = x.conv2d(&wt, 1, 1, 1, 1).unwrap().broadcast_add(&bias.reshape((1, 4, 1, 1)).unwrap()).unwrap();
+        let m = Tensor::randn(0f32, 1., want.shape(), &dev).unwrap();
+        let g_got = got.mul(&m).unwrap().sum_all().unwrap().backward().unwrap();
+        let g_want = want.mul(&m).unwrap().sum_all().unwrap().backward().unwrap();
+        assert!(g_got.get(&wt).is_none() && g_got.get(&bias).is_none());
+        assert!(rel_err(g_got.get(&x).unwrap(), g_want.get(&x).unwrap()) < 1e-4);
+
+        let xs = x.as_tensor().detach();
+        let wv = Var::from_tensor(&wt).unwrap();
+        let got = conv2d(&xs, &wv, None, 2, 0).unwrap();
+        let want = xs.conv2d(&wv, 0, 2, 1, 1).unwrap();
+        let m = Tensor::randn(0f32, 1., want.shape(), &dev).unwrap();
+        let g_got = got.mul(&m).unwrap().sum_all().unwrap().backward().unwrap();
+        let g_want = want.mul(&m).unwrap().sum_all().unwrap().backward().unwrap();
+        assert!(g_got.get(&xs).is_none());
+        assert!(rel_err(g_got.get(&wv).unwrap(), g_want.get(&wv).unwrap()) < 1e-4);
+    }
+
+    /// The training op (`nn::ops::conv2d`) gives the composed im2col convolution's forward and gradients bit
+    /// for bit: the same products in the same order (the convolution of the single-recipe decoder's `conv_out`
+    /// sits in a training run that a last-bit difference sends elsewhere).
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn training_op_matches_the_composed_form_bit_for_bit() {
+        let dev = Device::Cpu;
+        // k·k·C_in from 27 to 576 (beyond one gemm depth block), stride 1 and 2.
+        for (b, ci, co, h, w, k, stride, padding) in
+            [(2, 3, 3, 16, 16, 3, 1, 1), (2, 64, 32, 12, 10, 3, 1, 1), (3, 8, 5, 9, 9, 4, 2, 1)]
+        {
+            let x = Var::from_tensor(&Tensor::randn(0f32, 1., (b, ci, h, w), &dev).unwrap()).unwrap();
+            let wt = Var::from_tensor(&Tensor::randn(0f32, 1., (co, ci, k, k), &dev).unwrap()).unwrap();
+            let bias = Var::from_tensor(&Tensor::randn(0f32, 1., co, &dev).unwrap()).unwrap();
+            let g = Geometry { channels: ci, h, w, up: 1, kernel: k, stride, padding };
+            let got = crate::nn::ops::conv2d(&x, &wt, &bias, g).unwrap();
+            let want = composed_im2col_conv(&x, &wt, Some(&bias), g).unwrap();
+            let bits = |t: &Tensor| {
+                t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+            };
+            assert_eq!(bits(&got), bits(&want), "forward");
+            let m = Tensor::randn(0f32, 1., want.shape(), &dev).unwrap();
+            let g_got = got.mul(&m).unwrap().sum_all().unwrap().backward().unwrap();
+            let g_want = want.mul(&m).unwrap().sum_all().unwrap().backward().unwrap();
+            for (name, v) in [("input", &x), ("weight", &wt), ("bias", &bias)] {
+                assert_eq!(
+                    bits(g_got.get(v).unwrap()),
+                    bits(g_want.get(v).unwrap()),
+                    "{ci}->{co} k{k}: {name} gradient"
+                );
             }
         }
     }

@@ -53,6 +53,16 @@ pub fn linear_forward(layer: &candle_nn::Linear, xs: &Tensor) -> Result<Tensor> 
     candle_core::Module::forward(layer, xs)
 }
 
+/// LeakyReLU, `max(x, slope·x)`: one node with a one-pass backward when training on the CPU (the same values
+/// as the composed form, see `ops/leaky_relu.rs`), candle's composed ops otherwise.
+pub fn leaky_relu(xs: &Tensor, slope: f64) -> Result<Tensor> {
+    #[cfg(target_arch = "x86_64")]
+    if trains_on_cpu(&[xs]) {
+        return ops::leaky_relu(xs, slope);
+    }
+    xs.maximum(&(xs * slope)?)
+}
+
 /// Softmax over the last dimension: candle's fused kernel for inference, the composed (differentiable) form
 /// when gradients are tracked.
 pub fn softmax_last_dim(xs: &Tensor) -> Result<Tensor> {

@@ -122,11 +122,19 @@ impl BlurDownsample {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, c, _, _) = x.dims4()?;
-        let padded = pad_same(x, self.size, 2)?;
-        let (_, _, hp, wp) = padded.dims4()?;
+        let (b, c, h, w) = x.dims4()?;
+        let ((top, bottom), (left, right)) = (same_pad(h, self.size, 2), same_pad(w, self.size, 2));
+        // Even sides pad the same on every side, which the conv's own zero padding does without a padded copy
+        // (and without its backward); odd ones pad once more after.
+        let (maps, padding) = if top == bottom && left == right && top == left {
+            (x.reshape((b * c, 1, h, w))?, top)
+        } else {
+            let padded = pad_same(x, self.size, 2)?;
+            let (_, _, hp, wp) = padded.dims4()?;
+            (padded.reshape((b * c, 1, hp, wp))?, 0)
+        };
         // The same filter for every channel: one single-channel conv over B * C maps instead of a grouped conv.
-        let y = crate::nn::conv2d(&padded.reshape((b * c, 1, hp, wp))?, &self.kernel, None, 2, 0)?;
+        let y = crate::nn::conv2d(&maps, &self.kernel, None, 2, padding)?;
         let (_, _, ho, wo) = y.dims4()?;
         Ok(y.reshape((b, c, ho, wo))?)
     }
@@ -171,7 +179,7 @@ impl GroupNorm {
 
 /// `LeakyReLU(0.1)`: x where x > 0, else 0.1 x (the larger of the two).
 pub fn leaky_relu(x: &Tensor) -> Result<Tensor> {
-    Ok(x.maximum(&(x * 0.1)?)?)
+    Ok(crate::nn::leaky_relu(x, 0.1)?)
 }
 
 #[cfg(test)]

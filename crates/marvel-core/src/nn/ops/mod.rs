@@ -15,12 +15,16 @@
 //! exact-resume guarantee of training needs (the tests check 1 against 3 threads).
 
 mod attention;
+mod conv;
 mod layer_norm;
+mod leaky_relu;
 mod linear;
 #[cfg(test)]
 mod tests;
 
+pub(crate) use conv::conv2d;
 pub(crate) use layer_norm::layer_norm;
+pub(crate) use leaky_relu::leaky_relu;
 pub(crate) use linear::{linear, linear_attention, linear_gelu};
 
 use candle_core::{bail, CpuStorage, DType, Device, Layout, Result, Storage, Tensor};

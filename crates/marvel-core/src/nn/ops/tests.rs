@@ -131,3 +131,31 @@ fn linear_attention_matches_composed() {
         },
     );
 }
+
+/// LeakyReLU equals the composed `max(x, 0.1·x)` to the bit, forward and backward, on values that include
+/// exact zeros (where candle's `maximum` splits the gradient between its tied operands) and both signs of the
+/// incoming gradient.
+#[test]
+fn leaky_relu_matches_the_composed_form_bit_for_bit() {
+    let x = rnd(&[2, 3, 37, 41], 5).as_tensor().detach();
+    // Every 7th value exactly 0, so ties occur.
+    let mask = Tensor::from_vec(
+        (0..x.elem_count()).map(|i| f32::from(u8::from(i % 7 != 0))).collect(),
+        x.dims(),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let x = Var::from_tensor(&(x * mask).unwrap()).unwrap();
+    let (y, gs) = forward_backward(&[&x], |t| super::leaky_relu(&t[0], 0.1).unwrap());
+    let (y_ref, gs_ref) = forward_backward(&[&x], |t| t[0].maximum(&(&t[0] * 0.1).unwrap()).unwrap());
+    let bits =
+        |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&y), bits(&y_ref), "forward");
+    assert_eq!(bits(&gs[0]), bits(&gs_ref[0]), "gradient");
+    // The ties did occur and got the halved share (0.5 + 0.05 of the incoming gradient), not the whole.
+    let xs = x.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let r = rnd(y.dims(), 99).as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let g = gs[0].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let i = xs.iter().position(|&v| v == 0.0).unwrap();
+    assert!((g[i] - 0.55 * r[i]).abs() <= 1e-6 * r[i].abs().max(1.0), "{} vs {}", g[i], r[i]);
+}

@@ -1,0 +1,149 @@
+//! The im2col convolution (`nn::conv2d_im2col`, see `nn/conv2d.rs` for the layout) as one training node:
+//! columns, product and bias in the forward; in the backward only the gradients something asks for.
+//!
+//! Composed as `Im2Col` -> candle matmul -> broadcast add, the backward computed the weight's gradient of every
+//! convolution, frozen or not (candle's matmul backward takes both operands' gradients unconditionally): the
+//! perceptual ConvNeXt's and the frozen discriminator's in the generator's step, the constant blur kernel's in
+//! every discriminator pass, each a gemm as large as the forward. It also went through a (B, C·k·k, Ho·Wo)
+//! gradient of the columns, allocated zeroed and added to by the gradient store before col2im read it. Here the
+//! columns' gradient is made and folded back one image at a time. The arithmetic is the composed form's, in
+//! its order (the same gemm calls, the bias added after the product, the sums over images in image order), so
+//! the values are too.
+
+use std::sync::Mutex;
+
+use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::{cpu_tensor, product, values, with_values, View, PARALLEL};
+use crate::nn::conv2d::Geometry;
+
+/// `conv2d(x, weight) + bias` of geometry `g`: `x` (B, C_in, H, W), `weight` (C_out, C_in, k, k), `bias`
+/// (C_out), all f32 on the CPU.
+pub(crate) fn conv2d(x: &Tensor, weight: &Tensor, bias: &Tensor, g: Geometry) -> Result<Tensor> {
+    let op = ConvOp { g, cols: Mutex::new(Vec::new()) };
+    x.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, op)
+}
+
+struct ConvOp {
+    g: Geometry,
+    /// The forward's columns, which the weight's gradient reads (the node keeps them in place of the columns
+    /// tensor the composed form kept).
+    cols: Mutex<Vec<f32>>,
+}
+
+impl ConvOp {
+    /// (C_out, C_in·k·k, Ho·Wo): the product's sizes.
+    fn sizes(&self, weight_dims: &[usize]) -> (usize, usize, usize) {
+        let (oh, ow) = self.g.out_hw();
+        (weight_dims[0], self.g.channels * self.g.kernel * self.g.kernel, oh * ow)
+    }
+}
+
+impl CustomOp3 for ConvOp {
+    fn name(&self) -> &'static str {
+        "marvel-conv2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = self.g;
+        let (b, c_in, h, w) = xl.shape().dims4()?;
+        let (c_out, k_in, kh, kw) = wl.shape().dims4()?;
+        if (c_in, h, w) != (g.channels, g.h, g.w)
+            || (k_in, kh, kw) != (c_in, g.kernel, g.kernel)
+            || bl.dims() != [c_out]
+        {
+            bail!("conv2d: input {:?}, weight {:?} and bias {:?} do not fit", xl.dims(), wl.dims(), bl.dims());
+        }
+        let (x, wv, bias) = (values(xs, xl, "conv2d")?, values(ws, wl, "conv2d")?, values(bs, bl, "conv2d")?);
+        let (_, k, l) = self.sizes(wl.dims());
+        let cols = g.im2col(x);
+        let mut out = vec![0f32; b * c_out * l];
+        if k > 0 && l > 0 {
+            for i in 0..b {
+                // SAFETY: W holds c_out·k values, the image's columns k·l, its output c_out·l.
+                unsafe {
+                    let (dst, rhs) = (out[i * c_out * l..].as_mut_ptr(), cols[i * k * l..].as_ptr());
+                    product(c_out, l, k, dst, l, View::rows(wv.as_ptr(), k), View::rows(rhs, l), PARALLEL);
+                }
+            }
+        }
+        // The bias added after the product, as the composed form's broadcast add: the same bits (accumulating
+        // the product onto the bias would round differently where the gemm splits k into blocks).
+        out.par_chunks_mut(l.max(1)).enumerate().for_each(|(row, o)| {
+            let bias = bias[row % c_out];
+            o.iter_mut().for_each(|v| *v += bias);
+        });
+        *self.cols.lock().unwrap_or_else(|p| p.into_inner()) = cols;
+        let (oh, ow) = g.out_hw();
+        Ok((CpuStorage::F32(out), Shape::from((b, c_out, oh, ow))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        bias: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let g = self.g;
+        let b = x.dim(0)?;
+        let (c_out, k, l) = self.sizes(w.dims());
+        // A frozen input, weight or bias (not a variable, nothing tracked behind it) needs no gradient.
+        let (want_dx, want_dw, want_db) = (x.track_op(), w.track_op(), bias.track_op());
+        let cols = self.cols.lock().unwrap_or_else(|p| p.into_inner());
+        let (dx, dw, db) = with_values([w, grad], |[wv, dy]| {
+            let mut dw = vec![0f32; if want_dw { c_out * k } else { 0 }];
+            let mut dx = vec![0f32; if want_dx { x.elem_count() } else { 0 }];
+            let mut dw_i = vec![0f32; dw.len()];
+            let mut dcols = vec![0f32; if want_dx { k * l } else { 0 }];
+            let plane = g.channels * g.h * g.w;
+            for i in 0..b {
+                let dy_i = dy[i * c_out * l..].as_ptr();
+                // SAFETY: dy holds b·c_out·l values, the columns b·k·l, W c_out·k; dw and dcols are sized for
+                // their products.
+                unsafe {
+                    if want_dw && l > 0 {
+                        // dW_i = dy_i · cols_iᵀ, then summed over the images in order: the composed form's
+                        // per-image product and its broadcast's sum, bit for bit.
+                        let cols_i = View::rows(cols[i * k * l..].as_ptr(), l).t();
+                        product(c_out, k, l, dw_i.as_mut_ptr(), k, View::rows(dy_i, l), cols_i, PARALLEL);
+                        dw.iter_mut().zip(&dw_i).for_each(|(d, v)| *d += v);
+                    }
+                    if want_dx && c_out > 0 {
+                        // The columns' gradient Wᵀ · dy_i, folded back onto the image at once.
+                        let wt = View::rows(wv.as_ptr(), k).t();
+                        product(k, l, c_out, dcols.as_mut_ptr(), l, wt, View::rows(dy_i, l), PARALLEL);
+                    }
+                }
+                if want_dx {
+                    g.col2im_add(&dcols, &mut dx[i * plane..(i + 1) * plane]);
+                }
+            }
+            let db: Vec<f32> = if want_db {
+                // One running sum per channel over the images and positions in memory order, as candle's sum over
+                // (B, H, W) adds them.
+                (0..c_out)
+                    .into_par_iter()
+                    .map(|c| (0..b).fold(0f32, |acc, i| dy[(i * c_out + c) * l..][..l].iter().fold(acc, |a, v| a + v)))
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            (dx, dw, db)
+        })?;
+        let dx = if want_dx { Some(cpu_tensor(dx, x.dims())?) } else { None };
+        let dw = if want_dw { Some(cpu_tensor(dw, w.dims())?) } else { None };
+        let db = if want_db { Some(cpu_tensor(db, &[c_out])?) } else { None };
+        Ok((dx, dw, db))
+    }
+}
