@@ -82,6 +82,30 @@ impl ResidualAttentionBlock {
         Ok(xs)
     }
 
+    /// Rows `start..start + len` (dimension 1) of [`Self::forward_all`]. A model that keeps only some of the
+    /// transformer's outputs (TiTok's encoder its latent tokens, the decoder its grid) needs the last block's MLP
+    /// on those rows only: everything after the last attention is row-wise, so in training (the composed path)
+    /// the rows are cut between `ln_2` and the MLP, whose forward and backward then run on `len` rows instead of
+    /// all (the encoder's last MLP on 128 of 385 rows at S-128, the decoder's on 256). `ln_2` still sees every
+    /// row, so that its backward's fixed-chunk sums over rows keep their grouping (the dropped rows add exact
+    /// zeros, as their zero gradient did before); the MLP's weight gradients are the same sums less those zero
+    /// terms, bit for bit where the gemm does not split the rows into blocks (up to 512 rows). The fused inference
+    /// path computes every row and cuts after, as before.
+    pub fn forward_all_rows(blocks: &[Self], xs: &Tensor, start: usize, len: usize) -> Result<Tensor> {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(out) = Self::forward_all_fused(blocks, xs)? {
+            return out.narrow(1, start, len);
+        }
+        let Some((last, rest)) = blocks.split_last() else { return xs.narrow(1, start, len) };
+        let mut xs = xs.clone();
+        for block in rest {
+            xs = block.forward_composed(&xs)?;
+        }
+        let xs = (&xs + last.attn.forward(&last.ln_1.forward(&xs)?)?)?;
+        let normed = last.ln_2.forward(&xs)?.narrow(1, start, len)?;
+        xs.narrow(1, start, len)? + last.mlp.forward(&normed)?
+    }
+
     #[cfg(target_arch = "x86_64")]
     fn forward_all_fused(blocks: &[Self], xs: &Tensor) -> Result<Option<Tensor>> {
         use super::fused::{blocks_forward, F32Data};
@@ -167,6 +191,45 @@ mod tests {
             let err = (fused - composed).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
             assert!(err < 3e-5, "b {b} l {l} depth {depth}: fused vs composed max abs {err}");
         }
+    }
+
+    /// Cutting the rows before the last block's MLP gives the rows of the whole stack's output and the same
+    /// gradients, on the tracked (training) path and on the fused one.
+    #[test]
+    fn kept_rows_match_the_full_output() {
+        let dev = Device::Cpu;
+        let (b, l, width, heads) = (2, 11, 16, 2);
+        let (vars, blocks): (Vec<_>, Vec<_>) = (0..3)
+            .map(|_| {
+                let (block, vars) = block(width, heads, &dev);
+                (vars, block)
+            })
+            .unzip();
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, l, width), &dev).unwrap()).unwrap();
+        let (start, len) = (3, 5);
+        let weights = Tensor::randn(0f32, 1.0, (b, len, width), &dev).unwrap();
+        let loss = |out: Tensor| (out * &weights).unwrap().sum_all().unwrap();
+        let full = ResidualAttentionBlock::forward_all(&blocks, x.as_tensor()).unwrap().narrow(1, start, len).unwrap();
+        let kept = ResidualAttentionBlock::forward_all_rows(&blocks, x.as_tensor(), start, len).unwrap();
+        let err = (&kept - &full).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(err < 1e-5, "kept rows vs full output: max abs {err}");
+        let (g_full, g_kept) = (loss(full).backward().unwrap(), loss(kept).backward().unwrap());
+        let mut tensors = vec![x.as_tensor().clone()];
+        for v in &vars {
+            tensors.extend(v.all_vars().iter().map(|v| v.as_tensor().clone()));
+        }
+        for t in &tensors {
+            let (a, b) = (g_full.get(t).unwrap(), g_kept.get(t).unwrap());
+            let scale = a.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap().max(1e-6);
+            let err = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap() / scale;
+            assert!(err < 1e-5, "gradient of a {:?} tensor: relative max abs {err}", t.dims());
+        }
+        let untracked: Vec<_> = vars.iter().map(|v| untracked(v, width, heads, &dev)).collect();
+        let x = x.as_tensor().detach();
+        let full = ResidualAttentionBlock::forward_all(&untracked, &x).unwrap().narrow(1, start, len).unwrap();
+        let kept = ResidualAttentionBlock::forward_all_rows(&untracked, &x, start, len).unwrap();
+        let err = (kept - full).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert_eq!(err, 0.0, "untracked: the fused path cuts after computing every row");
     }
 
     /// Training keeps the differentiable path: a loss reaches every parameter and the input.

@@ -101,8 +101,8 @@ impl TitokDecoder {
 
         let mut xs = Tensor::cat(&[&queries, &latents], 1)?;
         xs = self.ln_pre.forward(&xs)?;
-        xs = ResidualAttentionBlock::forward_all(&self.transformer, &xs)?;
-        self.ln_post.forward(&xs.narrow(1, 1, g * g)?)
+        xs = ResidualAttentionBlock::forward_all_rows(&self.transformer, &xs, 1, g * g)?;
+        self.ln_post.forward(&xs)
     }
 
     /// Legacy head only: the logits channels-last, (B, grid², 1024), the layout the pixel-codebook mix wants.

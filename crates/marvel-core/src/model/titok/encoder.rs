@@ -82,8 +82,8 @@ impl TitokEncoder {
         let mut xs = Tensor::cat(&[&class, &patches, &latents], 1)?;
 
         xs = self.ln_pre.forward(&xs)?;
-        xs = ResidualAttentionBlock::forward_all(&self.transformer, &xs)?;
-        let latents = self.ln_post.forward(&xs.narrow(1, 1 + g * g, n)?)?;
+        let latents = ResidualAttentionBlock::forward_all_rows(&self.transformer, &xs, 1 + g * g, n)?;
+        let latents = self.ln_post.forward(&latents)?;
         // Legacy checkpoints were trained with a reshape where a transpose was meant: the (N, D) matrix of each
         // image is read as (D, N), so the 1x1 conv mixes across tokens. It must be kept to match their weights.
         let latents = if self.is_legacy { latents.reshape((b, d, n))?.transpose(1, 2)? } else { latents };
