@@ -30,8 +30,17 @@ impl ResidualAttentionBlock {
 impl ResidualAttentionBlock {
     /// The layers composed from candle ops: differentiable, any dtype and device.
     pub fn forward_composed(&self, xs: &Tensor) -> Result<Tensor> {
+        self.forward_composed_rows(xs, 0, xs.dim(1)?)
+    }
+
+    /// Rows `start..start + len` of [`Self::forward_composed`]: everything after the attention is row-wise, so the
+    /// rows are cut between `ln_2` and the MLP (`ln_2` sees every row, so its backward's fixed-chunk sums over rows
+    /// keep their grouping). The full range is `forward_composed` itself: candle's `narrow` of a whole dimension
+    /// is the tensor unchanged.
+    fn forward_composed_rows(&self, xs: &Tensor, start: usize, len: usize) -> Result<Tensor> {
         let xs = (xs + self.attn.forward(&self.ln_1.forward(xs)?)?)?;
-        &xs + self.mlp.forward(&self.ln_2.forward(&xs)?)?
+        let normed = self.ln_2.forward(&xs)?.narrow(1, start, len)?;
+        xs.narrow(1, start, len)? + self.mlp.forward(&normed)?
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -71,26 +80,16 @@ impl ResidualAttentionBlock {
     /// input and every parameter are untracked f32 CPU tensors (one set of scratch buffers then serves every
     /// block), else block by block from candle ops.
     pub fn forward_all(blocks: &[Self], xs: &Tensor) -> Result<Tensor> {
-        #[cfg(target_arch = "x86_64")]
-        if let Some(out) = Self::forward_all_fused(blocks, xs)? {
-            return Ok(out);
-        }
-        let mut xs = xs.clone();
-        for block in blocks {
-            xs = block.forward_composed(&xs)?;
-        }
-        Ok(xs)
+        Self::forward_all_rows(blocks, xs, 0, xs.dim(1)?)
     }
 
     /// Rows `start..start + len` (dimension 1) of [`Self::forward_all`]. A model that keeps only some of the
     /// transformer's outputs (TiTok's encoder its latent tokens, the decoder its grid) needs the last block's MLP
-    /// on those rows only: everything after the last attention is row-wise, so in training (the composed path)
-    /// the rows are cut between `ln_2` and the MLP, whose forward and backward then run on `len` rows instead of
-    /// all (the encoder's last MLP on 128 of 385 rows at S-128, the decoder's on 256). `ln_2` still sees every
-    /// row, so that its backward's fixed-chunk sums over rows keep their grouping (the dropped rows add exact
-    /// zeros, as their zero gradient did before); the MLP's weight gradients are the same sums less those zero
-    /// terms, bit for bit where the gemm does not split the rows into blocks (up to 512 rows). The fused inference
-    /// path computes every row and cuts after, as before.
+    /// on those rows only: in training (the composed path) the MLP's forward and backward run on `len` rows
+    /// instead of all (the encoder's last MLP on 128 of 385 rows at S-128, the decoder's on 256; see
+    /// `forward_composed_rows`; the dropped rows add exact zeros to `ln_2`'s backward, as their zero gradient did
+    /// before); the MLP's weight gradients are the same sums less those zero terms, bit for bit where the gemm does
+    /// not split the rows into blocks (up to 512 rows). The fused inference path computes every row and cuts after.
     pub fn forward_all_rows(blocks: &[Self], xs: &Tensor, start: usize, len: usize) -> Result<Tensor> {
         #[cfg(target_arch = "x86_64")]
         if let Some(out) = Self::forward_all_fused(blocks, xs)? {
@@ -101,9 +100,7 @@ impl ResidualAttentionBlock {
         for block in rest {
             xs = block.forward_composed(&xs)?;
         }
-        let xs = (&xs + last.attn.forward(&last.ln_1.forward(&xs)?)?)?;
-        let normed = last.ln_2.forward(&xs)?.narrow(1, start, len)?;
-        xs.narrow(1, start, len)? + last.mlp.forward(&normed)?
+        last.forward_composed_rows(&xs, start, len)
     }
 
     #[cfg(target_arch = "x86_64")]
