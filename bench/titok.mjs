@@ -1,36 +1,34 @@
 // Times marvel through its TypeScript API (what a Node user runs): encode (u8 images -> tokens) and decode
-// (tokens -> u8 images: decoder ViT + pixel decoder) at each batch size, 2 compute threads. Prints one JSON line
-// for bench/titok.sh; prints {"engine":"marvel-node","skipped":...} while the package has no model API yet.
+// (tokens -> u8 images: decoder ViT + pixel decoder or pixel head) at each batch size, 2 compute threads. Prints one
+// JSON line for bench/titok.sh.
 //
-//   node bench/titok.mjs MODEL_DIR [--threads 2] [--batches 1,8] [--warmup 1] [--runs 5]
+//   node bench/titok.mjs MODEL_DIR [--threads 2] [--batches 1,8] [--warmup 1] [--runs 5] [--check CHECK.safetensors]
 //
-// Expects the built package (npm run build -> dist/) with `Tokenizer.fromPretrained(dir)`, `tokenizer.encode(images)`
-// and `tokenizer.decode(tokens)` (the names of shared/DESIGN.md); adjust `api()` below if they land differently.
+// Expects the built package (npm run build -> dist/). With --check (prepare.py's check batch: u8 images, torch's
+// tokens and decode_tokens output) it first encodes those images and decodes the tokens through the same API
+// (`decodeFloat`, the unclamped float image) and exits non-zero without timing anything when a token differs or the
+// image is off by more than 1e-3 of its scale.
 
-import { existsSync } from 'node:fs'
+import { existsSync, readFileSync } from 'node:fs'
 import { dirname, join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..')
 
 function parseArgs(argv) {
-  const a = { model: null, threads: 2, batches: [1, 8], warmup: 1, runs: 5 }
+  const a = { model: null, threads: 2, batches: [1, 8], warmup: 1, runs: 5, check: null }
   for (let i = 0; i < argv.length; i++) {
     const k = argv[i]
     if (k === '--threads') a.threads = Number(argv[++i])
     else if (k === '--batches') a.batches = argv[++i].split(',').map(Number)
     else if (k === '--warmup') a.warmup = Number(argv[++i])
     else if (k === '--runs') a.runs = Number(argv[++i])
+    else if (k === '--check') a.check = resolve(argv[++i])
     else if (!k.startsWith('--') && a.model === null) a.model = resolve(k)
     else throw new Error(`unknown argument ${k}`)
   }
   if (!a.model) throw new Error('usage: node bench/titok.mjs MODEL_DIR [--threads N] [--batches 1,8]')
   return a
-}
-
-function skip(reason) {
-  console.log(JSON.stringify({ engine: 'marvel-node', skipped: reason }))
-  process.exit(0)
 }
 
 /** Deterministic random RGB images (xorshift), 256x256. */
@@ -68,13 +66,64 @@ const median = (xs) => {
   return n % 2 ? v[(n - 1) / 2] : (v[n / 2 - 1] + v[n / 2]) / 2
 }
 
+/** The tensors of a safetensors file as typed arrays (the dtypes prepare.py writes: U8, I64, F32). */
+function readSafetensors(path) {
+  const buf = readFileSync(path)
+  const n = Number(buf.readBigUInt64LE(0))
+  const header = JSON.parse(buf.subarray(8, 8 + n).toString('utf8'))
+  const base = 8 + n
+  const out = {}
+  for (const [name, t] of Object.entries(header)) {
+    if (name === '__metadata__') continue
+    const [a, b] = t.data_offsets
+    const bytes = buf.subarray(base + a, base + b)
+    const copy = new Uint8Array(bytes) // aligned for the typed views below
+    const kinds = { U8: Uint8Array, I64: BigInt64Array, F32: Float32Array }
+    if (!kinds[t.dtype]) throw new Error(`${path}: ${name} has dtype ${t.dtype}`)
+    out[name] = { shape: t.shape, data: new kinds[t.dtype](copy.buffer, 0, copy.byteLength / kinds[t.dtype].BYTES_PER_ELEMENT) }
+  }
+  return out
+}
+
+const TOL = 1e-3
+
+/** marvel through Node against torch's outputs on prepare.py's check batch; figures and whether all are in bounds. */
+async function check(tok, path) {
+  const t = readSafetensors(path)
+  const [batch, h, w, c] = t.images_u8.shape
+  const images = Array.from({ length: batch }, (_, i) => ({ data: t.images_u8.data.subarray(i * h * w * c, (i + 1) * h * w * c), width: w, height: h }))
+  const tokens = await tok.encode(images, { resize: 'none' })
+  // torch: (B, N) for VQ, (B, N, D) for LFQ; marvel's Tokens are depth-major: data[(d * batch + b) * N + n].
+  const [, n] = t.tokens.shape
+  const depth = t.tokens.shape[2] ?? 1
+  let equal = 0
+  for (let b = 0; b < batch; b++) {
+    for (let k = 0; k < n; k++) {
+      for (let d = 0; d < depth; d++) {
+        if (BigInt(tokens.data[(d * batch + b) * n + k]) === t.tokens.data[(b * n + k) * depth + d]) equal++
+      }
+    }
+  }
+  const identical = equal === batch * n * depth && tokens.data.length === equal
+  const recon = await tok.decodeFloat(tokens)
+  let err = 0
+  let scale = 1
+  for (let i = 0; i < t.recon.data.length; i++) {
+    const d = Math.abs(recon.data[i] - t.recon.data[i])
+    err = Number.isNaN(d) ? NaN : Math.max(err, d)
+    scale = Math.max(scale, Math.abs(t.recon.data[i]))
+  }
+  const imageErr = recon.data.length === t.recon.data.length ? err / scale : NaN
+  // NaN compares false, so it never passes.
+  const ok = identical && imageErr <= TOL
+  return { ok, tol: TOL, tokens_identical: identical, tokens_equal: equal, tokens: batch * n * depth, image_err: imageErr }
+}
+
 async function api() {
   const entry = join(root, 'dist', 'index.js')
-  if (!existsSync(entry)) skip('package not built (npm run build)')
+  if (!existsSync(entry)) throw new Error('the package is not built (npm run build)')
   const m = await import(entry)
-  const Tokenizer = m.Tokenizer ?? m.TiTok ?? m.Titok
-  if (typeof Tokenizer?.fromPretrained !== 'function') skip('no Tokenizer.fromPretrained in the TypeScript API yet')
-  return { m, Tokenizer }
+  return { m, Tokenizer: m.Tokenizer }
 }
 
 async function main() {
@@ -86,6 +135,11 @@ async function main() {
   const tok = await Tokenizer.fromPretrained(args.model)
   const loadS = Number(process.hrtime.bigint() - t0) / 1e9
   const loadedRss = process.memoryUsage().rss / 2 ** 20
+  const checked = args.check ? await check(tok, args.check) : null
+  if (checked && !checked.ok) {
+    console.error(`marvel-node: outputs differ from the reference's, so nothing was timed: ${JSON.stringify(checked)}`)
+    process.exit(1)
+  }
   const results = []
   for (const b of args.batches) {
     const images = randomImages(b, 7 + b)
@@ -107,9 +161,13 @@ async function main() {
       loaded_rss_mib: loadedRss,
       // maxRSS is in KiB on Linux.
       peak_rss_mib: process.resourceUsage().maxRSS / 1024,
+      check: checked,
       results,
     }),
   )
 }
 
-main().catch((e) => skip(`TypeScript API call failed: ${e?.message ?? e}`))
+main().catch((e) => {
+  console.error(`marvel-node: ${e?.stack ?? e}`)
+  process.exit(1)
+})

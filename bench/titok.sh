@@ -1,15 +1,22 @@
 #!/usr/bin/env bash
-# TiTok S-128 CPU benchmark: marvel vs onnxruntime vs PyTorch eager, 2 threads, batch 1 and 8. See bench/README.md.
+# TiTok / MARVEL CPU benchmark: marvel (Rust example and Node API) vs onnxruntime vs PyTorch eager, 2 threads, batch
+# 1 and 8, on three layouts with seeded random weights: s128 (TiTok-S-128 as released), l32 (TiTok-L-32 as released,
+# the default public model) and single (the built-in model's layout: single-stage, 4-depth LFQ). See bench/README.md.
 #
-#   bench/titok.sh            # full run (about 10-15 min on 2 cores)
-#   RUNS=2 bench/titok.sh     # quicker, noisier
+#   bench/titok.sh                        # every layout (about 40 min on 2 cores, most of it L-32)
+#   LAYOUTS=s128 RUNS=2 bench/titok.sh    # one layout, quicker, noisier
 #
-# Environment: RUNS (timed runs per stage, default 5), WARMUP (default 1), BATCHES (default 1,8), THREADS (default 2),
-# SKIP_BUILD=1 (use the built example as is), PYTHON (default bench/.venv/bin/python; created from
-# bench/python/requirements.txt when missing).
+# Before anything is timed: torch is checked against the reference fixtures (parity_check.py), onnxruntime against
+# torch (prepare.py), and marvel through Rust and through Node against torch on the layout's check batch; any
+# mismatch stops the run.
+#
+# Environment: LAYOUTS (default s128,l32,single), RUNS (timed runs per stage, default 5), WARMUP (default 1), BATCHES
+# (default 1,8), THREADS (default 2), SKIP_BUILD=1 (use the built example and dist/ as they are), PYTHON (default
+# bench/.venv/bin/python; created from bench/python/requirements.txt when missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+LAYOUTS=${LAYOUTS:-s128,l32,single}
 RUNS=${RUNS:-5}
 WARMUP=${WARMUP:-1}
 BATCHES=${BATCHES:-1,8}
@@ -26,45 +33,53 @@ if [ ! -x "$PY" ]; then
 fi
 
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
-  echo "== building the marvel example (release)" >&2
-  cargo build --release -p marvel-core --examples >&2
+  echo "== building the marvel example and the package (release)" >&2
+  cargo build --release -p marvel-core --example bench_titok >&2
+  npm run build >&2
 fi
 
-echo "== checking the torch baseline against shared/parity/titok_vq_legacy" >&2
+echo "== checking the torch baseline against shared/parity (titok_vq_legacy, titok_vq_nonlegacy, marvel_lfq)" >&2
 parity=$("$PY" bench/python/parity_check.py --threads 1) || { echo "torch baseline failed parity: $parity" >&2; exit 1; }
-echo "== S-128 weights, ONNX export, onnxruntime vs torch check" >&2
-prepare=$("$PY" bench/python/prepare.py --work "$WORK") || { echo "prepare failed: $prepare" >&2; exit 1; }
 
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
-out="$WORK/results-$stamp.jsonl"
-load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 common=(--batches "$BATCHES" --warmup "$WARMUP" --runs "$RUNS")
+: >"$WORK/latest.md"
+IFS=, read -r -a layouts <<<"$LAYOUTS"
+for layout in "${layouts[@]}"; do
+  model="$WORK/$layout"
+  out="$WORK/results-$stamp-$layout.jsonl"
+  echo "== $layout: weights, ONNX export, onnxruntime vs torch check" >&2
+  prepare=$("$PY" bench/python/prepare.py --work "$WORK" --layout "$layout") || { echo "prepare failed: $prepare" >&2; exit 1; }
+  load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 
-echo "== sgemm ceiling" >&2
-# OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE (set on some machines for old OpenBLAS builds) slow a current numpy: unset
-# both for this measurement only.
-env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE OPENBLAS_NUM_THREADS="$THREADS" \
-  "$PY" bench/python/bench_py.py sgemm --work "$WORK" --threads "$THREADS" >>"$out"
-# marvel and onnxruntime back to back: on a shared machine the closest in time are the most comparable.
-echo "== marvel (Rust example)" >&2
-target/release/examples/bench_titok "$WORK/s128" --threads "$THREADS" --check "$WORK/check.safetensors" "${common[@]}" >>"$out" \
-  || echo '{"engine":"marvel","skipped":"bench_titok failed (see its message above)"}' >>"$out"
-for engine in ort torch; do
-  echo "== $engine" >&2
-  OMP_NUM_THREADS="$THREADS" "$PY" bench/python/bench_py.py "$engine" --work "$WORK" --threads "$THREADS" "${common[@]}" >>"$out"
+  echo "== $layout: sgemm ceiling" >&2
+  # OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE (set on some machines for old OpenBLAS builds) slow a current numpy: unset
+  # both for this measurement only.
+  env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE OPENBLAS_NUM_THREADS="$THREADS" \
+    "$PY" bench/python/bench_py.py sgemm --threads "$THREADS" >>"$out"
+  # marvel and onnxruntime back to back: on a shared machine the closest in time are the most comparable. Each
+  # marvel runner checks its outputs against torch's first and exits non-zero (set -e stops the run) on a mismatch.
+  echo "== $layout: marvel (Rust example)" >&2
+  target/release/examples/bench_titok "$model" --threads "$THREADS" --check "$model/check.safetensors" "${common[@]}" >>"$out"
+  for engine in ort torch; do
+    echo "== $layout: $engine" >&2
+    OMP_NUM_THREADS="$THREADS" "$PY" bench/python/bench_py.py "$engine" --model "$model" --threads "$THREADS" "${common[@]}" >>"$out"
+  done
+  echo "== $layout: marvel (Node API)" >&2
+  node bench/titok.mjs "$model" --threads "$THREADS" --check "$model/check.safetensors" "${common[@]}" >>"$out"
+  echo "== $layout: sgemm ceiling again (the report takes the higher of the two: less disturbed by other processes)" >&2
+  env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE OPENBLAS_NUM_THREADS="$THREADS" \
+    "$PY" bench/python/bench_py.py sgemm --threads "$THREADS" >>"$out"
+
+  cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')
+  printf '{"engine":"meta","layout":"%s","date":"%s","cpu":"%s","cores":%s,"threads":%s,"runs":%s,"load_before":"%s","load_after":"%s","parity":%s,"prepare":%s}\n' \
+    "$layout" "$(date -u +%Y-%m-%dT%H:%MZ)" "$cpu" "$(nproc)" "$THREADS" "$RUNS" "$load_before" \
+    "$(cut -d' ' -f1-3 /proc/loadavg)" "$parity" "$prepare" >>"$out"
+
+  echo >&2
+  "$PY" bench/python/report.py "$out" --model "$model" --markdown "$WORK/latest-$layout.md"
+  { echo "### $layout"; echo; cat "$WORK/latest-$layout.md"; echo; } >>"$WORK/latest.md"
+  echo >&2
+  echo "raw results: $out" >&2
 done
-echo "== marvel (Node API)" >&2
-node bench/titok.mjs "$WORK/s128" --threads "$THREADS" "${common[@]}" >>"$out" || echo '{"engine":"marvel-node","skipped":"node failed"}' >>"$out"
-echo "== sgemm ceiling again (the report takes the higher of the two: less disturbed by other processes)" >&2
-env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE OPENBLAS_NUM_THREADS="$THREADS" \
-  "$PY" bench/python/bench_py.py sgemm --work "$WORK" --threads "$THREADS" >>"$out"
-
-cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')
-printf '{"engine":"meta","date":"%s","cpu":"%s","cores":%s,"threads":%s,"runs":%s,"load_before":"%s","load_after":"%s","parity":%s,"prepare":%s}\n' \
-  "$(date -u +%Y-%m-%dT%H:%MZ)" "$cpu" "$(nproc)" "$THREADS" "$RUNS" "$load_before" "$(cut -d' ' -f1-3 /proc/loadavg)" \
-  "$parity" "$prepare" >>"$out"
-
-echo >&2
-"$PY" bench/python/report.py "$out" --model "$WORK/s128" --markdown "$WORK/latest.md"
-echo >&2
-echo "raw results: $out; table: $WORK/latest.md" >&2
+echo "tables: $WORK/latest.md" >&2

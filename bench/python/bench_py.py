@@ -1,17 +1,19 @@
-"""Times one baseline engine on the S-128 model and prints one JSON object. Run once per engine, each in its own
+"""Times one baseline engine on one layout's model and prints one JSON object. Run once per engine, each in its own
 process, so that the peak RSS (VmHWM) belongs to that engine alone.
 
-    python bench_py.py ENGINE --work bench/.work [--threads 2] [--batches 1,8] [--warmup 1] [--runs 5]
+    python bench_py.py ENGINE --model bench/.work/s128 [--threads 2] [--batches 1,8] [--warmup 1] [--runs 5]
 
 ENGINE:
   torch   PyTorch eager (titok_torch.py), torch.set_num_threads(N), torch.inference_mode()
-  ort     onnxruntime CPUExecutionProvider on the three exported graphs: intra_op_num_threads=N,
+  ort     onnxruntime CPUExecutionProvider on the exported graphs (MODEL/onnx): intra_op_num_threads=N,
           inter_op_num_threads=1, sequential execution, all graph optimisations (the defaults otherwise)
   sgemm   the float32 matmul ceiling: 1024x1024x1024 products with numpy (its BLAS) and torch at N threads
 
-Stages and inputs are those of crates/marvel-core/examples/bench_titok.rs: encode (images -> tokens, z_q),
-decoder (z_q -> logits (B,1024,16,16)), pixel (logits -> image); each stage is fed the previous stage's output of
-the same engine, on random images in [0, 1].
+Stages and inputs are those of crates/marvel-core/examples/bench_titok.rs: encode (images -> tokens, z_q), then for
+the two-stage layouts decoder (z_q -> logits (B,1024,16,16)) and pixel (logits -> image), for the single layout
+decode (z_q -> image); each stage is fed the previous stage's output of the same engine, on random images in
+[0, 1]. Both engines' outputs were checked against torch's by prepare.py (and torch against the reference fixtures
+by parity_check.py) before anything is timed.
 """
 
 import argparse
@@ -70,18 +72,22 @@ def bench_torch(args):
     torch.set_num_threads(args.threads)
     base = status_mib("VmRSS")
     t0 = time.perf_counter()
-    model = load_titok(args.work / "s128")
+    model = load_titok(args.model)
     load_s = time.perf_counter() - t0
     loaded = status_mib("VmRSS")
+    legacy = model.cfg.is_legacy
     results = []
     with torch.inference_mode():
         for b in args.batches:
             x = torch.from_numpy(images(b))
             t_enc, (z_q, _) = timed(lambda: model.encode(x), args.warmup, args.runs)
-            t_dec, logits = timed(lambda: model.decoder(z_q), args.warmup, args.runs)
-            t_pix, _ = timed(lambda: model.pixel_stage(logits), args.warmup, args.runs)
-            for stage, t in (("encode", t_enc), ("decoder", t_dec), ("pixel", t_pix)):
-                record(results, stage, b, t)
+            t_dec, out = timed(lambda: model.decoder(z_q), args.warmup, args.runs)
+            record(results, "encode", b, t_enc)
+            if legacy:
+                record(results, "decoder", b, t_dec)
+                record(results, "pixel", b, timed(lambda: model.pixel_stage(out), args.warmup, args.runs)[0])
+            else:
+                record(results, "decode", b, t_dec)
     return {
         "engine": "torch",
         "version": f"torch {torch.__version__} eager ({torch.backends.cpu.get_cpu_capability()})",
@@ -102,21 +108,26 @@ def bench_ort(args):
         so.inter_op_num_threads = 1
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        return ort.InferenceSession(str(args.work / "onnx" / f"{name}.onnx"), so, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(str(args.model / "onnx" / f"{name}.onnx"), so, providers=["CPUExecutionProvider"])
 
     base = status_mib("VmRSS")
     t0 = time.perf_counter()
-    enc, dec, pix = session("encode"), session("decoder"), session("pixel")
+    legacy = (args.model / "onnx" / "pixel.onnx").is_file()
+    enc, dec = session("encode"), session("decoder")
+    pix = session("pixel") if legacy else None
     load_s = time.perf_counter() - t0
     loaded = status_mib("VmRSS")
     results = []
     for b in args.batches:
         x = images(b)
         t_enc, (_, z_q) = timed(lambda: enc.run(None, {"images": x}), args.warmup, args.runs)
-        t_dec, (logits,) = timed(lambda: dec.run(None, {"z_q": z_q}), args.warmup, args.runs)
-        t_pix, _ = timed(lambda: pix.run(None, {"logits": logits}), args.warmup, args.runs)
-        for stage, t in (("encode", t_enc), ("decoder", t_dec), ("pixel", t_pix)):
-            record(results, stage, b, t)
+        t_dec, (out,) = timed(lambda: dec.run(None, {"z_q": z_q}), args.warmup, args.runs)
+        record(results, "encode", b, t_enc)
+        if legacy:
+            record(results, "decoder", b, t_dec)
+            record(results, "pixel", b, timed(lambda: pix.run(None, {"logits": out}), args.warmup, args.runs)[0])
+        else:
+            record(results, "decode", b, t_dec)
     return {
         "engine": "onnxruntime",
         "version": f"onnxruntime {ort.__version__} CPUExecutionProvider",
@@ -162,13 +173,15 @@ def bench_sgemm(args):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("engine", choices=["torch", "ort", "sgemm"])
-    ap.add_argument("--work", type=Path, required=True)
+    ap.add_argument("--model", type=Path, help="a layout's folder written by prepare.py (torch, ort)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batches", default="1,8")
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--runs", type=int, default=5)
     args = ap.parse_args()
     args.batches = [int(b) for b in args.batches.split(",")]
+    if args.engine != "sgemm" and args.model is None:
+        ap.error(f"{args.engine} needs --model")
     out = {"torch": bench_torch, "ort": bench_ort, "sgemm": bench_sgemm}[args.engine](args)
     out["peak_rss_mib"] = peak_rss_mib()
     print(json.dumps(out))

@@ -4,7 +4,8 @@
 
 Rows: stage x batch; columns: images/s per engine, the marvel/onnxruntime and marvel/torch ratios (>1: marvel
 faster), and the GFLOP/s each engine reaches (analytic multiply-add count of the stage x images/s) as a share of
-the sgemm ceiling. "decode" = decoder + pixel, derived from the two stage medians (what a decode call costs).
+the sgemm ceiling. Two-stage layouts: "decode" = decoder + pixel, derived from the two stage medians (what a decode
+call costs); the single layout times "decode" (z_q -> image) as one stage.
 """
 
 import argparse
@@ -29,7 +30,13 @@ def stage_flops(cfg):
     vq = cfg["model"]["vq_model"]
     n, t = vq["num_latent_tokens"], vq["token_size"]
     pe = vq["vit_enc_patch_size"]
-    enc = vit_flops(vq, "enc", lambda d, g: 2 * g * g * 3 * pe * pe * d + 2 * n * d * t) + 2 * n * t * vq["codebook_size"]
+    # VQ searches the codebook; LFQ compares signs (no multiply-adds to speak of).
+    search = 2 * n * t * vq["codebook_size"] if vq.get("quantize_mode", "vq") == "vq" else 0
+    enc = vit_flops(vq, "enc", lambda d, g: 2 * g * g * 3 * pe * pe * d + 2 * n * d * t) + search
+    if not vq.get("is_legacy", True):
+        pd_ = vq["vit_dec_patch_size"]
+        head = lambda d, g: 2 * n * t * d + 2 * g * g * d * 3 * pd_ * pd_ + 2 * 3 * 3 * 9 * 256 * 256  # noqa: E731
+        return {"encode": enc, "decode": vit_flops(vq, "dec", head)}
     dec = vit_flops(vq, "dec", lambda d, g: 2 * n * t * d + 2 * g * g * (d * 2 * d + 2 * d * 1024))
     pd = {"hidden_channels": 128, "channel_mult": [1, 1, 2, 2, 4], "num_res_blocks": 2, "z_channels": 256, "codebook_size": 1024}
     pd.update(vq.get("pixel_decoder", {}))
@@ -123,14 +130,14 @@ def main():
             "| % of sgemm ceiling (marvel / ort / torch) | marvel via Node img/s |"
         )
         rows = [head, "|---" * (head.count("|") - 1) + "|"]
-        for stage in ["encode", "decoder", "pixel", "decode"]:
+        for stage in [s for s in ["encode", "decoder", "pixel", "decode"] if s in flops]:
             for b in batches:
                 v = {e: ips(e, stage, b, stat) for e in ENGINES}
                 ratio = lambda a, c: f(v[a] / v[c]) if v[a] and v[c] else "-"  # noqa: E731
                 pct = " / ".join(
                     f(v[e] * flops[stage] / 1e9 / ceiling * 100, "{:.0f}%") if v[e] and ceiling else "-" for e in ENGINES
                 )
-                name = "decode (decoder+pixel)" if stage == "decode" else stage
+                name = "decode (decoder+pixel)" if stage == "decode" and "pixel" in flops else stage
                 rows.append(
                     f"| {name} | {b} | {flops[stage] / 1e9:.1f} | {f(v['marvel'])} | {f(v['onnxruntime'])} | {f(v['torch'])} "
                     f"| {ratio('marvel', 'onnxruntime')} | {ratio('marvel', 'torch')} | {pct} "
@@ -174,27 +181,25 @@ def main():
     elif node:
         lines.append(f"\nmarvel via Node: skipped ({node.get('skipped')})")
     checks = []
-    if "marvel" in runs and runs["marvel"].get("check"):
-        c = runs["marvel"]["check"]
-        checks.append(
-            f"marvel vs torch on the S-128 weights (batch 2): tokens identical {c['tokens_identical']} "
-            f"({c['tokens_equal']}/{c['tokens']}), z_q {c['z_q_err']:.1e}, logits {c['logits_err']:.1e}, "
-            f"image {c['image_err']:.1e} max abs"
-        )
-    p = meta.get("parity")
-    if p and "enc_latent" in p:
-        checks.append(
-            f"torch vs the reference fixture {p['fixture']}: tokens identical {p['tokens_identical']} "
-            f"({p['tokens']} ids), enc_latent {p['enc_latent']:.1e}, z_q {p['z_q']:.1e}, dec_logits "
-            f"{p['dec_logits']:.1e}, recon {p['recon']:.1e} max abs; recon_u8 {p['recon_u8_differ']} values off by "
-            f"at most {p['recon_u8_max_diff']}"
-        )
+    for e, how in (("marvel", "Rust"), ("marvel-node", "Node")):
+        c = runs.get(e, {}).get("check")
+        if c:
+            floats = ", ".join(f"{k[:-4]} {v:.1e}" for k, v in c.items() if k.endswith("_err"))
+            checks.append(
+                f"marvel ({how}) vs torch on the check batch, before timing: tokens identical {c['tokens_identical']} "
+                f"({c['tokens_equal']}/{c['tokens']}), {floats} (max abs error / max(1, max abs value))"
+            )
     q = meta.get("prepare")
     if q and "ort_image_err" in q:
+        floats = ", ".join(f"{k[4:-4]} {v:.1e}" for k, v in q.items() if k.startswith("ort_") and k.endswith("_err"))
         checks.append(
-            f"onnxruntime vs torch on the S-128 weights (batch 2): tokens identical {q['ort_tokens_identical']}, "
-            f"z_q {q['ort_z_q_err']:.1e}, logits {q['ort_logits_err']:.1e}, image {q['ort_image_err']:.1e} max abs"
+            f"onnxruntime vs torch on the check batch: tokens identical {q['ort_tokens_identical']}, {floats}; the check "
+            f"batch's tokens are at least {q['check_margin']:.1e} from a tie"
         )
+    p = meta.get("parity")
+    for c in (p or {}).get("cases", []):
+        floats = ", ".join(f"{k} {v:.1e}" for k, v in c.items() if isinstance(v, float))
+        checks.append(f"torch vs the reference fixture {c['fixture']}: tokens identical {c['tokens_identical']}, {floats} max abs")
     if checks:
         lines.append("")
         lines += checks

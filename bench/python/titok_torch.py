@@ -1,14 +1,22 @@
-"""TiTok (two-stage "legacy" layout: VQ + 1024-logit head + MaskGIT-VQGAN pixel decoder) in plain PyTorch.
+"""TiTok and MARVEL inference in plain PyTorch, in the two layouts marvel runs:
+
+- two-stage "legacy" (the released TiTok checkpoints): legacy encoder reshape, 1024-logit decoder head, MaskGIT-VQGAN
+  pixel decoder;
+- `single` (non-legacy, `finetune_decoder` false; the built-in model's): the decoder predicts pixels (1x1 conv to
+  3*p*p, depth-to-space, 3x3 conv_out);
+each with a VQ codebook (`quantize_mode` "vq") or MARVEL's multi-depth lookup-free quantizer ("lfq").
 
 An independent implementation written for the benchmark baseline: it follows the conventions documented in
 shared/parity/README.md and uses the reference checkpoint's state-dict key names, so `load_state_dict(strict=True)`
-accepts the same `model.safetensors` that marvel loads. `parity_check.py` verifies it against the parity fixture.
+accepts the same `model.safetensors` that marvel loads. `parity_check.py` verifies it against the parity fixtures
+(titok_vq_legacy, titok_vq_nonlegacy, marvel_lfq: every layout and quantizer above).
 
 Stages (what the benchmark times):
-  encode(x)            images (B,3,256,256) in [0,1] -> (z_q (B,12,1,N), tokens (B,1,N) int64)
-  decoder(z_q)         -> logits (B,1024,16,16)                       (decoder ViT + legacy head)
-  pixel_stage(logits)  -> image (B,3,256,256), unclamped              (softmax mix of the pixel codebook +
-                                                                       MaskGIT decoder)
+  encode(x)            images (B,3,256,256) in [0,1] -> (z_q (B,C,1,N), tokens: VQ (B,N), LFQ (B,N,D) int64)
+  decoder(z_q)         legacy: -> logits (B,1024,16,16)                (decoder ViT + legacy head)
+                       single: -> image (B,3,256,256), unclamped       (decoder ViT + pixel head)
+  pixel_stage(logits)  legacy only: -> image, unclamped                (softmax mix of the pixel codebook +
+                                                                        MaskGIT decoder)
 """
 
 from __future__ import annotations
@@ -43,17 +51,20 @@ class Cfg:
         vq = raw["model"]["vq_model"]
         self.image_size = raw.get("dataset", {}).get("preprocessing", {}).get("crop_size", 256)
         self.token_size = vq["token_size"]
-        self.codebook_size = vq["codebook_size"]
+        self.codebook_size = vq.get("codebook_size")  # LFQ: 2^token_size implicit codes per depth
         self.use_l2_norm = vq.get("use_l2_norm", False)
         self.num_latent_tokens = vq["num_latent_tokens"]
         self.is_legacy = vq.get("is_legacy", True)
         self.finetune_decoder = vq.get("finetune_decoder", True)
-        mode = vq.get("quantize_mode", "vq")
-        if mode != "vq" or not self.is_legacy or not self.finetune_decoder:
-            raise ValueError("titok_torch implements the two-stage legacy VQ layout only")
+        self.quantize_mode = vq.get("quantize_mode", "vq")
+        self.num_depths = vq.get("num_depths", 1)
+        if self.quantize_mode not in ("vq", "lfq"):
+            raise ValueError(f"unknown quantize_mode {self.quantize_mode!r}")
+        if self.is_legacy != self.finetune_decoder:
+            raise ValueError("titok_torch implements the two-stage legacy layout and the single (non-legacy) one")
         self.enc = self._vit(vq, "enc")
         self.dec = self._vit(vq, "dec")
-        self.pixel = dict(RELEASED_PIXEL_DECODER, **vq.get("pixel_decoder", {}))
+        self.pixel = dict(RELEASED_PIXEL_DECODER, **vq.get("pixel_decoder", {})) if self.is_legacy else None
 
     @staticmethod
     def _vit(vq: dict, which: str):
@@ -130,6 +141,7 @@ class Encoder(nn.Module):
         self.transformer = nn.ModuleList(Block(d, v["heads"]) for _ in range(v["layers"]))
         self.ln_post = nn.LayerNorm(d)
         self.conv_out = nn.Conv2d(d, cfg.token_size, kernel_size=1)
+        self.is_legacy = cfg.is_legacy
 
     def forward(self, images: torch.Tensor, latent_tokens: torch.Tensor) -> torch.Tensor:
         b = images.shape[0]
@@ -141,13 +153,15 @@ class Encoder(nn.Module):
         for blk in self.transformer:
             x = blk(x)
         lat = self.ln_post(x[:, 1 + self.grid**2 :])  # (B, N, D)
-        # Legacy layout: the row-major (N, D) matrix is *reshaped* (not transposed) to (D, N, 1).
-        lat = lat.reshape(b, self.width, self.n, 1)
+        # Legacy layout: the row-major (N, D) matrix is *reshaped* (not transposed) to (D, N, 1); the fixed layout
+        # transposes it, so each token keeps its own channels.
+        lat = lat.reshape(b, self.width, self.n, 1) if self.is_legacy else lat.transpose(1, 2).reshape(b, self.width, self.n, 1)
         return self.conv_out(lat).reshape(b, self.token_size, 1, self.n)
 
 
 class Decoder(nn.Module):
-    """Mask-token grid attending to the embedded latent tokens; legacy head -> 1024 logits per patch."""
+    """Mask-token grid attending to the embedded latent tokens; legacy head -> 1024 logits per patch, single head ->
+    pixels."""
 
     def __init__(self, cfg: Cfg):
         super().__init__()
@@ -164,7 +178,14 @@ class Decoder(nn.Module):
         self.ln_pre = nn.LayerNorm(d)
         self.transformer = nn.ModuleList(Block(d, v["heads"]) for _ in range(v["layers"]))
         self.ln_post = nn.LayerNorm(d)
-        self.ffn = nn.Sequential(nn.Conv2d(d, 2 * d, 1), nn.Tanh(), nn.Conv2d(2 * d, LEGACY_LOGITS, 1))
+        self.patch = v["patch"]
+        self.is_legacy = cfg.is_legacy
+        if cfg.is_legacy:
+            self.ffn = nn.Sequential(nn.Conv2d(d, 2 * d, 1), nn.Tanh(), nn.Conv2d(2 * d, LEGACY_LOGITS, 1))
+        else:
+            # The reference's second ffn entry is a parameterless Rearrange; index 0 keeps its key names.
+            self.ffn = nn.Sequential(nn.Conv2d(d, 3 * self.patch**2, 1))
+            self.conv_out = nn.Conv2d(3, 3, 3, padding=1)
 
     def forward(self, z_q: torch.Tensor) -> torch.Tensor:
         b, c, _, n = z_q.shape
@@ -177,7 +198,13 @@ class Decoder(nn.Module):
             x = blk(x)
         x = self.ln_post(x[:, 1 : 1 + g2])  # (B, g*g, D)
         x = x.transpose(1, 2).reshape(b, self.width, self.grid, self.grid)
-        return self.ffn(x)
+        if self.is_legacy:
+            return self.ffn(x)
+        g, p = self.grid, self.patch
+        patches = self.ffn(x)  # (B, p*p*3, g, g), channels ordered (p1, p2, c)
+        # einops 'b (p1 p2 c) h w -> b c (h p1) (w p2)'
+        pixels = patches.reshape(b, p, p, 3, g, g).permute(0, 3, 4, 1, 5, 2).reshape(b, 3, g * p, g * p)
+        return self.conv_out(pixels)
 
 
 class VectorQuantizer(nn.Module):
@@ -200,7 +227,68 @@ class VectorQuantizer(nn.Module):
         dist = zf.pow(2).sum(1, keepdim=True) + e.pow(2).sum(1) - 2 * (zf @ e.t())
         idx = dist.argmin(dim=1)
         zq = zf + (e[idx] - zf)
-        return zq.reshape(b, h, w, c).permute(0, 3, 1, 2), idx.reshape(b, h, w)
+        return zq.reshape(b, h, w, c).permute(0, 3, 1, 2), idx.reshape(b, w)
+
+    def margin(self, z: torch.Tensor) -> torch.Tensor:
+        """Per token: the second-smallest distance minus the smallest, (B, N): how far each token is from a tie."""
+        c = z.shape[1]
+        zf = z.permute(0, 2, 3, 1).reshape(-1, c)
+        if self.l2:
+            zf = F.normalize(zf, dim=-1)
+        e = self.codebook()
+        dist = zf.pow(2).sum(1, keepdim=True) + e.pow(2).sum(1) - 2 * (zf @ e.t())
+        two = dist.topk(2, dim=1, largest=False).values
+        return (two[:, 1] - two[:, 0]).reshape(z.shape[0], -1)
+
+    def dequantize(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens (B, N) -> codebook rows as (B, C, 1, N)."""
+        b = tokens.shape[0]
+        e = self.codebook()[tokens.reshape(-1)]
+        return e.reshape(b, 1, -1, e.shape[-1]).permute(0, 3, 1, 2)
+
+
+class LookupFreeQuantizer(nn.Module):
+    """MARVEL's D-depth residual LFQ: at depth s the residual r = z - cum is replaced by sign(r) * 2^-s (sign(0) = -1),
+    the sign pattern (channel k = bit k, LSB first) is the depth's token, and cum accumulates the codes."""
+
+    def __init__(self, cfg: Cfg):
+        super().__init__()
+        self.bits, self.depths = cfg.token_size, cfg.num_depths
+
+    def _run(self, z: torch.Tensor):
+        b, c, h, w = z.shape
+        zf = z.permute(0, 2, 3, 1).reshape(-1, c)
+        weights = 2 ** torch.arange(c, dtype=torch.int64)
+        cum = torch.zeros_like(zf)
+        ids, margins = [], []
+        for s in range(self.depths):
+            r = zf - cum
+            positive = r > 0
+            ids.append((positive.long() * weights).sum(-1))
+            margins.append(r.abs().amin(-1))
+            cum = cum + torch.where(positive, 1.0, -1.0) * 2.0**-s
+        return zf, cum, torch.stack(ids, -1).reshape(b, w, self.depths), torch.stack(margins, -1).amin(-1)
+
+    def forward(self, z: torch.Tensor):
+        """z (B, C, 1, N) -> (z_q straight-through value (B, C, 1, N), tokens (B, N, D) int64)."""
+        b, c, h, w = z.shape
+        zf, cum, tokens, _ = self._run(z)
+        zq = zf + (cum - zf)
+        return zq.reshape(b, h, w, c).permute(0, 3, 1, 2), tokens
+
+    def margin(self, z: torch.Tensor) -> torch.Tensor:
+        """Per token: the smallest |residual| over its channels and depths, (B, N): how far it is from a flip."""
+        return self._run(z)[3].reshape(z.shape[0], -1)
+
+    def dequantize(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens (B, N, D) -> cum of every depth, (B, C, 1, N)."""
+        b, n, d = tokens.shape
+        bits = (tokens.unsqueeze(-1) >> torch.arange(self.bits)) & 1  # (B, N, D, C)
+        scale = 2.0 ** -torch.arange(d, dtype=torch.float32)
+        cum = torch.zeros(b, n, self.bits)
+        for s in range(d):  # depth by depth, in the order marvel and the encoder sum them
+            cum = cum + torch.where(bits[:, :, s] > 0, 1.0, -1.0) * scale[s]
+        return cum.permute(0, 2, 1).reshape(b, self.bits, 1, n)
 
 
 # ----------------------------------------------------------------------------------------------- MaskGIT decoder
@@ -275,9 +363,10 @@ class TiTok(nn.Module):
         self.latent_tokens = nn.Parameter(torch.zeros(cfg.num_latent_tokens, cfg.enc["width"]))
         self.encoder = Encoder(cfg)
         self.decoder = Decoder(cfg)
-        self.quantize = VectorQuantizer(cfg)
-        self.pixel_quantize = PixelQuantize(cfg.pixel)
-        self.pixel_decoder = PixelDecoder(cfg.pixel)
+        self.quantize = VectorQuantizer(cfg) if cfg.quantize_mode == "vq" else LookupFreeQuantizer(cfg)
+        if cfg.is_legacy:
+            self.pixel_quantize = PixelQuantize(cfg.pixel)
+            self.pixel_decoder = PixelDecoder(cfg.pixel)
 
     def encode_latent(self, x):
         return self.encoder(x, self.latent_tokens)
@@ -294,20 +383,19 @@ class TiTok(nn.Module):
         return self.pixel_decoder(mixed)
 
     def decode(self, z_q):
-        return self.pixel_stage(self.decoder(z_q))
+        out = self.decoder(z_q)
+        return self.pixel_stage(out) if self.cfg.is_legacy else out
 
     def decode_tokens(self, tokens):
-        b = tokens.shape[0]
-        e = self.quantize.codebook()[tokens.reshape(-1)]  # (B*N, C)
-        z = e.reshape(b, 1, -1, e.shape[-1]).permute(0, 3, 1, 2)
-        return self.decode(z)
+        """VQ: codebook rows (not the straight-through z_q); LFQ: every depth the tokens hold."""
+        return self.decode(self.quantize.dequantize(tokens))
 
 
 # ----------------------------------------------------------------------------------------------- stage wrappers
 
 
 class EncodeGraph(nn.Module):
-    """images -> (tokens (B,1,N) int64, z_q (B,C,1,N))."""
+    """images -> (tokens (B,N) or (B,N,D) int64, z_q (B,C,1,N))."""
 
     def __init__(self, m: TiTok):
         super().__init__()
@@ -319,6 +407,8 @@ class EncodeGraph(nn.Module):
 
 
 class DecoderGraph(nn.Module):
+    """z_q -> logits (legacy) or image (single)."""
+
     def __init__(self, m: TiTok):
         super().__init__()
         self.m = m
@@ -342,7 +432,15 @@ def load_titok(folder: str | Path) -> TiTok:
     folder = Path(folder)
     cfg = Cfg(json.loads((folder / "config.json").read_text()))
     model = TiTok(cfg)
-    model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=True)
+    state = load_file(str(folder / "model.safetensors"))
+    if cfg.quantize_mode == "lfq":
+        # MDQ's persistent buffers are derived data: checked against what they must be, then not loaded.
+        bits = cfg.token_size
+        signs = ((torch.arange(2**bits).unsqueeze(-1) >> torch.arange(bits)) & 1).float() * 2 - 1
+        for key, want in (("quantize.codebook", signs), ("quantize.bits_to_indices", 2 ** torch.arange(bits))):
+            if key in state and not torch.equal(state.pop(key).to(want.dtype), want):
+                raise ValueError(f"{folder}: {key} is not the LFQ's derived buffer")
+    model.load_state_dict(state, strict=True)
     return model.eval()
 
 
@@ -351,6 +449,44 @@ def load_titok(folder: str | Path) -> TiTok:
 
 def s128_config() -> dict:
     """TiTok-S-128 as released (small ViTs, 128 tokens, VQ 4096x12, L2 norm) with the pixel decoder spelled out."""
+    return _two_stage("small", 128)
+
+
+def l32_config() -> dict:
+    """TiTok-L-32 as released (large ViTs: width 1024, 24 layers, 16 heads; 32 tokens, VQ 4096x12, L2 norm): the
+    default public model, the layout the MARVEL recipe starts from."""
+    return _two_stage("large", 32)
+
+
+def single_config() -> dict:
+    """The built-in model's layout (configs/builtin.yaml's model section): the single (non-legacy) layout, LFQ 12 bits
+    x 4 depths, 32 tokens, ViTs of width 256 with 4 encoder and 6 decoder layers, 4 heads, patch 16."""
+    vq = {
+        "quantize_mode": "lfq",
+        "token_size": 12,
+        "num_depths": 4,
+        "commitment_cost": 0.25,
+        "vit_enc_model_size": "custom",
+        "vit_enc_width": 256,
+        "vit_enc_num_layers": 4,
+        "vit_enc_num_heads": 4,
+        "vit_dec_model_size": "custom",
+        "vit_dec_width": 256,
+        "vit_dec_num_layers": 6,
+        "vit_dec_num_heads": 4,
+        "vit_enc_patch_size": 16,
+        "vit_dec_patch_size": 16,
+        "num_latent_tokens": 32,
+        "is_legacy": False,
+        "finetune_decoder": False,
+    }
+    return {"model": {"vq_model": vq}, "dataset": {"preprocessing": {"crop_size": 256}}}
+
+
+LAYOUTS = {"s128": s128_config, "l32": l32_config, "single": single_config}
+
+
+def _two_stage(size: str, tokens: int) -> dict:
     return {
         "model": {
             "vq_model": {
@@ -358,11 +494,11 @@ def s128_config() -> dict:
                 "token_size": 12,
                 "use_l2_norm": True,
                 "commitment_cost": 0.25,
-                "vit_enc_model_size": "small",
-                "vit_dec_model_size": "small",
+                "vit_enc_model_size": size,
+                "vit_dec_model_size": size,
                 "vit_enc_patch_size": 16,
                 "vit_dec_patch_size": 16,
-                "num_latent_tokens": 128,
+                "num_latent_tokens": tokens,
                 "finetune_decoder": True,
                 "is_legacy": True,
                 "quantize_mode": "vq",
@@ -401,6 +537,10 @@ def randomize(model: TiTok, seed: int) -> None:
             normal(p, 1.0 / math.sqrt(fan_in))
         else:  # class / positional embeddings, mask token, latent tokens
             normal(p, p.shape[-1] ** -0.5)
-    model.decoder.ffn[2].weight.mul_(4.0)
-    model.pixel_decoder.conv_out.weight.mul_(0.3)
-    model.pixel_decoder.conv_out.bias.add_(0.5)
+    if model.cfg.is_legacy:
+        model.decoder.ffn[2].weight.mul_(4.0)
+        model.pixel_decoder.conv_out.weight.mul_(0.3)
+        model.pixel_decoder.conv_out.bias.add_(0.5)
+    else:
+        model.decoder.conv_out.weight.mul_(0.3)
+        model.decoder.conv_out.bias.add_(0.5)
