@@ -1,4 +1,4 @@
-//! Times TiTok's three inference stages on CPU through the marvel-core API and prints one JSON object.
+//! Times TiTok's inference stages on CPU through the marvel-core API and prints one JSON object.
 //! Used by `bench/titok.sh`; see bench/README.md.
 //!
 //! ```text
@@ -6,16 +6,19 @@
 //!     [--warmup 1] [--runs 5] [--check CHECK.safetensors]
 //! ```
 //!
-//! Stages (the same three graphs the onnxruntime and PyTorch baselines run):
-//! - `encode`: images (B, 3, 256, 256) -> tokens + z_q (ViT encoder + VQ).
-//! - `decoder`: z_q -> logits (B, 1024, 16, 16) (decoder ViT + legacy head).
-//! - `pixel`: logits -> softmax mix of the pixel codebook -> MaskGIT pixel decoder -> image.
+//! Stages (the same graphs the onnxruntime and PyTorch baselines run):
+//! - `encode`: images (B, 3, 256, 256) -> tokens + z_q (ViT encoder + quantizer).
+//! - two-stage layouts: `decoder`: z_q -> logits (B, 1024, 16, 16) (decoder ViT + legacy head), then `pixel`:
+//!   logits -> softmax mix of the pixel codebook -> MaskGIT pixel decoder -> image.
+//! - the single layout: `decode`: z_q -> image (decoder ViT + pixel head).
 //!
 //! The model is loaded strictly from MODEL_DIR's config.json + model.safetensors, once, with one copy of
-//! every weight: the TiTok part is `Titok::new` itself; the pixel stage is built from the same
+//! every weight: the TiTok part is `Titok::new` itself; the pixel stage of a two-stage model is built from the same
 //! `pixel_decoder.*` / `pixel_quantize.*` tensors and runs the same operations as `Titok::decode` (which
 //! offers no logits-only entry point).
-//! `--check` compares marvel's outputs with the PyTorch outputs saved by bench/python/prepare.py.
+//! `--check` compares marvel's outputs with the PyTorch outputs saved by bench/python/prepare.py *before* timing
+//! anything, and exits non-zero (nothing timed) when a token differs or a float is off by more than 1e-3 of the
+//! output's scale: the benchmark never times a computation other than the reference's.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -25,10 +28,13 @@ use marvel_core::config::TitokConfig;
 use marvel_core::model::maskgit::MaskgitDecoder;
 use marvel_core::model::titok::Titok;
 use marvel_core::weights::{load_strict, LoadOptions};
-use marvel_core::{runtime, Result};
+use marvel_core::{invalid, runtime, Result};
 #[path = "common/mod.rs"]
 mod common;
 use common::{run_bench, status_mib};
+
+/// The check's float tolerance, relative to max(1, max |reference|): prepare.py holds onnxruntime to the same.
+const TOL: f32 = 1e-3;
 
 struct Args {
     model: PathBuf,
@@ -59,28 +65,38 @@ fn parse_args() -> Args {
     a
 }
 
-/// The two-stage model as three separately callable stages, one copy of the weights.
+/// The model as separately callable stages, one copy of the weights.
 struct Stages {
     titok: Titok,
+    /// Two-stage layouts only: the pixel stage after the logits.
+    pixel: Option<PixelStage>,
+}
+
+struct PixelStage {
     /// `pixel_quantize.embedding.weight` (1024, z_channels).
     codebook: Tensor,
-    pixel_decoder: MaskgitDecoder,
+    decoder: MaskgitDecoder,
     grid: usize,
 }
 
 impl Stages {
     fn load(dir: &PathBuf) -> Result<Self> {
         let cfg = TitokConfig::from_path(dir.join("config.json"))?;
-        let pd = cfg.pixel_decoder.clone().expect("benchmark needs a two-stage (finetune_decoder) model");
         // TiTok without its pixel stage, plus the pixel stage from the same checkpoint, strictly: every stored
         // tensor must be used exactly as by `Titok::from_pretrained`.
         let mut titok_cfg = cfg.clone();
-        titok_cfg.pixel_decoder = None;
+        let pd = titok_cfg.pixel_decoder.take();
         let (stages, _) = load_strict(dir.join("model.safetensors"), &Device::Cpu, &LoadOptions::default(), |vb| {
             let titok = Titok::new(&titok_cfg, vb.clone())?;
-            let codebook = vb.pp("pixel_quantize").pp("embedding").get((pd.codebook_size, pd.z_channels), "weight")?;
-            let pixel_decoder = MaskgitDecoder::new(&pd, vb.pp("pixel_decoder"))?;
-            Ok(Stages { titok, codebook, pixel_decoder, grid: cfg.decoder_grid() })
+            let pixel = match &pd {
+                Some(pd) => Some(PixelStage {
+                    codebook: vb.pp("pixel_quantize").pp("embedding").get((pd.codebook_size, pd.z_channels), "weight")?,
+                    decoder: MaskgitDecoder::new(pd, vb.pp("pixel_decoder"))?,
+                    grid: cfg.decoder_grid(),
+                }),
+                None => None,
+            };
+            Ok(Stages { titok, pixel })
         })?;
         Ok(stages)
     }
@@ -89,21 +105,24 @@ impl Stages {
         self.titok.encode(images)
     }
 
-    /// z_q -> logits (B, 1024, g, g), the layout the ONNX graph returns.
+    /// Two-stage: z_q -> logits (B, 1024, g, g), the layout the ONNX graph returns. Single: z_q -> image.
     fn decoder(&self, z_q: &Tensor) -> Result<Tensor> {
-        Ok(self.titok.decoder().forward(z_q)?)
+        match self.pixel {
+            Some(_) => Ok(self.titok.decoder().forward(z_q)?),
+            None => self.titok.decode(z_q),
+        }
     }
 
     /// logits (B, 1024, g, g) -> image; the operations of `Titok::decode` after the decoder ViT.
-    fn pixel(&self, logits: &Tensor) -> Result<Tensor> {
+    fn pixel(&self, pixel: &PixelStage, logits: &Tensor) -> Result<Tensor> {
         let (b, k, _, _) = logits.dims4()?;
-        let g = self.grid;
+        let g = pixel.grid;
         let logits = logits.reshape((b, k, g * g))?.transpose(1, 2)?; // (B, g², 1024)
         let probs = marvel_core::nn::softmax_last_dim(&logits)?;
-        let mixed = probs.broadcast_matmul(&self.codebook)?;
-        let z = self.codebook.dim(1)?;
+        let mixed = probs.broadcast_matmul(&pixel.codebook)?;
+        let z = pixel.codebook.dim(1)?;
         let mixed = mixed.transpose(1, 2)?.reshape((b, z, g, g))?;
-        self.pixel_decoder.forward(&mixed)
+        pixel.decoder.forward(&mixed)
     }
 }
 
@@ -150,27 +169,42 @@ fn time<T>(warmup: usize, runs: usize, mut f: impl FnMut() -> Result<T>) -> Resu
 }
 
 
-fn max_abs(a: &Tensor, b: &Tensor) -> Result<f32> {
-    Ok((a.to_dtype(DType::F32)? - b.to_dtype(DType::F32)?)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?)
+/// max |a - b| / max(1, max |b|): the error on the scale of the reference's output.
+fn rel_err(a: &Tensor, b: &Tensor) -> Result<f32> {
+    let b = b.to_dtype(DType::F32)?;
+    let err = (a.to_dtype(DType::F32)? - &b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+    let scale = b.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+    Ok(err / scale.max(1.0))
 }
 
-/// Compares with the PyTorch outputs for the same weights and inputs (bench/.work/check.safetensors).
-fn check(stages: &Stages, path: &PathBuf) -> Result<String> {
+/// Compares with the PyTorch outputs for the same weights and inputs (prepare.py's check.safetensors); the JSON
+/// figures and whether every one is within bounds.
+fn check(stages: &Stages, path: &PathBuf) -> Result<(String, bool)> {
     let t = candle_core::safetensors::load(path, &Device::Cpu)?;
     let (z_q, tokens) = stages.encode(&t["images"])?;
     let want: Vec<i64> = t["tokens"].flatten_all()?.to_vec1()?;
     let got: Vec<i64> = tokens.to_dtype(DType::I64)?.flatten_all()?.to_vec1()?;
     let same = got.iter().zip(&want).filter(|(a, b)| a == b).count();
+    let identical = same == want.len() && got.len() == want.len() && tokens.dims() == t["tokens"].dims();
     // Each stage is fed the reference's own input, so the errors do not compound.
-    let logits = stages.decoder(&t["z_q"])?;
-    let image = stages.pixel(&t["logits"])?;
-    Ok(format!(
-        "{{\"tokens_identical\":{},\"tokens_equal\":{same},\"tokens\":{},\"z_q_err\":{:.3e},\"logits_err\":{:.3e},\"image_err\":{:.3e}}}",
-        same == want.len() && got.len() == want.len(),
-        want.len(),
-        max_abs(&z_q, &t["z_q"])?,
-        max_abs(&logits, &t["logits"])?,
-        max_abs(&image, &t["image"])?,
+    let mut errs = vec![("z_q_err", rel_err(&z_q, &t["z_q"])?)];
+    let decoded = stages.decoder(&t["z_q"])?;
+    match &stages.pixel {
+        Some(pixel) => {
+            errs.push(("logits_err", rel_err(&decoded, &t["logits"])?));
+            errs.push(("image_err", rel_err(&stages.pixel(pixel, &t["logits"])?, &t["image"])?));
+        }
+        None => errs.push(("image_err", rel_err(&decoded, &t["image"])?)),
+    }
+    // NaN compares false, so it never passes.
+    let ok = identical && errs.iter().all(|(_, e)| *e <= TOL);
+    let floats: String = errs.iter().map(|(k, e)| format!(",\"{k}\":{e:.3e}")).collect();
+    Ok((
+        format!(
+            "{{\"ok\":{ok},\"tol\":{TOL:e},\"tokens_identical\":{identical},\"tokens_equal\":{same},\"tokens\":{}{floats}}}",
+            want.len()
+        ),
+        ok,
     ))
 }
 
@@ -180,14 +214,31 @@ fn run(args: &Args) -> Result<String> {
     let stages = Stages::load(&args.model)?;
     let load_s = t0.elapsed().as_secs_f64();
     let loaded_rss = status_mib("VmRSS");
+    let check_json = match &args.check {
+        Some(p) => {
+            let (json, ok) = check(&stages, p)?;
+            if !ok {
+                return Err(invalid!("outputs differ from the reference's, so nothing was timed: {json}"));
+            }
+            json
+        }
+        None => "null".into(),
+    };
     let size = stages.titok.config().image_size;
     let mut results = Vec::new();
     for &b in &args.batches {
         let images = random_images(b, size, 7 + b as u64)?;
         let (t_enc, (z_q, _tokens)) = time(args.warmup, args.runs, || stages.encode(&images))?;
-        let (t_dec, logits) = time(args.warmup, args.runs, || stages.decoder(&z_q))?;
-        let (t_pix, _image) = time(args.warmup, args.runs, || stages.pixel(&logits))?;
-        for (stage, times) in [("encode", t_enc), ("decoder", t_dec), ("pixel", t_pix)] {
+        let (t_dec, decoded) = time(args.warmup, args.runs, || stages.decoder(&z_q))?;
+        let mut timed = vec![("encode", t_enc)];
+        match &stages.pixel {
+            Some(pixel) => {
+                timed.push(("decoder", t_dec));
+                timed.push(("pixel", time(args.warmup, args.runs, || stages.pixel(pixel, &decoded))?.0));
+            }
+            None => timed.push(("decode", t_dec)),
+        }
+        for (stage, times) in timed {
             let med = median(&times);
             results.push(format!(
                 "{{\"stage\":\"{stage}\",\"batch\":{b},\"median_s\":{med:.6},\"images_per_s\":{:.4},\"runs\":[{}]}}",
@@ -196,18 +247,14 @@ fn run(args: &Args) -> Result<String> {
             ));
         }
     }
+    // The check ran on a batch of 2 before the timings, below every timed batch's footprint but 1's: the peak RSS
+    // is the process's high-water mark over both.
     let peak_rss = status_mib("VmHWM");
-    // After the timings, so that the check's batch does not count in the peak RSS.
-    let check_json = match &args.check {
-        Some(p) if p.is_file() => Some(check(&stages, p)?),
-        _ => None,
-    };
     Ok(format!(
-        "{{\"engine\":\"marvel\",\"version\":\"marvel-core {} (candle, Rust example)\",\"threads\":{},\"load_s\":{load_s:.3},\"base_rss_mib\":{base_rss:.1},\"loaded_rss_mib\":{loaded_rss:.1},\"peak_rss_mib\":{:.1},\"check\":{},\"results\":[{}]}}",
+        "{{\"engine\":\"marvel\",\"version\":\"marvel-core {} (candle, Rust example)\",\"threads\":{},\"load_s\":{load_s:.3},\"base_rss_mib\":{base_rss:.1},\"loaded_rss_mib\":{loaded_rss:.1},\"peak_rss_mib\":{:.1},\"check\":{check_json},\"results\":[{}]}}",
         env!("CARGO_PKG_VERSION"),
         runtime::num_threads()?,
         peak_rss,
-        check_json.unwrap_or_else(|| "null".into()),
         results.join(",")
     ))
 }
