@@ -90,7 +90,10 @@ impl Stages {
             let titok = Titok::new(&titok_cfg, vb.clone())?;
             let pixel = match &pd {
                 Some(pd) => Some(PixelStage {
-                    codebook: vb.pp("pixel_quantize").pp("embedding").get((pd.codebook_size, pd.z_channels), "weight")?,
+                    codebook: vb
+                        .pp("pixel_quantize")
+                        .pp("embedding")
+                        .get((pd.codebook_size, pd.z_channels), "weight")?,
                     decoder: MaskgitDecoder::new(pd, vb.pp("pixel_decoder"))?,
                     grid: cfg.decoder_grid(),
                 }),
@@ -167,7 +170,6 @@ fn time<T>(warmup: usize, runs: usize, mut f: impl FnMut() -> Result<T>) -> Resu
     }
     Ok((times, last.expect("at least one run")))
 }
-
 
 /// max |a - b| / max(1, max |b|): the error on the scale of the reference's output.
 fn rel_err(a: &Tensor, b: &Tensor) -> Result<f32> {
