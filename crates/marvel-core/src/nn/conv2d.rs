@@ -49,10 +49,11 @@ impl Geometry {
     }
 
     /// Walks one channel's k·k column rows by spans: for each (column row, output row, kernel column) it gives the
-    /// column row's offset of that output row, the input row's offset, and the valid output columns `lo..hi`
-    /// (see [`Geometry::input_col`]); positions outside are padding.
+    /// column row's offset of that output row, the input row's offset (None where the window row lies in the
+    /// padding), and the valid output columns `lo..hi` (see [`Geometry::input_col`]); positions outside are
+    /// padding.
     #[inline(always)]
-    fn for_each_span(&self, mut f: impl FnMut(usize, usize, usize, usize, usize)) {
+    fn for_each_row(&self, mut f: impl FnMut(usize, Option<usize>, usize, usize, usize)) {
         let (oh, ow) = self.out_hw();
         let l = oh * ow;
         for ki in 0..self.kernel {
@@ -60,11 +61,20 @@ impl Geometry {
                 let row = (ki * self.kernel + kj) * l;
                 let (lo, hi) = self.valid_cols(kj, self.w, ow);
                 for oy in 0..oh {
-                    let Some(iy) = self.source(oy, ki, self.h) else { continue };
-                    f(row + oy * ow, iy * self.w, kj, lo, hi);
+                    f(row + oy * ow, self.source(oy, ki, self.h).map(|iy| iy * self.w), kj, lo, hi);
                 }
             }
         }
+    }
+
+    /// [`Geometry::for_each_row`] without the rows that lie wholly in the padding.
+    #[inline(always)]
+    fn for_each_span(&self, mut f: impl FnMut(usize, usize, usize, usize, usize)) {
+        self.for_each_row(|d, src, kj, lo, hi| {
+            if let Some(src) = src {
+                f(d, src, kj, lo, hi)
+            }
+        });
     }
 
     /// The stored input column read by output column `ox` at kernel column `kj` (a valid one).
@@ -81,13 +91,28 @@ impl Geometry {
     /// (B, C, H, W) values -> (B, C·k·k, Ho·Wo) columns: each column holds the input window of one output
     /// position, in the weight's (C, ki, kj) order; zeros where the window reaches into the padding.
     pub(crate) fn im2col(&self, x: &[f32]) -> Vec<f32> {
+        let (oh, ow) = self.out_hw();
+        let mut cols = vec![0f32; x.len() / (self.h * self.w) * self.kernel * self.kernel * oh * ow];
+        self.im2col_into(x, &mut cols);
+        cols
+    }
+
+    /// [`Geometry::im2col`] into `cols`, every value written (the padding's zeros too), so a reused buffer
+    /// with stale values serves.
+    pub(crate) fn im2col_into(&self, x: &[f32], cols: &mut [f32]) {
         let g = *self;
         let (oh, ow) = g.out_hw();
         let (kk, l) = (g.kernel * g.kernel, oh * ow);
-        let mut cols = vec![0f32; x.len() / (g.h * g.w) * kk * l];
         cols.par_chunks_mut(kk * l).zip(x.par_chunks(g.h * g.w)).for_each(|(dst, plane)| {
-            g.for_each_span(|d, src, kj, lo, hi| {
-                let d = &mut dst[d + lo..d + hi];
+            g.for_each_row(|d, src, kj, lo, hi| {
+                let row = &mut dst[d..d + ow];
+                let Some(src) = src else {
+                    row.fill(0.0);
+                    return;
+                };
+                row[..lo].fill(0.0);
+                row[hi..].fill(0.0);
+                let d = &mut row[lo..hi];
                 if g.unit_step() {
                     let s = src + lo + kj - g.padding;
                     d.copy_from_slice(&plane[s..s + d.len()]);
@@ -96,7 +121,6 @@ impl Geometry {
                 }
             });
         });
-        cols
     }
 
     /// The adjoint of [`Geometry::im2col`]: adds each column value of `cols` (any number of images) back onto
@@ -351,6 +375,27 @@ mod tests {
             let dot = |a: &Tensor, b: &Tensor| a.mul(b).unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
             let (lhs, rhs) = (dot(&folded, &x), dot(&cols_grad, &cols));
             assert!((lhs - rhs).abs() <= 1e-4 * lhs.abs().max(1.0), "{g:?}: {lhs} vs {rhs}");
+        }
+    }
+
+    /// im2col into a reused buffer writes every value, the padding's zeros too: a buffer full of NaN (a pooled
+    /// buffer's stale values) comes out equal to fresh columns.
+    #[test]
+    fn im2col_into_overwrites_stale_values() {
+        for (c, h, w, up, kernel, stride, padding) in
+            [(2, 5, 6, 1, 3, 1, 1), (3, 7, 4, 1, 4, 2, 2), (2, 3, 4, 2, 3, 1, 1)]
+        {
+            let g = Geometry { channels: c, h, w, up, kernel, stride, padding };
+            let x: Vec<f32> = (0..2 * c * h * w).map(|i| i as f32 + 1.0).collect();
+            let fresh = g.im2col(&x);
+            let mut stale = vec![f32::NAN; fresh.len()];
+            g.im2col_into(&x, &mut stale);
+            assert!(fresh.iter().any(|&v| v == 0.0), "{g:?}: the case has padding");
+            assert_eq!(
+                fresh.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                stale.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                "{g:?}"
+            );
         }
     }
 

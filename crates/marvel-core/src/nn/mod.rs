@@ -34,6 +34,27 @@ pub(crate) fn needs_grad(tensors: &[&Tensor]) -> bool {
     tensors.iter().any(|t| t.track_op())
 }
 
+/// Frees the working buffers the CPU training ops keep between calls (see `ops/scratch.rs`): for when training
+/// stops.
+pub(crate) fn release_training_buffers() {
+    #[cfg(target_arch = "x86_64")]
+    ops::release_scratch();
+}
+
+/// Every (B, C) map of `x` (B, C, H, W) filtered by the same `kernel` (1, 1, k, k) at `stride` after zero padding
+/// `pad` (top, bottom, left, right), when training on the CPU: one node whose backward is the input's gradient
+/// only (the filter is a constant; see `ops/filter.rs`). None where that op does not serve: the caller composes
+/// the filter from differentiable ops then.
+pub(crate) fn shared_filter2d(x: &Tensor, kernel: &Tensor, stride: usize, pad: [usize; 4]) -> Result<Option<Tensor>> {
+    #[cfg(target_arch = "x86_64")]
+    if trains_on_cpu(&[x]) && ops::serve(&[kernel]) && !kernel.track_op() {
+        let taps = kernel.flatten_all()?.to_vec1::<f32>()?;
+        return Ok(Some(ops::shared_filter2d(x, &taps, stride, pad)?));
+    }
+    let _ = (x, kernel, stride, pad);
+    Ok(None)
+}
+
 /// True when the CPU training ops take this computation: something in it is tracked for gradients, and every
 /// tensor is f32 on the CPU.
 #[cfg(target_arch = "x86_64")]

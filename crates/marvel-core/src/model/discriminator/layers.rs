@@ -124,6 +124,10 @@ impl BlurDownsample {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (b, c, h, w) = x.dims4()?;
         let ((top, bottom), (left, right)) = (same_pad(h, self.size, 2), same_pad(w, self.size, 2));
+        // Training: one direct-filter node (a product with one output row per map does not run near gemm speed).
+        if let Some(y) = crate::nn::shared_filter2d(x, &self.kernel, 2, [top, bottom, left, right])? {
+            return Ok(y);
+        }
         // Even sides pad the same on every side, which the conv's own zero padding does without a padded copy
         // (and without its backward); odd ones pad once more after.
         let (maps, padding) = if top == bottom && left == right && top == left {
@@ -173,7 +177,9 @@ impl GroupNorm {
         let centered = g.broadcast_sub(&g.mean_keepdim(2)?)?;
         let var = centered.sqr()?.mean_keepdim(2)?;
         let normed = centered.broadcast_div(&(var + GROUP_NORM_EPS)?.sqrt()?)?.reshape((b, c, h, w))?;
-        Ok(normed.broadcast_mul(&self.weight.reshape((1, c, 1, 1))?)?.broadcast_add(&self.bias.reshape((1, c, 1, 1))?)?)
+        Ok(normed
+            .broadcast_mul(&self.weight.reshape((1, c, 1, 1))?)?
+            .broadcast_add(&self.bias.reshape((1, c, 1, 1))?)?)
     }
 }
 

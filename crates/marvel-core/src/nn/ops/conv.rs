@@ -9,27 +9,27 @@
 //! columns' gradient is made and folded back one image at a time. The arithmetic is the composed form's, in
 //! its order (the same gemm calls, the bias added after the product, the sums over images in image order), so
 //! the values are too.
-
-use std::sync::Mutex;
+//!
+//! The columns are one image's at a time in a pooled buffer ([`super::scratch`]), made again in the backward
+//! instead of kept: kept, they were k² times the input for every convolution of the graph (151 MB for the
+//! discriminator's first 3x3 convolution at batch 2), each freshly mapped and page-faulted; remade, they cost a
+//! copy of the input k² times into memory that is already mapped.
 
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::scratch::scratch;
 use super::{cpu_tensor, product, values, with_values, View, PARALLEL};
 use crate::nn::conv2d::Geometry;
 
 /// `conv2d(x, weight) + bias` of geometry `g`: `x` (B, C_in, H, W), `weight` (C_out, C_in, k, k), `bias`
 /// (C_out), all f32 on the CPU.
 pub(crate) fn conv2d(x: &Tensor, weight: &Tensor, bias: &Tensor, g: Geometry) -> Result<Tensor> {
-    let op = ConvOp { g, cols: Mutex::new(Vec::new()) };
-    x.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, op)
+    x.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, ConvOp { g })
 }
 
 struct ConvOp {
     g: Geometry,
-    /// The forward's columns, which the weight's gradient reads (the node keeps them in place of the columns
-    /// tensor the composed form kept).
-    cols: Mutex<Vec<f32>>,
 }
 
 impl ConvOp {
@@ -65,13 +65,15 @@ impl CustomOp3 for ConvOp {
         }
         let (x, wv, bias) = (values(xs, xl, "conv2d")?, values(ws, wl, "conv2d")?, values(bs, bl, "conv2d")?);
         let (_, k, l) = self.sizes(wl.dims());
-        let cols = g.im2col(x);
+        let plane = c_in * h * w;
         let mut out = vec![0f32; b * c_out * l];
         if k > 0 && l > 0 {
+            let mut cols = scratch(k * l);
             for i in 0..b {
+                g.im2col_into(&x[i * plane..(i + 1) * plane], &mut cols);
                 // SAFETY: W holds c_out·k values, the image's columns k·l, its output c_out·l.
                 unsafe {
-                    let (dst, rhs) = (out[i * c_out * l..].as_mut_ptr(), cols[i * k * l..].as_ptr());
+                    let (dst, rhs) = (out[i * c_out * l..].as_mut_ptr(), cols.as_ptr());
                     product(c_out, l, k, dst, l, View::rows(wv.as_ptr(), k), View::rows(rhs, l), PARALLEL);
                 }
             }
@@ -82,7 +84,6 @@ impl CustomOp3 for ConvOp {
             let bias = bias[row % c_out];
             o.iter_mut().for_each(|v| *v += bias);
         });
-        *self.cols.lock().unwrap_or_else(|p| p.into_inner()) = cols;
         let (oh, ow) = g.out_hw();
         Ok((CpuStorage::F32(out), Shape::from((b, c_out, oh, ow))))
     }
@@ -100,22 +101,25 @@ impl CustomOp3 for ConvOp {
         let (c_out, k, l) = self.sizes(w.dims());
         // A frozen input, weight or bias (not a variable, nothing tracked behind it) needs no gradient.
         let (want_dx, want_dw, want_db) = (x.track_op(), w.track_op(), bias.track_op());
-        let cols = self.cols.lock().unwrap_or_else(|p| p.into_inner());
-        let (dx, dw, db) = with_values([w, grad], |[wv, dy]| {
+        let (dx, dw, db) = with_values([x, w, grad], |[xv, wv, dy]| {
             let mut dw = vec![0f32; if want_dw { c_out * k } else { 0 }];
             let mut dx = vec![0f32; if want_dx { x.elem_count() } else { 0 }];
             let mut dw_i = vec![0f32; dw.len()];
-            let mut dcols = vec![0f32; if want_dx { k * l } else { 0 }];
+            let mut cols = scratch(if want_dw { k * l } else { 0 });
+            let mut dcols = scratch(if want_dx { k * l } else { 0 });
             let plane = g.channels * g.h * g.w;
             for i in 0..b {
                 let dy_i = dy[i * c_out * l..].as_ptr();
-                // SAFETY: dy holds b·c_out·l values, the columns b·k·l, W c_out·k; dw and dcols are sized for
+                if want_dw {
+                    g.im2col_into(&xv[i * plane..(i + 1) * plane], &mut cols);
+                }
+                // SAFETY: dy holds b·c_out·l values, W c_out·k, the columns k·l; dw and dcols are sized for
                 // their products.
                 unsafe {
                     if want_dw && l > 0 {
                         // dW_i = dy_i · cols_iᵀ, then summed over the images in order: the composed form's
                         // per-image product and its broadcast's sum, bit for bit.
-                        let cols_i = View::rows(cols[i * k * l..].as_ptr(), l).t();
+                        let cols_i = View::rows(cols.as_ptr(), l).t();
                         product(c_out, k, l, dw_i.as_mut_ptr(), k, View::rows(dy_i, l), cols_i, PARALLEL);
                         dw.iter_mut().zip(&dw_i).for_each(|(d, v)| *d += v);
                     }

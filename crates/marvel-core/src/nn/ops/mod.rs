@@ -16,16 +16,20 @@
 
 mod attention;
 mod conv;
+mod filter;
 mod layer_norm;
 mod leaky_relu;
 mod linear;
+mod scratch;
 #[cfg(test)]
 mod tests;
 
 pub(crate) use conv::conv2d;
+pub(crate) use filter::shared_filter2d;
 pub(crate) use layer_norm::layer_norm;
 pub(crate) use leaky_relu::leaky_relu;
 pub(crate) use linear::{linear, linear_attention, linear_gelu};
+pub(crate) use scratch::release as release_scratch;
 
 use candle_core::{bail, CpuStorage, DType, Device, Layout, Result, Storage, Tensor};
 use gemm::Parallelism;
