@@ -55,6 +55,24 @@ pub(crate) fn shared_filter2d(x: &Tensor, kernel: &Tensor, stride: usize, pad: [
     Ok(None)
 }
 
+/// torch's `GroupNorm` of `x` (B, C, ...) over `groups` groups with a per-channel affine, when training on the
+/// CPU: one node, its backward computing only the gradients asked for (see `ops/group_norm.rs`). None where that
+/// op does not serve: the caller composes it from differentiable ops then.
+pub(crate) fn group_norm(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    groups: usize,
+    eps: f64,
+) -> Result<Option<Tensor>> {
+    #[cfg(target_arch = "x86_64")]
+    if trains_on_cpu(&[x, weight, bias]) {
+        return Ok(Some(ops::group_norm(x, weight, bias, groups, eps)?));
+    }
+    let _ = (x, weight, bias, groups, eps);
+    Ok(None)
+}
+
 /// True when the CPU training ops take this computation: something in it is tracked for gradients, and every
 /// tensor is f32 on the CPU.
 #[cfg(target_arch = "x86_64")]

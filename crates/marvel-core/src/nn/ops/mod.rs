@@ -17,6 +17,7 @@
 mod attention;
 mod conv;
 mod filter;
+mod group_norm;
 mod layer_norm;
 mod leaky_relu;
 mod linear;
@@ -26,6 +27,7 @@ mod tests;
 
 pub(crate) use conv::conv2d;
 pub(crate) use filter::shared_filter2d;
+pub(crate) use group_norm::group_norm;
 pub(crate) use layer_norm::layer_norm;
 pub(crate) use leaky_relu::leaky_relu;
 pub(crate) use linear::{linear, linear_attention, linear_gelu};

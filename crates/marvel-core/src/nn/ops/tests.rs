@@ -208,3 +208,50 @@ fn shared_filter_serves_tracked_inputs_and_constant_filters_only() {
     assert_eq!(y.dims(), &[1, 2, 3, 3]);
     assert!(y.track_op());
 }
+
+/// candle-nn's composed GroupNorm (biased variance), the reference the op replaces.
+fn composed_group_norm(t: &[Tensor], groups: usize, eps: f64) -> Tensor {
+    let c = t[0].dim(1).unwrap();
+    let gn = candle_nn::GroupNorm::new(t[1].clone(), t[2].clone(), c, groups, eps).unwrap();
+    candle_core::Module::forward(&gn, &t[0]).unwrap()
+}
+
+/// GroupNorm's forward and its input's, weight's and bias's gradients equal the composed form's: several
+/// channels a group, one channel a group, a 3-D input; values shifted off zero so the mean matters.
+#[test]
+fn group_norm_matches_composed() {
+    for (dims, groups) in [(vec![2, 8, 5, 7], 4), (vec![1, 6, 3, 3], 6), (vec![2, 4, 10], 2)] {
+        let x = Var::from_tensor(&rnd(&dims, 30).as_tensor().affine(3.0, 0.5).unwrap()).unwrap();
+        let (w, b) = (rnd(&[dims[1]], 31), rnd(&[dims[1]], 32));
+        assert_matches(
+            &format!("group_norm {dims:?} / {groups}"),
+            &[&x, &w, &b],
+            |t| super::group_norm(&t[0], &t[1], &t[2], groups, 1e-5).unwrap(),
+            |t| composed_group_norm(t, groups, 1e-5),
+        );
+    }
+}
+
+/// Frozen affine (the frozen discriminator's view): the input's gradient still equals the composed form's and
+/// the weight and bias get none; a frozen input with a trained affine: only the affine's.
+#[test]
+fn group_norm_gradients_of_frozen_operands_are_not_made() {
+    let x = rnd(&[2, 6, 4, 5], 33);
+    let (w, b) = (rnd(&[6], 34), rnd(&[6], 35));
+    let r = rnd(&[2, 6, 4, 5], 36).as_detached_tensor();
+    let run = |x: &Tensor, w: &Tensor, b: &Tensor, op: bool| {
+        let t = [x.clone(), w.clone(), b.clone()];
+        let y = if op { super::group_norm(x, w, b, 3, 1e-6).unwrap() } else { composed_group_norm(&t, 3, 1e-6) };
+        (&y * &r).unwrap().sum_all().unwrap().backward().unwrap()
+    };
+    let (wd, bd) = (w.as_detached_tensor(), b.as_detached_tensor());
+    let (got, want) = (run(&x, &wd, &bd, true), run(&x, &wd, &bd, false));
+    assert!(got.get(&wd).is_none() && got.get(&bd).is_none());
+    assert!(rel_err(got.get(&x).unwrap(), want.get(&x).unwrap()) < 1e-5);
+    let xd = x.as_detached_tensor();
+    let (got, want) = (run(&xd, &w, &b, true), run(&xd, &w, &b, false));
+    assert!(got.get(&xd).is_none());
+    for v in [&w, &b] {
+        assert!(rel_err(got.get(v).unwrap(), want.get(v).unwrap()) < 1e-5);
+    }
+}
