@@ -202,15 +202,17 @@ pub fn conv2d_im2col(
     stride: usize,
     padding: usize,
 ) -> Result<Tensor> {
-    im2col_conv(x, weight, bias, stride, padding, 1)
+    im2col_conv(x, weight, bias, stride, padding, 1, true)
 }
 
 /// `conv2d(upsample_nearest_x2(x), weight) + bias` at stride 1, the upsampling folded into im2col (and its
 /// gradient into col2im): the 4x larger upsampled input is never made.
 pub fn upsample2x_conv2d_im2col(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, padding: usize) -> Result<Tensor> {
-    im2col_conv(x, weight, bias, 1, padding, 2)
+    im2col_conv(x, weight, bias, 1, padding, 2, true)
 }
 
+/// `exact`: the training op keeps the composed form's arithmetic bit for bit; else its weight gradient may
+/// round differently (see `ops/conv.rs`).
 fn im2col_conv(
     x: &Tensor,
     weight: &Tensor,
@@ -218,6 +220,7 @@ fn im2col_conv(
     stride: usize,
     padding: usize,
     up: usize,
+    exact: bool,
 ) -> Result<Tensor> {
     let (_, c_in, h, w) = x.dims4()?;
     let (c_out, wc, k, k2) = weight.dims4()?;
@@ -241,7 +244,7 @@ fn im2col_conv(
             Some(b) => b.clone(),
             None => Tensor::zeros(c_out, DType::F32, x.device())?,
         };
-        return super::ops::conv2d(x, weight, &bias, g);
+        return super::ops::conv2d(x, weight, &bias, g, exact);
     }
     composed_im2col_conv(x, weight, bias, g)
 }
@@ -279,6 +282,23 @@ pub fn conv2d(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, stride: usize,
     }
 }
 
+/// [`conv2d`] whose training backward may round the weight's gradient differently from the composed im2col
+/// form, for a faster product: for layers that no bit-for-bit guarantee covers (the stage-2 discriminator;
+/// `conv2d` itself stays exact for the single recipe's `conv_out`, whose tiny overfit run a last-bit difference
+/// sends elsewhere).
+pub fn conv2d_fast_grad(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    stride: usize,
+    padding: usize,
+) -> Result<Tensor> {
+    if use_im2col(x, weight, bias) {
+        return im2col_conv(x, weight, bias, stride, padding, 1, false);
+    }
+    conv2d(x, weight, bias, stride, padding)
+}
+
 /// [`conv2d`] of the input upsampled x2 (nearest) at stride 1: [`upsample2x_conv2d_im2col`] when tracked on f32 CPU
 /// data, candle's upsampling and conv2d otherwise.
 pub fn upsample2x_conv2d(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, padding: usize) -> Result<Tensor> {
@@ -287,6 +307,19 @@ pub fn upsample2x_conv2d(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, pad
     }
     let (_, _, h, w) = x.dims4()?;
     conv2d(&x.upsample_nearest2d(2 * h, 2 * w)?, weight, bias, 1, padding)
+}
+
+/// [`upsample2x_conv2d`] with [`conv2d_fast_grad`]'s weight gradient.
+pub fn upsample2x_conv2d_fast_grad(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    padding: usize,
+) -> Result<Tensor> {
+    if use_im2col(x, weight, bias) {
+        return im2col_conv(x, weight, bias, 1, padding, 2, false);
+    }
+    upsample2x_conv2d(x, weight, bias, padding)
 }
 
 #[cfg(test)]
@@ -465,7 +498,7 @@ mod tests {
             let wt = Var::from_tensor(&Tensor::randn(0f32, 1., (co, ci, k, k), &dev).unwrap()).unwrap();
             let bias = Var::from_tensor(&Tensor::randn(0f32, 1., co, &dev).unwrap()).unwrap();
             let g = Geometry { channels: ci, h, w, up: 1, kernel: k, stride, padding };
-            let got = crate::nn::ops::conv2d(&x, &wt, &bias, g).unwrap();
+            let got = crate::nn::ops::conv2d(&x, &wt, &bias, g, true).unwrap();
             let want = composed_im2col_conv(&x, &wt, Some(&bias), g).unwrap();
             let bits = |t: &Tensor| {
                 t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>()
@@ -482,6 +515,59 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// The fast-gradient convolution: the same forward and input gradient as the composed form, bit for bit; the
+    /// weight's gradient (a differently laid out product) and the bias's within rounding of it; nothing for a
+    /// frozen weight.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn fast_weight_gradient_matches_the_composed_form() {
+        let dev = Device::Cpu;
+        for (b, ci, co, h, w, k, stride, padding) in [
+            (2, 3, 32, 16, 16, 3, 1, 1),
+            (2, 64, 32, 12, 10, 3, 1, 1),
+            (3, 8, 5, 9, 9, 4, 2, 1),
+            (1, 3, 4, 20, 20, 5, 1, 2),
+        ] {
+            let case = format!("{ci}->{co} {h}x{w} k{k} s{stride}");
+            let x = Var::from_tensor(&Tensor::randn(0f32, 1., (b, ci, h, w), &dev).unwrap()).unwrap();
+            let wt = Var::from_tensor(&Tensor::randn(0f32, 1., (co, ci, k, k), &dev).unwrap()).unwrap();
+            let bias = Var::from_tensor(&Tensor::randn(0f32, 1., co, &dev).unwrap()).unwrap();
+            let g = Geometry { channels: ci, h, w, up: 1, kernel: k, stride, padding };
+            let got = conv2d_fast_grad(&x, &wt, Some(&bias), stride, padding).unwrap();
+            let want = composed_im2col_conv(&x, &wt, Some(&bias), g).unwrap();
+            let bits = |t: &Tensor| {
+                t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+            };
+            assert_eq!(bits(&got), bits(&want), "{case}: forward");
+            let m = Tensor::randn(0f32, 1., want.shape(), &dev).unwrap();
+            let g_got = got.mul(&m).unwrap().sum_all().unwrap().backward().unwrap();
+            let g_want = want.mul(&m).unwrap().sum_all().unwrap().backward().unwrap();
+            assert_eq!(bits(g_got.get(&x).unwrap()), bits(g_want.get(&x).unwrap()), "{case}: input gradient");
+            for (name, v) in [("weight", &wt), ("bias", &bias)] {
+                let e = rel_err(g_got.get(v).unwrap(), g_want.get(v).unwrap());
+                assert!(e < 1e-5, "{case}: {name} gradient, relative error {e}");
+            }
+        }
+        // Upsampled: against the exact op (itself checked against candle above).
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1., (2, 5, 9, 7), &dev).unwrap()).unwrap();
+        let wt = Var::from_tensor(&Tensor::randn(0f32, 1., (6, 5, 3, 3), &dev).unwrap()).unwrap();
+        let m = Tensor::randn(0f32, 1., (2, 6, 18, 14), &dev).unwrap();
+        let grads = |y: Tensor| y.mul(&m).unwrap().sum_all().unwrap().backward().unwrap();
+        let (g_got, g_want) = (
+            grads(upsample2x_conv2d_fast_grad(&x, &wt, None, 1).unwrap()),
+            grads(upsample2x_conv2d(&x, &wt, None, 1).unwrap()),
+        );
+        for (name, v) in [("input", &x), ("weight", &wt)] {
+            let e = rel_err(g_got.get(v).unwrap(), g_want.get(v).unwrap());
+            assert!(e < 1e-5, "upsampled: {name} gradient, relative error {e}");
+        }
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1., (2, 3, 8, 8), &dev).unwrap()).unwrap();
+        let wt = Tensor::randn(0f32, 1., (4, 3, 3, 3), &dev).unwrap();
+        let y = conv2d_fast_grad(&x, &wt, None, 1, 1).unwrap();
+        let grads = y.sum_all().unwrap().backward().unwrap();
+        assert!(grads.get(&wt).is_none() && grads.get(&x).is_some());
     }
 
     #[test]

@@ -22,7 +22,9 @@ mod sgemm;
 
 pub use attention::MultiheadAttention;
 pub use block::ResidualAttentionBlock;
-pub use conv2d::{conv2d, conv2d_im2col, upsample2x_conv2d, upsample2x_conv2d_im2col};
+pub use conv2d::{
+    conv2d, conv2d_fast_grad, conv2d_im2col, upsample2x_conv2d, upsample2x_conv2d_fast_grad, upsample2x_conv2d_im2col,
+};
 pub use layer_norm::{LayerNorm, LAYER_NORM_EPS};
 pub use mlp::Mlp;
 pub use param_init::{linear, param, ParamInit, TRUNC_NORMAL_002};

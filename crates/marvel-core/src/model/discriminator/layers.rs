@@ -81,12 +81,13 @@ impl SameConv {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        // nn::conv2d: a gemm backward when training (candle's CPU conv backward is a naive transposed conv).
+        // A gemm backward when training (candle's CPU conv backward is a naive transposed conv), its weight
+        // gradient free to round differently from the composed form (no bit-for-bit run covers the discriminator).
         Ok(if self.kernel % 2 == 1 {
             // Odd kernels at stride 1 pad (k - 1) / 2 on every side: the conv's own padding.
-            crate::nn::conv2d(x, &self.weight, Some(&self.bias), 1, (self.kernel - 1) / 2)?
+            crate::nn::conv2d_fast_grad(x, &self.weight, Some(&self.bias), 1, (self.kernel - 1) / 2)?
         } else {
-            crate::nn::conv2d(&pad_same(x, self.kernel, 1)?, &self.weight, Some(&self.bias), 1, 0)?
+            crate::nn::conv2d_fast_grad(&pad_same(x, self.kernel, 1)?, &self.weight, Some(&self.bias), 1, 0)?
         })
     }
 }

@@ -108,6 +108,15 @@ struct Product {
 /// during the call.
 #[allow(clippy::too_many_arguments)]
 unsafe fn product(m: usize, n: usize, k: usize, dst: *mut f32, dst_stride: usize, lhs: View, rhs: View, how: Product) {
+    product_into(m, n, k, dst, View::rows(dst, dst_stride), lhs, rhs, how)
+}
+
+/// [`product`] into dst laid out as `layout` (its pointer unused: `dst` is the writable one).
+///
+/// # Safety
+/// As [`product`].
+#[allow(clippy::too_many_arguments)]
+unsafe fn product_into(m: usize, n: usize, k: usize, dst: *mut f32, layout: View, lhs: View, rhs: View, how: Product) {
     let threads = rayon::current_num_threads();
     let parallelism = if how.parallel && threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None };
     let keep = if how.accumulate { 1.0 } else { 0.0 };
@@ -116,8 +125,8 @@ unsafe fn product(m: usize, n: usize, k: usize, dst: *mut f32, dst_stride: usize
         n,
         k,
         dst,
-        1,
-        dst_stride as isize,
+        layout.cs,
+        layout.rs,
         how.accumulate,
         lhs.ptr,
         lhs.cs,
