@@ -51,29 +51,32 @@ impl Pool {
         self.bufs.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The smallest pooled buffer that holds `len` values (else the largest one, grown; else a new one).
+    /// The smallest pooled buffer that holds `len` values, else a new one (a smaller pooled one is not grown:
+    /// that would copy its stale values).
     fn take(&'static self, len: usize) -> Scratch {
         if len == 0 {
             return Scratch { values: Vec::new(), pool: self };
         }
         let mut bufs = self.bufs();
         let fits = (0..bufs.len()).filter(|&i| bufs[i].capacity() >= len).min_by_key(|&i| bufs[i].capacity());
-        let pick = fits.or_else(|| (0..bufs.len()).max_by_key(|&i| bufs[i].capacity()));
-        let mut values = pick.map(|i| bufs.swap_remove(i)).unwrap_or_default();
+        let mut values = fits.map(|i| bufs.swap_remove(i)).unwrap_or_default();
         drop(bufs);
-        // Only the growth is written (zeros); what the buffer held stays, unspecified to the caller.
+        // Only the growth is written (zeros); what a pooled buffer held stays, unspecified to the caller.
         values.resize(len, 0.0);
         Scratch { values, pool: self }
     }
 
+    /// Keeps `values` for the next user, then frees the smallest buffers while the pool is over its bounds: the
+    /// large ones are those whose mapping is worth keeping.
     fn give_back(&self, values: Vec<f32>) {
-        if values.capacity() == 0 {
+        if values.capacity() == 0 || values.capacity() * 4 > self.keep_bytes {
             return;
         }
         let mut bufs = self.bufs();
-        let held: usize = bufs.iter().map(|b| b.capacity() * 4).sum();
-        if bufs.len() < self.keep && held + values.capacity() * 4 <= self.keep_bytes {
-            bufs.push(values);
+        bufs.push(values);
+        while bufs.len() > self.keep || bufs.iter().map(|b| b.capacity() * 4).sum::<usize>() > self.keep_bytes {
+            let smallest = (0..bufs.len()).min_by_key(|&i| bufs[i].capacity()).expect("the pool is not empty");
+            bufs.swap_remove(smallest);
         }
     }
 
@@ -127,13 +130,18 @@ mod tests {
         drop(pool.take(0));
         assert_eq!(pool.bufs().len(), 1);
         drop(d);
-        // Beyond the byte bound (8000 bytes) a buffer is freed, not kept: the largest pooled one was taken and
-        // grown past it, so one is left.
+        // A buffer beyond the byte bound (8000 bytes) on its own is freed, the pool unchanged.
         drop(pool.take(2500));
-        assert_eq!(pool.bufs().len(), 1);
-        // Beyond the count bound too.
+        assert_eq!(pool.bufs().len(), 2);
+        // One that fits the bound but not with the others: the smaller ones go.
+        drop(pool.take(1500));
+        let caps = |pool: &Pool| pool.bufs().iter().map(|b| b.capacity()).collect::<Vec<_>>();
+        assert_eq!(caps(pool).len(), 1);
+        assert!(caps(pool)[0] >= 1500);
+        // Beyond the count bound: the smallest go, the large one stays.
         drop([pool.take(1), pool.take(1), pool.take(1), pool.take(1), pool.take(1)]);
-        assert_eq!(pool.bufs().len(), 3);
+        assert_eq!(caps(pool).len(), 3);
+        assert!(caps(pool).iter().any(|&c| c >= 1500));
         pool.clear();
         assert!(pool.bufs().is_empty());
     }
