@@ -49,10 +49,11 @@ impl Geometry {
     }
 
     /// Walks one channel's k·k column rows by spans: for each (column row, output row, kernel column) it gives the
-    /// column row's offset of that output row, the input row's offset, and the valid output columns `lo..hi`
-    /// (see [`Geometry::input_col`]); positions outside are padding.
+    /// column row's offset of that output row, the input row's offset (None where the window row lies in the
+    /// padding), and the valid output columns `lo..hi` (see [`Geometry::input_col`]); positions outside are
+    /// padding.
     #[inline(always)]
-    fn for_each_span(&self, mut f: impl FnMut(usize, usize, usize, usize, usize)) {
+    fn for_each_row(&self, mut f: impl FnMut(usize, Option<usize>, usize, usize, usize)) {
         let (oh, ow) = self.out_hw();
         let l = oh * ow;
         for ki in 0..self.kernel {
@@ -60,11 +61,20 @@ impl Geometry {
                 let row = (ki * self.kernel + kj) * l;
                 let (lo, hi) = self.valid_cols(kj, self.w, ow);
                 for oy in 0..oh {
-                    let Some(iy) = self.source(oy, ki, self.h) else { continue };
-                    f(row + oy * ow, iy * self.w, kj, lo, hi);
+                    f(row + oy * ow, self.source(oy, ki, self.h).map(|iy| iy * self.w), kj, lo, hi);
                 }
             }
         }
+    }
+
+    /// [`Geometry::for_each_row`] without the rows that lie wholly in the padding.
+    #[inline(always)]
+    fn for_each_span(&self, mut f: impl FnMut(usize, usize, usize, usize, usize)) {
+        self.for_each_row(|d, src, kj, lo, hi| {
+            if let Some(src) = src {
+                f(d, src, kj, lo, hi)
+            }
+        });
     }
 
     /// The stored input column read by output column `ox` at kernel column `kj` (a valid one).
@@ -81,13 +91,28 @@ impl Geometry {
     /// (B, C, H, W) values -> (B, C·k·k, Ho·Wo) columns: each column holds the input window of one output
     /// position, in the weight's (C, ki, kj) order; zeros where the window reaches into the padding.
     pub(crate) fn im2col(&self, x: &[f32]) -> Vec<f32> {
+        let (oh, ow) = self.out_hw();
+        let mut cols = vec![0f32; x.len() / (self.h * self.w) * self.kernel * self.kernel * oh * ow];
+        self.im2col_into(x, &mut cols);
+        cols
+    }
+
+    /// [`Geometry::im2col`] into `cols`, every value written (the padding's zeros too), so a reused buffer
+    /// with stale values serves.
+    pub(crate) fn im2col_into(&self, x: &[f32], cols: &mut [f32]) {
         let g = *self;
         let (oh, ow) = g.out_hw();
         let (kk, l) = (g.kernel * g.kernel, oh * ow);
-        let mut cols = vec![0f32; x.len() / (g.h * g.w) * kk * l];
         cols.par_chunks_mut(kk * l).zip(x.par_chunks(g.h * g.w)).for_each(|(dst, plane)| {
-            g.for_each_span(|d, src, kj, lo, hi| {
-                let d = &mut dst[d + lo..d + hi];
+            g.for_each_row(|d, src, kj, lo, hi| {
+                let row = &mut dst[d..d + ow];
+                let Some(src) = src else {
+                    row.fill(0.0);
+                    return;
+                };
+                row[..lo].fill(0.0);
+                row[hi..].fill(0.0);
+                let d = &mut row[lo..hi];
                 if g.unit_step() {
                     let s = src + lo + kj - g.padding;
                     d.copy_from_slice(&plane[s..s + d.len()]);
@@ -96,7 +121,6 @@ impl Geometry {
                 }
             });
         });
-        cols
     }
 
     /// The adjoint of [`Geometry::im2col`]: adds each column value of `cols` (any number of images) back onto
@@ -178,15 +202,17 @@ pub fn conv2d_im2col(
     stride: usize,
     padding: usize,
 ) -> Result<Tensor> {
-    im2col_conv(x, weight, bias, stride, padding, 1)
+    im2col_conv(x, weight, bias, stride, padding, 1, true)
 }
 
 /// `conv2d(upsample_nearest_x2(x), weight) + bias` at stride 1, the upsampling folded into im2col (and its
 /// gradient into col2im): the 4x larger upsampled input is never made.
 pub fn upsample2x_conv2d_im2col(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, padding: usize) -> Result<Tensor> {
-    im2col_conv(x, weight, bias, 1, padding, 2)
+    im2col_conv(x, weight, bias, 1, padding, 2, true)
 }
 
+/// `exact`: the training op keeps the composed form's arithmetic bit for bit; else its weight gradient may
+/// round differently (see `ops/conv.rs`).
 fn im2col_conv(
     x: &Tensor,
     weight: &Tensor,
@@ -194,6 +220,7 @@ fn im2col_conv(
     stride: usize,
     padding: usize,
     up: usize,
+    exact: bool,
 ) -> Result<Tensor> {
     let (_, c_in, h, w) = x.dims4()?;
     let (c_out, wc, k, k2) = weight.dims4()?;
@@ -217,8 +244,10 @@ fn im2col_conv(
             Some(b) => b.clone(),
             None => Tensor::zeros(c_out, DType::F32, x.device())?,
         };
-        return super::ops::conv2d(x, weight, &bias, g);
+        return super::ops::conv2d(x, weight, &bias, g, exact);
     }
+    // Without the training op (not x86-64) the composed form serves, which is exact anyway.
+    let _ = (c_out, exact);
     composed_im2col_conv(x, weight, bias, g)
 }
 
@@ -255,6 +284,23 @@ pub fn conv2d(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, stride: usize,
     }
 }
 
+/// [`conv2d`] whose training backward may round the weight's gradient differently from the composed im2col
+/// form, for a faster product: for layers that no bit-for-bit guarantee covers (the stage-2 discriminator;
+/// `conv2d` itself stays exact for the single recipe's `conv_out`, whose tiny overfit run a last-bit difference
+/// sends elsewhere).
+pub fn conv2d_fast_grad(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    stride: usize,
+    padding: usize,
+) -> Result<Tensor> {
+    if use_im2col(x, weight, bias) {
+        return im2col_conv(x, weight, bias, stride, padding, 1, false);
+    }
+    conv2d(x, weight, bias, stride, padding)
+}
+
 /// [`conv2d`] of the input upsampled x2 (nearest) at stride 1: [`upsample2x_conv2d_im2col`] when tracked on f32 CPU
 /// data, candle's upsampling and conv2d otherwise.
 pub fn upsample2x_conv2d(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, padding: usize) -> Result<Tensor> {
@@ -263,6 +309,19 @@ pub fn upsample2x_conv2d(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, pad
     }
     let (_, _, h, w) = x.dims4()?;
     conv2d(&x.upsample_nearest2d(2 * h, 2 * w)?, weight, bias, 1, padding)
+}
+
+/// [`upsample2x_conv2d`] with [`conv2d_fast_grad`]'s weight gradient.
+pub fn upsample2x_conv2d_fast_grad(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    padding: usize,
+) -> Result<Tensor> {
+    if use_im2col(x, weight, bias) {
+        return im2col_conv(x, weight, bias, 1, padding, 2, false);
+    }
+    upsample2x_conv2d(x, weight, bias, padding)
 }
 
 #[cfg(test)]
@@ -354,6 +413,27 @@ mod tests {
         }
     }
 
+    /// im2col into a reused buffer writes every value, the padding's zeros too: a buffer full of NaN (a pooled
+    /// buffer's stale values) comes out equal to fresh columns.
+    #[test]
+    fn im2col_into_overwrites_stale_values() {
+        for (c, h, w, up, kernel, stride, padding) in
+            [(2, 5, 6, 1, 3, 1, 1), (3, 7, 4, 1, 4, 2, 2), (2, 3, 4, 2, 3, 1, 1)]
+        {
+            let g = Geometry { channels: c, h, w, up, kernel, stride, padding };
+            let x: Vec<f32> = (0..2 * c * h * w).map(|i| i as f32 + 1.0).collect();
+            let fresh = g.im2col(&x);
+            let mut stale = vec![f32::NAN; fresh.len()];
+            g.im2col_into(&x, &mut stale);
+            assert!(fresh.iter().any(|&v| v == 0.0), "{g:?}: the case has padding");
+            assert_eq!(
+                fresh.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                stale.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                "{g:?}"
+            );
+        }
+    }
+
     /// The upsampling folded into im2col: forward and gradients equal candle's upsample_nearest2d + conv2d.
     #[test]
     fn upsampled_conv_matches_candle() {
@@ -420,7 +500,7 @@ mod tests {
             let wt = Var::from_tensor(&Tensor::randn(0f32, 1., (co, ci, k, k), &dev).unwrap()).unwrap();
             let bias = Var::from_tensor(&Tensor::randn(0f32, 1., co, &dev).unwrap()).unwrap();
             let g = Geometry { channels: ci, h, w, up: 1, kernel: k, stride, padding };
-            let got = crate::nn::ops::conv2d(&x, &wt, &bias, g).unwrap();
+            let got = crate::nn::ops::conv2d(&x, &wt, &bias, g, true).unwrap();
             let want = composed_im2col_conv(&x, &wt, Some(&bias), g).unwrap();
             let bits = |t: &Tensor| {
                 t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>()
@@ -437,6 +517,59 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// The fast-gradient convolution: the same forward and input gradient as the composed form, bit for bit; the
+    /// weight's gradient (a differently laid out product) and the bias's within rounding of it; nothing for a
+    /// frozen weight.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn fast_weight_gradient_matches_the_composed_form() {
+        let dev = Device::Cpu;
+        for (b, ci, co, h, w, k, stride, padding) in [
+            (2, 3, 32, 16, 16, 3, 1, 1),
+            (2, 64, 32, 12, 10, 3, 1, 1),
+            (3, 8, 5, 9, 9, 4, 2, 1),
+            (1, 3, 4, 20, 20, 5, 1, 2),
+        ] {
+            let case = format!("{ci}->{co} {h}x{w} k{k} s{stride}");
+            let x = Var::from_tensor(&Tensor::randn(0f32, 1., (b, ci, h, w), &dev).unwrap()).unwrap();
+            let wt = Var::from_tensor(&Tensor::randn(0f32, 1., (co, ci, k, k), &dev).unwrap()).unwrap();
+            let bias = Var::from_tensor(&Tensor::randn(0f32, 1., co, &dev).unwrap()).unwrap();
+            let g = Geometry { channels: ci, h, w, up: 1, kernel: k, stride, padding };
+            let got = conv2d_fast_grad(&x, &wt, Some(&bias), stride, padding).unwrap();
+            let want = composed_im2col_conv(&x, &wt, Some(&bias), g).unwrap();
+            let bits = |t: &Tensor| {
+                t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+            };
+            assert_eq!(bits(&got), bits(&want), "{case}: forward");
+            let m = Tensor::randn(0f32, 1., want.shape(), &dev).unwrap();
+            let g_got = got.mul(&m).unwrap().sum_all().unwrap().backward().unwrap();
+            let g_want = want.mul(&m).unwrap().sum_all().unwrap().backward().unwrap();
+            assert_eq!(bits(g_got.get(&x).unwrap()), bits(g_want.get(&x).unwrap()), "{case}: input gradient");
+            for (name, v) in [("weight", &wt), ("bias", &bias)] {
+                let e = rel_err(g_got.get(v).unwrap(), g_want.get(v).unwrap());
+                assert!(e < 1e-5, "{case}: {name} gradient, relative error {e}");
+            }
+        }
+        // Upsampled: against the exact op (itself checked against candle above).
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1., (2, 5, 9, 7), &dev).unwrap()).unwrap();
+        let wt = Var::from_tensor(&Tensor::randn(0f32, 1., (6, 5, 3, 3), &dev).unwrap()).unwrap();
+        let m = Tensor::randn(0f32, 1., (2, 6, 18, 14), &dev).unwrap();
+        let grads = |y: Tensor| y.mul(&m).unwrap().sum_all().unwrap().backward().unwrap();
+        let (g_got, g_want) = (
+            grads(upsample2x_conv2d_fast_grad(&x, &wt, None, 1).unwrap()),
+            grads(upsample2x_conv2d(&x, &wt, None, 1).unwrap()),
+        );
+        for (name, v) in [("input", &x), ("weight", &wt)] {
+            let e = rel_err(g_got.get(v).unwrap(), g_want.get(v).unwrap());
+            assert!(e < 1e-5, "upsampled: {name} gradient, relative error {e}");
+        }
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1., (2, 3, 8, 8), &dev).unwrap()).unwrap();
+        let wt = Tensor::randn(0f32, 1., (4, 3, 3, 3), &dev).unwrap();
+        let y = conv2d_fast_grad(&x, &wt, None, 1, 1).unwrap();
+        let grads = y.sum_all().unwrap().backward().unwrap();
+        assert!(grads.get(&wt).is_none() && grads.get(&x).is_some());
     }
 
     #[test]

@@ -22,7 +22,9 @@ mod sgemm;
 
 pub use attention::MultiheadAttention;
 pub use block::ResidualAttentionBlock;
-pub use conv2d::{conv2d, conv2d_im2col, upsample2x_conv2d, upsample2x_conv2d_im2col};
+pub use conv2d::{
+    conv2d, conv2d_fast_grad, conv2d_im2col, upsample2x_conv2d, upsample2x_conv2d_fast_grad, upsample2x_conv2d_im2col,
+};
 pub use layer_norm::{LayerNorm, LAYER_NORM_EPS};
 pub use mlp::Mlp;
 pub use param_init::{linear, param, ParamInit, TRUNC_NORMAL_002};
@@ -32,6 +34,45 @@ use candle_core::{Result, Tensor, D};
 /// True when `xs` (or a weight it meets) takes part in a computation whose gradient will be asked for.
 pub(crate) fn needs_grad(tensors: &[&Tensor]) -> bool {
     tensors.iter().any(|t| t.track_op())
+}
+
+/// Frees the working buffers the CPU training ops keep between calls (see `ops/scratch.rs`): for when training
+/// stops.
+pub(crate) fn release_training_buffers() {
+    #[cfg(target_arch = "x86_64")]
+    ops::release_scratch();
+}
+
+/// Every (B, C) map of `x` (B, C, H, W) filtered by the same `kernel` (1, 1, k, k) at `stride` after zero padding
+/// `pad` (top, bottom, left, right), when training on the CPU: one node whose backward is the input's gradient
+/// only (the filter is a constant; see `ops/filter.rs`). None where that op does not serve: the caller composes
+/// the filter from differentiable ops then.
+pub(crate) fn shared_filter2d(x: &Tensor, kernel: &Tensor, stride: usize, pad: [usize; 4]) -> Result<Option<Tensor>> {
+    #[cfg(target_arch = "x86_64")]
+    if trains_on_cpu(&[x]) && ops::serve(&[kernel]) && !kernel.track_op() {
+        let taps = kernel.flatten_all()?.to_vec1::<f32>()?;
+        return Ok(Some(ops::shared_filter2d(x, &taps, stride, pad)?));
+    }
+    let _ = (x, kernel, stride, pad);
+    Ok(None)
+}
+
+/// torch's `GroupNorm` of `x` (B, C, ...) over `groups` groups with a per-channel affine, when training on the
+/// CPU: one node, its backward computing only the gradients asked for (see `ops/group_norm.rs`). None where that
+/// op does not serve: the caller composes it from differentiable ops then.
+pub(crate) fn group_norm(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    groups: usize,
+    eps: f64,
+) -> Result<Option<Tensor>> {
+    #[cfg(target_arch = "x86_64")]
+    if trains_on_cpu(&[x, weight, bias]) {
+        return Ok(Some(ops::group_norm(x, weight, bias, groups, eps)?));
+    }
+    let _ = (x, weight, bias, groups, eps);
+    Ok(None)
 }
 
 /// True when the CPU training ops take this computation: something in it is tracked for gradients, and every

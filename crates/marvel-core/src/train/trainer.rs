@@ -21,8 +21,8 @@ use crate::image::{images_from_u8_nhwc, images_to_u8_nhwc};
 use crate::model::titok::{weights_file, Titok};
 use crate::quantize::lfq::SplitMix64;
 use crate::train::recipe::{build_recipe, Batch, Recipe, RecipeKind};
-use crate::train::settings::TrainConfig;
 use crate::train::reduce::{GradientLayout, GradientReducer, SingleRank};
+use crate::train::settings::TrainConfig;
 use crate::train::{clip_grad_norm, global_norm, AdamW, CosineSchedule, Ema, GradAccumulator, Gradients};
 use crate::weights::{build_shape_only, Checkpoint, Requested};
 use crate::{invalid, shape_mismatch};
@@ -75,6 +75,14 @@ pub struct Trainer {
     pub(crate) ema: Option<Ema>,
     pub(crate) rng: SplitMix64,
     pub(crate) step: u64,
+}
+
+impl Drop for Trainer {
+    /// The training ops' pooled buffers (tens of MB at stage-2 sizes) serve the next step; without a trainer
+    /// nothing needs them.
+    fn drop(&mut self) {
+        crate::nn::release_training_buffers();
+    }
 }
 
 impl std::fmt::Debug for Trainer {
@@ -257,8 +265,7 @@ impl Trainer {
             params.push((r.name.clone(), var));
         }
         let model = Titok::new(&cfg.model, VarBuilder::from_tensors(built, DType::F32, &Device::Cpu))?;
-        let trainable: Vec<(String, Var)> =
-            params.iter().filter(|(n, _)| recipe.trainable(n)).cloned().collect();
+        let trainable: Vec<(String, Var)> = params.iter().filter(|(n, _)| recipe.trainable(n)).cloned().collect();
         let optimizer = AdamW::new(cfg.adamw(), trainable.clone())?;
         let ema = match cfg.ema() {
             Some(ec) => Some(Ema::new(ec, &params, |n| recipe.trainable(n))?),
@@ -331,22 +338,24 @@ impl Trainer {
     fn proxy_codes(&self, codes: Option<&[i32]>, batch: usize) -> Result<Option<Tensor>> {
         let Some(codes) = codes else { return Ok(None) };
         if codes.is_empty() || codes.len() % batch != 0 {
-            return Err(shape_mismatch!("proxy codes must hold the same number of codes for each of the {batch} image(s), got {} values", codes.len()));
+            return Err(shape_mismatch!(
+                "proxy codes must hold the same number of codes for each of the {batch} image(s), got {} values",
+                codes.len()
+            ));
         }
         let values: Vec<i64> = codes.iter().map(|&c| i64::from(c)).collect();
         Ok(Some(Tensor::from_vec(values, (batch, codes.len() / batch), &Device::Cpu)?))
     }
 
     /// The gradients of one micro-batch and its loss, without touching the weights.
-    pub fn gradients(
-        &mut self,
-        images: &[u8],
-        batch: usize,
-        proxy_codes: Option<&[i32]>,
-    ) -> Result<MicroBatch> {
+    pub fn gradients(&mut self, images: &[u8], batch: usize, proxy_codes: Option<&[i32]>) -> Result<MicroBatch> {
         let x = self.images(images, batch)?;
         let codes = self.proxy_codes(proxy_codes, batch)?;
-        let out = self.recipe.loss(&self.model, &Batch { images: &x, proxy_codes: codes.as_ref(), step: self.step }, &mut self.rng)?;
+        let out = self.recipe.loss(
+            &self.model,
+            &Batch { images: &x, proxy_codes: codes.as_ref(), step: self.step },
+            &mut self.rng,
+        )?;
         let loss = out.total.to_dtype(DType::F32)?.to_scalar::<f32>()?;
         if !loss.is_finite() {
             return Err(invalid!("the loss is {loss} at step {}; the weights were not updated", self.step + 1));

@@ -81,12 +81,13 @@ impl SameConv {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        // nn::conv2d: a gemm backward when training (candle's CPU conv backward is a naive transposed conv).
+        // A gemm backward when training (candle's CPU conv backward is a naive transposed conv), its weight
+        // gradient free to round differently from the composed form (no bit-for-bit run covers the discriminator).
         Ok(if self.kernel % 2 == 1 {
             // Odd kernels at stride 1 pad (k - 1) / 2 on every side: the conv's own padding.
-            crate::nn::conv2d(x, &self.weight, Some(&self.bias), 1, (self.kernel - 1) / 2)?
+            crate::nn::conv2d_fast_grad(x, &self.weight, Some(&self.bias), 1, (self.kernel - 1) / 2)?
         } else {
-            crate::nn::conv2d(&pad_same(x, self.kernel, 1)?, &self.weight, Some(&self.bias), 1, 0)?
+            crate::nn::conv2d_fast_grad(&pad_same(x, self.kernel, 1)?, &self.weight, Some(&self.bias), 1, 0)?
         })
     }
 }
@@ -124,6 +125,10 @@ impl BlurDownsample {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (b, c, h, w) = x.dims4()?;
         let ((top, bottom), (left, right)) = (same_pad(h, self.size, 2), same_pad(w, self.size, 2));
+        // Training: one direct-filter node (a product with one output row per map does not run near gemm speed).
+        if let Some(y) = crate::nn::shared_filter2d(x, &self.kernel, 2, [top, bottom, left, right])? {
+            return Ok(y);
+        }
         // Even sides pad the same on every side, which the conv's own zero padding does without a padded copy
         // (and without its backward); odd ones pad once more after.
         let (maps, padding) = if top == bottom && left == right && top == left {
@@ -169,11 +174,16 @@ impl GroupNorm {
         if c != self.weight.dim(0)? {
             return Err(shape_mismatch!("GroupNorm of {} channels got {:?}", self.weight.dim(0)?, x.dims()));
         }
+        if let Some(y) = crate::nn::group_norm(x, &self.weight, &self.bias, self.groups, GROUP_NORM_EPS)? {
+            return Ok(y);
+        }
         let g = x.reshape((b, self.groups, (c / self.groups) * h * w))?;
         let centered = g.broadcast_sub(&g.mean_keepdim(2)?)?;
         let var = centered.sqr()?.mean_keepdim(2)?;
         let normed = centered.broadcast_div(&(var + GROUP_NORM_EPS)?.sqrt()?)?.reshape((b, c, h, w))?;
-        Ok(normed.broadcast_mul(&self.weight.reshape((1, c, 1, 1))?)?.broadcast_add(&self.bias.reshape((1, c, 1, 1))?)?)
+        Ok(normed
+            .broadcast_mul(&self.weight.reshape((1, c, 1, 1))?)?
+            .broadcast_add(&self.bias.reshape((1, c, 1, 1))?)?)
     }
 }
 

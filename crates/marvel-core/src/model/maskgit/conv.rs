@@ -75,10 +75,11 @@ impl SameConv2d {
             return Ok(x.contiguous()?.apply_op1_no_bwd(&Winograd3x3::new(&u, bias, upsample))?);
         }
         let padding = (self.kernel - 1) / 2;
+        // Training (stage 2's pixel decoder): no bit-for-bit run covers it, so the faster weight gradient.
         Ok(if upsample {
-            crate::nn::upsample2x_conv2d(x, &self.weight, self.bias.as_ref(), padding)?
+            crate::nn::upsample2x_conv2d_fast_grad(x, &self.weight, self.bias.as_ref(), padding)?
         } else {
-            crate::nn::conv2d(x, &self.weight, self.bias.as_ref(), 1, padding)?
+            crate::nn::conv2d_fast_grad(x, &self.weight, self.bias.as_ref(), 1, padding)?
         })
     }
 }

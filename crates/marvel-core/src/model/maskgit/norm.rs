@@ -53,6 +53,10 @@ impl GroupNorm {
             };
             return Ok(x.contiguous()?.apply_op1_no_bwd(&op)?);
         }
+        // Training on the CPU: one node instead of candle-nn's composed form.
+        if let Some(y) = crate::nn::group_norm(x, &self.weight, &self.bias, self.groups, EPS)? {
+            return Ok(if silu { candle_nn::ops::silu(&y)? } else { y });
+        }
         let gn = candle_nn::GroupNorm::new(self.weight.clone(), self.bias.clone(), self.channels, self.groups, EPS)?;
         let y = candle_core::Module::forward(&gn, x)?;
         Ok(if silu { candle_nn::ops::silu(&y)? } else { y })

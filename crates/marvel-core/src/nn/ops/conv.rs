@@ -9,27 +9,31 @@
 //! columns' gradient is made and folded back one image at a time. The arithmetic is the composed form's, in
 //! its order (the same gemm calls, the bias added after the product, the sums over images in image order), so
 //! the values are too.
-
-use std::sync::Mutex;
+//!
+//! The columns are one image's at a time in a pooled buffer ([`super::scratch`]), made again in the backward
+//! instead of kept: kept, they were k² times the input for every convolution of the graph (151 MB for the
+//! discriminator's first 3x3 convolution at batch 2), each freshly mapped and page-faulted; remade, they cost a
+//! copy of the input k² times into memory that is already mapped.
 
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{cpu_tensor, product, values, with_values, View, PARALLEL};
+use super::scratch::scratch;
+use super::{cpu_tensor, product, product_into, values, with_values, View, PARALLEL};
 use crate::nn::conv2d::Geometry;
 
 /// `conv2d(x, weight) + bias` of geometry `g`: `x` (B, C_in, H, W), `weight` (C_out, C_in, k, k), `bias`
 /// (C_out), all f32 on the CPU.
-pub(crate) fn conv2d(x: &Tensor, weight: &Tensor, bias: &Tensor, g: Geometry) -> Result<Tensor> {
-    let op = ConvOp { g, cols: Mutex::new(Vec::new()) };
-    x.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, op)
+/// `exact`: the weight's gradient as the composed form computes it, bit for bit; else from a column-major copy
+/// of the output's gradient, which the gemm crate multiplies without packing it on one thread but rounds
+/// differently.
+pub(crate) fn conv2d(x: &Tensor, weight: &Tensor, bias: &Tensor, g: Geometry, exact: bool) -> Result<Tensor> {
+    x.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, ConvOp { g, exact })
 }
 
 struct ConvOp {
     g: Geometry,
-    /// The forward's columns, which the weight's gradient reads (the node keeps them in place of the columns
-    /// tensor the composed form kept).
-    cols: Mutex<Vec<f32>>,
+    exact: bool,
 }
 
 impl ConvOp {
@@ -65,13 +69,15 @@ impl CustomOp3 for ConvOp {
         }
         let (x, wv, bias) = (values(xs, xl, "conv2d")?, values(ws, wl, "conv2d")?, values(bs, bl, "conv2d")?);
         let (_, k, l) = self.sizes(wl.dims());
-        let cols = g.im2col(x);
+        let plane = c_in * h * w;
         let mut out = vec![0f32; b * c_out * l];
         if k > 0 && l > 0 {
+            let mut cols = scratch(k * l);
             for i in 0..b {
+                g.im2col_into(&x[i * plane..(i + 1) * plane], &mut cols);
                 // SAFETY: W holds c_out·k values, the image's columns k·l, its output c_out·l.
                 unsafe {
-                    let (dst, rhs) = (out[i * c_out * l..].as_mut_ptr(), cols[i * k * l..].as_ptr());
+                    let (dst, rhs) = (out[i * c_out * l..].as_mut_ptr(), cols.as_ptr());
                     product(c_out, l, k, dst, l, View::rows(wv.as_ptr(), k), View::rows(rhs, l), PARALLEL);
                 }
             }
@@ -82,7 +88,6 @@ impl CustomOp3 for ConvOp {
             let bias = bias[row % c_out];
             o.iter_mut().for_each(|v| *v += bias);
         });
-        *self.cols.lock().unwrap_or_else(|p| p.into_inner()) = cols;
         let (oh, ow) = g.out_hw();
         Ok((CpuStorage::F32(out), Shape::from((b, c_out, oh, ow))))
     }
@@ -100,24 +105,47 @@ impl CustomOp3 for ConvOp {
         let (c_out, k, l) = self.sizes(w.dims());
         // A frozen input, weight or bias (not a variable, nothing tracked behind it) needs no gradient.
         let (want_dx, want_dw, want_db) = (x.track_op(), w.track_op(), bias.track_op());
-        let cols = self.cols.lock().unwrap_or_else(|p| p.into_inner());
-        let (dx, dw, db) = with_values([w, grad], |[wv, dy]| {
+        let (dx, dw, db) = with_values([x, w, grad], |[xv, wv, dy]| {
             let mut dw = vec![0f32; if want_dw { c_out * k } else { 0 }];
             let mut dx = vec![0f32; if want_dx { x.elem_count() } else { 0 }];
             let mut dw_i = vec![0f32; dw.len()];
-            let mut dcols = vec![0f32; if want_dx { k * l } else { 0 }];
+            let mut cols = scratch(if want_dw { k * l } else { 0 });
+            let mut dcols = scratch(if want_dx { k * l } else { 0 });
+            let transposed = want_dw && !self.exact;
+            let mut dy_t = scratch(if transposed { c_out * l } else { 0 });
             let plane = g.channels * g.h * g.w;
             for i in 0..b {
                 let dy_i = dy[i * c_out * l..].as_ptr();
-                // SAFETY: dy holds b·c_out·l values, the columns b·k·l, W c_out·k; dw and dcols are sized for
+                if want_dw {
+                    g.im2col_into(&xv[i * plane..(i + 1) * plane], &mut cols);
+                }
+                if transposed {
+                    transpose(&dy[i * c_out * l..(i + 1) * c_out * l], c_out, l, &mut dy_t);
+                }
+                // SAFETY: dy holds b·c_out·l values, W c_out·k, the columns k·l; dw and dcols are sized for
                 // their products.
                 unsafe {
                     if want_dw && l > 0 {
                         // dW_i = dy_i · cols_iᵀ, then summed over the images in order: the composed form's
-                        // per-image product and its broadcast's sum, bit for bit.
-                        let cols_i = View::rows(cols[i * k * l..].as_ptr(), l).t();
-                        product(c_out, k, l, dw_i.as_mut_ptr(), k, View::rows(dy_i, l), cols_i, PARALLEL);
-                        dw.iter_mut().zip(&dw_i).for_each(|(d, v)| *d += v);
+                        // per-image product and its broadcast's sum. Exact, the operands and dW_i are laid out as
+                        // the composed form has them, bit for bit; else as the gemm crate multiplies them
+                        // without repacking (its rounding depends on the layout): that packing, single-threaded,
+                        // was ~20% of the stage-2 step in a profile.
+                        let cols_i = View::rows(cols.as_ptr(), l).t();
+                        if transposed {
+                            // The gemm crate turns a row-major product around (dWᵀ = cols · dyᵀ), which makes the
+                            // row-major columns the operand it packs on one thread with reads l apart; into a
+                            // column-major dW_i it multiplies as written, dy_i column-major too.
+                            let lhs = View::rows(dy_t.as_ptr(), c_out).t();
+                            let layout = View::rows(dw_i.as_ptr(), c_out).t();
+                            product_into(c_out, k, l, dw_i.as_mut_ptr(), layout, lhs, cols_i, PARALLEL);
+                            for (r, d) in dw.chunks_mut(k).enumerate() {
+                                d.iter_mut().enumerate().for_each(|(q, d)| *d += dw_i[q * c_out + r]);
+                            }
+                        } else {
+                            product(c_out, k, l, dw_i.as_mut_ptr(), k, View::rows(dy_i, l), cols_i, PARALLEL);
+                            dw.iter_mut().zip(&dw_i).for_each(|(d, v)| *d += v);
+                        }
                     }
                     if want_dx && c_out > 0 {
                         // The columns' gradient Wᵀ · dy_i, folded back onto the image at once.
@@ -145,5 +173,41 @@ impl CustomOp3 for ConvOp {
         let dw = if want_dw { Some(cpu_tensor(dw, w.dims())?) } else { None };
         let db = if want_db { Some(cpu_tensor(db, &[c_out])?) } else { None };
         Ok((dx, dw, db))
+    }
+}
+
+/// `src` (rows, cols) row-major into `dst` (cols, rows) row-major, in blocks of columns so that each task reads
+/// `rows` short runs and writes one contiguous block.
+fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
+    const BLOCK: usize = 256;
+    if rows == 0 {
+        return;
+    }
+    dst[..rows * cols].par_chunks_mut(BLOCK * rows).enumerate().for_each(|(blk, out)| {
+        let j0 = blk * BLOCK;
+        for r in 0..rows {
+            let run = &src[r * cols + j0..][..out.len() / rows];
+            for (jj, &v) in run.iter().enumerate() {
+                out[jj * rows + r] = v;
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn transpose_moves_every_value() {
+        // More columns than one block, the last block partial; a single row.
+        for (rows, cols) in [(3, 600), (1, 5), (32, 257)] {
+            let src: Vec<f32> = (0..rows * cols).map(|i| i as f32).collect();
+            let mut dst = vec![f32::NAN; rows * cols];
+            super::transpose(&src, rows, cols, &mut dst);
+            for r in 0..rows {
+                for j in 0..cols {
+                    assert_eq!(dst[j * rows + r], src[r * cols + j], "{rows}x{cols} at ({r}, {j})");
+                }
+            }
+        }
     }
 }

@@ -16,16 +16,22 @@
 
 mod attention;
 mod conv;
+mod filter;
+mod group_norm;
 mod layer_norm;
 mod leaky_relu;
 mod linear;
+mod scratch;
 #[cfg(test)]
 mod tests;
 
 pub(crate) use conv::conv2d;
+pub(crate) use filter::shared_filter2d;
+pub(crate) use group_norm::group_norm;
 pub(crate) use layer_norm::layer_norm;
 pub(crate) use leaky_relu::leaky_relu;
 pub(crate) use linear::{linear, linear_attention, linear_gelu};
+pub(crate) use scratch::release as release_scratch;
 
 use candle_core::{bail, CpuStorage, DType, Device, Layout, Result, Storage, Tensor};
 use gemm::Parallelism;
@@ -102,6 +108,15 @@ struct Product {
 /// during the call.
 #[allow(clippy::too_many_arguments)]
 unsafe fn product(m: usize, n: usize, k: usize, dst: *mut f32, dst_stride: usize, lhs: View, rhs: View, how: Product) {
+    product_into(m, n, k, dst, View::rows(dst, dst_stride), lhs, rhs, how)
+}
+
+/// [`product`] into dst laid out as `layout` (its pointer unused: `dst` is the writable one).
+///
+/// # Safety
+/// As [`product`].
+#[allow(clippy::too_many_arguments)]
+unsafe fn product_into(m: usize, n: usize, k: usize, dst: *mut f32, layout: View, lhs: View, rhs: View, how: Product) {
     let threads = rayon::current_num_threads();
     let parallelism = if how.parallel && threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None };
     let keep = if how.accumulate { 1.0 } else { 0.0 };
@@ -110,8 +125,8 @@ unsafe fn product(m: usize, n: usize, k: usize, dst: *mut f32, dst_stride: usize
         n,
         k,
         dst,
-        1,
-        dst_stride as isize,
+        layout.cs,
+        layout.rs,
         how.accumulate,
         lhs.ptr,
         lhs.cs,

@@ -159,3 +159,99 @@ fn leaky_relu_matches_the_composed_form_bit_for_bit() {
     let i = xs.iter().position(|&v| v == 0.0).unwrap();
     assert!((g[i] - 0.55 * r[i]).abs() <= 1e-6 * r[i].abs().max(1.0), "{} vs {}", g[i], r[i]);
 }
+
+/// The shared filter equals the im2col convolution of the zero-padded maps (each (B, C) map a single-channel
+/// image, the filter its one output channel), forward and the input's gradient: the discriminator's blur (4x4,
+/// stride 2, one pixel each side), odd sides with the extra pixel after, a 3x3 at stride 1 with unequal
+/// padding, and a stride larger than the filter (outputs that skip input pixels).
+#[test]
+fn shared_filter_matches_the_convolution_of_padded_maps() {
+    for (dims, k, stride, pad) in [
+        ([2, 3, 8, 8], 4, 2, [1, 1, 1, 1]),
+        ([1, 2, 7, 9], 4, 2, [1, 2, 1, 2]),
+        ([2, 2, 6, 5], 3, 1, [1, 1, 0, 2]),
+        ([1, 3, 9, 7], 2, 3, [0, 0, 1, 0]),
+    ] {
+        let x = rnd(&dims, 20);
+        let kernel = rnd(&[1, 1, k, k], 21).as_detached_tensor();
+        let taps = kernel.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let name = format!("{dims:?} k{k} s{stride} pad {pad:?}");
+        assert_matches(
+            &name,
+            &[&x],
+            |t| super::shared_filter2d(&t[0], &taps, stride, pad).unwrap(),
+            |t| {
+                let [b, c, _, _] = dims;
+                let padded = t[0].pad_with_zeros(2, pad[0], pad[1]).unwrap().pad_with_zeros(3, pad[2], pad[3]).unwrap();
+                let (_, _, hp, wp) = padded.dims4().unwrap();
+                let maps = padded.reshape((b * c, 1, hp, wp)).unwrap();
+                let y = crate::nn::conv2d_im2col(&maps, &kernel, None, stride, 0).unwrap();
+                let (_, _, oh, ow) = y.dims4().unwrap();
+                y.reshape((b, c, oh, ow)).unwrap()
+            },
+        );
+    }
+}
+
+/// The filter op serves tracked inputs with a constant filter only: an untracked input, or a filter that is
+/// itself trained (whose gradient the op does not compute), is left to the composed form.
+#[test]
+fn shared_filter_serves_tracked_inputs_and_constant_filters_only() {
+    let x = rnd(&[1, 2, 6, 6], 22);
+    let kernel = rnd(&[1, 1, 4, 4], 23);
+    let pad = [1, 1, 1, 1];
+    assert!(crate::nn::shared_filter2d(&x, kernel.as_tensor(), 2, pad).unwrap().is_none());
+    assert!(crate::nn::shared_filter2d(&x.as_detached_tensor(), &kernel.as_detached_tensor(), 2, pad)
+        .unwrap()
+        .is_none());
+    let y = crate::nn::shared_filter2d(x.as_tensor(), &kernel.as_detached_tensor(), 2, pad).unwrap().unwrap();
+    assert_eq!(y.dims(), &[1, 2, 3, 3]);
+    assert!(y.track_op());
+}
+
+/// candle-nn's composed GroupNorm (biased variance), the reference the op replaces.
+fn composed_group_norm(t: &[Tensor], groups: usize, eps: f64) -> Tensor {
+    let c = t[0].dim(1).unwrap();
+    let gn = candle_nn::GroupNorm::new(t[1].clone(), t[2].clone(), c, groups, eps).unwrap();
+    candle_core::Module::forward(&gn, &t[0]).unwrap()
+}
+
+/// GroupNorm's forward and its input's, weight's and bias's gradients equal the composed form's: several
+/// channels a group, one channel a group, a 3-D input; values shifted off zero so the mean matters.
+#[test]
+fn group_norm_matches_composed() {
+    for (dims, groups) in [(vec![2, 8, 5, 7], 4), (vec![1, 6, 3, 3], 6), (vec![2, 4, 10], 2)] {
+        let x = Var::from_tensor(&rnd(&dims, 30).as_tensor().affine(3.0, 0.5).unwrap()).unwrap();
+        let (w, b) = (rnd(&[dims[1]], 31), rnd(&[dims[1]], 32));
+        assert_matches(
+            &format!("group_norm {dims:?} / {groups}"),
+            &[&x, &w, &b],
+            |t| super::group_norm(&t[0], &t[1], &t[2], groups, 1e-5).unwrap(),
+            |t| composed_group_norm(t, groups, 1e-5),
+        );
+    }
+}
+
+/// Frozen affine (the frozen discriminator's view): the input's gradient still equals the composed form's and
+/// the weight and bias get none; a frozen input with a trained affine: only the affine's.
+#[test]
+fn group_norm_gradients_of_frozen_operands_are_not_made() {
+    let x = rnd(&[2, 6, 4, 5], 33);
+    let (w, b) = (rnd(&[6], 34), rnd(&[6], 35));
+    let r = rnd(&[2, 6, 4, 5], 36).as_detached_tensor();
+    let run = |x: &Tensor, w: &Tensor, b: &Tensor, op: bool| {
+        let t = [x.clone(), w.clone(), b.clone()];
+        let y = if op { super::group_norm(x, w, b, 3, 1e-6).unwrap() } else { composed_group_norm(&t, 3, 1e-6) };
+        (&y * &r).unwrap().sum_all().unwrap().backward().unwrap()
+    };
+    let (wd, bd) = (w.as_detached_tensor(), b.as_detached_tensor());
+    let (got, want) = (run(&x, &wd, &bd, true), run(&x, &wd, &bd, false));
+    assert!(got.get(&wd).is_none() && got.get(&bd).is_none());
+    assert!(rel_err(got.get(&x).unwrap(), want.get(&x).unwrap()) < 1e-5);
+    let xd = x.as_detached_tensor();
+    let (got, want) = (run(&xd, &w, &b, true), run(&xd, &w, &b, false));
+    assert!(got.get(&xd).is_none());
+    for v in [&w, &b] {
+        assert!(rel_err(got.get(v).unwrap(), want.get(v).unwrap()) < 1e-5);
+    }
+}
