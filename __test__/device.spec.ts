@@ -3,6 +3,11 @@
  * refused with MARVEL_CUDA_UNAVAILABLE naming the missing build (from TS and, behind it, from the core), the CPU
  * keeps working, and NCCL data parallelism says the same. The GPU side is checked by bench/gpu on a GPU machine.
  */
+import { spawnSync } from 'node:child_process'
+import { mkdtempSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+
 import { beforeAll, describe, expect, it } from 'vitest'
 
 import { native } from '../src/binding.js'
@@ -70,6 +75,16 @@ describe.runIf(cpuOnly)('on an addon built without CUDA', () => {
     await failure(plain.joinNccl('zz', 0, 2), 'MARVEL_INVALID_ARGUMENT', /joinNccl: expected id/)
     await failure(plain.joinNccl('0'.repeat(256), 0, 2), 'MARVEL_CUDA_UNAVAILABLE', /built without NCCL/)
     plain.dispose()
+  })
+
+  it('names a CUDA addon that could not load (no driver) instead of blaming the CPU addon that did', () => {
+    // A CUDA addon on a machine without the driver fails to load (libcuda.so.1 missing) and the CPU addon loads
+    // instead; an unloadable file stands in for it here.
+    const bad = join(mkdtempSync(join(tmpdir(), 'marvel-device-')), 'marvel.cuda.node')
+    writeFileSync(bad, 'not an ELF file')
+    const script = `import('./dist/index.js').then((m) => m.Tokenizer.fromPretrained(${JSON.stringify(dir)}, { device: 'cuda' })).catch((e) => console.log(e.code + ' ' + e.message))`
+    const r = spawnSync(process.execPath, ['--input-type=module', '-e', script], { env: { ...process.env, MARVEL_NATIVE_PATH: bad }, encoding: 'utf8' })
+    expect(r.stdout).toMatch(/^MARVEL_CUDA_UNAVAILABLE fromPretrained: device 'cuda' requested, but this marvel binary was built without CUDA; passed over: \$MARVEL_NATIVE_PATH: \S+marvel\.cuda\.node failed to load/)
   })
 
   it('NCCL ids need an NCCL build', () => {

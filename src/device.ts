@@ -1,5 +1,5 @@
 import { MarvelError, invalidParameter } from './errors.js'
-import { native } from './binding.js'
+import { native, nativePassedOver } from './binding.js'
 
 /** Where the model's math runs: the CPU, the first GPU (`'cuda'`, same as `'cuda:0'`) or GPU N (`'cuda:N'`). */
 export type Device = 'cpu' | 'cuda' | `cuda:${number}`
@@ -20,10 +20,10 @@ export function deviceParameter(where: string, value: unknown): Device {
  */
 export function requireDevice(where: string, device: Device): Device {
   if (device !== 'cpu' && !native().cudaBuilt()) {
-    throw new MarvelError(
-      'MARVEL_CUDA_UNAVAILABLE',
-      `${where}: device '${device}' requested, but this marvel binary was built without CUDA (build one with \`npm run build:cuda\`)`,
-    )
+    // A CUDA addon that could not load (no driver: libcuda.so.1 missing) leaves the CPU one loaded; say so.
+    const skipped = nativePassedOver().filter((a) => a.includes('failed to load'))
+    const why = skipped.length > 0 ? `; passed over: ${skipped.join('; ')}` : ' (build one with `npm run build:cuda`)'
+    throw new MarvelError('MARVEL_CUDA_UNAVAILABLE', `${where}: device '${device}' requested, but this marvel binary was built without CUDA${why}`)
   }
   return device
 }
