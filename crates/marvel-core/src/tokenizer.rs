@@ -275,6 +275,6 @@ fn describe_requested(cfg: &TitokConfig, requested: &[Requested]) -> TokenizerIn
 }
 
 #[cfg(test)]
-mod tests;
-#[cfg(test)]
 mod device_tests;
+#[cfg(test)]
+mod tests;
