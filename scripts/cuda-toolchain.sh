@@ -56,6 +56,9 @@ if [[ ! -f $stamp ]]; then
   # zipfile drops the executable bit.
   chmod +x "$t"/bin/* "$t"/nvvm/bin/* 2>/dev/null || true
 
+  # NCCL's wheel unpacks beside cu13 (nvidia/nccl): linked in, so one lib and one include folder serve the build.
+  ln -sf ../../nccl/lib/libnccl.so.2 "$t/lib/libnccl.so.2"
+  ln -sf ../../nccl/include/nccl.h "$t/include/nccl.h"
   # The linker wants unversioned names; the wheels ship only the sonames.
   cd "$t/lib"
   for l in libcublas.so.13 libcublasLt.so.13 libcudart.so.13 libnvrtc.so.13 libcurand.so.10 libnccl.so.2; do
