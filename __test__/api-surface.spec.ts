@@ -158,6 +158,9 @@ const ROWS: Record<string, Row> = {
   'Trainer#applyGradients': { args: () => [new Float32Array(trainer.gradientLength)], call: (a) => trainer.applyGradients(a as never) },
   'Trainer#reconstruct': { args: () => [images(1), {}], call: (a, b) => trainer.reconstruct(a as never, b as never), options: 1 },
   'Trainer#dispose': { args: () => [], call: () => undefined },
+  // On a CPU-only addon both answer MARVEL_CUDA_UNAVAILABLE, a documented code.
+  'Trainer.ncclId': { args: () => [], call: () => Trainer.ncclId() },
+  'Trainer#joinNccl': { args: () => ['0'.repeat(256), 0, 1], call: (a, b, c) => trainer.joinNccl(a as never, b as never, c as never) },
 
   makeShards: { args: () => [join(work, 'images'), { out: join(work, 'made'), perShard: 1 }], call: (a, b) => api.makeShards(a as never, b as never), options: 1 },
   loadTrainingConfig: { args: () => [tinyYaml, ['training.max_train_steps=1']], call: (a, b) => api.loadTrainingConfig(a as never, b as never) },

@@ -65,7 +65,9 @@ export function loadBinding(): NativeBinding {
       continue
     }
     try {
-      return withMarvelErrors(require(path) as NativeBinding)
+      const binding = withMarvelErrors(require(path) as NativeBinding)
+      passedOver = attempts.slice()
+      return binding
     } catch (e) {
       attempts.push(`${label}: ${path} failed to load (${(e as Error).message})`)
     }
@@ -121,6 +123,17 @@ function withMarvelErrors(binding: NativeBinding): NativeBinding {
 }
 
 let cached: NativeBinding | undefined
+
+/**
+ * The candidates tried and passed over before the addon that loaded (a CUDA addon named by MARVEL_NATIVE_PATH that
+ * failed for want of the driver's libcuda.so.1, say), for errors that would otherwise blame the addon that loaded.
+ */
+let passedOver: string[] = []
+
+export function nativePassedOver(): readonly string[] {
+  native()
+  return passedOver
+}
 
 /** The native addon, loaded once on first use. */
 export function native(): NativeBinding {

@@ -18,6 +18,8 @@ export type MarvelErrorCode =
   | 'MARVEL_HUB'
   /** Data-parallel training: a rank failed, exited while the others waited for it, or did not join a collective in time. */
   | 'MARVEL_RANK'
+  /** A GPU device was asked for, but this addon was built without CUDA, or no driver or device was found. */
+  | 'MARVEL_CUDA_UNAVAILABLE'
 
 export class MarvelError extends Error {
   readonly code: MarvelErrorCode

@@ -2,6 +2,7 @@
  * marvel: the MARVEL / TiTok 1D image tokenizer for Node.js. Model math runs in a Rust (candle) native
  * addon off the main thread; this package is its typed TypeScript API.
  */
+export { type Device } from './device.js'
 export { MarvelError, type MarvelErrorCode } from './errors.js'
 export { encodePng, prepareImage, readImage, writePng, type ImageSource, type PrepareOptions, type RawImage, type RgbImage } from './image.js'
 export { compare, type ImageScores } from './metrics.js'

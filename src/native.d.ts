@@ -68,6 +68,11 @@ export declare class NativeTrainer {
    * `depth` depths.
    */
   reconstruct(images: Uint8Array, batch: number, depth?: number | undefined | null, ema?: boolean | undefined | null): Promise<Uint8Array>
+  /**
+   * Join rank `rank` of a `world`-rank NCCL group made from rank 0's `nccl_unique_id()`; resolves once every rank
+   * has joined. Later `step` calls average the gradients on the GPUs.
+   */
+  joinNccl(id: string, rank: number, world: number): Promise<void>
   /** Release the trainer once calls in flight have finished. Later calls fail with a clear error. */
   dispose(): void
 }
@@ -92,6 +97,9 @@ export declare function createRandomModel(dir: string, configJson: string, seed:
 
 /** A trainer for the training config `config_json`, from the model folder `init` or fresh weights from `seed`. */
 export declare function createTrainer(configJson: string, init: string | undefined | null, seed: number): Promise<NativeTrainer>
+
+/** Whether this addon was compiled with CUDA (`npm run build:cuda`); says nothing of a driver or a GPU. */
+export declare function cudaBuilt(): boolean
 
 /** A float32 tensor returned to JavaScript. `data` takes over the Rust buffer without a copy. */
 export interface Float32Tensor {
@@ -186,8 +194,11 @@ export declare function loadInception(path: string): Promise<NativeInception>
 /** Load a MaskGIT-VQGAN checkpoint (a weights file, or a folder with one and an optional config.json). */
 export declare function loadMaskgit(path: string): Promise<NativeMaskgit>
 
-/** Load a model folder (`config.json` + `model.safetensors` or `pytorch_model.bin`), off the main thread. */
-export declare function loadTokenizer(dir: string): Promise<NativeTokenizer>
+/**
+ * Load a model folder (`config.json` + `model.safetensors` or `pytorch_model.bin`), off the main thread.
+ * `device`: `"cpu"` (default), `"cuda"` or `"cuda:N"`.
+ */
+export declare function loadTokenizer(dir: string, device?: string | undefined | null): Promise<NativeTokenizer>
 
 /** One named loss component. */
 export interface LossComponent {
@@ -235,6 +246,12 @@ export interface ModelInfo {
 /** Version of the native addon (the Rust crate version). */
 export declare function nativeVersion(): string
 
+/** Whether this addon can average gradients across GPUs with NCCL. */
+export declare function ncclBuilt(): boolean
+
+/** A fresh NCCL id as hex text, made on rank 0 and handed to every rank's `joinNccl`. */
+export declare function ncclUniqueId(): string
+
 /** Ids (depth-major) and bits per id read back from the compact byte format. */
 export interface PackedTokens {
   ids: TokenIds
@@ -280,6 +297,8 @@ export interface TrainerInfo {
   startStep: number
   /** The `dataPosition` JSON text a resumed trainer was saved with; null for a new trainer. */
   dataPosition?: string
+  /** `"cpu"` or `"cuda:N"`. */
+  device: string
 }
 
 /** What applying gradients did; mirrors `marvel_core::train::UpdateOutput`. */

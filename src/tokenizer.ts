@@ -4,6 +4,7 @@ import { dirname, join } from 'node:path'
 import type { Sharp } from 'sharp'
 
 import { native, weightFiles, type NativeBinding } from './binding.js'
+import { deviceParameter, requireDevice, type Device } from './device.js'
 import { MarvelError, integerParameter, invalidParameter, optionsParameter } from './errors.js'
 import { canonicalPath, expectKind, outputPath, pathParameter } from './files.js'
 import { HUB_OPTIONS, resolveModelFiles, type HubOptions } from './hub.js'
@@ -35,7 +36,10 @@ export interface DecodeOptions {
   depth?: number
 }
 
-export interface FromPretrainedOptions extends HubOptions {}
+export interface FromPretrainedOptions extends HubOptions {
+  /** Where encode and decode run: `'cpu'` (default), `'cuda'` or `'cuda:N'` (needs an addon built with `npm run build:cuda`). */
+  device?: Device
+}
 
 /** What a loaded model is. */
 export interface TokenizerInfo {
@@ -127,7 +131,9 @@ export class Tokenizer {
    * `HF_HOME`, `HF_TOKEN` and `HF_HUB_OFFLINE` are honoured).
    */
   static async fromPretrained(source: string, options?: FromPretrainedOptions): Promise<Tokenizer> {
-    return new Tokenizer(await native().loadTokenizer(await modelFolder('fromPretrained', source, options)), source)
+    const { device, ...hub } = optionsParameter('fromPretrained', options, [...HUB_OPTIONS, 'device'])
+    const where = requireDevice('fromPretrained', deviceParameter('fromPretrained', device))
+    return new Tokenizer(await native().loadTokenizer(await modelFolder('fromPretrained', source, hub), where), source)
   }
 
   /**

@@ -2,7 +2,8 @@ import { readdirSync } from 'node:fs'
 import { join } from 'node:path'
 
 import { native, type NativeBinding } from './binding.js'
-import { integerParameter, invalidArgument, invalidParameter, optionsParameter } from './errors.js'
+import { deviceParameter, requireDevice, type Device } from './device.js'
+import { MarvelError, integerParameter, invalidArgument, invalidParameter, optionsParameter } from './errors.js'
 import { expectKind, pathParameter } from './files.js'
 import { NativeLease } from './lease.js'
 
@@ -17,6 +18,11 @@ export interface TrainerCreateOptions {
   init?: string
   /** Seeds the fresh weights and every random draw of training (depth dropout, a fresh stage-2 discriminator). Default 0. */
   seed?: number
+  /**
+   * Where to train: `'cpu'`, `'cuda'` or `'cuda:N'` (an addon built with `npm run build:cuda`; the `single` recipe
+   * only). Overrides the config's `training.device`; default: that key, else `'cpu'`.
+   */
+  device?: Device
 }
 
 export interface StepOptions {
@@ -84,6 +90,8 @@ export class Trainer {
   readonly gradientLength: number
   /** What `save(dir, dataPosition)` was given, for a resumed trainer; null for a new one. */
   readonly dataPosition: unknown
+  /** Where the weights live and the steps run (`'cpu'` or `'cuda:N'`). */
+  readonly device: string
 
   private constructor(nativeTrainer: NativeTrainer) {
     this.#lease = new NativeLease(nativeTrainer, 'trainer')
@@ -94,13 +102,18 @@ export class Trainer {
     this.startStep = info.startStep
     this.gradientLength = info.gradientLength
     this.dataPosition = info.dataPosition == null ? null : JSON.parse(info.dataPosition)
+    this.device = info.device
   }
 
   /** A trainer for `config`, the object a reference-style training yaml parses to (`model`, `losses`, `optimizer`, `lr_scheduler`, `training`, `dataset`). */
   static async create(config: object, options?: TrainerCreateOptions): Promise<Trainer> {
     if (config === null || typeof config !== 'object' || Array.isArray(config)) throw invalidParameter('Trainer.create', 'config', 'a training config object', config)
-    options = optionsParameter('Trainer.create', options, ['init', 'seed'])
+    options = optionsParameter('Trainer.create', options, ['init', 'seed', 'device'])
     const seed = integerParameter('Trainer.create', 'seed', options.seed ?? 0, 0, 0xffffffff)
+    const training = (config as { training?: unknown }).training
+    const configured = training !== null && typeof training === 'object' ? (training as { device?: unknown }).device : undefined
+    const device = requireDevice('Trainer.create', deviceParameter('Trainer.create', options.device ?? configured))
+    if (device !== 'cpu' || configured !== undefined) config = { ...config, training: { ...(training as object), device } }
     let init: string | null = null
     if (options.init !== undefined) {
       init = pathParameter('Trainer.create', 'init', options.init)
@@ -116,6 +129,24 @@ export class Trainer {
     // Every file the core may read must be a regular file: a FIFO would block a worker thread forever.
     for (const name of readdirSync(dir)) await expectKind(join(dir, name), 'checkpoint file')
     return new Trainer(await native().resumeTrainer(dir))
+  }
+
+  /**
+   * Joins rank `rank` of a `worldSize`-rank NCCL group (one process per GPU) from rank 0's `Trainer.ncclId()`;
+   * resolves once every rank has joined. Afterwards `step` averages the gradients on the GPUs before clipping and
+   * AdamW (use `step`, not `gradients` / `applyGradients`, which exchange them on the host).
+   */
+  async joinNccl(id: string, rank: number, worldSize: number): Promise<void> {
+    if (typeof id !== 'string' || !/^[0-9a-f]{256}$/.test(id)) throw invalidParameter('joinNccl', 'id', 'the 256 hex digits of Trainer.ncclId()', id)
+    integerParameter('joinNccl', 'worldSize', worldSize, 1, 65536)
+    integerParameter('joinNccl', 'rank', rank, 0, worldSize - 1)
+    await this.#run((t) => t.joinNccl(id, rank, worldSize))
+  }
+
+  /** A fresh NCCL group id (rank 0 makes it; every rank passes it to `joinNccl`). Needs an addon built with NCCL. */
+  static ncclId(): string {
+    if (!native().ncclBuilt()) throw new MarvelError('MARVEL_CUDA_UNAVAILABLE', 'Trainer.ncclId: this marvel binary was built without NCCL (build one with `npm run build:cuda`)')
+    return native().ncclUniqueId()
   }
 
   #run<T>(work: (t: NativeTrainer) => Promise<T>): Promise<T> {

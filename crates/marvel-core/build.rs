@@ -1,6 +1,7 @@
 // Parity tests need the shared fixtures ($MARVEL_PARITY_DIR, else ../shared/parity). When the folder is missing they
 // are compiled as ignored, with the reason in the ignore message, instead of passing vacuously.
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 fn main() {
     println!("cargo::rustc-check-cfg=cfg(marvel_parity)");
@@ -15,4 +16,46 @@ fn main() {
     if dir.join("README.md").is_file() {
         println!("cargo::rustc-cfg=marvel_parity");
     }
+    if std::env::var_os("CARGO_FEATURE_CUDA").is_some() {
+        compile_kernels(&manifest.join("kernels"));
+    }
+}
+
+/// The fused LFQ kernels as PTX for `CUDA_COMPUTE_CAP` (the driver JIT-compiles PTX for the GPU it finds, so PTX
+/// for 80 also runs on Hopper; for 90 it runs on Hopper and later). Each file is also assembled by ptxas for that
+/// exact architecture, so a kernel that does not fit the chip (registers, shared memory) fails here, not at load.
+fn compile_kernels(dir: &Path) {
+    println!("cargo::rerun-if-env-changed=CUDA_COMPUTE_CAP");
+    println!("cargo::rerun-if-env-changed=CUDA_HOME");
+    let cap = std::env::var("CUDA_COMPUTE_CAP").unwrap_or_else(|_| {
+        panic!("the cuda feature needs CUDA_COMPUTE_CAP (90 for H100/H200, 80 for portable PTX); see scripts/cuda-toolchain.sh")
+    });
+    let cap: u32 = cap.trim().parse().unwrap_or_else(|_| panic!("CUDA_COMPUTE_CAP={cap:?} is not a number like 90"));
+    let bin = |tool: &str| match std::env::var_os("CUDA_HOME") {
+        Some(home) => PathBuf::from(home).join("bin").join(tool),
+        None => PathBuf::from(tool),
+    };
+    let out = PathBuf::from(std::env::var("OUT_DIR").unwrap());
+    for name in ["lfq_codes", "lfq_entropy"] {
+        let src = dir.join(format!("{name}.cu"));
+        println!("cargo::rerun-if-changed={}", src.display());
+        let ptx = out.join(format!("{name}.ptx"));
+        // No --use_fast_math: the kernels must round like the CPU path (exact f32 sums, IEEE f64 exp and log).
+        run(Command::new(bin("nvcc"))
+            .args(["--ptx", "-O3", "-std=c++17", &format!("-arch=compute_{cap}"), "-o"])
+            .arg(&ptx)
+            .arg(&src));
+        run(Command::new(bin("ptxas"))
+            .arg(format!("-arch=sm_{cap}"))
+            .arg("-o")
+            .arg(out.join(format!("{name}.cubin")))
+            .arg(&ptx));
+    }
+}
+
+fn run(cmd: &mut Command) {
+    let status = cmd
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e} (is the CUDA toolkit on PATH or in CUDA_HOME?)"));
+    assert!(status.success(), "{cmd:?} failed with {status}");
 }

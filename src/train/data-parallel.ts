@@ -6,7 +6,7 @@
  * the data positions each checkpoint keeps.
  */
 import { MarvelError } from '../errors.js'
-import type { StepOptions, Trainer, TrainStepResult } from '../trainer.js'
+import { Trainer, type StepOptions, type TrainStepResult } from '../trainer.js'
 import { MAX_WORLD_SIZE, ProcessGroup, rankInteger } from './ranks.js'
 
 export interface Ranks {
@@ -40,7 +40,8 @@ export interface TrainBatch {
  */
 export async function stepBatch(trainer: Trainer, batch: TrainBatch, group: ProcessGroup | null): Promise<TrainStepResult> {
   const options: StepOptions = batch.proxyCodes ? { proxyCodes: batch.proxyCodes } : {}
-  if (!group) return trainer.step(batch.images, options)
+  // GPU ranks joined by `joinDevices` average inside `step`, on the devices.
+  if (!group || trainer.device !== 'cpu') return trainer.step(batch.images, options)
   const r = await trainer.gradients(batch.images, options)
   if (r.gradients === null) return { step: r.step, lr: r.lr, loss: r.loss, components: r.components, gradNorm: null }
   return trainer.applyGradients(await group.allReduceMean(r.gradients))
@@ -73,4 +74,36 @@ export async function gatherPositions<T>(group: ProcessGroup | null, mine: T): P
     const part = Uint8Array.from(all.subarray(offsets[r], offsets[r] + size), (v) => Math.round(v * n))
     return JSON.parse(decoder.decode(part)) as T
   })
+}
+
+/**
+ * GPU ranks: rank 0 makes the NCCL id and every rank joins the NCCL group with it, so each step's gradient mean is an
+ * all-reduce on the GPUs. The id travels through the launcher's averaging collective like `gatherPositions`' bytes:
+ * rank 0 contributes its bytes and the others zeros, so the mean times the world size is rank 0's bytes.
+ */
+export async function joinDevices(trainer: Trainer, group: ProcessGroup | null): Promise<void> {
+  if (!group || trainer.device === 'cpu') return
+  const n = group.worldSize
+  const mine = new Float32Array(128)
+  if (group.rank === 0) {
+    const hex = Trainer.ncclId()
+    for (let i = 0; i < 128; i++) mine[i] = parseInt(hex.slice(2 * i, 2 * i + 2), 16)
+  }
+  const bytes = Array.from(await group.allReduceMean(mine), (v) => Math.round(v * n))
+  await trainer.joinNccl(bytes.map((b) => b.toString(16).padStart(2, '0')).join(''), group.rank, n)
+}
+
+/**
+ * One GPU per rank: before any CUDA call, a rank of a multi-rank GPU run sees only its own GPU (the `LOCAL_RANK`-th
+ * of those visible), so `'cuda'` in the shared config means a different GPU on each rank and a checkpoint resumes on
+ * any set of GPUs. The driver reads `CUDA_VISIBLE_DEVICES` when CUDA starts, which is after this.
+ */
+export function pinLocalGpu(ranks: Ranks, configuredDevice: unknown, env: NodeJS.ProcessEnv = process.env): void {
+  if (ranks.worldSize === 1 || typeof configuredDevice !== 'string' || !configuredDevice.startsWith('cuda')) return
+  if (configuredDevice !== 'cuda') {
+    throw new MarvelError('MARVEL_CONFIG', `training.device is ${configuredDevice}; a run of ${ranks.worldSize} ranks takes 'cuda' (each rank uses the GPU of its LOCAL_RANK)`)
+  }
+  const local = Number(env.LOCAL_RANK ?? ranks.rank)
+  const visible = env.CUDA_VISIBLE_DEVICES?.split(',').filter((d) => d !== '')
+  env.CUDA_VISIBLE_DEVICES = visible && visible.length > 0 ? visible[local % visible.length] : String(local)
 }

@@ -17,7 +17,7 @@ import { pointLatest, removeLeftovers, resumePoint, saveCheckpoint } from './che
 import { evaluate, validationBatch } from './evaluate.js'
 import { MetricsJsonl, type TrainingSink } from './log.js'
 import { TrainProgress, type ProgressStream } from './progress.js'
-import { agreeToStop, gatherPositions, groupOf, ranksOf, stepBatch, type Ranks } from './data-parallel.js'
+import { agreeToStop, gatherPositions, groupOf, joinDevices, pinLocalGpu, ranksOf, stepBatch, type Ranks } from './data-parallel.js'
 import type { ProcessGroup } from './ranks.js'
 import { TensorBoardWriter } from './tensorboard.js'
 import { changedSinceCheckpoint, checkInitWeight, checkNetworks, expectedRecipe, loopSettings, type LoopSettings } from './settings.js'
@@ -225,7 +225,9 @@ export async function train(config: object, options?: TrainOptions): Promise<Tra
       throw new MarvelError('MARVEL_IO', `cannot create experiment.output_dir ${s.outputDir}: ${(e as Error).message}`, { cause: e })
     }
   }
+  pinLocalGpu(ranks, (resolved.training as ConfigObject | undefined)?.device)
   const trainer = latest ? await Trainer.resume(latest) : await Trainer.create(resolved, { seed: s.seed, ...(s.initWeight ? { init: s.initWeight } : {}) })
+  await joinDevices(trainer, group)
   let data: BatchStream | undefined
   const sinks: TrainingSink[] = []
   let checkpoint: string | null = null

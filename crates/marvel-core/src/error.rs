@@ -22,6 +22,9 @@ pub enum MarvelError {
     /// A checkpoint is truncated, corrupt, or does not match the model it is loaded into.
     #[error("{0}")]
     Checkpoint(String),
+    /// A GPU was asked for, but this binary has no CUDA or the machine has no usable driver or device.
+    #[error("{0}")]
+    CudaUnavailable(String),
     /// A numeric failure inside candle that is not the caller's fault.
     #[error("tensor operation failed: {0}")]
     Tensor(#[from] candle_core::Error),
@@ -36,6 +39,7 @@ impl MarvelError {
             MarvelError::Io { .. } => "MARVEL_IO",
             MarvelError::Config(_) => "MARVEL_CONFIG",
             MarvelError::Checkpoint(_) => "MARVEL_CHECKPOINT",
+            MarvelError::CudaUnavailable(_) => "MARVEL_CUDA_UNAVAILABLE",
             MarvelError::Tensor(_) => "MARVEL_TENSOR",
         }
     }
@@ -68,6 +72,7 @@ mod tests {
             MarvelError::io("/x", std::io::Error::other("c")),
             MarvelError::Config("d".into()),
             MarvelError::Checkpoint("e".into()),
+            MarvelError::CudaUnavailable("g".into()),
             MarvelError::Tensor(candle_core::Error::Msg("f".into())),
         ];
         let codes: Vec<_> = errs.iter().map(|e| e.code()).collect();
@@ -79,6 +84,7 @@ mod tests {
                 "MARVEL_IO",
                 "MARVEL_CONFIG",
                 "MARVEL_CHECKPOINT",
+                "MARVEL_CUDA_UNAVAILABLE",
                 "MARVEL_TENSOR"
             ]
         );

@@ -2,6 +2,7 @@
 
 pub mod config;
 pub mod convert;
+pub mod device;
 pub mod error;
 pub mod image;
 pub mod init;

@@ -7,16 +7,21 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 
 use crate::config::{QuantizerConfig, TitokConfig};
+use crate::device::DeviceSpec;
 use crate::error::Result;
-use crate::tokens::TokenBatch;
 use crate::image::{images_from_u8_nhwc, images_to_u8_nhwc};
-use crate::model::titok::Titok;
-use crate::weights::{build_shape_only, Requested, ReturnMemoryOnDrop};
+use crate::model::titok::{weights_file, Titok};
+use crate::tokens::TokenBatch;
+use crate::weights::{build_shape_only, LoadOptions, Requested, ReturnMemoryOnDrop};
 use crate::{invalid, shape_mismatch};
 
 /// Images per forward pass: bounds activation memory for large batches (the L-32 encoder holds ~0.5 GB of
 /// activations per 8 images) while keeping the matmuls big enough to use every core.
 pub const MAX_CHUNK: usize = 8;
+
+/// Images per forward pass on a GPU: 64 images of L-32 activations fit easily in a GPU's memory, and smaller
+/// launches would leave most of its cores idle.
+pub const GPU_CHUNK: usize = 64;
 
 /// What a model is, for display and for callers sizing buffers.
 #[derive(Debug, Clone, PartialEq)]
@@ -69,7 +74,25 @@ fn bits_for(codebook_size: u64) -> u32 {
 impl Tokenizer {
     /// Loads a model folder (`config.json` + `model.safetensors` or `pytorch_model.bin`), strictly.
     pub fn from_pretrained(dir: impl AsRef<Path>) -> Result<Self> {
-        Self::new(Titok::from_pretrained(dir, &Device::Cpu)?)
+        Self::from_pretrained_on(dir, DeviceSpec::Cpu)
+    }
+
+    /// [`Self::from_pretrained`] with the weights on `device`; a GPU that cannot be opened is refused before any
+    /// weight is read. On a GPU the transformers run in bf16 (tensor cores; about 3 significant digits, far below
+    /// what 8-bit output pixels resolve) while the quantizer converts its input to f32 and codes in f32.
+    pub fn from_pretrained_on(dir: impl AsRef<Path>, device: DeviceSpec) -> Result<Self> {
+        let candle = device.open()?;
+        if !device.is_cuda() {
+            return Self::new(Titok::from_pretrained(dir, &candle)?);
+        }
+        Self::load_as(dir.as_ref(), &candle, DType::BF16)
+    }
+
+    /// The model folder `dir` with parameters of `dtype` on `device`.
+    pub fn load_as(dir: &Path, device: &Device, dtype: DType) -> Result<Self> {
+        let cfg = TitokConfig::from_path(dir.join("config.json"))?;
+        let opts = LoadOptions { dtype, ..LoadOptions::default() };
+        Self::new(Titok::load(&cfg, weights_file(dir)?, device, &opts)?.0)
     }
 
     pub fn new(model: Titok) -> Result<Self> {
@@ -93,6 +116,14 @@ impl Tokenizer {
         &self.model
     }
 
+    fn chunk(&self) -> usize {
+        if self.model.device().is_cuda() {
+            GPU_CHUNK
+        } else {
+            MAX_CHUNK
+        }
+    }
+
     /// Encodes `batch` images of `height` x `width` interleaved RGB bytes to depth-major token ids.
     pub fn encode_rgb(&self, rgb: &[u8], batch: usize, height: usize, width: usize) -> Result<TokenBatch> {
         let s = self.info.image_size;
@@ -106,9 +137,11 @@ impl Tokenizer {
         let (n, d) = (self.info.num_tokens, self.info.depth);
         let mut ids = vec![0u32; d * batch * n];
         let image_len = s * s * 3;
-        for start in (0..batch).step_by(MAX_CHUNK) {
-            let b = MAX_CHUNK.min(batch - start);
-            let x = images_from_u8_nhwc(&rgb[start * image_len..(start + b) * image_len], (b, s, s), &Device::Cpu)?;
+        let chunk_size = self.chunk();
+        for start in (0..batch).step_by(chunk_size) {
+            let b = chunk_size.min(batch - start);
+            let x =
+                images_from_u8_nhwc(&rgb[start * image_len..(start + b) * image_len], (b, s, s), self.model.device())?;
             let (_, tokens) = self.model.encode(&x)?;
             // (b, N) or (b, N, D) -> (D, b, N), then scatter into the depth-major batch.
             let tokens = match tokens.rank() {
@@ -171,9 +204,10 @@ impl Tokenizer {
     ) -> Result<()> {
         let depth = self.check_tokens(tokens, depth)?;
         let (batch, n) = (tokens.batch, tokens.num_tokens);
-        let all = Tensor::from_slice(&tokens.ids[..depth * batch * n], (depth, batch, n), &Device::Cpu)?;
-        for start in (0..batch).step_by(MAX_CHUNK) {
-            let b = MAX_CHUNK.min(batch - start);
+        let all = Tensor::from_slice(&tokens.ids[..depth * batch * n], (depth, batch, n), self.model.device())?;
+        let chunk_size = self.chunk();
+        for start in (0..batch).step_by(chunk_size) {
+            let b = chunk_size.min(batch - start);
             let chunk = all.narrow(1, start, b)?;
             // The model takes (b, N) for VQ and (b, N, depth) for LFQ.
             let images = if self.info.quantizer == "vq" {
@@ -220,7 +254,8 @@ fn describe_requested(cfg: &TitokConfig, requested: &[Requested]) -> TokenizerIn
         QuantizerConfig::Vq(vq) => ("vq", 1, vq.codebook_size as u64),
         QuantizerConfig::Lfq(lfq) => ("lfq", lfq.num_depths, 1u64 << lfq.token_bits),
     };
-    let parameters = requested.iter().filter(|r| r.dtype.is_float()).map(|r| r.shape.iter().product::<usize>() as u64).sum();
+    let parameters =
+        requested.iter().filter(|r| r.dtype.is_float()).map(|r| r.shape.iter().product::<usize>() as u64).sum();
     TokenizerInfo {
         architecture: if quantizer == "lfq" { "marvel" } else { "titok" },
         quantizer,
@@ -239,5 +274,7 @@ fn describe_requested(cfg: &TitokConfig, requested: &[Requested]) -> TokenizerIn
     }
 }
 
+#[cfg(test)]
+mod device_tests;
 #[cfg(test)]
 mod tests;

@@ -4,8 +4,10 @@
 
 #![deny(clippy::all)]
 
+mod device;
 mod inception;
 mod metrics;
+mod nccl;
 mod lfq;
 mod maskgit;
 mod ops;

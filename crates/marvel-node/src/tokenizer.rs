@@ -66,9 +66,9 @@ pub struct NativeTokenizer {
 
 impl NativeTokenizer {
     fn model(&self, env: &Env) -> napi::Result<Arc<CoreTokenizer>> {
-        self.inner.clone().ok_or_else(|| {
-            crate::task::CodedError::from(invalid!("this tokenizer was disposed")).into_napi(env)
-        })
+        self.inner
+            .clone()
+            .ok_or_else(|| crate::task::CodedError::from(invalid!("this tokenizer was disposed")).into_napi(env))
     }
 }
 
@@ -77,11 +77,17 @@ fn depth_arg(depth: Option<u32>) -> Option<usize> {
 }
 
 /// Load a model folder (`config.json` + `model.safetensors` or `pytorch_model.bin`), off the main thread.
+/// `device`: `"cpu"` (default), `"cuda"` or `"cuda:N"`.
 #[napi(ts_return_type = "Promise<NativeTokenizer>")]
-pub fn load_tokenizer(dir: String) -> AsyncTask<Job<String, NativeTokenizer>> {
-    AsyncTask::new(Job::new(dir, |dir| {
-        Ok(NativeTokenizer { inner: Some(Arc::new(CoreTokenizer::from_pretrained(dir)?)) })
-    }))
+pub fn load_tokenizer(
+    env: Env,
+    dir: String,
+    device: Option<String>,
+) -> napi::Result<AsyncTask<Job<String, NativeTokenizer>>> {
+    let device = sync(&env, crate::device::parse(device.as_deref()))?;
+    Ok(AsyncTask::new(Job::new(dir, move |dir| {
+        Ok(NativeTokenizer { inner: Some(Arc::new(CoreTokenizer::from_pretrained_on(dir, device)?)) })
+    })))
 }
 
 /// What a model folder holds, checked like a load from `config.json` and the weights file's header alone (no

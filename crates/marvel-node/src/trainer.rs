@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use marvel_core::invalid;
-use marvel_core::train::{SingleRank, Trainer as CoreTrainer};
+use marvel_core::train::{GradientReducer, SingleRank, Trainer as CoreTrainer};
 use napi::bindgen_prelude::*;
 use napi::Env;
 use napi_derive::napi;
@@ -14,6 +14,9 @@ use napi_derive::napi;
 use crate::task::Job;
 
 type Shared = Arc<Mutex<CoreTrainer>>;
+
+/// The device collective of a data-parallel run (NCCL), once joined; steps then average on the GPU.
+type Reducer = Arc<Mutex<Option<Box<dyn GradientReducer + Send>>>>;
 
 /// One named loss component.
 #[napi(object)]
@@ -74,12 +77,15 @@ pub struct TrainerInfo {
     pub start_step: f64,
     /// The `dataPosition` JSON text a resumed trainer was saved with; null for a new trainer.
     pub data_position: Option<String>,
+    /// `"cpu"` or `"cuda:N"`.
+    pub device: String,
 }
 
 #[napi(js_name = "NativeTrainer")]
 pub struct NativeTrainer {
     inner: Option<Shared>,
     info: TrainerInfo,
+    reducer: Reducer,
 }
 
 fn lock(t: &Shared) -> marvel_core::Result<std::sync::MutexGuard<'_, CoreTrainer>> {
@@ -98,8 +104,9 @@ fn wrap(trainer: CoreTrainer, data_position: Option<String>) -> NativeTrainer {
         gradient_length: trainer.gradient_len() as f64,
         start_step: trainer.steps() as f64,
         data_position,
+        device: trainer.device().to_string(),
     };
-    NativeTrainer { inner: Some(Arc::new(Mutex::new(trainer))), info }
+    NativeTrainer { inner: Some(Arc::new(Mutex::new(trainer))), info, reducer: Arc::new(Mutex::new(None)) }
 }
 
 /// A trainer for the training config `config_json`, from the model folder `init` or fresh weights from `seed`.
@@ -142,8 +149,13 @@ impl NativeTrainer {
         proxy_codes: Option<Int32Array>,
     ) -> napi::Result<AsyncTask<Job<(Shared, Uint8Array, Option<Int32Array>), StepResult>>> {
         let t = self.shared(&env)?;
+        let reducer = self.reducer.clone();
         Ok(AsyncTask::new(Job::new((t, images, proxy_codes), move |(t, images, codes)| {
-            let out = lock(t)?.step(images, batch as usize, codes.as_deref())?;
+            let mut joined = reducer.lock().map_err(|_| invalid!("a previous collective on this trainer failed"))?;
+            let out = match joined.as_mut() {
+                Some(r) => lock(t)?.step_with(images, batch as usize, codes.as_deref(), r.as_mut())?,
+                None => lock(t)?.step(images, batch as usize, codes.as_deref())?,
+            };
             Ok(StepResult {
                 step: out.step as f64,
                 lr: out.lr,
@@ -233,6 +245,26 @@ impl NativeTrainer {
             let depth = depth.map(|d| d as usize);
             let out = if ema.unwrap_or(false) { t.reconstruct_ema(images, batch as usize, depth)? } else { t.reconstruct(images, batch as usize, depth)? };
             Ok(Uint8Array::new(out))
+        })))
+    }
+
+    /// Join rank `rank` of a `world`-rank NCCL group made from rank 0's `nccl_unique_id()`; resolves once every rank
+    /// has joined. Later `step` calls average the gradients on the GPUs.
+    #[napi(ts_return_type = "Promise<void>")]
+    pub fn join_nccl(
+        &self,
+        env: Env,
+        id: String,
+        rank: u32,
+        world: u32,
+    ) -> napi::Result<AsyncTask<Job<(Shared, String), ()>>> {
+        let t = self.shared(&env)?;
+        let reducer = self.reducer.clone();
+        Ok(AsyncTask::new(Job::new((t, id), move |(t, id)| {
+            // The trainer's lock is released before the reducer's is taken: `step` takes them in the other order.
+            let joined = crate::nccl::join(&*lock(t)?, id, rank as usize, world as usize)?;
+            *reducer.lock().map_err(|_| invalid!("a previous collective on this trainer failed"))? = Some(joined);
+            Ok(())
         })))
     }
 

@@ -7,7 +7,10 @@
 //! the training entropy regulariser looks at every code (see `entropy`).
 
 pub mod codes;
+#[cfg(feature = "cuda")]
+mod cuda;
 pub mod entropy;
+pub mod fused;
 mod host;
 
 #[cfg(test)]
@@ -302,6 +305,9 @@ impl ResidualLfq {
         let bits = self.cfg.token_bits;
         let (z3, layout) = self.channels_last(z)?;
         let (b, n, _) = z3.dims3()?;
+        if z3.device().is_cuda() {
+            return self.run_fused(&z3, layout, depth, with_losses);
+        }
         let device = z3.device();
         let mut cum = z3.flatten_all()?.to_vec1::<f32>()?;
         let mut tokens = vec![0u32; b * n * depth];
@@ -312,6 +318,37 @@ impl ResidualLfq {
         let z_q = (&z3 + (&cum - &z3)?.detach())?;
         let tokens = Tensor::from_vec(tokens, (b, n, depth), device)?;
         let losses = if with_losses { Some(self.losses_from_q(&z3, q, depth)?) } else { None };
+        let (z_q, cum) = match layout {
+            Layout::ChannelsLast => (z_q, cum),
+            Layout::ChannelsFirst => (to_channels_first(&z_q)?, to_channels_first(&cum)?),
+        };
+        Ok((LfqCodes { z_q, cum, tokens }, losses))
+    }
+
+    /// `run` on a GPU: one fused pass gives every depth's codes, ids and (for the losses) residuals, bit-identical
+    /// to the CPU loop.
+    fn run_fused(
+        &self,
+        z3: &Tensor,
+        layout: Layout,
+        depth: usize,
+        with_losses: bool,
+    ) -> Result<(LfqCodes, Option<LfqLosses>)> {
+        let bits = self.cfg.token_bits;
+        let (b, n, _) = z3.dims3()?;
+        let rows = b * n;
+        let flat = z3.reshape((rows, bits))?;
+        let (pass, losses) = if with_losses {
+            let (r, pass) = fused::residuals(&flat, bits, depth)?;
+            let q = pass.q.as_ref().expect("a training pass keeps q");
+            let losses = self.losses_from_residuals(&r, q, depth)?;
+            (pass, Some(losses))
+        } else {
+            (self.inference_pass(&flat, depth)?, None)
+        };
+        let cum = pass.cum.reshape((b, n, bits))?;
+        let z_q = (z3 + (&cum - z3)?.detach())?;
+        let tokens = pass.tokens.reshape((b, n, depth))?;
         let (z_q, cum) = match layout {
             Layout::ChannelsLast => (z_q, cum),
             Layout::ChannelsFirst => (to_channels_first(&z_q)?, to_channels_first(&cum)?),
@@ -338,9 +375,18 @@ impl ResidualLfq {
         let q = Tensor::from_vec(q, (depth, rows, bits), device)?;
         let cum_before = Tensor::from_vec(cum_before, (depth, rows, bits), device)?;
         let r = z3.reshape((1, rows, bits))?.broadcast_sub(&cum_before)?;
+        self.losses_from_residuals(&r, &q, depth)
+    }
+
+    /// Losses from every depth's residual r (depth x rows x bits, carrying the gradient to z) and code q.
+    fn losses_from_residuals(&self, r: &Tensor, q: &Tensor, depth: usize) -> Result<LfqLosses> {
+        let cfg = &self.cfg;
+        let (_, rows, bits) = r.dims3()?;
+        let per_depth = rows * bits;
+        let device = r.device();
 
         // MDQ: beta * mean((q_s - r_s)^2) per depth, averaged over depths.
-        let per_depth_mse = (&q - &r)?.sqr()?.reshape((depth, per_depth))?.mean(1)?;
+        let per_depth_mse = (q - r)?.sqr()?.reshape((depth, per_depth))?.mean(1)?;
         let commitment = (per_depth_mse * cfg.commitment_cost)?.mean(0)?;
 
         let (entropy, per_sample_entropy, avg_entropy) = if cfg.entropy_loss_weight != 0.0 {
@@ -370,6 +416,9 @@ impl ResidualLfq {
         if !matches!(tokens.dtype(), DType::U8 | DType::U32 | DType::I32 | DType::I64) {
             return Err(invalid!("tokens must be integers, got {:?}", tokens.dtype()));
         }
+        if tokens.device().is_cuda() {
+            return self.codes_from_tokens_fused(tokens, depth);
+        }
         let limit = 1u64 << bits;
         // Only the depths that will be decoded need to be valid.
         let out_of_range = |i: usize, t: i64| {
@@ -393,5 +442,48 @@ impl ResidualLfq {
         let mut cum = vec![0f32; b * n * bits];
         codes::cum_from_tokens(&host, stride, depth, bits, &mut cum);
         Ok(Tensor::from_vec(cum, (b, n, bits), tokens.device())?)
+    }
+
+    #[cfg(feature = "cuda")]
+    fn inference_pass(&self, z: &Tensor, depth: usize) -> Result<fused::PassOutputs> {
+        fused::quantize_pass(z, self.cfg.token_bits, depth)
+    }
+
+    /// Without CUDA (the CPU tests of the GPU wiring) the training pass stands in: same cum and ids.
+    #[cfg(not(feature = "cuda"))]
+    fn inference_pass(&self, z: &Tensor, depth: usize) -> Result<fused::PassOutputs> {
+        Ok(fused::residuals(z, self.cfg.token_bits, depth)?.1)
+    }
+
+    /// `codes_from_tokens` on a GPU: ids are range-checked by the decode kernel itself, and only the first bad
+    /// position (if any) comes back to the host.
+    #[cfg(feature = "cuda")]
+    fn codes_from_tokens_fused(&self, tokens: &Tensor, depth: usize) -> Result<Tensor> {
+        let bits = self.cfg.token_bits;
+        let (b, n, stride) = tokens.dims3()?;
+        // Negative ids would wrap to large u32 values and be caught, except at 32 bits; check them first.
+        if tokens.dtype() != DType::U32 && tokens.dtype() != DType::U8 {
+            let min = tokens.narrow(2, 0, depth)?.to_dtype(DType::I64)?.min_all()?.to_scalar::<i64>()?;
+            if min < 0 {
+                return Err(invalid!("token {min} is outside 0..2^{bits}"));
+            }
+        }
+        let ids = tokens.to_dtype(DType::U32)?.contiguous()?;
+        let (cum, bad) = cuda::decode(&ids, stride, depth, bits)?;
+        if let Some(i) = bad {
+            let t = ids.flatten_all()?.get(i)?.to_scalar::<u32>()?;
+            let (row, s) = (i / stride, i % stride);
+            return Err(invalid!(
+                "token {t} at (batch {}, position {}, depth {s}) is outside 0..2^{bits}",
+                row / n,
+                row % n
+            ));
+        }
+        Ok(cum.reshape((b, n, bits))?)
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    fn codes_from_tokens_fused(&self, _tokens: &Tensor, _depth: usize) -> Result<Tensor> {
+        unreachable!("a CUDA tensor exists only in a CUDA build")
     }
 }

@@ -11,6 +11,8 @@ pub mod clip;
 pub mod ema;
 pub mod grads;
 pub mod losses;
+#[cfg(feature = "nccl")]
+pub mod nccl;
 pub mod optim;
 pub mod params;
 mod raw;

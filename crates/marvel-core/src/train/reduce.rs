@@ -130,6 +130,11 @@ impl GradientLayout {
     /// [`GradientLayout::unflatten`] from host values (averaged by a collective outside the core). A length that
     /// does not match or a value that is not finite (a rank's overflow) is refused before it reaches the optimizer.
     pub fn unflatten_values(&self, flat: &[f32]) -> Result<Gradients> {
+        self.unflatten_values_on(flat, &Device::Cpu)
+    }
+
+    /// [`GradientLayout::unflatten_values`] onto `device` (the parameters' device).
+    pub fn unflatten_values_on(&self, flat: &[f32], device: &Device) -> Result<Gradients> {
         if flat.len() != self.len {
             return Err(shape_mismatch!(
                 "flat gradients must hold {} values (every trainable parameter), got {}",
@@ -145,7 +150,7 @@ impl GradientLayout {
                 slot.name
             ));
         }
-        self.unflatten(&Tensor::from_slice(flat, self.len, &Device::Cpu)?)
+        self.unflatten(&Tensor::from_slice(flat, self.len, device)?)
     }
 }
 

@@ -114,6 +114,8 @@ pub struct TrainingSettings {
     pub enable_wandb: Option<bool>,
     pub seed: Option<u64>,
     pub num_generated_images: Option<usize>,
+    /// marvel's extension: "cpu" (default), "cuda" or "cuda:N"; the Node API's `device` option sets it.
+    pub device: Option<String>,
 }
 
 /// Everything the trainer reads from a training config, checked.
@@ -223,7 +225,18 @@ impl TrainConfig {
         Ok(cfg)
     }
 
+    /// Where this run trains (`training.device`).
+    pub fn device(&self) -> Result<crate::device::DeviceSpec> {
+        match &self.training.device {
+            None => Ok(crate::device::DeviceSpec::Cpu),
+            Some(name) => {
+                crate::device::DeviceSpec::parse(name).map_err(|e| config_err(format!("training.device: {e}")))
+            }
+        }
+    }
+
     fn validate(&self) -> Result<()> {
+        self.device()?;
         if self.optimizer.name.to_lowercase() != "adamw" {
             return Err(config_err(format!("optimizer.name: only \"adamw\" is supported, got {:?}", self.optimizer.name)));
         }

@@ -242,7 +242,12 @@ impl Trainer {
         weights: HashMap<String, Tensor>,
         rng: SplitMix64,
     ) -> Result<Self> {
-        let recipe = build_recipe(RecipeKind::select(&cfg)?, &cfg, seed)?;
+        let kind = RecipeKind::select(&cfg)?;
+        if cfg.device()?.is_cuda() && kind != RecipeKind::Single {
+            // Stage 1's MaskGIT-VQGAN and stage 2's perceptual network and discriminator load on the CPU.
+            return Err(invalid!("training.device {}: only the single recipe trains on a GPU so far", cfg.device()?));
+        }
+        let recipe = build_recipe(kind, &cfg, seed)?;
         Self::build_with(cfg, seed, wanted, weights, rng, recipe)
     }
 
@@ -255,16 +260,17 @@ impl Trainer {
         rng: SplitMix64,
         recipe: Box<dyn Recipe>,
     ) -> Result<Self> {
+        let device = cfg.device()?.open()?;
         let mut params = Vec::with_capacity(wanted.len());
         let mut built = HashMap::new();
         for r in wanted {
             let t = weights.remove(&r.name).ok_or_else(|| invalid!("no initial value for {}", r.name))?;
-            let var = Var::from_tensor(&t.to_dtype(DType::F32)?.contiguous()?)?;
+            let var = Var::from_tensor(&t.to_dtype(DType::F32)?.to_device(&device)?.contiguous()?)?;
             let seen = if recipe.trainable(&r.name) { var.as_tensor().clone() } else { var.as_tensor().detach() };
             built.insert(r.name.clone(), seen);
             params.push((r.name.clone(), var));
         }
-        let model = Titok::new(&cfg.model, VarBuilder::from_tensors(built, DType::F32, &Device::Cpu))?;
+        let model = Titok::new(&cfg.model, VarBuilder::from_tensors(built, DType::F32, &device))?;
         let trainable: Vec<(String, Var)> = params.iter().filter(|(n, _)| recipe.trainable(n)).cloned().collect();
         let optimizer = AdamW::new(cfg.adamw(), trainable.clone())?;
         let ema = match cfg.ema() {
@@ -301,6 +307,16 @@ impl Trainer {
         &self.cfg.model
     }
 
+    /// Where this trainer's weights and steps live (`training.device`).
+    pub fn device(&self) -> crate::device::DeviceSpec {
+        self.cfg.device().expect("checked when the config was read")
+    }
+
+    /// The candle device of the weights (a data-parallel reducer joins on it).
+    pub fn candle_device(&self) -> &Device {
+        self.model.device()
+    }
+
     /// Every model parameter, in checkpoint order.
     pub fn parameters(&self) -> &[(String, Var)] {
         &self.params
@@ -331,7 +347,7 @@ impl Trainer {
                 images.len()
             ));
         }
-        images_from_u8_nhwc(images, (batch, s, s), &Device::Cpu)
+        images_from_u8_nhwc(images, (batch, s, s), self.model.device())
     }
 
     /// `proxy_codes` (B * L values, L codes per image) as a (B, L) I64 tensor.
@@ -344,7 +360,7 @@ impl Trainer {
             ));
         }
         let values: Vec<i64> = codes.iter().map(|&c| i64::from(c)).collect();
-        Ok(Some(Tensor::from_vec(values, (batch, codes.len() / batch), &Device::Cpu)?))
+        Ok(Some(Tensor::from_vec(values, (batch, codes.len() / batch), self.model.device())?))
     }
 
     /// The gradients of one micro-batch and its loss, without touching the weights.
@@ -368,8 +384,20 @@ impl Trainer {
     /// (B * 256 values). Completes an optimizer step every
     /// `gradient_accumulation_steps` calls.
     pub fn step(&mut self, images: &[u8], batch: usize, proxy_codes: Option<&[i32]>) -> Result<StepOutput> {
+        self.step_with(images, batch, proxy_codes, &mut SingleRank)
+    }
+
+    /// [`Trainer::step`] as one rank of a data-parallel run whose gradients `reducer` averages on the device
+    /// (NCCL), so they never leave the GPU.
+    pub fn step_with(
+        &mut self,
+        images: &[u8],
+        batch: usize,
+        proxy_codes: Option<&[i32]>,
+        reducer: &mut dyn GradientReducer,
+    ) -> Result<StepOutput> {
         let (grads, loss, mut components) = self.gradients(images, batch, proxy_codes)?;
-        let update = self.apply(grads, &mut SingleRank)?;
+        let update = self.apply(grads, reducer)?;
         components.extend(update.components);
         Ok(StepOutput { step: update.step, lr: update.lr, loss, components, grad_norm: update.grad_norm })
     }
@@ -445,7 +473,7 @@ impl Trainer {
 
     /// Gradients from a vector of [`Trainer::flatten_gradients`]'s layout, length and values checked.
     pub fn unflatten_gradients(&self, flat: &[f32]) -> Result<Gradients> {
-        self.layout.unflatten_values(flat)
+        self.layout.unflatten_values_on(flat, self.model.device())
     }
 
     /// Reconstructions (B, S, S, 3) bytes of `images` through the current weights, decoding the first `depth`

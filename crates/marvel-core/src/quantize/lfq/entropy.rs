@@ -59,6 +59,11 @@ pub fn entropy_elements(rows: usize, bits: usize, groups: usize) -> usize {
 /// the softmax is composed from elementary ops because candle's fused softmax records no backward.
 pub fn entropy_terms(r: &Tensor, groups: usize, temperature: f64, gamma: f64) -> Result<EntropyTerms> {
     let (rows, bits) = r.dims2()?;
+    // On a GPU the fused op avoids the rows x 2^w intermediates (and their memory limit); the CPU keeps the
+    // composite, which is the reference.
+    if r.device().is_cuda() && group_ranges(bits, groups).iter().all(|&(_, w)| w <= super::fused::MAX_FUSED_WIDTH) {
+        return super::fused::entropy_terms_fused(r, groups, temperature, gamma);
+    }
     let elements = entropy_elements(rows, bits, groups);
     if elements > MAX_ENTROPY_ELEMENTS {
         return Err(invalid!(
