@@ -234,7 +234,7 @@ mod tests {
     }
 
     // Every row kernel at each level against the baseline, bit for bit.
-    crate::nn::kernels::at_every_level!(every_row_kernel_matches_the_baseline, |level| {
+    crate::nn::kernels::at_every_level!(row_kernels_match_the_baseline_at_every_level, |level| {
         use crate::nn::kernels::{assert_same_bits, at_baseline_and};
         let cols = 37;
         let xs = inputs(5 * cols, 1);
