@@ -8,7 +8,8 @@
 //! matmul, which splits each gemm into `RAYON_NUM_THREADS` parts (else the number of physical cores) when that
 //! variable is read; its parts now run on our pool's threads, so the pool size still bounds the parallelism, and
 //! the split is a constant of the process rather than a value that changes under running jobs. Our own products
-//! (`nn::fused`, `nn::ops`) split by the pool they run on.
+//! (`nn::fused`, `nn::ops`, the VQGAN's Winograd convolutions: nearly all of inference's work) split by the pool
+//! they run on.
 //!
 //! Default: the number of physical cores, overridable with `MARVEL_NUM_THREADS`.
 

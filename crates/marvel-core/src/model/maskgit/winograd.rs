@@ -9,8 +9,8 @@
 //! tile reads. The transforms only add, subtract and halve, so the result stays within a few ulps of a
 //! direct convolution's. Every inner loop runs over contiguous rows of tiles so that it vectorises.
 
-use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, Device, Layout, Shape, Storage, Tensor};
+use gemm::Parallelism;
 use rayon::prelude::*;
 
 use crate::nn::kernels;
@@ -73,27 +73,27 @@ impl CustomOp1 for Winograd3x3<'_> {
 
         let (u_guard, u_layout) = self.u.storage_and_layout();
         let Storage::Cpu(u) = &*u_guard else { candle_core::bail!("conv3x3-winograd: weights not on the CPU") };
-        // U[ξ] is the (c_out, c_in) matrix at offset ξ * c_in with row stride 16 * c_in.
-        let u_layout = Layout::new(Shape::from((16, c_out, c_in)), vec![c_in, 16 * c_in, 1], u_layout.start_offset());
+        let Some((u_start, u_end)) = u_layout.contiguous_offsets() else {
+            candle_core::bail!("conv3x3-winograd: transformed weights not contiguous")
+        };
+        let u = &u.as_slice::<f32>()?[u_start..u_end];
 
         let band_rows = (self.band_values / (16 * c_in * tw)).clamp(1, th);
         let plane = oh * ow;
         let mut out = vec![0f32; batch * c_out * plane];
         let mut v = vec![0f32; c_in * 16 * band_rows * tw];
+        let mut m = vec![0f32; 16 * c_out * band_rows * tw];
         for (b, out_b) in out.chunks_mut(c_out * plane).enumerate() {
             let src = Source { x: &x[b * c_in * h * w..(b + 1) * c_in * h * w], h, w, up };
             for ty0 in (0..th).step_by(band_rows) {
                 let rows = band_rows.min(th - ty0);
                 let t = rows * tw;
-                let mut v_band = std::mem::take(&mut v);
-                // Shorter for the last band; grows back (within its capacity) for the next image.
-                v_band.resize(c_in * 16 * t, 0.0);
-                v_band.par_chunks_mut(16 * t).enumerate().for_each(|(c, v_c)| transform_tiles(&src, c, ty0, rows, v_c));
-                let v_band = CpuStorage::F32(v_band);
-                // V[ξ] is the (c_in, t) matrix at offset ξ * t with row stride 16 * t.
-                let v_layout = Layout::new(Shape::from((16, c_in, t)), vec![t, 16 * t, 1], 0);
-                let m = u.matmul(&v_band, (16, c_out, t, c_in), &u_layout, &v_layout)?;
-                let m = m.as_slice::<f32>()?;
+                // Shorter for the last band.
+                let v = &mut v[..c_in * 16 * t];
+                v.par_chunks_mut(16 * t).enumerate().for_each(|(c, v_c)| transform_tiles(&src, c, ty0, rows, v_c));
+                let m = &mut m[..16 * c_out * t];
+                products(u, v, m, c_out, c_in, t);
+                let m = &*m;
                 out_b.par_chunks_mut(plane).enumerate().for_each(|(co, y)| {
                     let bias = self.bias.as_ref().map_or(0.0, |b| b[co]);
                     let mut scratch = vec![0f32; 4 * tw];
@@ -105,11 +105,47 @@ impl CustomOp1 for Winograd3x3<'_> {
                         inverse_transform_row(&m_row, bias, top, bottom, &mut scratch);
                     }
                 });
-                let CpuStorage::F32(reuse) = v_band else { unreachable!() };
-                v = reuse;
             }
         }
         Ok((CpuStorage::F32(out), Shape::from((batch, c_out, oh, ow))))
+    }
+}
+
+/// M[ξ] = U[ξ] V[ξ] for the 16 transform positions ξ: U[ξ] the (c_out, c_in) matrix at offset ξ·c_in with row
+/// stride 16·c_in, V[ξ] the (c_in, t) matrix at ξ·t with row stride 16·t, M[ξ] (c_out, t) contiguous at ξ·c_out·t.
+/// The same `gemm` calls candle's batched matmul makes (so the same bits), but split across the threads of the pool
+/// this job runs on: candle's split is a constant of the process (see `runtime`).
+fn products(u: &[f32], v: &[f32], m: &mut [f32], c_out: usize, c_in: usize, t: usize) {
+    assert!(u.len() == 16 * c_out * c_in && v.len() == 16 * c_in * t && m.len() == 16 * c_out * t, "products: sizes");
+    let threads = rayon::current_num_threads();
+    let parallelism = if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None };
+    for xi in 0..16 {
+        // SAFETY: with the sizes asserted above, U[ξ]'s last element is at ξ·c_in + (c_out - 1)·16·c_in + c_in - 1,
+        // V[ξ]'s at ξ·t + (c_in - 1)·16·t + t - 1 and M[ξ]'s at (ξ + 1)·c_out·t - 1, all inside their slices; m is
+        // borrowed mutably and u, v shared, so nothing else touches M[ξ].
+        unsafe {
+            gemm::gemm(
+                c_out,
+                t,
+                c_in,
+                m.as_mut_ptr().add(xi * c_out * t),
+                1,
+                t as isize,
+                false,
+                u.as_ptr().add(xi * c_in),
+                1,
+                (16 * c_in) as isize,
+                v.as_ptr().add(xi * t),
+                1,
+                (16 * t) as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                parallelism,
+            )
+        }
     }
 }
 
@@ -270,6 +306,27 @@ mod tests {
                     assert!(err < 2e-5, "{h}x{w} upsample {upsample} band {band_values}: {err}");
                 }
             }
+        }
+    }
+
+    /// The products are candle's batched matmul of the same strided views, bit for bit (the VQGAN's outputs did
+    /// not move when they left candle), on one thread and on three.
+    #[test]
+    fn products_are_candles_matmul_bit_for_bit() {
+        use candle_core::backend::BackendStorage;
+        let (c_out, c_in, t) = (37, 70, 45);
+        let u: Vec<f32> = (0..16 * c_out * c_in).map(|i| ((i * 7919) % 1009) as f32 * 0.01 - 5.0).collect();
+        let v: Vec<f32> = (0..16 * c_in * t).map(|i| ((i * 104_729) % 997) as f32 * 0.01 - 5.0).collect();
+        let (us, vs) = (CpuStorage::F32(u.clone()), CpuStorage::F32(v.clone()));
+        let u_layout = Layout::new(Shape::from((16, c_out, c_in)), vec![c_in, 16 * c_in, 1], 0);
+        let v_layout = Layout::new(Shape::from((16, c_in, t)), vec![t, 16 * t, 1], 0);
+        let want = us.matmul(&vs, (16, c_out, t, c_in), &u_layout, &v_layout).unwrap();
+        let want: Vec<u32> = want.as_slice::<f32>().unwrap().iter().map(|x| x.to_bits()).collect();
+        for threads in [1, 3] {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            let mut m = vec![0f32; 16 * c_out * t];
+            pool.install(|| products(&u, &v, &mut m, c_out, c_in, t));
+            assert!(m.iter().map(|x| x.to_bits()).eq(want.iter().copied()), "{threads} threads");
         }
     }
 
