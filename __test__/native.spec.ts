@@ -161,6 +161,17 @@ describe('compute threads', () => {
     expect(getNumThreads()).toBe(before)
   })
 
+  // setenv races with every thread that reads the environment (libvips, the resolver): the count lives in the
+  // addon's own pool. process.env reads the C environment on each access, so a write from Rust would show here.
+  it('setNumThreads leaves the process environment alone', () => {
+    const script = `import('./dist/index.js').then(m => { m.setNumThreads(3); m.getNumThreads(); console.log(String(process.env.RAYON_NUM_THREADS)) })`
+    const env = { ...process.env }
+    delete env.RAYON_NUM_THREADS
+    const out = spawnSync(process.execPath, ['--input-type=module', '-e', script], { env, encoding: 'utf8' })
+    expect(out.stderr).toBe('')
+    expect(out.stdout.trim()).toBe('undefined')
+  })
+
   it('rejects a bad thread count', () => {
     expect(() => setNumThreads(0)).toThrow(/from 1 to 1024/)
     expect(() => setNumThreads(1.5)).toThrow(MarvelError)

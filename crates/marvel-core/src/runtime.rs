@@ -1,6 +1,15 @@
-//! Compute threads. candle's CPU kernels run on rayon and size their gemm split from `RAYON_NUM_THREADS`;
-//! we run every job inside a rayon pool of our own so the thread count can change at run time (rayon's global
-//! pool cannot be resized once built) and keep that variable in step with it.
+//! Compute threads. Every job runs inside a rayon pool of our own, so the thread count can change at run time
+//! (rayon's global pool cannot be resized once built). A job takes the pool current when it starts and keeps it
+//! to the end: `set_num_threads` builds a new pool for later jobs, and the old one lives until its last job is
+//! done, so a job never sees its thread count change.
+//!
+//! The process environment is never written: `setenv` races with every other thread that reads it (C code in
+//! sharp, the resolver), which is undefined behaviour. The one thing that read it from us was candle's CPU
+//! matmul, which splits each gemm into `RAYON_NUM_THREADS` parts (else the number of physical cores) when that
+//! variable is read; its parts now run on our pool's threads, so the pool size still bounds the parallelism, and
+//! the split is a constant of the process rather than a value that changes under running jobs. Our own products
+//! (`nn::fused`, `nn::ops`, the VQGAN's Winograd convolutions: nearly all of inference's work) split by the pool
+//! they run on.
 //!
 //! Default: the number of physical cores, overridable with `MARVEL_NUM_THREADS`.
 
@@ -26,9 +35,7 @@ pub fn default_num_threads() -> Result<usize> {
     match std::env::var(THREADS_ENV) {
         Ok(v) => match v.trim().parse::<usize>() {
             Ok(n) if n > 0 => Ok(n),
-            _ => Err(MarvelError::InvalidArgument(format!(
-                "{THREADS_ENV}={v:?} is not a positive integer"
-            ))),
+            _ => Err(MarvelError::InvalidArgument(format!("{THREADS_ENV}={v:?} is not a positive integer"))),
         },
         Err(_) => Ok(num_cpus::get_physical().max(1)),
     }
@@ -40,8 +47,6 @@ fn build(threads: usize) -> Result<Pool> {
         .thread_name(|i| format!("marvel-compute-{i}"))
         .build()
         .map_err(|e| MarvelError::InvalidArgument(format!("cannot start {threads} compute threads: {e}")))?;
-    // candle reads this on every matmul to choose its gemm parallelism.
-    std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
     Ok(Pool { threads, pool: Arc::new(pool) })
 }
 
@@ -60,7 +65,8 @@ pub fn num_threads() -> Result<usize> {
     Ok(guard.as_ref().map(|p| p.threads).unwrap_or(1))
 }
 
-/// Replace the compute pool with one of `threads` threads. Jobs already running finish on the old pool.
+/// Replace the compute pool with one of `threads` threads, for jobs that start from now on. Jobs already running
+/// finish on the old pool, with its thread count.
 pub fn set_num_threads(threads: usize) -> Result<()> {
     if threads == 0 || threads > 1024 {
         return Err(MarvelError::InvalidArgument(format!(
@@ -74,7 +80,8 @@ pub fn set_num_threads(threads: usize) -> Result<()> {
     Ok(())
 }
 
-/// Run `f` on the compute pool (blocking the calling thread until it returns).
+/// Run `f` on the compute pool current now (blocking the calling thread until it returns); `f` keeps that pool,
+/// whatever `set_num_threads` does meanwhile.
 pub fn install<T: Send>(f: impl FnOnce() -> T + Send) -> Result<T> {
     let pool = current_pool()?;
     Ok(pool.install(f))
@@ -82,16 +89,46 @@ pub fn install<T: Send>(f: impl FnOnce() -> T + Send) -> Result<T> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::mpsc;
+
+    use rayon::prelude::*;
+
     use super::*;
 
+    /// One test, not several: the pool is process-wide state that parallel tests would change under each other.
     #[test]
-    fn set_and_read_back_threads() {
+    fn jobs_keep_their_thread_count_and_the_environment_is_never_written() {
+        let env_before = std::env::var_os("RAYON_NUM_THREADS");
         set_num_threads(3).unwrap();
         assert_eq!(num_threads().unwrap(), 3);
         assert_eq!(install(rayon::current_num_threads).unwrap(), 3);
-        assert_eq!(std::env::var("RAYON_NUM_THREADS").unwrap(), "3");
+
+        // A job in flight while the count changes: it reads its count before and after the change.
+        let (started_tx, started_rx) = mpsc::channel();
+        let (resume_tx, resume_rx) = mpsc::channel::<()>();
+        let job = std::thread::spawn(move || {
+            install(move || {
+                let before = rayon::current_num_threads();
+                started_tx.send(()).unwrap();
+                resume_rx.recv().unwrap();
+                // Work split across the job's pool sees the same count on every thread.
+                let seen: Vec<usize> = (0..64).into_par_iter().map(|_| rayon::current_num_threads()).collect();
+                (before, rayon::current_num_threads(), seen)
+            })
+            .unwrap()
+        });
+        started_rx.recv().unwrap();
+        set_num_threads(2).unwrap();
+        assert_eq!(install(rayon::current_num_threads).unwrap(), 2, "a job started after the change");
+        resume_tx.send(()).unwrap();
+        let (before, after, seen) = job.join().unwrap();
+        assert_eq!((before, after), (3, 3), "the job in flight changed its thread count");
+        assert!(seen.iter().all(|&n| n == 3), "{seen:?}");
+
+        assert_eq!(std::env::var_os("RAYON_NUM_THREADS"), env_before, "RAYON_NUM_THREADS was written");
         set_num_threads(1).unwrap();
         assert_eq!(install(rayon::current_num_threads).unwrap(), 1);
         assert!(matches!(set_num_threads(0), Err(MarvelError::InvalidArgument(_))));
+        assert_eq!(std::env::var_os("RAYON_NUM_THREADS"), env_before, "RAYON_NUM_THREADS was written");
     }
 }

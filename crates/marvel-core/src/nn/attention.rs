@@ -32,7 +32,6 @@ impl MultiheadAttention {
     }
 
     /// (in_proj weight, bias), (out_proj weight, bias), number of heads.
-    #[cfg(target_arch = "x86_64")] // read by the fused path only
     pub(super) fn parts(&self) -> ((&Tensor, &Tensor), (&Tensor, &Tensor), usize) {
         (linear_parts(&self.in_proj), linear_parts(&self.out_proj), self.num_heads)
     }
@@ -40,13 +39,10 @@ impl MultiheadAttention {
     /// `xs`: (B, L, D), batch first (the reference permutes to sequence-first only to suit torch's API).
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let (b, l, d) = xs.dims3()?;
-        #[cfg(target_arch = "x86_64")]
-        {
-            let (w, bias) = linear_parts(&self.in_proj);
-            if super::trains_on_cpu(&[xs, w, bias]) {
-                let attended = super::ops::linear_attention(xs, w, bias, self.num_heads)?;
-                return super::linear_forward(&self.out_proj, &attended);
-            }
+        let (w, bias) = linear_parts(&self.in_proj);
+        if super::trains_on_cpu(&[xs, w, bias]) {
+            let attended = super::ops::linear_attention(xs, w, bias, self.num_heads)?;
+            return super::linear_forward(&self.out_proj, &attended);
         }
         let qkv = super::linear_forward(&self.in_proj, xs)?;
         let (h, hd) = (self.num_heads, self.head_dim);
@@ -63,7 +59,6 @@ impl MultiheadAttention {
 }
 
 /// A linear layer's weight and bias; every linear layer of the block is built with a bias.
-#[cfg(target_arch = "x86_64")] // read by the fused path and the training ops only
 pub(super) fn linear_parts(l: &Linear) -> (&Tensor, &Tensor) {
     (l.weight(), l.bias().expect("the block's linear layers are built with a bias"))
 }

@@ -43,7 +43,6 @@ impl ResidualAttentionBlock {
         xs.narrow(1, start, len)? + self.mlp.forward(&normed)?
     }
 
-    #[cfg(target_arch = "x86_64")]
     fn parameters(&self) -> [&Tensor; 12] {
         let (in_proj, out_proj, _) = self.attn.parts();
         let (c_fc, c_proj) = self.mlp.parts();
@@ -56,11 +55,10 @@ impl ResidualAttentionBlock {
 
     /// This block's parameters as the fused kernels read them; `None` unless every one is an f32 CPU tensor
     /// (contiguous) and none is tracked for gradients.
-    #[cfg(target_arch = "x86_64")]
     fn fused_data(&self) -> Option<super::fused::BlockData<'_>> {
         use super::fused::{BlockData, F32Data, LinearData, NormData};
         let params = self.parameters();
-        if super::needs_grad(&params) {
+        if super::kernels::tracked(&params) {
             return None;
         }
         let mut data = params.into_iter().map(F32Data::of).collect::<Option<Vec<_>>>()?.into_iter();
@@ -91,11 +89,12 @@ impl ResidualAttentionBlock {
     /// before); the MLP's weight gradients are the same sums less those zero terms, bit for bit where the gemm does
     /// not split the rows into blocks (up to 512 rows). The fused inference path computes every row and cuts after.
     pub fn forward_all_rows(blocks: &[Self], xs: &Tensor, start: usize, len: usize) -> Result<Tensor> {
-        #[cfg(target_arch = "x86_64")]
         if let Some(out) = Self::forward_all_fused(blocks, xs)? {
             return out.narrow(1, start, len);
         }
-        let Some((last, rest)) = blocks.split_last() else { return xs.narrow(1, start, len) };
+        let Some((last, rest)) = blocks.split_last() else {
+            return xs.narrow(1, start, len);
+        };
         let mut xs = xs.clone();
         for block in rest {
             xs = block.forward_composed(&xs)?;
@@ -103,13 +102,12 @@ impl ResidualAttentionBlock {
         last.forward_composed_rows(&xs, start, len)
     }
 
-    #[cfg(target_arch = "x86_64")]
     fn forward_all_fused(blocks: &[Self], xs: &Tensor) -> Result<Option<Tensor>> {
         use super::fused::{blocks_forward, F32Data};
         if blocks.is_empty() {
             return Ok(Some(xs.clone()));
         }
-        if super::needs_grad(&[xs]) {
+        if super::kernels::tracked(&[xs]) {
             return Ok(None);
         }
         let (b, l, d) = xs.dims3()?;
@@ -175,7 +173,6 @@ mod tests {
                 })
                 .collect();
             let x = Tensor::randn(0f32, 1.0, (b, l, width), &dev).unwrap();
-            #[cfg(target_arch = "x86_64")]
             assert!(
                 ResidualAttentionBlock::forward_all_fused(&blocks, &x).unwrap().is_some(),
                 "the fused path was not taken"

@@ -235,7 +235,6 @@ fn im2col_conv(
         candle_core::bail!("conv2d_im2col: f32 CPU tensors only, got {:?} on {:?}", x.dtype(), x.device());
     }
     let g = Geometry { channels: c_in, h, w, up, kernel: k, stride, padding };
-    #[cfg(target_arch = "x86_64")]
     if super::ops::serve(&[x, weight]) && bias.is_none_or(|b| super::ops::serve(&[b])) {
         // One node for im2col, product and bias: its backward computes only the gradients that are asked for
         // (candle's matmul backward computes both operands' whatever is tracked) and folds the columns'
@@ -246,13 +245,13 @@ fn im2col_conv(
         };
         return super::ops::conv2d(x, weight, &bias, g, exact);
     }
-    // Without the training op (not x86-64) the composed form serves, which is exact anyway.
-    let _ = (c_out, exact);
+    // Tensors the training op does not take (not f32 on the CPU): the composed form, which is exact anyway.
+    let _ = exact;
     composed_im2col_conv(x, weight, bias, g)
 }
 
-/// The im2col convolution composed from candle ops (`Im2Col`, a broadcast matmul, a broadcast add): where
-/// `nn::ops` is not built, and the reference its training op is tested against.
+/// The im2col convolution composed from candle ops (`Im2Col`, a broadcast matmul, a broadcast add): for a weight
+/// or bias that `nn::ops` does not take (not f32 on the CPU), and the reference its training op is tested against.
 fn composed_im2col_conv(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, g: Geometry) -> Result<Tensor> {
     let (b, c_in, _, _) = x.dims4()?;
     let (c_out, _, k, _) = weight.dims4()?;
@@ -267,7 +266,7 @@ fn composed_im2col_conv(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, g: G
 
 /// Whether the im2col convolution serves these tensors: tracked, f32, on the CPU.
 fn use_im2col(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> bool {
-    let tracked = super::needs_grad(&[x, weight]) || bias.is_some_and(|b| super::needs_grad(&[b]));
+    let tracked = super::kernels::tracked(&[x, weight]) || bias.is_some_and(|b| super::kernels::tracked(&[b]));
     tracked && x.dtype() == DType::F32 && weight.dtype() == DType::F32 && x.device().is_cpu()
 }
 
@@ -488,7 +487,6 @@ mod tests {
     /// The training op (`nn::ops::conv2d`) gives the composed im2col convolution's forward and gradients bit
     /// for bit: the same products in the same order (the convolution of the single-recipe decoder's `conv_out`
     /// sits in a training run that a last-bit difference sends elsewhere).
-    #[cfg(target_arch = "x86_64")]
     #[test]
     fn training_op_matches_the_composed_form_bit_for_bit() {
         let dev = Device::Cpu;
@@ -522,7 +520,6 @@ mod tests {
     /// The fast-gradient convolution: the same forward and input gradient as the composed form, bit for bit; the
     /// weight's gradient (a differently laid out product) and the bias's within rounding of it; nothing for a
     /// frozen weight.
-    #[cfg(target_arch = "x86_64")]
     #[test]
     fn fast_weight_gradient_matches_the_composed_form() {
         let dev = Device::Cpu;

@@ -4,7 +4,7 @@
 //! (bias adds, GELU through libm, the q/k/v permute copies, the scaling, the head transpose, the residual adds),
 //! while attention's small per-head products each fork the thread pool. Here the block is seven passes:
 //! - every linear layer is one product over all B·L rows, reading PyTorch's (out, in) weight in place
-//!   (`super::sgemm` for up to ~1000 rows on AVX-512 CPUs, the `gemm` crate otherwise);
+//!   (`kernels::sgemm` for up to ~1000 rows at the AVX-512 level, the `gemm` crate otherwise);
 //! - the residual and the bias are written first and the product accumulated onto them (gemm's `read_dst`),
 //!   so neither costs a pass of its own;
 //! - c_fc's bias and the GELU are one parallel pass;
@@ -19,7 +19,7 @@ use candle_core::{CpuStorage, DType, Storage, StorageRef, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::{kernels, sgemm};
+use super::kernels;
 
 /// The data of a contiguous f32 tensor in CPU memory, borrowed (a read lock on its storage).
 pub(crate) struct F32Data<'a> {
@@ -31,7 +31,7 @@ impl<'a> F32Data<'a> {
     /// `None` unless `t` is f32, on the CPU and contiguous, and untracked: the fused kernels record no backward
     /// pass, so a tensor whose gradient may be asked for never reaches them, whatever the caller checked.
     pub(crate) fn of(t: &'a Tensor) -> Option<Self> {
-        if t.dtype() != DType::F32 || super::needs_grad(&[t]) {
+        if t.dtype() != DType::F32 || kernels::tracked(&[t]) {
             return None;
         }
         let (storage, layout) = t.storage_and_layout();
@@ -156,7 +156,8 @@ fn linear(dst: &mut [f32], residual: Option<&[f32]>, a: &[f32], lin: &LinearData
     gemm_wt(dst, true, a, w, m, k, n);
 }
 
-/// Below this many rows `sgemm` beats the `gemm` crate on the block's shapes; from ~1500 on it trails (see there).
+/// Below this many rows `kernels::sgemm` beats the `gemm` crate on the block's shapes; from ~1500 on it trails (see there).
+#[cfg(target_arch = "x86_64")]
 const SGEMM_MAX_ROWS: usize = 1024;
 
 /// dst (m, n) = [dst +] a (m, k) · wᵀ, for a weight `w` stored (n, k) row-major, as nn.Linear keeps it; on the
@@ -164,9 +165,13 @@ const SGEMM_MAX_ROWS: usize = 1024;
 fn gemm_wt(dst: &mut [f32], accumulate: bool, a: &[f32], w: &[f32], m: usize, k: usize, n: usize) {
     assert!(dst.len() == m * n && a.len() == m * k && w.len() == n * k, "gemm_wt: sizes do not match");
     let threads = rayon::current_num_threads();
-    if m < SGEMM_MAX_ROWS && sgemm::available() {
-        // SAFETY: AVX-512F is there; the sizes were checked above; dst is borrowed mutably, a and w shared.
-        unsafe { sgemm::sgemm_wt(m, n, k, a.as_ptr(), k, w.as_ptr(), k, dst.as_mut_ptr(), n, accumulate, threads) };
+    #[cfg(target_arch = "x86_64")]
+    if m < SGEMM_MAX_ROWS && kernels::level() == kernels::Level::Avx512 {
+        // SAFETY: the level is one the CPU supports; the sizes were checked above; dst is borrowed mutably, a and
+        // w shared.
+        unsafe {
+            kernels::sgemm::sgemm_wt(m, n, k, a.as_ptr(), k, w.as_ptr(), k, dst.as_mut_ptr(), n, accumulate, threads)
+        };
         return;
     }
     // SAFETY: the three buffers hold m·n, m·k and n·k values, and the strides below stay inside them.

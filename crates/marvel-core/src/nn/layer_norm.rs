@@ -3,6 +3,7 @@
 use candle_core::{DType, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
+use super::fused::{layer_norm_rows, F32Data};
 use super::param_init::{param, ParamInit};
 
 /// PyTorch's default `nn.LayerNorm` epsilon, used by every TiTok layer norm.
@@ -22,7 +23,6 @@ impl LayerNorm {
     }
 
     /// weight, bias, eps.
-    #[cfg(target_arch = "x86_64")] // read by the fused path only
     pub(super) fn parts(&self) -> (&Tensor, &Tensor, f64) {
         (&self.weight, &self.bias, self.eps)
     }
@@ -30,31 +30,22 @@ impl LayerNorm {
     /// The fused kernels (ours on f32 CPU data, candle's elsewhere) record no backward pass, so they only serve
     /// untracked (inference) inputs; tracked ones take the training op (f32 CPU data) or the composed form.
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        if super::needs_grad(&[xs, &self.weight, &self.bias]) {
-            #[cfg(target_arch = "x86_64")]
+        if super::kernels::tracked(&[xs, &self.weight, &self.bias]) {
             if super::ops::serve(&[xs, &self.weight, &self.bias]) {
                 return super::ops::layer_norm(xs, &self.weight, &self.bias, self.eps);
             }
             return self.forward_composed(xs);
         }
         let xs = xs.contiguous()?;
-        #[cfg(target_arch = "x86_64")]
-        {
-            use super::fused::{layer_norm_rows, F32Data};
-            let views = (F32Data::of(&xs), F32Data::of(&self.weight), F32Data::of(&self.bias));
-            if let (Some(x), Some(w), Some(b)) = views {
-                if xs.dim(D::Minus1)? != w.get().len() || b.get().len() != w.get().len() {
-                    candle_core::bail!(
-                        "layer_norm: input {:?} does not end in the weight's {}",
-                        xs.dims(),
-                        w.get().len()
-                    );
-                }
-                // Two-pass variance like PyTorch; candle's kernel uses E[x²] - E[x]².
-                let mut out = vec![0f32; x.get().len()];
-                layer_norm_rows(&mut out, x.get(), w.get(), b.get(), self.eps as f32);
-                return Tensor::from_vec(out, xs.shape(), xs.device());
+        let views = (F32Data::of(&xs), F32Data::of(&self.weight), F32Data::of(&self.bias));
+        if let (Some(x), Some(w), Some(b)) = views {
+            if xs.dim(D::Minus1)? != w.get().len() || b.get().len() != w.get().len() {
+                candle_core::bail!("layer_norm: input {:?} does not end in the weight's {}", xs.dims(), w.get().len());
             }
+            // Two-pass variance like PyTorch; candle's kernel uses E[x²] - E[x]².
+            let mut out = vec![0f32; x.get().len()];
+            layer_norm_rows(&mut out, x.get(), w.get(), b.get(), self.eps as f32);
+            return Tensor::from_vec(out, xs.shape(), xs.device());
         }
         candle_nn::ops::layer_norm(&xs, &self.weight, &self.bias, self.eps as f32)
     }

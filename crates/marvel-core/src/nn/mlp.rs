@@ -18,7 +18,6 @@ impl Mlp {
     }
 
     /// (c_fc weight, bias), (c_proj weight, bias).
-    #[cfg(target_arch = "x86_64")] // read by the fused path only
     pub(super) fn parts(&self) -> ((&Tensor, &Tensor), (&Tensor, &Tensor)) {
         (super::attention::linear_parts(&self.c_fc), super::attention::linear_parts(&self.c_proj))
     }
@@ -27,12 +26,9 @@ impl Mlp {
 impl Module for Mlp {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         // torch.nn.GELU() defaults to the exact erf form, not the tanh approximation.
-        #[cfg(target_arch = "x86_64")]
-        {
-            let (w, b) = super::attention::linear_parts(&self.c_fc);
-            if super::trains_on_cpu(&[xs, w, b]) {
-                return super::linear_forward(&self.c_proj, &super::ops::linear_gelu(xs, w, b)?);
-            }
+        let (w, b) = super::attention::linear_parts(&self.c_fc);
+        if super::trains_on_cpu(&[xs, w, b]) {
+            return super::linear_forward(&self.c_proj, &super::ops::linear_gelu(xs, w, b)?);
         }
         super::linear_forward(&self.c_proj, &super::linear_forward(&self.c_fc, xs)?.gelu_erf()?)
     }

@@ -1,24 +1,19 @@
 //! Transformer building blocks shared by the TiTok encoder and decoder, loaded from PyTorch state-dict names.
 //!
 //! Inference and training share these layers. The fast kernels record no backward pass: our own (`fused`, for a
-//! stack of transformer blocks, layer norm and softmax on f32 CPU data, x86-64 only) and candle's
+//! stack of transformer blocks, layer norm and softmax on f32 CPU data, built on the `kernels` layer) and candle's
 //! (`layer_norm`, `softmax_last_dim`) elsewhere. So each layer checks whether the computation is being tracked
-//! for gradients and falls back to composed, differentiable ops then.
+//! for gradients (`kernels::tracked`) and falls back to composed, differentiable ops then.
 
 mod attention;
 mod block;
 mod conv2d;
-#[cfg(target_arch = "x86_64")]
 mod fused;
-#[cfg(target_arch = "x86_64")]
-mod kernels;
+pub mod kernels;
 mod layer_norm;
 mod mlp;
-#[cfg(target_arch = "x86_64")]
 mod ops;
 pub mod param_init;
-#[cfg(target_arch = "x86_64")]
-mod sgemm;
 
 pub use attention::MultiheadAttention;
 pub use block::ResidualAttentionBlock;
@@ -31,15 +26,9 @@ pub use param_init::{linear, param, ParamInit, TRUNC_NORMAL_002};
 
 use candle_core::{Result, Tensor, D};
 
-/// True when `xs` (or a weight it meets) takes part in a computation whose gradient will be asked for.
-pub(crate) fn needs_grad(tensors: &[&Tensor]) -> bool {
-    tensors.iter().any(|t| t.track_op())
-}
-
 /// Frees the working buffers the CPU training ops keep between calls (see `ops/scratch.rs`): for when training
 /// stops.
 pub(crate) fn release_training_buffers() {
-    #[cfg(target_arch = "x86_64")]
     ops::release_scratch();
 }
 
@@ -48,12 +37,10 @@ pub(crate) fn release_training_buffers() {
 /// only (the filter is a constant; see `ops/filter.rs`). None where that op does not serve: the caller composes
 /// the filter from differentiable ops then.
 pub(crate) fn shared_filter2d(x: &Tensor, kernel: &Tensor, stride: usize, pad: [usize; 4]) -> Result<Option<Tensor>> {
-    #[cfg(target_arch = "x86_64")]
-    if trains_on_cpu(&[x]) && ops::serve(&[kernel]) && !kernel.track_op() {
+    if trains_on_cpu(&[x]) && ops::serve(&[kernel]) && !kernels::tracked(&[kernel]) {
         let taps = kernel.flatten_all()?.to_vec1::<f32>()?;
         return Ok(Some(ops::shared_filter2d(x, &taps, stride, pad)?));
     }
-    let _ = (x, kernel, stride, pad);
     Ok(None)
 }
 
@@ -67,25 +54,21 @@ pub(crate) fn group_norm(
     groups: usize,
     eps: f64,
 ) -> Result<Option<Tensor>> {
-    #[cfg(target_arch = "x86_64")]
     if trains_on_cpu(&[x, weight, bias]) {
         return Ok(Some(ops::group_norm(x, weight, bias, groups, eps)?));
     }
-    let _ = (x, weight, bias, groups, eps);
     Ok(None)
 }
 
 /// True when the CPU training ops take this computation: something in it is tracked for gradients, and every
 /// tensor is f32 on the CPU.
-#[cfg(target_arch = "x86_64")]
 fn trains_on_cpu(tensors: &[&Tensor]) -> bool {
-    needs_grad(tensors) && ops::serve(tensors)
+    kernels::tracked(tensors) && ops::serve(tensors)
 }
 
 /// A linear layer on `xs` (..., in): one product over all rows, with a gemm-only backward, when training on the
 /// CPU; candle's `Linear` otherwise.
 pub fn linear_forward(layer: &candle_nn::Linear, xs: &Tensor) -> Result<Tensor> {
-    #[cfg(target_arch = "x86_64")]
     if let Some(bias) = layer.bias() {
         if trains_on_cpu(&[xs, layer.weight(), bias]) {
             return ops::linear(xs, layer.weight(), bias);
@@ -97,7 +80,6 @@ pub fn linear_forward(layer: &candle_nn::Linear, xs: &Tensor) -> Result<Tensor> 
 /// LeakyReLU, `max(x, slope·x)`: one node with a one-pass backward when training on the CPU (the same values
 /// as the composed form, see `ops/leaky_relu.rs`), candle's composed ops otherwise.
 pub fn leaky_relu(xs: &Tensor, slope: f64) -> Result<Tensor> {
-    #[cfg(target_arch = "x86_64")]
     if trains_on_cpu(&[xs]) {
         return ops::leaky_relu(xs, slope);
     }
@@ -107,11 +89,10 @@ pub fn leaky_relu(xs: &Tensor, slope: f64) -> Result<Tensor> {
 /// Softmax over the last dimension: candle's fused kernel for inference, the composed (differentiable) form
 /// when gradients are tracked.
 pub fn softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
-    if needs_grad(&[xs]) {
+    if kernels::tracked(&[xs]) {
         return candle_nn::ops::softmax(xs, D::Minus1);
     }
     let xs = xs.contiguous()?;
-    #[cfg(target_arch = "x86_64")]
     if let Some(data) = fused::F32Data::of(&xs) {
         // candle's kernel calls libm's exp per element; this one is vectorised.
         let mut out = data.get().to_vec();
@@ -141,7 +122,10 @@ mod tests {
             ("block.rs", include_str!("block.rs")),
             ("conv2d.rs", include_str!("conv2d.rs")),
             ("fused.rs", include_str!("fused.rs")),
-            ("kernels.rs", include_str!("kernels.rs")),
+            ("kernels/math.rs", include_str!("kernels/math.rs")),
+            ("kernels/mod.rs", include_str!("kernels/mod.rs")),
+            ("kernels/rows.rs", include_str!("kernels/rows.rs")),
+            ("kernels/sgemm.rs", include_str!("kernels/sgemm.rs")),
             ("layer_norm.rs", include_str!("layer_norm.rs")),
             ("mlp.rs", include_str!("mlp.rs")),
             ("ops/attention.rs", include_str!("ops/attention.rs")),
@@ -149,7 +133,6 @@ mod tests {
             ("ops/linear.rs", include_str!("ops/linear.rs")),
             ("ops/mod.rs", include_str!("ops/mod.rs")),
             ("param_init.rs", include_str!("param_init.rs")),
-            ("sgemm.rs", include_str!("sgemm.rs")),
         ];
         for (file, source) in sources {
             assert!(!source.contains(needle), "nn/{file} uses {needle}");

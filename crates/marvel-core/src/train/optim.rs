@@ -321,33 +321,18 @@ fn adamw(p: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32], s: &StepScalars
         .for_each(|(((p, m), v), g)| adamw_chunk(p, m, v, g, s));
 }
 
-fn adamw_chunk(p: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32], s: &StepScalars) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the one requirement of a target_feature function is that the CPU has the features, checked
-        // just above.
-        return unsafe { adamw_chunk_fma(p, m, v, g, s) };
-    }
-    adamw_body(p, m, v, g, s)
-}
-
-/// [`adamw_body`] compiled with FMA and 8-wide vectors: `mul_add` becomes one instruction instead of a libm call,
-/// and the loop vectorises. The results are the same bits (mul_add, sqrt and division are correctly rounded
-/// either way).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn adamw_chunk_fma(p: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32], s: &StepScalars) {
-    adamw_body(p, m, v, g, s)
-}
-
-#[inline(always)]
-fn adamw_body(p: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32], s: &StepScalars) {
-    for (((p, m), v), &g) in p.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()).zip(g) {
-        let theta = *p * s.decay;
-        *m = s.one_minus_beta1.mul_add(g - *m, *m);
-        *v = (g * s.one_minus_beta2).mul_add(g, *v * s.beta2);
-        let denom = v.sqrt() / s.bias_correction2_sqrt + s.eps;
-        *p = theta + (*m * s.neg_step_size) / denom;
+crate::nn::kernels::dispatch! {
+    /// One chunk of the AdamW step. Per SIMD level, so that `mul_add` is one instruction, not a libm call, and the
+    /// loop vectorises; the results are the same bits at every level (mul_add, sqrt and division are correctly
+    /// rounded either way).
+    fn adamw_chunk(p: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32], s: &StepScalars) {
+        for (((p, m), v), &g) in p.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()).zip(g) {
+            let theta = *p * s.decay;
+            *m = s.one_minus_beta1.mul_add(g - *m, *m);
+            *v = (g * s.one_minus_beta2).mul_add(g, *v * s.beta2);
+            let denom = v.sqrt() / s.bias_correction2_sqrt + s.eps;
+            *p = theta + (*m * s.neg_step_size) / denom;
+        }
     }
 }
 

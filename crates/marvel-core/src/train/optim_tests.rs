@@ -289,3 +289,19 @@ fn a_parameter_spanning_many_chunks_updates_as_the_reference_on_any_thread_count
     assert_eq!(one, (want(&p), want(&m), want(&v)));
     assert_eq!(run(3), one);
 }
+
+// The AdamW chunk at each SIMD level against the baseline, bit for bit (it moves to the layer's dispatch; the
+// exact-resume guarantee needs the same bits whichever level a machine runs).
+crate::nn::kernels::at_every_level!(the_step_is_the_same_bits_at_every_level, |level| {
+    use crate::nn::kernels::{assert_same_bits, at_baseline_and};
+    let mut rng = SplitMix64::new(5);
+    let (p, m, g) = (normal_ish(&mut rng, 1003, 1.0), normal_ish(&mut rng, 1003, 0.1), normal_ish(&mut rng, 1003, 0.3));
+    let v: Vec<f32> = normal_ish(&mut rng, 1003, 0.01).iter().map(|x| x * x).collect();
+    let s = StepScalars::new(&CONFIG, 0.1, 7);
+    let (want, got) = at_baseline_and(level, || {
+        let (mut p, mut m, mut v) = (p.clone(), m.clone(), v.clone());
+        adamw_chunk(&mut p, &mut m, &mut v, &g, &s);
+        [p, m, v].concat()
+    });
+    assert_same_bits(level, &want, &got, "adamw_chunk");
+});

@@ -34,7 +34,7 @@ impl DepthwiseConv {
 
     /// Whether `x` with these weights can take this path: f32 on the CPU, weights outside autograd.
     pub fn applies(x: &Tensor, weight: &Tensor) -> bool {
-        x.device().is_cpu() && x.dtype() == DType::F32 && !weight.track_op()
+        x.device().is_cpu() && x.dtype() == DType::F32 && !crate::nn::kernels::tracked(&[weight])
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {

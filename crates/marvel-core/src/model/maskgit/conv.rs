@@ -64,8 +64,8 @@ impl SameConv2d {
             && x.device().is_cpu()
             && x.dtype() == DType::F32
             && self.weight.dtype() == DType::F32
-            && !crate::nn::needs_grad(&[x, &self.weight])
-            && !self.bias.as_ref().is_some_and(|b| crate::nn::needs_grad(&[b]));
+            && !crate::nn::kernels::tracked(&[x, &self.weight])
+            && !self.bias.as_ref().is_some_and(|b| crate::nn::kernels::tracked(&[b]));
         if fast {
             let u = self.winograd.transformed(&self.weight)?;
             let bias = match &self.bias {

@@ -1,12 +1,13 @@
 //! GroupNorm (eps 1e-6, affine) followed by SiLU: every GroupNorm of the VQGAN feeds a SiLU, so on the CPU the
-//! two run as one pass over memory (candle's ops make several passes: 5x slower at the decoder's last level). Other
-//! devices, and tensors that take part in autograd, use candle's ops instead.
+//! two run as one pass over memory (candle's ops make several passes: 5x slower at the decoder's last level), two
+//! kernels of the `nn::kernels` layer. Other devices, and tensors that take part in autograd, use candle's ops.
 
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
 use candle_nn::VarBuilder;
 use rayon::prelude::*;
 
 use crate::error::Result;
+use crate::nn::kernels::{self, math::exp};
 use crate::nn::{param, ParamInit};
 
 /// The reference's GroupNorm epsilon (`nn.GroupNorm(..., eps=1e-6)`), not torch's default 1e-5.
@@ -43,7 +44,7 @@ impl GroupNorm {
         let fast = x.device().is_cpu()
             && x.dtype() == DType::F32
             && self.weight.dtype() == DType::F32
-            && !crate::nn::needs_grad(&[x, &self.weight, &self.bias]);
+            && !kernels::tracked(&[x, &self.weight, &self.bias]);
         if fast {
             let op = GroupNormSiluCpu {
                 weight: self.weight.to_vec1::<f32>()?,
@@ -102,115 +103,52 @@ impl CustomOp1 for GroupNormSiluCpu {
     }
 }
 
-/// Mean and (biased) variance in one pass, accumulated in f64: with 16 significant digits, E[x^2] - mean^2
-/// still keeps 8 when the mean is 1e4 times the spread, more than the f32 result needs, so this matches
-/// torch's float statistics to about an ulp. Eight independent accumulators let the loop vectorise.
-fn moments(src: &[f32]) -> (f64, f64) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-            // SAFETY: the features were just detected on this CPU.
-            return unsafe { moments_avx2(src) };
+kernels::dispatch! {
+    /// Mean and (biased) variance in one pass, accumulated in f64: with 16 significant digits, E[x^2] - mean^2
+    /// still keeps 8 when the mean is 1e4 times the spread, more than the f32 result needs, so this matches
+    /// torch's float statistics to about an ulp. Eight independent accumulators let the loop vectorise.
+    fn moments(src: &[f32]) -> (f64, f64) {
+        let (mut sum, mut sq) = ([0f64; 8], [0f64; 8]);
+        let mut chunks = src.chunks_exact(8);
+        for c in &mut chunks {
+            for l in 0..8 {
+                let v = c[l] as f64;
+                sum[l] += v;
+                sq[l] += v * v;
+            }
         }
-    }
-    moments_portable(src)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn moments_avx2(src: &[f32]) -> (f64, f64) {
-    moments_portable(src)
-}
-
-#[inline(always)]
-fn moments_portable(src: &[f32]) -> (f64, f64) {
-    let (mut sum, mut sq) = ([0f64; 8], [0f64; 8]);
-    let mut chunks = src.chunks_exact(8);
-    for c in &mut chunks {
-        for l in 0..8 {
-            let v = c[l] as f64;
-            sum[l] += v;
-            sq[l] += v * v;
+        for (l, &v) in chunks.remainder().iter().enumerate() {
+            sum[l] += v as f64;
+            sq[l] += v as f64 * v as f64;
         }
-    }
-    for (l, &v) in chunks.remainder().iter().enumerate() {
-        sum[l] += v as f64;
-        sq[l] += v as f64 * v as f64;
-    }
-    let n = src.len() as f64;
-    let mean = sum.iter().sum::<f64>() / n;
-    let var = (sq.iter().sum::<f64>() / n - mean * mean).max(0.0);
-    (mean, var)
-}
-
-/// d = s * scale + shift, then SiLU when asked; compiled for AVX2 where the CPU has it, since the exp in
-/// SiLU dominates the norm's cost otherwise.
-fn affine(s: &[f32], d: &mut [f32], scale: f32, shift: f32, silu: bool) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-            // SAFETY: the features were just detected on this CPU.
-            return unsafe { affine_avx2(s, d, scale, shift, silu) };
-        }
-    }
-    affine_portable(s, d, scale, shift, silu)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn affine_avx2(s: &[f32], d: &mut [f32], scale: f32, shift: f32, silu: bool) {
-    affine_portable(s, d, scale, shift, silu)
-}
-
-#[inline(always)]
-fn affine_portable(s: &[f32], d: &mut [f32], scale: f32, shift: f32, silu: bool) {
-    if silu {
-        for (d, &s) in d.iter_mut().zip(s) {
-            let y = s * scale + shift;
-            // torch's vectorised silu: x / (1 + exp(-x)).
-            *d = y / (1.0 + exp(-y));
-        }
-    } else {
-        for (d, &s) in d.iter_mut().zip(s) {
-            *d = s * scale + shift;
-        }
+        let n = src.len() as f64;
+        let mean = sum.iter().sum::<f64>() / n;
+        let var = (sq.iter().sum::<f64>() / n - mean * mean).max(0.0);
+        (mean, var)
     }
 }
 
-/// exp without a libm call so the loop vectorises: Cephes' expf (range reduction by ln 2 split in two
-/// constants, degree-5 polynomial), relative error about 1e-7. Inputs are clamped so 2^n stays a normal
-/// float; exp(88) and exp(-87.3) are as far as SiLU ever needs.
-#[inline(always)]
-fn exp(x: f32) -> f32 {
-    const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23: adding it rounds to an integer, kept in the low bits
-    let x = x.clamp(-87.336_54, 88.0);
-    let t = x * std::f32::consts::LOG2_E + ROUND;
-    let n = t - ROUND;
-    let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
-    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
-        + 1.666_666_5e-1)
-        * r
-        + 5.000_000_1e-1;
-    let y = p * r * r + r + 1.0;
-    let pow2 = f32::from_bits(((t.to_bits() as i32 - 0x4B40_0000 + 127) << 23) as u32);
-    y * pow2
+kernels::dispatch! {
+    /// d = s * scale + shift, then SiLU when asked: per level, since the exp in SiLU dominates the norm's cost.
+    fn affine(s: &[f32], d: &mut [f32], scale: f32, shift: f32, silu: bool) {
+        if silu {
+            for (d, &s) in d.iter_mut().zip(s) {
+                let y = s * scale + shift;
+                // torch's vectorised silu: x / (1 + exp(-x)).
+                *d = y / (1.0 + exp(-y));
+            }
+        } else {
+            for (d, &s) in d.iter_mut().zip(s) {
+                *d = s * scale + shift;
+            }
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use candle_core::{Device, Module};
-
-    #[test]
-    fn exp_is_accurate_to_a_few_ulps() {
-        let mut worst = 0f64;
-        for i in -8700..8800 {
-            let x = i as f32 * 0.01 + 0.003;
-            let want = (x as f64).exp();
-            worst = worst.max(((exp(x) as f64 - want) / want).abs());
-        }
-        assert!(worst < 3e-7, "worst relative error {worst}");
-    }
 
     #[test]
     fn fused_cpu_path_matches_candle_ops() {
@@ -232,4 +170,21 @@ mod tests {
         assert!(diff(&gn.run(&xt, false).unwrap(), &want.unwrap()) < 1e-5);
         assert!(gn.forward_silu(&x.narrow(1, 0, 4).unwrap()).is_err());
     }
+
+    // The two kernels at each level against the baseline, bit for bit: a group long enough for every vector
+    // width and a tail, values with a large mean (the f64 moments), SiLU over both signs.
+    kernels::at_every_level!(kernels_match_the_baseline_at_every_level, |level| {
+        use crate::nn::kernels::{assert_same_bits, at_baseline_and};
+        let src: Vec<f32> = (0..1003).map(|i| ((i * 7919) % 1201) as f32 * 0.02 - 12.0 + 300.0).collect();
+        let (want, got) = at_baseline_and(level, || moments(&src));
+        assert_eq!((want.0.to_bits(), want.1.to_bits()), (got.0.to_bits(), got.1.to_bits()), "moments at {level:?}");
+        for silu in [false, true] {
+            let (want, got) = at_baseline_and(level, || {
+                let mut d = vec![0f32; src.len()];
+                affine(&src, &mut d, 0.37, -111.0, silu);
+                d
+            });
+            assert_same_bits(level, &want, &got, "affine");
+        }
+    });
 }

@@ -9,9 +9,11 @@
 //! tile reads. The transforms only add, subtract and halve, so the result stays within a few ulps of a
 //! direct convolution's. Every inner loop runs over contiguous rows of tiles so that it vectorises.
 
-use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, Device, Layout, Shape, Storage, Tensor};
+use gemm::Parallelism;
 use rayon::prelude::*;
+
+use crate::nn::kernels;
 
 /// Target size (in f32 values) of one band's transformed input V: 4 MB, about one core's L2 here (1 to 8 MB
 /// measured the same within noise).
@@ -71,27 +73,27 @@ impl CustomOp1 for Winograd3x3<'_> {
 
         let (u_guard, u_layout) = self.u.storage_and_layout();
         let Storage::Cpu(u) = &*u_guard else { candle_core::bail!("conv3x3-winograd: weights not on the CPU") };
-        // U[ξ] is the (c_out, c_in) matrix at offset ξ * c_in with row stride 16 * c_in.
-        let u_layout = Layout::new(Shape::from((16, c_out, c_in)), vec![c_in, 16 * c_in, 1], u_layout.start_offset());
+        let Some((u_start, u_end)) = u_layout.contiguous_offsets() else {
+            candle_core::bail!("conv3x3-winograd: transformed weights not contiguous")
+        };
+        let u = &u.as_slice::<f32>()?[u_start..u_end];
 
         let band_rows = (self.band_values / (16 * c_in * tw)).clamp(1, th);
         let plane = oh * ow;
         let mut out = vec![0f32; batch * c_out * plane];
         let mut v = vec![0f32; c_in * 16 * band_rows * tw];
+        let mut m = vec![0f32; 16 * c_out * band_rows * tw];
         for (b, out_b) in out.chunks_mut(c_out * plane).enumerate() {
             let src = Source { x: &x[b * c_in * h * w..(b + 1) * c_in * h * w], h, w, up };
             for ty0 in (0..th).step_by(band_rows) {
                 let rows = band_rows.min(th - ty0);
                 let t = rows * tw;
-                let mut v_band = std::mem::take(&mut v);
-                // Shorter for the last band; grows back (within its capacity) for the next image.
-                v_band.resize(c_in * 16 * t, 0.0);
-                v_band.par_chunks_mut(16 * t).enumerate().for_each(|(c, v_c)| src.transform_tiles(c, ty0, rows, v_c));
-                let v_band = CpuStorage::F32(v_band);
-                // V[ξ] is the (c_in, t) matrix at offset ξ * t with row stride 16 * t.
-                let v_layout = Layout::new(Shape::from((16, c_in, t)), vec![t, 16 * t, 1], 0);
-                let m = u.matmul(&v_band, (16, c_out, t, c_in), &u_layout, &v_layout)?;
-                let m = m.as_slice::<f32>()?;
+                // Shorter for the last band.
+                let v = &mut v[..c_in * 16 * t];
+                v.par_chunks_mut(16 * t).enumerate().for_each(|(c, v_c)| transform_tiles(&src, c, ty0, rows, v_c));
+                let m = &mut m[..16 * c_out * t];
+                products(u, v, m, c_out, c_in, t);
+                let m = &*m;
                 out_b.par_chunks_mut(plane).enumerate().for_each(|(co, y)| {
                     let bias = self.bias.as_ref().map_or(0.0, |b| b[co]);
                     let mut scratch = vec![0f32; 4 * tw];
@@ -103,11 +105,47 @@ impl CustomOp1 for Winograd3x3<'_> {
                         inverse_transform_row(&m_row, bias, top, bottom, &mut scratch);
                     }
                 });
-                let CpuStorage::F32(reuse) = v_band else { unreachable!() };
-                v = reuse;
             }
         }
         Ok((CpuStorage::F32(out), Shape::from((batch, c_out, oh, ow))))
+    }
+}
+
+/// M[ξ] = U[ξ] V[ξ] for the 16 transform positions ξ: U[ξ] the (c_out, c_in) matrix at offset ξ·c_in with row
+/// stride 16·c_in, V[ξ] the (c_in, t) matrix at ξ·t with row stride 16·t, M[ξ] (c_out, t) contiguous at ξ·c_out·t.
+/// The same `gemm` calls candle's batched matmul makes (so the same bits), but split across the threads of the pool
+/// this job runs on: candle's split is a constant of the process (see `runtime`).
+fn products(u: &[f32], v: &[f32], m: &mut [f32], c_out: usize, c_in: usize, t: usize) {
+    assert!(u.len() == 16 * c_out * c_in && v.len() == 16 * c_in * t && m.len() == 16 * c_out * t, "products: sizes");
+    let threads = rayon::current_num_threads();
+    let parallelism = if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None };
+    for xi in 0..16 {
+        // SAFETY: with the sizes asserted above, U[ξ]'s last element is at ξ·c_in + (c_out - 1)·16·c_in + c_in - 1,
+        // V[ξ]'s at ξ·t + (c_in - 1)·16·t + t - 1 and M[ξ]'s at (ξ + 1)·c_out·t - 1, all inside their slices; m is
+        // borrowed mutably and u, v shared, so nothing else touches M[ξ].
+        unsafe {
+            gemm::gemm(
+                c_out,
+                t,
+                c_in,
+                m.as_mut_ptr().add(xi * c_out * t),
+                1,
+                t as isize,
+                false,
+                u.as_ptr().add(xi * c_in),
+                1,
+                (16 * c_in) as isize,
+                v.as_ptr().add(xi * t),
+                1,
+                (16 * t) as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                parallelism,
+            )
+        }
     }
 }
 
@@ -119,35 +157,16 @@ struct Source<'a> {
     up: usize,
 }
 
-impl Source<'_> {
+kernels::dispatch! {
     /// V[ξ][tile] (into `v`, `16 x rows * tw`) = (B^T d B)[ξ] for the tiles of tile rows ty0 .. ty0 + rows of
     /// input channel c, with B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]] and d the 4x4
     /// patch whose top-left is (2 ty - 1, 2 tx - 1), zero outside the image.
-    fn transform_tiles(&self, c: usize, ty0: usize, rows: usize, v: &mut [f32]) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-                // SAFETY: the features were just detected on this CPU.
-                return unsafe { self.transform_tiles_avx2(c, ty0, rows, v) };
-            }
-        }
-        self.transform_tiles_portable(c, ty0, rows, v)
-    }
-
-    /// The same loops compiled for 256-bit vectors (the crate's baseline is 128-bit SSE2).
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn transform_tiles_avx2(&self, c: usize, ty0: usize, rows: usize, v: &mut [f32]) {
-        self.transform_tiles_portable(c, ty0, rows, v)
-    }
-
-    #[inline(always)]
-    fn transform_tiles_portable(&self, c: usize, ty0: usize, rows: usize, v: &mut [f32]) {
-        let (oh, ow) = (self.h * self.up, self.w * self.up);
+    fn transform_tiles(src: &Source, c: usize, ty0: usize, rows: usize, v: &mut [f32]) {
+        let (oh, ow) = (src.h * src.up, src.w * src.up);
         let tw = ow.div_ceil(2);
         let t = rows * tw;
         let n = tw + 1;
-        let plane = &self.x[c * self.h * self.w..(c + 1) * self.h * self.w];
+        let plane = &src.x[c * src.h * src.w..(c + 1) * src.h * src.w];
         // Patch rows k = 0..3 split into even[k][j] = column 2j - 1 and odd[k][j] = column 2j, so that tile tx
         // reads columns even[tx], odd[tx], even[tx + 1], odd[tx + 1]: all contiguous runs over tx.
         let mut cols = vec![0f32; 8 * n];
@@ -161,12 +180,12 @@ impl Source<'_> {
                 if yy < 0 || yy as usize >= oh {
                     continue;
                 }
-                let row = &plane[(yy as usize / self.up) * self.w..][..self.w];
+                let row = &plane[(yy as usize / src.up) * src.w..][..src.w];
                 let (e, o) = (&mut even[k * n..(k + 1) * n], &mut odd[k * n..(k + 1) * n]);
-                if self.up == 1 {
+                if src.up == 1 {
                     let pairs = row.chunks_exact(2);
                     if let [last] = pairs.remainder() {
-                        o[self.w / 2] = *last;
+                        o[src.w / 2] = *last;
                     }
                     for ((pair, o), e) in pairs.zip(o.iter_mut()).zip(e[1..].iter_mut()) {
                         *o = pair[0];
@@ -174,8 +193,8 @@ impl Source<'_> {
                     }
                 } else {
                     // Upsampled column 2j - 1 is input column j - 1, column 2j is input column j.
-                    e[1..=self.w].copy_from_slice(row);
-                    o[..self.w].copy_from_slice(row);
+                    e[1..=src.w].copy_from_slice(row);
+                    o[..src.w].copy_from_slice(row);
                 }
             }
             // B^T down the patch rows, for the even and the odd columns.
@@ -211,57 +230,35 @@ impl Source<'_> {
     }
 }
 
-/// Y = A^T m A with A^T = [[1, 1, 1, 0], [0, 1, -1, -1]] for one row of tiles, plus the bias: writes output
-/// rows `top` and (unless the image has an odd height and this is its last row) `bottom`. `scratch`: 4 x tiles.
-fn inverse_transform_row(m: &[&[f32]; 16], bias: f32, top: &mut [f32], bottom: Option<&mut [f32]>, scratch: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-            // SAFETY: the features were just detected on this CPU.
-            return unsafe { inverse_transform_row_avx2(m, bias, top, bottom, scratch) };
+kernels::dispatch! {
+    /// Y = A^T m A with A^T = [[1, 1, 1, 0], [0, 1, -1, -1]] for one row of tiles, plus the bias: writes output
+    /// rows `top` and (unless the image has an odd height and this is its last row) `bottom`. `scratch`: 4 x tiles.
+    fn inverse_transform_row(
+        m: &[&[f32]; 16],
+        bias: f32,
+        top: &mut [f32],
+        bottom: Option<&mut [f32]>,
+        scratch: &mut [f32],
+    ) {
+        let tw = m[0].len();
+        let (y00, rest) = scratch.split_at_mut(tw);
+        let (y01, rest) = rest.split_at_mut(tw);
+        let (y10, y11) = rest.split_at_mut(tw);
+        let y11 = &mut y11[..tw];
+        for tx in 0..tw {
+            let e = |xi: usize| m[xi][tx];
+            // A^T down each patch column j: (m0 + m1 + m2, m1 - m2 - m3); then the same across columns.
+            let s0: [f32; 4] = std::array::from_fn(|j| e(j) + e(4 + j) + e(8 + j));
+            let s1: [f32; 4] = std::array::from_fn(|j| e(4 + j) - e(8 + j) - e(12 + j));
+            y00[tx] = s0[0] + s0[1] + s0[2] + bias;
+            y01[tx] = s0[1] - s0[2] - s0[3] + bias;
+            y10[tx] = s1[0] + s1[1] + s1[2] + bias;
+            y11[tx] = s1[1] - s1[2] - s1[3] + bias;
         }
-    }
-    inverse_transform_row_portable(m, bias, top, bottom, scratch)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn inverse_transform_row_avx2(
-    m: &[&[f32]; 16],
-    bias: f32,
-    top: &mut [f32],
-    bottom: Option<&mut [f32]>,
-    scratch: &mut [f32],
-) {
-    inverse_transform_row_portable(m, bias, top, bottom, scratch)
-}
-
-#[inline(always)]
-fn inverse_transform_row_portable(
-    m: &[&[f32]; 16],
-    bias: f32,
-    top: &mut [f32],
-    bottom: Option<&mut [f32]>,
-    scratch: &mut [f32],
-) {
-    let tw = m[0].len();
-    let (y00, rest) = scratch.split_at_mut(tw);
-    let (y01, rest) = rest.split_at_mut(tw);
-    let (y10, y11) = rest.split_at_mut(tw);
-    let y11 = &mut y11[..tw];
-    for tx in 0..tw {
-        let e = |xi: usize| m[xi][tx];
-        // A^T down each patch column j: (m0 + m1 + m2, m1 - m2 - m3); then the same across columns.
-        let s0: [f32; 4] = std::array::from_fn(|j| e(j) + e(4 + j) + e(8 + j));
-        let s1: [f32; 4] = std::array::from_fn(|j| e(4 + j) - e(8 + j) - e(12 + j));
-        y00[tx] = s0[0] + s0[1] + s0[2] + bias;
-        y01[tx] = s0[1] - s0[2] - s0[3] + bias;
-        y10[tx] = s1[0] + s1[1] + s1[2] + bias;
-        y11[tx] = s1[1] - s1[2] - s1[3] + bias;
-    }
-    interleave(top, y00, y01);
-    if let Some(bottom) = bottom {
-        interleave(bottom, y10, y11);
+        interleave(top, y00, y01);
+        if let Some(bottom) = bottom {
+            interleave(bottom, y10, y11);
+        }
     }
 }
 
@@ -311,4 +308,54 @@ mod tests {
             }
         }
     }
+
+    /// The products are candle's batched matmul of the same strided views, bit for bit (the VQGAN's outputs did
+    /// not move when they left candle), on one thread and on three.
+    #[test]
+    fn products_are_candles_matmul_bit_for_bit() {
+        use candle_core::backend::BackendStorage;
+        let (c_out, c_in, t) = (37, 70, 45);
+        let u: Vec<f32> = (0..16 * c_out * c_in).map(|i| ((i * 7919) % 1009) as f32 * 0.01 - 5.0).collect();
+        let v: Vec<f32> = (0..16 * c_in * t).map(|i| ((i * 104_729) % 997) as f32 * 0.01 - 5.0).collect();
+        let (us, vs) = (CpuStorage::F32(u.clone()), CpuStorage::F32(v.clone()));
+        let u_layout = Layout::new(Shape::from((16, c_out, c_in)), vec![c_in, 16 * c_in, 1], 0);
+        let v_layout = Layout::new(Shape::from((16, c_in, t)), vec![t, 16 * t, 1], 0);
+        let want = us.matmul(&vs, (16, c_out, t, c_in), &u_layout, &v_layout).unwrap();
+        let want: Vec<u32> = want.as_slice::<f32>().unwrap().iter().map(|x| x.to_bits()).collect();
+        for threads in [1, 3] {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            let mut m = vec![0f32; 16 * c_out * t];
+            pool.install(|| products(&u, &v, &mut m, c_out, c_in, t));
+            assert!(m.iter().map(|x| x.to_bits()).eq(want.iter().copied()), "{threads} threads");
+        }
+    }
+
+    // Both transforms at each level against the baseline, bit for bit (they only add and subtract): odd and even
+    // widths, with and without upsampling, a last row with and without its bottom half.
+    kernels::at_every_level!(transforms_match_the_baseline_at_every_level, |level| {
+        use crate::nn::kernels::{assert_same_bits, at_baseline_and};
+        for (h, w, up) in [(7, 37, 1), (6, 20, 2), (1, 1, 1)] {
+            let x: Vec<f32> = (0..2 * h * w).map(|i| ((i * 7919) % 613) as f32 * 0.01 - 3.0).collect();
+            let src = Source { x: &x, h, w, up };
+            let (th, tw) = ((h * up).div_ceil(2), (w * up).div_ceil(2));
+            let (want, got) = at_baseline_and(level, || {
+                let mut v = vec![0f32; 16 * th * tw];
+                transform_tiles(&src, 1, 0, th, &mut v);
+                v
+            });
+            assert_same_bits(level, &want, &got, "transform_tiles");
+            let m: Vec<f32> = (0..16 * tw).map(|i| ((i * 104_729) % 977) as f32 * 0.01 - 4.0).collect();
+            let rows: [&[f32]; 16] = std::array::from_fn(|xi| &m[xi * tw..][..tw]);
+            let ow = w * up;
+            for with_bottom in [true, false] {
+                let (want, got) = at_baseline_and(level, || {
+                    let (mut top, mut bottom, mut scratch) = (vec![0f32; ow], vec![0f32; ow], vec![0f32; 4 * tw]);
+                    inverse_transform_row(&rows, 0.25, &mut top, with_bottom.then_some(&mut bottom[..]), &mut scratch);
+                    top.extend(bottom);
+                    top
+                });
+                assert_same_bits(level, &want, &got, "inverse_transform_row");
+            }
+        }
+    });
 }

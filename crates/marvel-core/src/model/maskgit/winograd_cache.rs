@@ -2,28 +2,29 @@
 //!
 //! A weight tensor's values can change under the model: a model built for inference from a training run's
 //! `Var::as_detached_tensor()` shares the variables' storage, which the optimizer overwrites in place each step.
-//! So the cache is keyed by a fingerprint of the weight's values (and shape), checked on every call: one read
-//! of the weights, less work than the transform itself (which reads them and writes 16/9 as much), and a
-//! changed weight is never served stale transforms.
+//! So the cache is keyed by the weight tensor's identity (candle's `TensorId`, shared by its clones only) and a
+//! fingerprint of its values and shape, checked on every call: one read of the weights, less work than the
+//! transform itself (which reads them and writes 16/9 as much). Another tensor, or the same one changed in place,
+//! is never served the transform of other values.
 
 use std::sync::Mutex;
 
-use candle_core::{Storage, Tensor};
+use candle_core::{Storage, Tensor, TensorId};
 use rayon::prelude::*;
 
 use super::winograd::transform_weights;
 
 #[derive(Debug, Default)]
 pub(super) struct WinogradCache {
-    /// (fingerprint of the source weights, their transform).
-    slot: Mutex<Option<(u64, Tensor)>>,
+    /// (identity and fingerprint of the source weights, their transform).
+    slot: Mutex<Option<((TensorId, u64), Tensor)>>,
 }
 
 impl WinogradCache {
     /// The transform of `weight` (`[c_out, c_in, 3, 3]`, f32 on the CPU), recomputed when its values changed since
     /// the last call.
     pub fn transformed(&self, weight: &Tensor) -> candle_core::Result<Tensor> {
-        let key = fingerprint(weight)?;
+        let key = (weight.id(), fingerprint(weight)?);
         // Holding the lock through the transform spares racing callers from computing it twice.
         let mut slot = self.slot.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((k, u)) = &*slot {
@@ -104,5 +105,23 @@ mod tests {
         last[CHUNK + 2] = 1.0;
         let last = Tensor::from_vec(last, CHUNK + 3, &dev).unwrap();
         assert_ne!(fingerprint(&big).unwrap(), fingerprint(&last).unwrap());
+    }
+
+    /// Two weight tensors through one cache, alternately: each call gets the transform of the tensor it passed,
+    /// including a second tensor with the same values (its own entry, not the first one's).
+    #[test]
+    fn the_transform_belongs_to_the_tensor_it_came_from() {
+        let dev = Device::Cpu;
+        let a = Tensor::randn(0f32, 1., (2, 3, 3, 3), &dev).unwrap();
+        let b = Tensor::randn(0f32, 1., (2, 3, 3, 3), &dev).unwrap();
+        let a_copy = a.copy().unwrap();
+        let cache = WinogradCache::default();
+        let bits = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let (ua, ub) = (bits(&transform_weights(&a).unwrap()), bits(&transform_weights(&b).unwrap()));
+        for (w, want) in [(&a, &ua), (&b, &ub), (&a, &ua), (&a_copy, &ua), (&b, &ub)] {
+            assert_eq!(&bits(&cache.transformed(w).unwrap()), want);
+        }
+        let slot = cache.slot.lock().unwrap();
+        assert_eq!(slot.as_ref().unwrap().0 .0, b.id(), "the entry names the tensor it came from");
     }
 }

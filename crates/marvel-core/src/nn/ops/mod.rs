@@ -1,5 +1,5 @@
 //! The transformer's training path on the CPU: candle custom ops whose forward and backward are each a few
-//! multi-threaded passes, for f32 CPU tensors (x86-64, where the `gemm` crate and our kernels are built).
+//! multi-threaded passes, for f32 CPU tensors (any target: `gemm` and `nn::kernels` are portable).
 //!
 //! Composed from candle ops, a block's forward and backward are ~100 passes over memory, most of them
 //! single-threaded or spin-synchronised elementwise maps, plus copies: the weight broadcast to every image by

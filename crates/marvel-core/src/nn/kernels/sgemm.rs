@@ -4,7 +4,7 @@
 //! The `gemm` crate packs and splits work in a way that pays off on tall matrices; on the block's b = 1 shapes
 //! (m = 385 rows; k, n of 512..2048) this plain BLIS-style kernel measured 5-30% faster, best of 8 runs on two
 //! threads of an AVX-512 Xeon, while from ~1500 rows on the `gemm` crate was ahead by 0-10%. `fused::gemm_wt`
-//! picks accordingly. The kernel:
+//! picks accordingly, at the AVX-512 level of `kernels::level()` only. The kernel:
 //! - a 12×32 register tile: 24 zmm accumulators; per k step two vector loads of B and 12 broadcasts of A, read
 //!   in place (no packing of A, which at m = 385 costs more than it saves);
 //! - Wᵀ packed per KC×NC block into 32-column panels (16×16 register transposes) that stay in L2;
@@ -25,17 +25,12 @@ const NR: usize = 32;
 const KC: usize = 256;
 const NC: usize = 512;
 
-/// True where this kernel runs (AVX-512F).
-pub(crate) fn available() -> bool {
-    std::arch::is_x86_feature_detected!("avx512f")
-}
-
 /// C ← A·Wᵀ (+ C when `accumulate`): A (m, k) with row stride `lda`, W (n, k) with row stride `ldw`, C (m, n)
 /// with row stride `ldc`; on up to `threads` threads of the current rayon pool.
 ///
 /// # Safety
-/// `available()` must be true; A, W and C must hold the elements their strides address; C must not overlap A or
-/// W, and nothing else may access C during the call.
+/// The CPU must support AVX-512F (`kernels::Level::Avx512`); A, W and C must hold the elements their strides
+/// address; C must not overlap A or W, and nothing else may access C during the call.
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn sgemm_wt(
     m: usize,
@@ -254,11 +249,14 @@ impl Tile {
 mod tests {
     use super::*;
 
+    fn assert_avx512() {
+        assert!(crate::nn::kernels::Level::Avx512.supported(), "the build host had AVX-512, this CPU lacks it");
+    }
+
     #[test]
+    #[cfg_attr(not(marvel_host_avx512), ignore = "AVX-512: the build host lacks it, or this is a cross build")]
     fn transpose16_transposes() {
-        if !available() {
-            return;
-        }
+        assert_avx512();
         let m: Vec<f32> = (0..256).map(|i| i as f32).collect();
         let mut out = [0f32; 256];
         unsafe {
@@ -277,11 +275,9 @@ mod tests {
     /// Tails in every dimension (m, n not multiples of the tile; k over several depth blocks), strided operands,
     /// with and without accumulation, on 1..3 threads, against an f64 product.
     #[test]
+    #[cfg_attr(not(marvel_host_avx512), ignore = "AVX-512: the build host lacks it, or this is a cross build")]
     fn matches_naive_product() {
-        if !available() {
-            eprintln!("no AVX-512: skipped");
-            return;
-        }
+        assert_avx512();
         let (m, n, k) = (29, 75, 600);
         let (lda, ldw, ldc) = (k + 3, k + 5, n + 2);
         let a: Vec<f32> = (0..m * lda).map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.01).collect();
