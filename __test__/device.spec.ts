@@ -12,22 +12,12 @@ import { beforeAll, describe, expect, it } from 'vitest'
 
 import { native } from '../src/binding.js'
 import { deviceParameter } from '../src/device.js'
-import { MarvelError, Tokenizer, Trainer } from '../src/index.js'
+import { Tokenizer, Trainer } from '../src/index.js'
 import { joinDevices, pinLocalGpu } from '../src/train/data-parallel.js'
+import { failure } from './helpers/errors.js'
 import { tinyModel } from './helpers/models.js'
 import { tinyTrainingConfig } from './helpers/training.js'
 
-async function failure(p: Promise<unknown> | (() => unknown), code: string, message: RegExp): Promise<void> {
-  let err: unknown
-  try {
-    await (typeof p === 'function' ? p() : p)
-  } catch (e) {
-    err = e
-  }
-  expect(err).toBeInstanceOf(MarvelError)
-  expect((err as MarvelError).code).toBe(code)
-  expect((err as MarvelError).message).toMatch(message)
-}
 
 const cpuOnly = !native().cudaBuilt()
 

@@ -12,20 +12,10 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 
 import { MarvelError, Tokenizer, Tokens, createRandomModel, marvelFromTitok, setNumThreads, getNumThreads } from '../src/index.js'
 import { tinyConfig, tinyModel } from './helpers/models.js'
+import { failure } from './helpers/errors.js'
 
 const image = (seed: number) => ({ data: new Uint8Array(256 * 256 * 3).map((_, i) => (i * 13 + seed * 71) % 256), width: 256, height: 256 })
 
-async function failure(p: Promise<unknown> | (() => unknown), code: string, message: RegExp): Promise<void> {
-  let err: unknown
-  try {
-    await (typeof p === 'function' ? p() : p)
-  } catch (e) {
-    err = e
-  }
-  expect(err).toBeInstanceOf(MarvelError)
-  expect((err as MarvelError).code).toBe(code)
-  expect((err as MarvelError).message).toMatch(message)
-}
 
 let dir: string
 let tok: Tokenizer
