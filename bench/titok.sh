@@ -34,9 +34,11 @@ fi
 
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
   echo "== building the marvel example and the package (release)" >&2
-  cargo build --release -p marvel-core --example bench_titok >&2
+  # The addon's target folder (scripts/cargo.mjs passes the host triple, as napi does): candle is built once.
+  node scripts/cargo.mjs build --release -p marvel-core --example bench_titok >&2
   npm run build >&2
 fi
+MARVEL=target/$(rustc -vV | sed -n 's/^host: //p')/release/examples/bench_titok
 
 echo "== checking the torch baseline against shared/parity (titok_vq_legacy, titok_vq_nonlegacy, marvel_lfq)" >&2
 parity=$("$PY" bench/python/parity_check.py --threads 1) || { echo "torch baseline failed parity: $parity" >&2; exit 1; }
@@ -60,7 +62,7 @@ for layout in "${layouts[@]}"; do
   # marvel and onnxruntime back to back: on a shared machine the closest in time are the most comparable. Each
   # marvel runner checks its outputs against torch's first and exits non-zero (set -e stops the run) on a mismatch.
   echo "== $layout: marvel (Rust example)" >&2
-  target/release/examples/bench_titok "$model" --threads "$THREADS" --check "$model/check.safetensors" "${common[@]}" >>"$out"
+  "$MARVEL" "$model" --threads "$THREADS" --check "$model/check.safetensors" "${common[@]}" >>"$out"
   for engine in ort torch; do
     echo "== $layout: $engine" >&2
     OMP_NUM_THREADS="$THREADS" "$PY" bench/python/bench_py.py "$engine" --model "$model" --threads "$THREADS" "${common[@]}" >>"$out"
