@@ -98,4 +98,6 @@ describe('one GPU per rank', () => {
     expect(untouched.CUDA_VISIBLE_DEVICES).toBeUndefined()
     expect(() => pinLocalGpu(ranks(0, 2), 'cuda:3', {})).toThrow(/a run of 2 ranks takes 'cuda'/)
   })
+  it('refuses a rank without a GPU of its own instead of sharing one', () =>
+    failure(() => pinLocalGpu(ranks(2, 3), 'cuda', { LOCAL_RANK: '2', CUDA_VISIBLE_DEVICES: '0,1' }), 'MARVEL_CONFIG', /rank 2 has no GPU of its own: CUDA_VISIBLE_DEVICES lists 2/))
 })

@@ -3,6 +3,7 @@
 // JSON line for bench/titok.sh.
 //
 //   node bench/titok.mjs MODEL_DIR [--threads 2] [--batches 1,8] [--warmup 1] [--runs 5] [--check CHECK.safetensors]
+//       [--check-only]   (the check alone, printed on stderr: titok.sh runs it before any engine is timed)
 //
 // Expects the built package (npm run build -> dist/). With --check (prepare.py's check batch: u8 images, torch's
 // tokens and decode_tokens output) it first encodes those images and decodes the tokens through the same API
@@ -16,7 +17,7 @@ import { fileURLToPath } from 'node:url'
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..')
 
 function parseArgs(argv) {
-  const a = { model: null, threads: 2, batches: [1, 8], warmup: 1, runs: 5, check: null }
+  const a = { model: null, threads: 2, batches: [1, 8], warmup: 1, runs: 5, check: null, checkOnly: false }
   for (let i = 0; i < argv.length; i++) {
     const k = argv[i]
     if (k === '--threads') a.threads = Number(argv[++i])
@@ -24,6 +25,7 @@ function parseArgs(argv) {
     else if (k === '--warmup') a.warmup = Number(argv[++i])
     else if (k === '--runs') a.runs = Number(argv[++i])
     else if (k === '--check') a.check = resolve(argv[++i])
+    else if (k === '--check-only') a.checkOnly = true
     else if (!k.startsWith('--') && a.model === null) a.model = resolve(k)
     else throw new Error(`unknown argument ${k}`)
   }
@@ -139,6 +141,10 @@ async function main() {
   if (checked && !checked.ok) {
     console.error(`marvel-node: outputs differ from the reference's, so nothing was timed: ${JSON.stringify(checked)}`)
     process.exit(1)
+  }
+  if (args.checkOnly) {
+    console.error(`marvel-node: ${JSON.stringify(checked)}`)
+    return
   }
   const results = []
   for (const b of args.batches) {

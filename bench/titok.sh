@@ -59,8 +59,11 @@ for layout in "${layouts[@]}"; do
   # both for this measurement only.
   env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE OPENBLAS_NUM_THREADS="$THREADS" \
     "$PY" bench/python/bench_py.py sgemm --threads "$THREADS" >>"$out"
-  # marvel and onnxruntime back to back: on a shared machine the closest in time are the most comparable. Each
-  # marvel runner checks its outputs against torch's first and exits non-zero (set -e stops the run) on a mismatch.
+  # marvel through Node against torch before any engine of the layout is timed (the Rust runner checks itself
+  # below before it times anything); a mismatch exits non-zero and set -e stops the run.
+  echo "== $layout: marvel (Node API) check" >&2
+  node bench/titok.mjs "$model" --threads "$THREADS" --check "$model/check.safetensors" --check-only
+  # marvel and onnxruntime back to back: on a shared machine the closest in time are the most comparable.
   echo "== $layout: marvel (Rust example)" >&2
   "$MARVEL" "$model" --threads "$THREADS" --check "$model/check.safetensors" "${common[@]}" >>"$out"
   for engine in ort torch; do

@@ -105,5 +105,9 @@ export function pinLocalGpu(ranks: Ranks, configuredDevice: unknown, env: NodeJS
   }
   const local = Number(env.LOCAL_RANK ?? ranks.rank)
   const visible = env.CUDA_VISIBLE_DEVICES?.split(',').filter((d) => d !== '')
-  env.CUDA_VISIBLE_DEVICES = visible && visible.length > 0 ? visible[local % visible.length] : String(local)
+  if (visible && visible.length > 0 && local >= visible.length) {
+    // Two ranks on one GPU would each hold a whole model and fail later inside NCCL with a less telling error.
+    throw new MarvelError('MARVEL_CONFIG', `rank ${local} has no GPU of its own: CUDA_VISIBLE_DEVICES lists ${visible.length} (${visible.join(',')}); run at most ${visible.length} ranks`)
+  }
+  env.CUDA_VISIBLE_DEVICES = visible && visible.length > 0 ? visible[local] : String(local)
 }

@@ -171,12 +171,24 @@ fn time<T>(warmup: usize, runs: usize, mut f: impl FnMut() -> Result<T>) -> Resu
     Ok((times, last.expect("at least one run")))
 }
 
-/// max |a - b| / max(1, max |b|): the error on the scale of the reference's output.
+/// max |a - b| / max(1, max |b|): the error on the scale of the reference's output; NaN when either side holds a
+/// NaN or the shapes differ (candle's `max` skips NaNs, so the maximum is taken here).
 fn rel_err(a: &Tensor, b: &Tensor) -> Result<f32> {
-    let b = b.to_dtype(DType::F32)?;
-    let err = (a.to_dtype(DType::F32)? - &b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
-    let scale = b.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
-    Ok(err / scale.max(1.0))
+    if a.dims() != b.dims() {
+        return Ok(f32::NAN);
+    }
+    let a: Vec<f32> = a.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+    let b: Vec<f32> = b.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+    let (mut err, mut scale) = (0f32, 1f32);
+    for (x, y) in a.iter().zip(&b) {
+        let d = (x - y).abs();
+        if d.is_nan() {
+            return Ok(f32::NAN);
+        }
+        err = err.max(d);
+        scale = scale.max(y.abs());
+    }
+    Ok(err / scale)
 }
 
 /// Compares with the PyTorch outputs for the same weights and inputs (prepare.py's check.safetensors); the JSON

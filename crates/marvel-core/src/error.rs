@@ -25,6 +25,9 @@ pub enum MarvelError {
     /// A GPU was asked for, but this binary has no CUDA or the machine has no usable driver or device.
     #[error("{0}")]
     CudaUnavailable(String),
+    /// Data-parallel training: a collective with the other ranks failed (one of them died or left).
+    #[error("{0}")]
+    Rank(String),
     /// A numeric failure inside candle that is not the caller's fault.
     #[error("tensor operation failed: {0}")]
     Tensor(#[from] candle_core::Error),
@@ -40,6 +43,7 @@ impl MarvelError {
             MarvelError::Config(_) => "MARVEL_CONFIG",
             MarvelError::Checkpoint(_) => "MARVEL_CHECKPOINT",
             MarvelError::CudaUnavailable(_) => "MARVEL_CUDA_UNAVAILABLE",
+            MarvelError::Rank(_) => "MARVEL_RANK",
             MarvelError::Tensor(_) => "MARVEL_TENSOR",
         }
     }
@@ -73,6 +77,7 @@ mod tests {
             MarvelError::Config("d".into()),
             MarvelError::Checkpoint("e".into()),
             MarvelError::CudaUnavailable("g".into()),
+            MarvelError::Rank("h".into()),
             MarvelError::Tensor(candle_core::Error::Msg("f".into())),
         ];
         let codes: Vec<_> = errs.iter().map(|e| e.code()).collect();
@@ -85,6 +90,7 @@ mod tests {
                 "MARVEL_CONFIG",
                 "MARVEL_CHECKPOINT",
                 "MARVEL_CUDA_UNAVAILABLE",
+                "MARVEL_RANK",
                 "MARVEL_TENSOR"
             ]
         );

@@ -461,11 +461,13 @@ impl ResidualLfq {
     fn codes_from_tokens_fused(&self, tokens: &Tensor, depth: usize) -> Result<Tensor> {
         let bits = self.cfg.token_bits;
         let (b, n, stride) = tokens.dims3()?;
-        // Negative ids would wrap to large u32 values and be caught, except at 32 bits; check them first.
+        // The cast to u32 would wrap negative ids and 64-bit ids of 2^32 and more into range: check them first.
         if tokens.dtype() != DType::U32 && tokens.dtype() != DType::U8 {
-            let min = tokens.narrow(2, 0, depth)?.to_dtype(DType::I64)?.min_all()?.to_scalar::<i64>()?;
-            if min < 0 {
-                return Err(invalid!("token {min} is outside 0..2^{bits}"));
+            let used = tokens.narrow(2, 0, depth)?.to_dtype(DType::I64)?;
+            let (min, max) = (used.min_all()?.to_scalar::<i64>()?, used.max_all()?.to_scalar::<i64>()?);
+            let bad = if min < 0 { Some(min) } else { (max >> bits != 0).then_some(max) };
+            if let Some(t) = bad {
+                return Err(invalid!("token {t} is outside 0..2^{bits}"));
             }
         }
         let ids = tokens.to_dtype(DType::U32)?.contiguous()?;

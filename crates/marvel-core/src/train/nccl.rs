@@ -85,7 +85,11 @@ impl GradientReducer for NcclReducer {
         let dev = s.device().clone();
         let mut out = dev.alloc_zeros::<f32>(b - a)?;
         // ncclAvg: summed, then divided by the world size once.
-        self.comm.0.all_reduce(&src, &mut out, &ReduceOp::Avg).map_err(|e| nccl_err("all-reduce", e))?;
+        // Setup failures mean no usable NCCL; a failing all-reduce means a rank died or left mid-run.
+        self.comm
+            .0
+            .all_reduce(&src, &mut out, &ReduceOp::Avg)
+            .map_err(|e| MarvelError::Rank(format!("NCCL all-reduce failed (did another rank stop?): {e:?}")))?;
         drop(storage);
         let out = Storage::Cuda(CudaStorage::wrap_cuda_slice(out, dev));
         Ok(Tensor::from_storage(out, b - a, BackpropOp::none(), false))

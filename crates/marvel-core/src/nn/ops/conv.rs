@@ -153,7 +153,9 @@ impl CustomOp3 for ConvOp {
                         product(k, l, c_out, dcols.as_mut_ptr(), l, wt, View::rows(dy_i, l), PARALLEL);
                     }
                 }
-                if want_dx {
+                // With no output channel the product above wrote nothing into the pooled (stale) columns, and the
+                // input's gradient is zero.
+                if want_dx && c_out > 0 {
                     g.col2im_add(&dcols, &mut dx[i * plane..(i + 1) * plane]);
                 }
             }
