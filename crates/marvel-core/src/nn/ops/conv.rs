@@ -13,7 +13,10 @@
 //! The columns are one image's at a time in a pooled buffer ([`super::scratch`]), made again in the backward
 //! instead of kept: kept, they were k² times the input for every convolution of the graph (151 MB for the
 //! discriminator's first 3x3 convolution at batch 2), each freshly mapped and page-faulted; remade, they cost a
-//! copy of the input k² times into memory that is already mapped.
+//! copy of the input k² times into memory that is already mapped. The not-exact path (`nn::conv2d_fast_grad`:
+//! the discriminator, the pixel decoder) makes them for a band of output rows at a time ([`BAND_VALUES`]), so
+//! that im2col, the products and col2im meet them in cache: an image's whole columns (75 MB for a 256x256
+//! 32-channel 3x3 convolution) went out to memory and back in the forward and again in the backward.
 
 use std::ops::Range;
 
@@ -26,9 +29,9 @@ use crate::nn::conv2d::Geometry;
 
 /// `conv2d(x, weight) + bias` of geometry `g`: `x` (B, C_in, H, W), `weight` (C_out, C_in, k, k), `bias`
 /// (C_out), all f32 on the CPU.
-/// `exact`: the weight's gradient as the composed form computes it, bit for bit; else from a column-major copy
-/// of the output's gradient, which the gemm crate multiplies without packing it on one thread but rounds
-/// differently.
+/// `exact`: the forward and gradients as the composed form computes them, bit for bit; else made band by band of
+/// output rows, the weight's gradient from a column-major copy of the output's gradient (which the gemm crate
+/// multiplies without packing it on one thread), all within rounding of the exact values.
 pub(crate) fn conv2d(x: &Tensor, weight: &Tensor, bias: &Tensor, g: Geometry, exact: bool) -> Result<Tensor> {
     apply(x, weight, bias, ConvOp { g, exact, band_values: BAND_VALUES })
 }
@@ -88,7 +91,9 @@ impl ConvOp {
         let c_out = if k == 0 { 0 } else { wv.len() / k };
         let band = k * self.band_rows(k) * ow;
         let plane = g.channels * g.h * g.w;
-        // dW column-major (see `bwd`): the gemm crate multiplies dy column-major into it without repacking.
+        // The gemm crate turns a row-major product around (dWᵀ = cols · dyᵀ), which makes the row-major columns the
+        // operand it packs on one thread with reads n apart (~20% of the stage-2 step in a profile); into a
+        // column-major dW, dy column-major too, it multiplies as laid out.
         let mut dw_t = vec![0f32; if want_dw { c_out * k } else { 0 }];
         let mut dx = vec![0f32; if want_dx { xv.len() } else { 0 }];
         let mut cols = scratch(if want_dw { band } else { 0 });
@@ -105,12 +110,14 @@ impl ConvOp {
             }
             for rows in self.bands(k) {
                 let (r0, n) = (rows.start * ow, rows.len() * ow);
+                if want_dw {
+                    g.im2col_rows_into(&xv[i * plane..(i + 1) * plane], rows.clone(), &mut cols[..k * n]);
+                }
                 // SAFETY: dy_t holds l·c_out values (the band's n rows from r0 on), dy_i c_out·l (the band's n
                 // columns from r0 on), W c_out·k, the band's columns k·n; dw_t and dcols are sized for their
                 // products.
                 unsafe {
                     if want_dw {
-                        g.im2col_rows_into(&xv[i * plane..(i + 1) * plane], rows.clone(), &mut cols[..k * n]);
                         let lhs = View::rows(dy_t[r0 * c_out..].as_ptr(), c_out).t();
                         let layout = View::rows(dw_t.as_ptr(), c_out).t();
                         let rhs = View::rows(cols.as_ptr(), n).t();
