@@ -10,6 +10,8 @@
 //! Inference keeps candle's conv2d (or the model's own fused kernels): [`conv2d`] only takes this path for
 //! tracked f32 CPU tensors.
 
+use std::ops::Range;
+
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -48,20 +50,21 @@ impl Geometry {
         (lo, hi.max(lo))
     }
 
-    /// Walks one channel's k·k column rows by spans: for each (column row, output row, kernel column) it gives the
+    /// Walks one channel's k·k column rows by spans, for the output rows `rows` (the columns of that band only,
+    /// each column row `rows.len()·Wo` long): for each (column row, output row, kernel column) it gives the
     /// column row's offset of that output row, the input row's offset (None where the window row lies in the
     /// padding), and the valid output columns `lo..hi` (see [`Geometry::input_col`]); positions outside are
     /// padding.
     #[inline(always)]
-    fn for_each_row(&self, mut f: impl FnMut(usize, Option<usize>, usize, usize, usize)) {
-        let (oh, ow) = self.out_hw();
-        let l = oh * ow;
+    fn for_each_row(&self, rows: Range<usize>, mut f: impl FnMut(usize, Option<usize>, usize, usize, usize)) {
+        let (_, ow) = self.out_hw();
+        let l = rows.len() * ow;
         for ki in 0..self.kernel {
             for kj in 0..self.kernel {
                 let row = (ki * self.kernel + kj) * l;
                 let (lo, hi) = self.valid_cols(kj, self.w, ow);
-                for oy in 0..oh {
-                    f(row + oy * ow, self.source(oy, ki, self.h).map(|iy| iy * self.w), kj, lo, hi);
+                for (r, oy) in rows.clone().enumerate() {
+                    f(row + r * ow, self.source(oy, ki, self.h).map(|iy| iy * self.w), kj, lo, hi);
                 }
             }
         }
@@ -69,8 +72,8 @@ impl Geometry {
 
     /// [`Geometry::for_each_row`] without the rows that lie wholly in the padding.
     #[inline(always)]
-    fn for_each_span(&self, mut f: impl FnMut(usize, usize, usize, usize, usize)) {
-        self.for_each_row(|d, src, kj, lo, hi| {
+    fn for_each_span(&self, rows: Range<usize>, mut f: impl FnMut(usize, usize, usize, usize, usize)) {
+        self.for_each_row(rows, |d, src, kj, lo, hi| {
             if let Some(src) = src {
                 f(d, src, kj, lo, hi)
             }
@@ -100,11 +103,16 @@ impl Geometry {
     /// [`Geometry::im2col`] into `cols`, every value written (the padding's zeros too), so a reused buffer
     /// with stale values serves.
     pub(crate) fn im2col_into(&self, x: &[f32], cols: &mut [f32]) {
+        self.im2col_rows_into(x, 0..self.out_hw().0, cols)
+    }
+
+    /// [`Geometry::im2col_into`] for the output rows `rows` only: (B, C·k·k, rows.len()·Wo) columns.
+    pub(crate) fn im2col_rows_into(&self, x: &[f32], rows: Range<usize>, cols: &mut [f32]) {
         let g = *self;
-        let (oh, ow) = g.out_hw();
-        let (kk, l) = (g.kernel * g.kernel, oh * ow);
+        let (_, ow) = g.out_hw();
+        let (kk, l) = (g.kernel * g.kernel, rows.len() * ow);
         cols.par_chunks_mut(kk * l).zip(x.par_chunks(g.h * g.w)).for_each(|(dst, plane)| {
-            g.for_each_row(|d, src, kj, lo, hi| {
+            g.for_each_row(rows.clone(), |d, src, kj, lo, hi| {
                 let row = &mut dst[d..d + ow];
                 let Some(src) = src else {
                     row.fill(0.0);
@@ -126,12 +134,18 @@ impl Geometry {
     /// The adjoint of [`Geometry::im2col`]: adds each column value of `cols` (any number of images) back onto
     /// the position of `x` (those images' planes) it was read from.
     pub(crate) fn col2im_add(&self, cols: &[f32], x: &mut [f32]) {
+        self.col2im_rows_add(cols, 0..self.out_hw().0, x)
+    }
+
+    /// [`Geometry::col2im_add`] of the columns of the output rows `rows` only ([`Geometry::im2col_rows_into`]'s
+    /// layout).
+    pub(crate) fn col2im_rows_add(&self, cols: &[f32], rows: Range<usize>, x: &mut [f32]) {
         let g = *self;
-        let (oh, ow) = g.out_hw();
-        let (kk, l) = (g.kernel * g.kernel, oh * ow);
+        let (_, ow) = g.out_hw();
+        let (kk, l) = (g.kernel * g.kernel, rows.len() * ow);
         // One task per (image, channel) plane: each writes only its own plane.
         x.par_chunks_mut(g.h * g.w).zip(cols.par_chunks(kk * l)).for_each(|(plane, cols)| {
-            g.for_each_span(|c, dst, kj, lo, hi| {
+            g.for_each_span(rows.clone(), |c, dst, kj, lo, hi| {
                 let c = &cols[c + lo..c + hi];
                 if g.unit_step() {
                     let d = dst + lo + kj - g.padding;
@@ -433,6 +447,41 @@ mod tests {
         }
     }
 
+    /// A band of output rows' columns are the full columns' slice of those positions, on every geometry kind
+    /// (padding, stride 2, upsampling); col2im of each band's columns, added band after band, folds back what
+    /// col2im of the full columns does (integer-valued, so any order of the adds gives the same bits).
+    #[test]
+    fn bands_of_rows_are_slices_of_the_columns() {
+        for (c, h, w, up, kernel, stride, padding) in
+            [(2, 5, 6, 1, 3, 1, 1), (3, 7, 4, 1, 4, 2, 2), (2, 3, 4, 2, 3, 1, 1), (1, 6, 5, 1, 1, 1, 0)]
+        {
+            let g = Geometry { channels: c, h, w, up, kernel, stride, padding };
+            let (oh, ow) = g.out_hw();
+            let (kk, l) = (kernel * kernel, oh * ow);
+            let x: Vec<f32> = (0..2 * c * h * w).map(|i| i as f32 + 1.0).collect();
+            let full = g.im2col(&x);
+            let grads: Vec<f32> = (0..full.len()).map(|i| (i % 7) as f32 - 3.0).collect();
+            let mut folded = vec![0f32; x.len()];
+            g.col2im_add(&grads, &mut folded);
+            for band in [1, 2, oh] {
+                let mut banded = vec![0f32; x.len()];
+                for r0 in (0..oh).step_by(band) {
+                    let rows = r0..(r0 + band).min(oh);
+                    let n = rows.len() * ow;
+                    let mut cols = vec![f32::NAN; 2 * c * kk * n];
+                    g.im2col_rows_into(&x, rows.clone(), &mut cols);
+                    // Row q of image-channel plane p: the full columns' row at positions r0·Wo.. of that band.
+                    let part = |src: &[f32]| -> Vec<f32> {
+                        (0..2 * c * kk).flat_map(|q| src[q * l + r0 * ow..][..n].to_vec()).collect()
+                    };
+                    assert_eq!(cols, part(&full), "{g:?} rows {rows:?}");
+                    g.col2im_rows_add(&part(&grads), rows, &mut banded);
+                }
+                assert_eq!(banded, folded, "{g:?} bands of {band}");
+            }
+        }
+    }
+
     /// The upsampling folded into im2col: forward and gradients equal candle's upsample_nearest2d + conv2d.
     #[test]
     fn upsampled_conv_matches_candle() {
@@ -517,9 +566,9 @@ mod tests {
         }
     }
 
-    /// The fast-gradient convolution: the same forward and input gradient as the composed form, bit for bit; the
-    /// weight's gradient (a differently laid out product) and the bias's within rounding of it; nothing for a
-    /// frozen weight.
+    /// The fast-gradient convolution on images of one band (see the banded test below): the same forward and
+    /// input gradient as the composed form, bit for bit; the weight's gradient (a differently laid out product)
+    /// and the bias's within rounding of it; nothing for a frozen weight.
     #[test]
     fn fast_weight_gradient_matches_the_composed_form() {
         let dev = Device::Cpu;
@@ -567,6 +616,71 @@ mod tests {
         let y = conv2d_fast_grad(&x, &wt, None, 1, 1).unwrap();
         let grads = y.sum_all().unwrap().backward().unwrap();
         assert!(grads.get(&wt).is_none() && grads.get(&x).is_some());
+    }
+
+    /// The not-exact path made band by band of output rows (bands of 1 and 2 rows, the last one shorter, on
+    /// padded, strided and upsampled geometries): forward and every gradient within rounding of the exact op's;
+    /// a frozen input or weight gets no gradient and leaves the other's values; 1 and 3 threads give the same bits.
+    #[test]
+    fn banded_convolution_matches_the_exact_op() {
+        let dev = Device::Cpu;
+        for (b, ci, co, h, w, k, stride, padding, up) in [
+            (2, 3, 32, 9, 8, 3, 1, 1, 1),
+            (2, 16, 8, 7, 10, 3, 1, 1, 1),
+            (3, 8, 5, 9, 9, 4, 2, 1, 1),
+            (2, 5, 6, 5, 4, 3, 1, 1, 2),
+        ] {
+            let g = Geometry { channels: ci, h, w, up, kernel: k, stride, padding };
+            let (oh, ow) = g.out_hw();
+            let x = Var::from_tensor(&Tensor::randn(0f32, 1., (b, ci, h, w), &dev).unwrap()).unwrap();
+            let wt = Var::from_tensor(&Tensor::randn(0f32, 1., (co, ci, k, k), &dev).unwrap()).unwrap();
+            let bias = Var::from_tensor(&Tensor::randn(0f32, 1., co, &dev).unwrap()).unwrap();
+            let m = Tensor::randn(0f32, 1., (b, co, oh, ow), &dev).unwrap();
+            let run = |x: &Tensor, wt: &Tensor, band: Option<usize>| {
+                let y = match band {
+                    Some(rows) => crate::nn::ops::conv2d_in_bands(x, wt, &bias, g, rows * ci * k * k * ow).unwrap(),
+                    None => crate::nn::ops::conv2d(x, wt, &bias, g, true).unwrap(),
+                };
+                let grads = y.mul(&m).unwrap().sum_all().unwrap().backward().unwrap();
+                let grad = |t: &Tensor| grads.get(t).cloned();
+                (y, grad(x), grad(wt), grad(&bias))
+            };
+            let (y_want, dx_want, dw_want, db_want) = run(&x, &wt, None);
+            for rows in [1, 2] {
+                let case = format!("{ci}->{co} {h}x{w} k{k} s{stride} up{up}, bands of {rows} of {oh} rows");
+                let (y, dx, dw, db) = run(&x, &wt, Some(rows));
+                for (name, got, want) in [
+                    ("forward", &y, &y_want),
+                    ("input gradient", &dx.unwrap(), dx_want.as_ref().unwrap()),
+                    ("weight gradient", &dw.unwrap(), dw_want.as_ref().unwrap()),
+                    ("bias gradient", &db.unwrap(), db_want.as_ref().unwrap()),
+                ] {
+                    let e = rel_err(got, want);
+                    assert!(e < 1e-5, "{case}: {name}, relative error {e}");
+                }
+                let (xs, ws) = (x.as_tensor().detach(), wt.as_tensor().detach());
+                let (_, dx, dw, _) = run(&xs, &wt, Some(rows));
+                assert!(dx.is_none(), "{case}: frozen input");
+                assert!(rel_err(&dw.unwrap(), dw_want.as_ref().unwrap()) < 1e-5, "{case}: frozen input");
+                let (_, dx, dw, _) = run(&x, &ws, Some(rows));
+                assert!(dw.is_none(), "{case}: frozen weight");
+                assert!(rel_err(&dx.unwrap(), dx_want.as_ref().unwrap()) < 1e-5, "{case}: frozen weight");
+                let bits = |threads: usize| {
+                    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                    let (y, dx, dw, db) = pool.install(|| run(&x, &wt, Some(rows)));
+                    [y, dx.unwrap(), dw.unwrap(), db.unwrap()].map(|t| {
+                        t.flatten_all()
+                            .unwrap()
+                            .to_vec1::<f32>()
+                            .unwrap()
+                            .iter()
+                            .map(|v| v.to_bits())
+                            .collect::<Vec<_>>()
+                    })
+                };
+                assert_eq!(bits(1), bits(3), "{case}: 1 and 3 threads");
+            }
+        }
     }
 
     #[test]

@@ -13,27 +13,50 @@
 //! The columns are one image's at a time in a pooled buffer ([`super::scratch`]), made again in the backward
 //! instead of kept: kept, they were k² times the input for every convolution of the graph (151 MB for the
 //! discriminator's first 3x3 convolution at batch 2), each freshly mapped and page-faulted; remade, they cost a
-//! copy of the input k² times into memory that is already mapped.
+//! copy of the input k² times into memory that is already mapped. The not-exact path (`nn::conv2d_fast_grad`:
+//! the discriminator, the pixel decoder) makes them for a band of output rows at a time ([`BAND_VALUES`]), so
+//! that im2col, the products and col2im meet them in cache: an image's whole columns (75 MB for a 256x256
+//! 32-channel 3x3 convolution) went out to memory and back in the forward and again in the backward.
+
+use std::ops::Range;
 
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::scratch::scratch;
-use super::{cpu_tensor, product, product_into, values, with_values, View, PARALLEL};
+use super::{cpu_tensor, product, product_into, values, with_values, Product, View, PARALLEL};
 use crate::nn::conv2d::Geometry;
 
 /// `conv2d(x, weight) + bias` of geometry `g`: `x` (B, C_in, H, W), `weight` (C_out, C_in, k, k), `bias`
 /// (C_out), all f32 on the CPU.
-/// `exact`: the weight's gradient as the composed form computes it, bit for bit; else from a column-major copy
-/// of the output's gradient, which the gemm crate multiplies without packing it on one thread but rounds
-/// differently.
+/// `exact`: the forward and gradients as the composed form computes them, bit for bit; else made band by band of
+/// output rows, the weight's gradient from a column-major copy of the output's gradient (which the gemm crate
+/// multiplies without packing it on one thread), all within rounding of the exact values.
 pub(crate) fn conv2d(x: &Tensor, weight: &Tensor, bias: &Tensor, g: Geometry, exact: bool) -> Result<Tensor> {
-    x.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, ConvOp { g, exact })
+    apply(x, weight, bias, ConvOp { g, exact, band_values: BAND_VALUES })
+}
+
+/// [`conv2d`]'s not-exact path with bands of `band_values` column values, small enough to split a test's images.
+#[cfg(test)]
+pub(crate) fn conv2d_in_bands(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    g: Geometry,
+    band_values: usize,
+) -> Result<Tensor> {
+    apply(x, weight, bias, ConvOp { g, exact: false, band_values })
+}
+
+fn apply(x: &Tensor, weight: &Tensor, bias: &Tensor, op: ConvOp) -> Result<Tensor> {
+    x.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, op)
 }
 
 struct ConvOp {
     g: Geometry,
     exact: bool,
+    /// [`BAND_VALUES`] but in the tests, which split small images into several bands.
+    band_values: usize,
 }
 
 impl ConvOp {
@@ -42,7 +65,85 @@ impl ConvOp {
         let (oh, ow) = self.g.out_hw();
         (weight_dims[0], self.g.channels * self.g.kernel * self.g.kernel, oh * ow)
     }
+
+    /// Output rows per band of the not-exact path for `k` column rows: as many as keep a band's columns within
+    /// [`BAND_VALUES`], at least one.
+    fn band_rows(&self, k: usize) -> usize {
+        let (oh, ow) = self.g.out_hw();
+        (self.band_values / (k * ow).max(1)).clamp(1, oh.max(1))
+    }
+
+    /// The bands of output rows, in order.
+    fn bands(&self, k: usize) -> impl Iterator<Item = Range<usize>> {
+        let (oh, rows) = (self.g.out_hw().0, self.band_rows(k));
+        (0..oh).step_by(rows).map(move |r| r..(r + rows).min(oh))
+    }
+
+    /// The not-exact backward: band by band of output rows, the columns made, multiplied into dW and folded
+    /// back while they are still in cache (whole, an image's columns are tens of MB at stage-2 sizes, written
+    /// out and read back from memory). dW sums over the bands and images in the gemm's accumulation, so its
+    /// rounding depends on the band size; the bands are fixed by the geometry, not by the threads.
+    fn bwd_banded(&self, xv: &[f32], wv: &[f32], dy: &[f32], b: usize, want: (bool, bool)) -> (Vec<f32>, Vec<f32>) {
+        let g = self.g;
+        let (want_dx, want_dw) = want;
+        let (oh, ow) = g.out_hw();
+        let (k, l) = (g.channels * g.kernel * g.kernel, oh * ow);
+        let c_out = if k == 0 { 0 } else { wv.len() / k };
+        let band = k * self.band_rows(k) * ow;
+        let plane = g.channels * g.h * g.w;
+        // The gemm crate turns a row-major product around (dWᵀ = cols · dyᵀ), which makes the row-major columns the
+        // operand it packs on one thread with reads n apart (~20% of the stage-2 step in a profile); into a
+        // column-major dW, dy column-major too, it multiplies as laid out.
+        let mut dw_t = vec![0f32; if want_dw { c_out * k } else { 0 }];
+        let mut dx = vec![0f32; if want_dx { xv.len() } else { 0 }];
+        let mut cols = scratch(if want_dw { band } else { 0 });
+        let mut dcols = scratch(if want_dx { band } else { 0 });
+        let mut dy_t = scratch(if want_dw { c_out * l } else { 0 });
+        if l == 0 || c_out == 0 {
+            return (dx, dw_t);
+        }
+        let mut first = true;
+        for i in 0..b {
+            let dy_i = &dy[i * c_out * l..(i + 1) * c_out * l];
+            if want_dw {
+                transpose(dy_i, c_out, l, &mut dy_t);
+            }
+            for rows in self.bands(k) {
+                let (r0, n) = (rows.start * ow, rows.len() * ow);
+                if want_dw {
+                    g.im2col_rows_into(&xv[i * plane..(i + 1) * plane], rows.clone(), &mut cols[..k * n]);
+                }
+                // SAFETY: dy_t holds l·c_out values (the band's n rows from r0 on), dy_i c_out·l (the band's n
+                // columns from r0 on), W c_out·k, the band's columns k·n; dw_t and dcols are sized for their
+                // products.
+                unsafe {
+                    if want_dw {
+                        let lhs = View::rows(dy_t[r0 * c_out..].as_ptr(), c_out).t();
+                        let layout = View::rows(dw_t.as_ptr(), c_out).t();
+                        let rhs = View::rows(cols.as_ptr(), n).t();
+                        let how = Product { accumulate: !first, ..PARALLEL };
+                        product_into(c_out, k, n, dw_t.as_mut_ptr(), layout, lhs, rhs, how);
+                        first = false;
+                    }
+                    if want_dx {
+                        let wt = View::rows(wv.as_ptr(), k).t();
+                        product(k, n, c_out, dcols.as_mut_ptr(), n, wt, View::rows(dy_i[r0..].as_ptr(), l), PARALLEL);
+                    }
+                }
+                if want_dx {
+                    g.col2im_rows_add(&dcols[..k * n], rows, &mut dx[i * plane..(i + 1) * plane]);
+                }
+            }
+        }
+        let dw = (0..dw_t.len()).map(|j| dw_t[(j % k) * c_out + j / k]).collect();
+        (dx, dw)
+    }
 }
+
+/// Column values a band of the not-exact path holds at most (bar a single output row wider than that): 1 MiB,
+/// half the L2 cache of the machines measured, so a band's columns and their gradient stay there between the
+/// im2col, the products and col2im.
+const BAND_VALUES: usize = 1 << 18;
 
 impl CustomOp3 for ConvOp {
     fn name(&self) -> &'static str {
@@ -71,7 +172,31 @@ impl CustomOp3 for ConvOp {
         let (_, k, l) = self.sizes(wl.dims());
         let plane = c_in * h * w;
         let mut out = vec![0f32; b * c_out * l];
-        if k > 0 && l > 0 {
+        if k > 0 && l > 0 && !self.exact {
+            let (_, ow) = g.out_hw();
+            let mut cols = scratch(k * self.band_rows(k) * ow);
+            for i in 0..b {
+                for rows in self.bands(k) {
+                    let n = rows.len() * ow;
+                    g.im2col_rows_into(&x[i * plane..(i + 1) * plane], rows.clone(), &mut cols[..k * n]);
+                    // SAFETY: W holds c_out·k values, the band's columns k·n, the image's output c_out·l of
+                    // which the band's n positions from rows.start·Wo on.
+                    unsafe {
+                        let dst = out[i * c_out * l + rows.start * ow..].as_mut_ptr();
+                        product(
+                            c_out,
+                            n,
+                            k,
+                            dst,
+                            l,
+                            View::rows(wv.as_ptr(), k),
+                            View::rows(cols.as_ptr(), n),
+                            PARALLEL,
+                        );
+                    }
+                }
+            }
+        } else if k > 0 && l > 0 {
             let mut cols = scratch(k * l);
             for i in 0..b {
                 g.im2col_into(&x[i * plane..(i + 1) * plane], &mut cols);
@@ -100,65 +225,16 @@ impl CustomOp3 for ConvOp {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let g = self.g;
         let b = x.dim(0)?;
-        let (c_out, k, l) = self.sizes(w.dims());
+        let (c_out, _, l) = self.sizes(w.dims());
         // A frozen input, weight or bias (not a variable, nothing tracked behind it) needs no gradient.
         let (want_dx, want_dw, want_db) = (x.track_op(), w.track_op(), bias.track_op());
         let (dx, dw, db) = with_values([x, w, grad], |[xv, wv, dy]| {
-            let mut dw = vec![0f32; if want_dw { c_out * k } else { 0 }];
-            let mut dx = vec![0f32; if want_dx { x.elem_count() } else { 0 }];
-            let mut dw_i = vec![0f32; dw.len()];
-            let mut cols = scratch(if want_dw { k * l } else { 0 });
-            let mut dcols = scratch(if want_dx { k * l } else { 0 });
-            let transposed = want_dw && !self.exact;
-            let mut dy_t = scratch(if transposed { c_out * l } else { 0 });
-            let plane = g.channels * g.h * g.w;
-            for i in 0..b {
-                let dy_i = dy[i * c_out * l..].as_ptr();
-                if want_dw {
-                    g.im2col_into(&xv[i * plane..(i + 1) * plane], &mut cols);
-                }
-                if transposed {
-                    transpose(&dy[i * c_out * l..(i + 1) * c_out * l], c_out, l, &mut dy_t);
-                }
-                // SAFETY: dy holds b·c_out·l values, W c_out·k, the columns k·l; dw and dcols are sized for
-                // their products.
-                unsafe {
-                    if want_dw && l > 0 {
-                        // dW_i = dy_i · cols_iᵀ, then summed over the images in order: the composed form's
-                        // per-image product and its broadcast's sum. Exact, the operands and dW_i are laid out as
-                        // the composed form has them, bit for bit; else as the gemm crate multiplies them
-                        // without repacking (its rounding depends on the layout): that packing, single-threaded,
-                        // was ~20% of the stage-2 step in a profile.
-                        let cols_i = View::rows(cols.as_ptr(), l).t();
-                        if transposed {
-                            // The gemm crate turns a row-major product around (dWᵀ = cols · dyᵀ), which makes the
-                            // row-major columns the operand it packs on one thread with reads l apart; into a
-                            // column-major dW_i it multiplies as written, dy_i column-major too.
-                            let lhs = View::rows(dy_t.as_ptr(), c_out).t();
-                            let layout = View::rows(dw_i.as_ptr(), c_out).t();
-                            product_into(c_out, k, l, dw_i.as_mut_ptr(), layout, lhs, cols_i, PARALLEL);
-                            for (r, d) in dw.chunks_mut(k).enumerate() {
-                                d.iter_mut().enumerate().for_each(|(q, d)| *d += dw_i[q * c_out + r]);
-                            }
-                        } else {
-                            product(c_out, k, l, dw_i.as_mut_ptr(), k, View::rows(dy_i, l), cols_i, PARALLEL);
-                            dw.iter_mut().zip(&dw_i).for_each(|(d, v)| *d += v);
-                        }
-                    }
-                    if want_dx && c_out > 0 {
-                        // The columns' gradient Wᵀ · dy_i, folded back onto the image at once.
-                        let wt = View::rows(wv.as_ptr(), k).t();
-                        product(k, l, c_out, dcols.as_mut_ptr(), l, wt, View::rows(dy_i, l), PARALLEL);
-                    }
-                }
-                // With no output channel the product above wrote nothing into the pooled (stale) columns, and the
-                // input's gradient is zero.
-                if want_dx && c_out > 0 {
-                    g.col2im_add(&dcols, &mut dx[i * plane..(i + 1) * plane]);
-                }
-            }
+            let (dx, dw) = if self.exact {
+                self.bwd_exact(xv, wv, dy, b, (want_dx, want_dw))
+            } else {
+                self.bwd_banded(xv, wv, dy, b, (want_dx, want_dw))
+            };
             let db: Vec<f32> = if want_db {
                 // One running sum per channel over the images and positions in memory order, as candle's sum over
                 // (B, H, W) adds them.
@@ -175,6 +251,52 @@ impl CustomOp3 for ConvOp {
         let dw = if want_dw { Some(cpu_tensor(dw, w.dims())?) } else { None };
         let db = if want_db { Some(cpu_tensor(db, &[c_out])?) } else { None };
         Ok((dx, dw, db))
+    }
+}
+
+impl ConvOp {
+    /// The exact backward: the composed form's products, whole image by whole image.
+    fn bwd_exact(&self, xv: &[f32], wv: &[f32], dy: &[f32], b: usize, want: (bool, bool)) -> (Vec<f32>, Vec<f32>) {
+        let g = self.g;
+        let (want_dx, want_dw) = want;
+        let (oh, ow) = g.out_hw();
+        let (k, l) = (g.channels * g.kernel * g.kernel, oh * ow);
+        let c_out = if k == 0 { 0 } else { wv.len() / k };
+        let mut dw = vec![0f32; if want_dw { c_out * k } else { 0 }];
+        let mut dx = vec![0f32; if want_dx { xv.len() } else { 0 }];
+        let mut dw_i = vec![0f32; dw.len()];
+        let mut cols = scratch(if want_dw { k * l } else { 0 });
+        let mut dcols = scratch(if want_dx { k * l } else { 0 });
+        let plane = g.channels * g.h * g.w;
+        for i in 0..b {
+            let dy_i = dy[i * c_out * l..].as_ptr();
+            if want_dw {
+                g.im2col_into(&xv[i * plane..(i + 1) * plane], &mut cols);
+            }
+            // SAFETY: dy holds b·c_out·l values, W c_out·k, the columns k·l; dw_i and dcols are sized for their
+            // products.
+            unsafe {
+                if want_dw && l > 0 {
+                    // dW_i = dy_i · cols_iᵀ, then summed over the images in order: the composed form's per-image
+                    // product and its broadcast's sum, its operands and dW_i laid out as the composed form has
+                    // them (the gemm crate's rounding depends on the layout).
+                    let cols_i = View::rows(cols.as_ptr(), l).t();
+                    product(c_out, k, l, dw_i.as_mut_ptr(), k, View::rows(dy_i, l), cols_i, PARALLEL);
+                    dw.iter_mut().zip(&dw_i).for_each(|(d, v)| *d += v);
+                }
+                if want_dx && c_out > 0 {
+                    // The columns' gradient Wᵀ · dy_i, folded back onto the image at once.
+                    let wt = View::rows(wv.as_ptr(), k).t();
+                    product(k, l, c_out, dcols.as_mut_ptr(), l, wt, View::rows(dy_i, l), PARALLEL);
+                }
+            }
+            // With no output channel the product above wrote nothing into the pooled (stale) columns, and the
+            // input's gradient is zero.
+            if want_dx && c_out > 0 {
+                g.col2im_add(&dcols, &mut dx[i * plane..(i + 1) * plane]);
+            }
+        }
+        (dx, dw)
     }
 }
 

@@ -26,6 +26,8 @@ mod scratch;
 mod tests;
 
 pub(crate) use conv::conv2d;
+#[cfg(test)]
+pub(crate) use conv::conv2d_in_bands;
 pub(crate) use filter::shared_filter2d;
 pub(crate) use group_norm::group_norm;
 pub(crate) use layer_norm::layer_norm;
