@@ -46,6 +46,12 @@ impl Fixture {
     }
 }
 
+/// The bit patterns of a tensor's values as f32, for comparisons that must be exact.
+pub fn f32_bits(t: &Tensor) -> Vec<u32> {
+    let values = t.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    values.iter().map(|v| v.to_bits()).collect()
+}
+
 /// Max |a - b| over the leading slice of `actual` that `expected` covers (fixtures may keep only the first
 /// images of a batch). Panics if the trailing shapes differ.
 pub fn max_abs_diff(actual: &Tensor, expected: &Tensor) -> f32 {

@@ -343,6 +343,7 @@ mod tests {
     use candle_core::{Device, Var};
 
     use crate::quantize::lfq::SplitMix64;
+    use crate::testutil::f32_bits as bits;
 
     fn rel_err(got: &Tensor, want: &Tensor) -> f32 {
         let scale = want.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap().max(1e-6);
@@ -549,9 +550,6 @@ mod tests {
             let g = Geometry { channels: ci, h, w, up: 1, kernel: k, stride, padding };
             let got = crate::nn::ops::conv2d(&x, &wt, &bias, g, true).unwrap();
             let want = composed_im2col_conv(&x, &wt, Some(&bias), g).unwrap();
-            let bits = |t: &Tensor| {
-                t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>()
-            };
             assert_eq!(bits(&got), bits(&want), "forward");
             let m = Tensor::randn(0f32, 1., want.shape(), &dev).unwrap();
             let g_got = got.mul(&m).unwrap().sum_all().unwrap().backward().unwrap();
@@ -585,9 +583,6 @@ mod tests {
             let g = Geometry { channels: ci, h, w, up: 1, kernel: k, stride, padding };
             let got = conv2d_fast_grad(&x, &wt, Some(&bias), stride, padding).unwrap();
             let want = composed_im2col_conv(&x, &wt, Some(&bias), g).unwrap();
-            let bits = |t: &Tensor| {
-                t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>()
-            };
             assert_eq!(bits(&got), bits(&want), "{case}: forward");
             let m = Tensor::randn(0f32, 1., want.shape(), &dev).unwrap();
             let g_got = got.mul(&m).unwrap().sum_all().unwrap().backward().unwrap();

@@ -89,9 +89,7 @@ pub(super) fn snapshot(t: &Trainer) -> HashMap<String, Tensor> {
     t.parameters().iter().map(|(n, v)| (n.clone(), v.as_tensor().copy().unwrap())).collect()
 }
 
-pub(super) fn bits(t: &Tensor) -> Vec<u32> {
-    t.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|v| v.to_bits()).collect()
-}
+pub(super) use crate::testutil::f32_bits as bits;
 
 /// Proof point 4 through the trainer: one micro-batch's gradients cover exactly the trainable parameters, each
 /// non-zero; returns how many.
