@@ -141,11 +141,13 @@ impl Job {
     }
 }
 
-/// How far ahead (in floats: four cache lines) `pack_wt` asks for each weight row. The pack is the one place the
-/// weights come from DRAM (~100 MB per S-128 forward, every row read in 64-byte steps across 16 rows at a 2-8 KiB
-/// stride, more streams than the hardware prefetcher follows); asking ahead keeps several lines per row in flight.
-/// perf's share of `pack_wt` in an S-128 encode at batch 1: 8.0-10.0% without, 7.2-7.9% with (1 thread, AMD EPYC
-/// with AVX-512, a loaded machine); 256 floats ahead measured no better than none.
+/// How far ahead (in floats: four cache lines) `pack_wt` asks for each weight row it reads. The pack is the one
+/// place the weights come from DRAM (~100 MB per S-128 forward), and each row is read in short runs (kc floats, 16
+/// rows at a 2-8 KiB stride at a time): too short and too many streams for the hardware prefetcher to follow. So
+/// each load asks for the same row four lines on (into L1) and for the row 16 on, the next group's, at the same
+/// depth (into L2: that load is a group's transpose away). perf's share of `pack_wt` in an S-128 encode at batch 1
+/// (1 thread, AMD EPYC with AVX-512, loaded machine), pairs of runs: 7.7/7.1% with neither, 6.7/6.6% with the row
+/// ahead alone, 6.4/5.9% with the next group's alone, 5.4/5.2% with both; 256 floats ahead was no better than none.
 const PREFETCH_AHEAD: usize = 64;
 
 /// Wᵀ's rows 0..kc, columns 0..nc (W from `w`, row stride ld) as 32-column panels: panel p holds (kk, jj) at
@@ -163,9 +165,10 @@ unsafe fn pack_wt(w: *const f32, ld: usize, kc: usize, nc: usize, bp: &mut [f32]
                 let mut r = [_mm512_setzero_ps(); 16];
                 for (i, r) in r.iter_mut().enumerate().take(rows) {
                     let row = w.add((j0 + i) * ld + kk);
-                    // A prefetch never faults, so the address may pass the row's end: `wrapping_add` keeps the
-                    // pointer arithmetic defined there.
+                    // A prefetch never faults, so the addresses may pass the row's or the matrix's end:
+                    // `wrapping_add` keeps the pointer arithmetic defined there.
                     _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(PREFETCH_AHEAD) as *const i8);
+                    _mm_prefetch::<_MM_HINT_T1>(row.wrapping_add(16 * ld) as *const i8);
                     *r = _mm512_maskz_loadu_ps(m, row);
                 }
                 let t = transpose16(r);
