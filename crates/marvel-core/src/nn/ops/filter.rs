@@ -5,7 +5,7 @@
 //! As an im2col convolution of B·C single-channel maps it was a product with one output row (C_out = 1, depth
 //! k² = 16): B·C gemm calls too small to run near gemm speed, columns 4x the input (64 MB at the discriminator's
 //! first stage, batch 2) and, backward, an outer product of the same size folded by col2im. Here it is 16
-//! multiply-adds an output, no buffer beyond the result.
+//! multiply-adds an output, no buffer beyond the result and one input row split by phase.
 
 use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -60,16 +60,37 @@ impl FilterGeometry {
         (lo, hi.max(lo))
     }
 
-    /// Calls `f(output row offset, input row offset, kj, lo, hi, tap)` for every (output row, tap) that reads
-    /// inside the map, taps in (ki, kj) order: the order each output's sum is taken in.
+    /// Values a row's phases take ([`FilterGeometry::split`]): `stride` phases of ⌈W / stride⌉.
+    fn phases_len(&self) -> usize {
+        self.stride * self.w.div_ceil(self.stride)
+    }
+
+    /// For kernel column `kj`: the phase that output column ox reads (input column ox·s + kj - left) and its
+    /// index there less ox, so that a tap reads (or writes) a contiguous run of its phase.
     #[inline(always)]
-    fn for_each_tap(&self, oy: usize, mut f: impl FnMut(usize, usize, usize, usize, usize)) {
-        for ki in 0..self.k {
-            let Some(iy) = self.row(oy, ki) else { continue };
-            for kj in 0..self.k {
-                let (lo, hi) = self.cols(kj);
-                f(iy * self.w, kj, lo, hi, ki * self.k + kj);
-            }
+    fn phase(&self, kj: usize) -> (usize, isize) {
+        let d = kj as isize - self.left as isize;
+        let s = self.stride as isize;
+        (d.rem_euclid(s) as usize * self.w.div_ceil(self.stride), d.div_euclid(s))
+    }
+
+    /// An input row into its `stride` phases (phase q: the columns q, q + s, ...): at stride 2 the taps read
+    /// every other column, a gather that did not vectorise (the blur was ~10% of the stage-2 step); from the
+    /// phases each tap is a contiguous multiply-add.
+    #[inline(always)]
+    fn split(&self, row: &[f32], phases: &mut [f32]) {
+        let pw = self.w.div_ceil(self.stride);
+        for (j, group) in row.chunks(self.stride).enumerate() {
+            group.iter().enumerate().for_each(|(q, &v)| phases[q * pw + j] = v);
+        }
+    }
+
+    /// The inverse of [`FilterGeometry::split`].
+    #[inline(always)]
+    fn merge(&self, phases: &[f32], row: &mut [f32]) {
+        let pw = self.w.div_ceil(self.stride);
+        for (j, group) in row.chunks_mut(self.stride).enumerate() {
+            group.iter_mut().enumerate().for_each(|(q, v)| *v = phases[q * pw + j]);
         }
     }
 }
@@ -90,16 +111,25 @@ impl CustomOp1 for SharedFilter {
         let g = self.g;
         let mut y = vec![0f32; b * c * g.oh * g.ow];
         if g.oh * g.ow > 0 {
-            y.par_chunks_mut(g.oh * g.ow).zip(x.par_chunks(g.h * g.w)).for_each(|(y, x)| {
-                for (oy, row) in y.chunks_mut(g.ow).enumerate() {
-                    g.for_each_tap(oy, |src, kj, lo, hi, tap| {
-                        let weight = self.kernel[tap];
-                        for (ox, v) in (lo..hi).zip(&mut row[lo..hi]) {
-                            *v += weight * x[src + ox * g.stride + kj - g.left];
+            let maps = y.par_chunks_mut(g.oh * g.ow).zip(x.par_chunks(g.h * g.w));
+            maps.for_each_init(
+                || vec![0f32; g.phases_len()],
+                |phases, (y, x)| {
+                    // Each output's sum in (ki, kj) order, as the gather took it: the same bits.
+                    for (oy, out) in y.chunks_mut(g.ow).enumerate() {
+                        for ki in 0..g.k {
+                            let Some(iy) = g.row(oy, ki) else { continue };
+                            g.split(&x[iy * g.w..(iy + 1) * g.w], phases);
+                            for kj in 0..g.k {
+                                let ((lo, hi), (base, off)) = (g.cols(kj), g.phase(kj));
+                                let weight = self.kernel[ki * g.k + kj];
+                                let src = &phases[(base as isize + lo as isize + off) as usize..][..hi - lo];
+                                out[lo..hi].iter_mut().zip(src).for_each(|(v, &x)| *v += weight * x);
+                            }
                         }
-                    });
-                }
-            });
+                    }
+                },
+            );
         }
         Ok((CpuStorage::F32(y), Shape::from((b, c, g.oh, g.ow))))
     }
@@ -109,17 +139,28 @@ impl CustomOp1 for SharedFilter {
         let dx = with_values([grad], |[dy]| {
             let mut dx = vec![0f32; x.elem_count()];
             if g.oh * g.ow > 0 {
-                // One task per map: each writes only its own map's gradient, in a fixed order.
-                dx.par_chunks_mut(g.h * g.w).zip(dy.par_chunks(g.oh * g.ow)).for_each(|(dx, dy)| {
-                    for (oy, row) in dy.chunks(g.ow).enumerate() {
-                        g.for_each_tap(oy, |dst, kj, lo, hi, tap| {
-                            let weight = self.kernel[tap];
-                            for (ox, d) in (lo..hi).zip(&row[lo..hi]) {
-                                dx[dst + ox * g.stride + kj - g.left] += weight * d;
+                // One task per map: each writes only its own map's gradient, every value's adds in (oy, ki, kj)
+                // order, as the scatter made them: the same bits.
+                let maps = dx.par_chunks_mut(g.h * g.w).zip(dy.par_chunks(g.oh * g.ow));
+                maps.for_each_init(
+                    || vec![0f32; g.phases_len()],
+                    |phases, (dx, dy)| {
+                        for (oy, grad) in dy.chunks(g.ow).enumerate() {
+                            for ki in 0..g.k {
+                                let Some(iy) = g.row(oy, ki) else { continue };
+                                let row = &mut dx[iy * g.w..(iy + 1) * g.w];
+                                g.split(row, phases);
+                                for kj in 0..g.k {
+                                    let ((lo, hi), (base, off)) = (g.cols(kj), g.phase(kj));
+                                    let weight = self.kernel[ki * g.k + kj];
+                                    let dst = &mut phases[(base as isize + lo as isize + off) as usize..][..hi - lo];
+                                    dst.iter_mut().zip(&grad[lo..hi]).for_each(|(p, &d)| *p += weight * d);
+                                }
+                                g.merge(phases, row);
                             }
-                        });
-                    }
-                });
+                        }
+                    },
+                );
             }
             dx
         })?;
