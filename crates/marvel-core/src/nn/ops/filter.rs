@@ -5,7 +5,7 @@
 //! As an im2col convolution of B·C single-channel maps it was a product with one output row (C_out = 1, depth
 //! k² = 16): B·C gemm calls too small to run near gemm speed, columns 4x the input (64 MB at the discriminator's
 //! first stage, batch 2) and, backward, an outer product of the same size folded by col2im. Here it is 16
-//! multiply-adds an output, no buffer beyond the result and one input row split by phase.
+//! multiply-adds an output, no buffer beyond the result and a map split by phase.
 
 use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -65,32 +65,38 @@ impl FilterGeometry {
         self.stride * self.w.div_ceil(self.stride)
     }
 
-    /// For kernel column `kj`: the phase that output column ox reads (input column ox·s + kj - left) and its
-    /// index there less ox, so that a tap reads (or writes) a contiguous run of its phase.
+    /// For kernel row `ki` and column `kj`, output column ox reads input column ox·s + kj - left: the offset in
+    /// a split map ([`FilterGeometry::split`]) of that value for output row `oy`, less ox, if the input row is
+    /// inside the map; each tap then reads (or writes) a contiguous run.
     #[inline(always)]
-    fn phase(&self, kj: usize) -> (usize, isize) {
+    fn tap_offset(&self, oy: usize, ki: usize, kj: usize) -> Option<isize> {
         let d = kj as isize - self.left as isize;
         let s = self.stride as isize;
-        (d.rem_euclid(s) as usize * self.w.div_ceil(self.stride), d.div_euclid(s))
+        let phase = d.rem_euclid(s) as usize * self.w.div_ceil(self.stride);
+        self.row(oy, ki).map(|iy| (iy * self.phases_len() + phase) as isize + d.div_euclid(s))
     }
 
-    /// An input row into its `stride` phases (phase q: the columns q, q + s, ...): at stride 2 the taps read
+    /// A map's rows each into its `stride` phases (phase q: the columns q, q + s, ...): at stride 2 the taps read
     /// every other column, a gather that did not vectorise (the blur was ~10% of the stage-2 step); from the
     /// phases each tap is a contiguous multiply-add.
-    #[inline(always)]
-    fn split(&self, row: &[f32], phases: &mut [f32]) {
-        let pw = self.w.div_ceil(self.stride);
-        for (j, group) in row.chunks(self.stride).enumerate() {
-            group.iter().enumerate().for_each(|(q, &v)| phases[q * pw + j] = v);
+    fn split(&self, map: &[f32], phases: &mut [f32]) {
+        let (s, pw) = (self.stride, self.w.div_ceil(self.stride));
+        for (row, split) in map.chunks_exact(self.w).zip(phases.chunks_exact_mut(self.phases_len())) {
+            for q in 0..s.min(self.w) {
+                let n = (self.w - q).div_ceil(s);
+                split[q * pw..][..n].iter_mut().zip(row[q..].iter().step_by(s)).for_each(|(d, &v)| *d = v);
+            }
         }
     }
 
     /// The inverse of [`FilterGeometry::split`].
-    #[inline(always)]
-    fn merge(&self, phases: &[f32], row: &mut [f32]) {
-        let pw = self.w.div_ceil(self.stride);
-        for (j, group) in row.chunks_mut(self.stride).enumerate() {
-            group.iter_mut().enumerate().for_each(|(q, v)| *v = phases[q * pw + j]);
+    fn merge(&self, phases: &[f32], map: &mut [f32]) {
+        let (s, pw) = (self.stride, self.w.div_ceil(self.stride));
+        for (row, split) in map.chunks_exact_mut(self.w).zip(phases.chunks_exact(self.phases_len())) {
+            for q in 0..s.min(self.w) {
+                let n = (self.w - q).div_ceil(s);
+                row[q..].iter_mut().step_by(s).zip(&split[q * pw..][..n]).for_each(|(d, &v)| *d = v);
+            }
         }
     }
 }
@@ -113,17 +119,17 @@ impl CustomOp1 for SharedFilter {
         if g.oh * g.ow > 0 {
             let maps = y.par_chunks_mut(g.oh * g.ow).zip(x.par_chunks(g.h * g.w));
             maps.for_each_init(
-                || vec![0f32; g.phases_len()],
+                || vec![0f32; g.h * g.phases_len()],
                 |phases, (y, x)| {
+                    g.split(x, phases);
                     // Each output's sum in (ki, kj) order, as the gather took it: the same bits.
                     for (oy, out) in y.chunks_mut(g.ow).enumerate() {
                         for ki in 0..g.k {
-                            let Some(iy) = g.row(oy, ki) else { continue };
-                            g.split(&x[iy * g.w..(iy + 1) * g.w], phases);
                             for kj in 0..g.k {
-                                let ((lo, hi), (base, off)) = (g.cols(kj), g.phase(kj));
+                                let Some(off) = g.tap_offset(oy, ki, kj) else { break };
+                                let (lo, hi) = g.cols(kj);
                                 let weight = self.kernel[ki * g.k + kj];
-                                let src = &phases[(base as isize + lo as isize + off) as usize..][..hi - lo];
+                                let src = &phases[(off + lo as isize) as usize..][..hi - lo];
                                 out[lo..hi].iter_mut().zip(src).for_each(|(v, &x)| *v += weight * x);
                             }
                         }
@@ -143,27 +149,71 @@ impl CustomOp1 for SharedFilter {
                 // order, as the scatter made them: the same bits.
                 let maps = dx.par_chunks_mut(g.h * g.w).zip(dy.par_chunks(g.oh * g.ow));
                 maps.for_each_init(
-                    || vec![0f32; g.phases_len()],
+                    || vec![0f32; g.h * g.phases_len()],
                     |phases, (dx, dy)| {
+                        phases.fill(0.0);
                         for (oy, grad) in dy.chunks(g.ow).enumerate() {
                             for ki in 0..g.k {
-                                let Some(iy) = g.row(oy, ki) else { continue };
-                                let row = &mut dx[iy * g.w..(iy + 1) * g.w];
-                                g.split(row, phases);
                                 for kj in 0..g.k {
-                                    let ((lo, hi), (base, off)) = (g.cols(kj), g.phase(kj));
+                                    let Some(off) = g.tap_offset(oy, ki, kj) else { break };
+                                    let (lo, hi) = g.cols(kj);
                                     let weight = self.kernel[ki * g.k + kj];
-                                    let dst = &mut phases[(base as isize + lo as isize + off) as usize..][..hi - lo];
+                                    let dst = &mut phases[(off + lo as isize) as usize..][..hi - lo];
                                     dst.iter_mut().zip(&grad[lo..hi]).for_each(|(p, &d)| *p += weight * d);
                                 }
-                                g.merge(phases, row);
                             }
                         }
+                        g.merge(phases, dx);
                     },
                 );
             }
             dx
         })?;
         Ok(Some(cpu_tensor(dx, x.dims())?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Tensor, Var};
+
+    /// The split-by-phase loops equal the plain gather (forward) and scatter (backward) bit for bit: every value's
+    /// adds in the same order, which the stage-2 runs' bits rely on. Stride 2 and 3, odd and even sides, padding
+    /// on some sides only.
+    #[test]
+    fn phases_give_the_bits_of_the_plain_gather_and_scatter() {
+        for (h, w, k, stride, pad) in
+            [(9, 8, 4, 2, [1, 1, 1, 1]), (7, 9, 4, 2, [1, 2, 1, 2]), (8, 7, 3, 3, [0, 1, 2, 0])]
+        {
+            let n = 2 * h * w;
+            let xv: Vec<f32> = (0..n).map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0).collect();
+            let taps: Vec<f32> = (0..k * k).map(|i| ((i * 13 % 17) as f32 + 1.0) / 29.0).collect();
+            let x = Var::from_tensor(&Tensor::from_vec(xv.clone(), (1, 2, h, w), &Device::Cpu).unwrap()).unwrap();
+            let y = super::shared_filter2d(&x, &taps, stride, pad).unwrap();
+            let (_, _, oh, ow) = y.dims4().unwrap();
+            let dy: Vec<f32> = (0..2 * oh * ow).map(|i| ((i * 7 % 23) as f32 - 11.0) / 3.0).collect();
+            let r = Tensor::from_vec(dy.clone(), y.dims(), &Device::Cpu).unwrap();
+            let grads = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            let (mut want_y, mut want_dx) = (vec![0f32; 2 * oh * ow], vec![0f32; n]);
+            for m in 0..2 {
+                for (oy, ox, ki, kj) in (0..oh).flat_map(|oy| {
+                    (0..k).flat_map(move |ki| (0..k).flat_map(move |kj| (0..ow).map(move |ox| (oy, ox, ki, kj))))
+                }) {
+                    let (iy, ix) =
+                        ((oy * stride + ki) as isize - pad[0] as isize, (ox * stride + kj) as isize - pad[2] as isize);
+                    if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
+                        continue;
+                    }
+                    let (o, i, t) =
+                        (m * oh * ow + oy * ow + ox, m * h * w + iy as usize * w + ix as usize, ki * k + kj);
+                    want_y[o] += taps[t] * xv[i];
+                    want_dx[i] += taps[t] * dy[o];
+                }
+            }
+            let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            let got_dx = grads.get(&x).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            assert_eq!(bits(&y.flatten_all().unwrap().to_vec1::<f32>().unwrap()), bits(&want_y), "{h}x{w} s{stride}");
+            assert_eq!(bits(&got_dx), bits(&want_dx), "{h}x{w} s{stride}: gradient");
+        }
     }
 }
