@@ -169,7 +169,7 @@ impl ConvOp {
         let (want_dx, want_dw) = want;
         let (oh, ow) = g.out_hw();
         let (k, l) = (g.channels * g.kernel * g.kernel, oh * ow);
-        let c_out = if k == 0 { 0 } else { wv.len() / k };
+        let c_out = wv.len().checked_div(k).unwrap_or(0);
         let mut dw = vec![0f32; if want_dw { c_out * k } else { 0 }];
         let mut dx = vec![0f32; if want_dx { xv.len() } else { 0 }];
         let mut dw_i = vec![0f32; dw.len()];

@@ -112,7 +112,7 @@ impl Bands {
         let (want_dx, want_dw) = want;
         let (oh, ow) = g.out_hw();
         let (k, l) = (self.k(), oh * ow);
-        let c_out = if k == 0 { 0 } else { wv.len() / k };
+        let c_out = wv.len().checked_div(k).unwrap_or(0);
         let mut dx = vec![0f32; if want_dx { xv.len() } else { 0 }];
         if l == 0 || c_out == 0 || b == 0 {
             return (dx, vec![0f32; if want_dw { c_out * k } else { 0 }]);
