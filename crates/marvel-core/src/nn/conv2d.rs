@@ -108,26 +108,40 @@ impl Geometry {
 
     /// [`Geometry::im2col_into`] for the output rows `rows` only: (B, C·k·k, rows.len()·Wo) columns.
     pub(crate) fn im2col_rows_into(&self, x: &[f32], rows: Range<usize>, cols: &mut [f32]) {
+        let (kk, l) = (self.kernel * self.kernel, rows.len() * self.out_hw().1);
+        cols.par_chunks_mut(kk * l)
+            .zip(x.par_chunks(self.h * self.w))
+            .for_each(|(dst, plane)| self.im2col_plane(plane, rows.clone(), dst));
+    }
+
+    /// [`Geometry::im2col_rows_into`] on the calling thread, for callers that split the work across threads in
+    /// larger pieces than a plane (`nn::ops`' bands).
+    pub(crate) fn im2col_band(&self, x: &[f32], rows: Range<usize>, cols: &mut [f32]) {
+        let (kk, l) = (self.kernel * self.kernel, rows.len() * self.out_hw().1);
+        for (dst, plane) in cols.chunks_mut(kk * l).zip(x.chunks(self.h * self.w)) {
+            self.im2col_plane(plane, rows.clone(), dst);
+        }
+    }
+
+    /// One channel's k·k column rows of the output rows `rows`, from its `plane`.
+    fn im2col_plane(&self, plane: &[f32], rows: Range<usize>, dst: &mut [f32]) {
         let g = *self;
         let (_, ow) = g.out_hw();
-        let (kk, l) = (g.kernel * g.kernel, rows.len() * ow);
-        cols.par_chunks_mut(kk * l).zip(x.par_chunks(g.h * g.w)).for_each(|(dst, plane)| {
-            g.for_each_row(rows.clone(), |d, src, kj, lo, hi| {
-                let row = &mut dst[d..d + ow];
-                let Some(src) = src else {
-                    row.fill(0.0);
-                    return;
-                };
-                row[..lo].fill(0.0);
-                row[hi..].fill(0.0);
-                let d = &mut row[lo..hi];
-                if g.unit_step() {
-                    let s = src + lo + kj - g.padding;
-                    d.copy_from_slice(&plane[s..s + d.len()]);
-                } else {
-                    (lo..hi).zip(d).for_each(|(ox, v)| *v = plane[src + g.input_col(ox, kj)]);
-                }
-            });
+        g.for_each_row(rows, |d, src, kj, lo, hi| {
+            let row = &mut dst[d..d + ow];
+            let Some(src) = src else {
+                row.fill(0.0);
+                return;
+            };
+            row[..lo].fill(0.0);
+            row[hi..].fill(0.0);
+            let d = &mut row[lo..hi];
+            if g.unit_step() {
+                let s = src + lo + kj - g.padding;
+                d.copy_from_slice(&plane[s..s + d.len()]);
+            } else {
+                (lo..hi).zip(d).for_each(|(ox, v)| *v = plane[src + g.input_col(ox, kj)]);
+            }
         });
     }
 
@@ -140,20 +154,45 @@ impl Geometry {
     /// [`Geometry::col2im_add`] of the columns of the output rows `rows` only ([`Geometry::im2col_rows_into`]'s
     /// layout).
     pub(crate) fn col2im_rows_add(&self, cols: &[f32], rows: Range<usize>, x: &mut [f32]) {
-        let g = *self;
-        let (_, ow) = g.out_hw();
-        let (kk, l) = (g.kernel * g.kernel, rows.len() * ow);
+        let (kk, l) = (self.kernel * self.kernel, rows.len() * self.out_hw().1);
         // One task per (image, channel) plane: each writes only its own plane.
-        x.par_chunks_mut(g.h * g.w).zip(cols.par_chunks(kk * l)).for_each(|(plane, cols)| {
-            g.for_each_span(rows.clone(), |c, dst, kj, lo, hi| {
-                let c = &cols[c + lo..c + hi];
-                if g.unit_step() {
-                    let d = dst + lo + kj - g.padding;
-                    plane[d..d + c.len()].iter_mut().zip(c).for_each(|(p, v)| *p += v);
-                } else {
-                    (lo..hi).zip(c).for_each(|(ox, v)| plane[dst + g.input_col(ox, kj)] += v);
-                }
-            });
+        x.par_chunks_mut(self.h * self.w)
+            .zip(cols.par_chunks(kk * l))
+            .for_each(|(plane, cols)| self.col2im_plane_add(cols, rows.clone(), plane, 0));
+    }
+
+    /// The stored input rows that the output rows `rows` read (all that their col2im writes).
+    pub(crate) fn input_rows(&self, rows: Range<usize>) -> Range<usize> {
+        if rows.is_empty() {
+            return 0..0;
+        }
+        let top = (rows.start * self.stride).saturating_sub(self.padding) / self.up;
+        let end = ((rows.end - 1) * self.stride + self.kernel).saturating_sub(self.padding).div_ceil(self.up);
+        let end = end.min(self.h);
+        top.min(end)..end
+    }
+
+    /// Output rows a group of consecutive ones needs so that group s and group s + 2 read disjoint input rows
+    /// ([`Geometry::input_rows`]): rows·stride >= kernel + up puts a gap of at least `up` upsampled rows, one
+    /// stored row, between them.
+    pub(crate) fn rows_for_disjoint_groups(&self) -> usize {
+        (self.kernel + self.up).div_ceil(self.stride)
+    }
+
+    /// One channel's column rows of the output rows `rows` added onto `plane`, which holds that channel's stored
+    /// rows from `first_row` on (at least [`Geometry::input_rows`] of `rows`), so that tasks writing disjoint
+    /// row ranges of one plane each hold only their own.
+    pub(crate) fn col2im_plane_add(&self, cols: &[f32], rows: Range<usize>, plane: &mut [f32], first_row: usize) {
+        let g = *self;
+        let base = first_row * g.w;
+        g.for_each_span(rows, |c, dst, kj, lo, hi| {
+            let (c, dst) = (&cols[c + lo..c + hi], dst - base);
+            if g.unit_step() {
+                let d = dst + lo + kj - g.padding;
+                plane[d..d + c.len()].iter_mut().zip(c).for_each(|(p, v)| *p += v);
+            } else {
+                (lo..hi).zip(c).for_each(|(ox, v)| plane[dst + g.input_col(ox, kj)] += v);
+            }
         });
     }
 }
@@ -483,6 +522,33 @@ mod tests {
         }
     }
 
+    /// col2im of a group of output rows writes only its `input_rows`, and groups of `rows_for_disjoint_groups`
+    /// rows two apart write disjoint ones, which the banded backward's two passes rely on (padding larger and
+    /// smaller than the halo, stride 2, upsampling, a 1x1 kernel).
+    #[test]
+    fn groups_two_apart_fold_onto_disjoint_rows() {
+        for (h, w, up, kernel, stride, padding) in
+            [(23, 4, 1, 5, 1, 2), (17, 3, 1, 4, 2, 1), (9, 5, 2, 3, 1, 1), (8, 3, 1, 1, 1, 0), (12, 4, 1, 3, 1, 0)]
+        {
+            let g = Geometry { channels: 1, h, w, up, kernel, stride, padding };
+            let (oh, ow) = g.out_hw();
+            let n = g.rows_for_disjoint_groups();
+            let groups: Vec<_> = (0..oh).step_by(n).map(|r| r..(r + n).min(oh)).collect();
+            assert!(groups.len() >= 3, "{g:?}: the case has groups two apart");
+            for (s, rows) in groups.iter().enumerate() {
+                let mut x = vec![0f32; h * w];
+                g.col2im_rows_add(&vec![1.0; kernel * kernel * rows.len() * ow], rows.clone(), &mut x);
+                let inside = g.input_rows(rows.clone());
+                let touched: Vec<usize> = (0..h).filter(|&r| x[r * w..][..w].iter().any(|&v| v != 0.0)).collect();
+                assert!(touched.iter().all(|r| inside.contains(r)), "{g:?} rows {rows:?}: {touched:?} vs {inside:?}");
+                assert!(touched.first() == Some(&inside.start) && touched.last() == Some(&(inside.end - 1)));
+                if let Some(next) = groups.get(s + 2) {
+                    assert!(inside.end <= g.input_rows(next.clone()).start, "{g:?}: groups {s} and {}", s + 2);
+                }
+            }
+        }
+    }
+
     /// The upsampling folded into im2col: forward and gradients equal candle's upsample_nearest2d + conv2d.
     #[test]
     fn upsampled_conv_matches_candle() {
@@ -624,6 +690,8 @@ mod tests {
             (2, 16, 8, 7, 10, 3, 1, 1, 1),
             (3, 8, 5, 9, 9, 4, 2, 1, 1),
             (2, 5, 6, 5, 4, 3, 1, 1, 2),
+            // Four slabs of six rows whose 5x5 windows overlap by four input rows (see `ops/conv_bands.rs`).
+            (2, 4, 6, 23, 6, 5, 1, 2, 1),
         ] {
             let g = Geometry { channels: ci, h, w, up, kernel: k, stride, padding };
             let (oh, ow) = g.out_hw();

@@ -16,15 +16,15 @@
 //! copy of the input k² times into memory that is already mapped. The not-exact path (`nn::conv2d_fast_grad`:
 //! the discriminator, the pixel decoder) makes them for a band of output rows at a time ([`BAND_VALUES`]), so
 //! that im2col, the products and col2im meet them in cache: an image's whole columns (75 MB for a 256x256
-//! 32-channel 3x3 convolution) went out to memory and back in the forward and again in the backward.
-
-use std::ops::Range;
+//! 32-channel 3x3 convolution) went out to memory and back in the forward and again in the backward. Its bands
+//! go to the threads whole (`conv_bands.rs`).
 
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::conv_bands::Bands;
 use super::scratch::scratch;
-use super::{cpu_tensor, product, product_into, values, with_values, Product, View, PARALLEL};
+use super::{cpu_tensor, product, values, with_values, View, PARALLEL};
 use crate::nn::conv2d::Geometry;
 
 /// `conv2d(x, weight) + bias` of geometry `g`: `x` (B, C_in, H, W), `weight` (C_out, C_in, k, k), `bias`
@@ -65,79 +65,6 @@ impl ConvOp {
         let (oh, ow) = self.g.out_hw();
         (weight_dims[0], self.g.channels * self.g.kernel * self.g.kernel, oh * ow)
     }
-
-    /// Output rows per band of the not-exact path for `k` column rows: as many as keep a band's columns within
-    /// [`BAND_VALUES`], at least one.
-    fn band_rows(&self, k: usize) -> usize {
-        let (oh, ow) = self.g.out_hw();
-        (self.band_values / (k * ow).max(1)).clamp(1, oh.max(1))
-    }
-
-    /// The bands of output rows, in order.
-    fn bands(&self, k: usize) -> impl Iterator<Item = Range<usize>> {
-        let (oh, rows) = (self.g.out_hw().0, self.band_rows(k));
-        (0..oh).step_by(rows).map(move |r| r..(r + rows).min(oh))
-    }
-
-    /// The not-exact backward: band by band of output rows, the columns made, multiplied into dW and folded
-    /// back while they are still in cache (whole, an image's columns are tens of MB at stage-2 sizes, written
-    /// out and read back from memory). dW sums over the bands and images in the gemm's accumulation, so its
-    /// rounding depends on the band size; the bands are fixed by the geometry, not by the threads.
-    fn bwd_banded(&self, xv: &[f32], wv: &[f32], dy: &[f32], b: usize, want: (bool, bool)) -> (Vec<f32>, Vec<f32>) {
-        let g = self.g;
-        let (want_dx, want_dw) = want;
-        let (oh, ow) = g.out_hw();
-        let (k, l) = (g.channels * g.kernel * g.kernel, oh * ow);
-        let c_out = if k == 0 { 0 } else { wv.len() / k };
-        let band = k * self.band_rows(k) * ow;
-        let plane = g.channels * g.h * g.w;
-        // The gemm crate turns a row-major product around (dWᵀ = cols · dyᵀ), which makes the row-major columns the
-        // operand it packs on one thread with reads n apart (~20% of the stage-2 step in a profile); into a
-        // column-major dW, dy column-major too, it multiplies as laid out.
-        let mut dw_t = vec![0f32; if want_dw { c_out * k } else { 0 }];
-        let mut dx = vec![0f32; if want_dx { xv.len() } else { 0 }];
-        let mut cols = scratch(if want_dw { band } else { 0 });
-        let mut dcols = scratch(if want_dx { band } else { 0 });
-        let mut dy_t = scratch(if want_dw { c_out * l } else { 0 });
-        if l == 0 || c_out == 0 {
-            return (dx, dw_t);
-        }
-        let mut first = true;
-        for i in 0..b {
-            let dy_i = &dy[i * c_out * l..(i + 1) * c_out * l];
-            if want_dw {
-                transpose(dy_i, c_out, l, &mut dy_t);
-            }
-            for rows in self.bands(k) {
-                let (r0, n) = (rows.start * ow, rows.len() * ow);
-                if want_dw {
-                    g.im2col_rows_into(&xv[i * plane..(i + 1) * plane], rows.clone(), &mut cols[..k * n]);
-                }
-                // SAFETY: dy_t holds l·c_out values (the band's n rows from r0 on), dy_i c_out·l (the band's n
-                // columns from r0 on), W c_out·k, the band's columns k·n; dw_t and dcols are sized for their
-                // products.
-                unsafe {
-                    if want_dw {
-                        let lhs = View::rows(dy_t[r0 * c_out..].as_ptr(), c_out).t();
-                        let layout = View::rows(dw_t.as_ptr(), c_out).t();
-                        let rhs = View::rows(cols.as_ptr(), n).t();
-                        let how = Product { accumulate: !first, ..PARALLEL };
-                        product_into(c_out, k, n, dw_t.as_mut_ptr(), layout, lhs, rhs, how);
-                        first = false;
-                    }
-                    if want_dx {
-                        let wt = View::rows(wv.as_ptr(), k).t();
-                        product(k, n, c_out, dcols.as_mut_ptr(), n, wt, View::rows(dy_i[r0..].as_ptr(), l), PARALLEL);
-                    }
-                }
-                if want_dx {
-                    g.col2im_rows_add(&dcols[..k * n], rows, &mut dx[i * plane..(i + 1) * plane]);
-                }
-            }
-        }
-        let dw = (0..dw_t.len()).map(|j| dw_t[(j % k) * c_out + j / k]).collect();
-        (dx, dw)
-    }
 }
 
 /// Column values a band of the not-exact path holds at most (bar a single output row wider than that): 1 MiB,
@@ -173,29 +100,7 @@ impl CustomOp3 for ConvOp {
         let plane = c_in * h * w;
         let mut out = vec![0f32; b * c_out * l];
         if k > 0 && l > 0 && !self.exact {
-            let (_, ow) = g.out_hw();
-            let mut cols = scratch(k * self.band_rows(k) * ow);
-            for i in 0..b {
-                for rows in self.bands(k) {
-                    let n = rows.len() * ow;
-                    g.im2col_rows_into(&x[i * plane..(i + 1) * plane], rows.clone(), &mut cols[..k * n]);
-                    // SAFETY: W holds c_out·k values, the band's columns k·n, the image's output c_out·l of
-                    // which the band's n positions from rows.start·Wo on.
-                    unsafe {
-                        let dst = out[i * c_out * l + rows.start * ow..].as_mut_ptr();
-                        product(
-                            c_out,
-                            n,
-                            k,
-                            dst,
-                            l,
-                            View::rows(wv.as_ptr(), k),
-                            View::rows(cols.as_ptr(), n),
-                            PARALLEL,
-                        );
-                    }
-                }
-            }
+            Bands::new(g, self.band_values).forward(x, wv, bias, b, &mut out);
         } else if k > 0 && l > 0 {
             let mut cols = scratch(k * l);
             for i in 0..b {
@@ -207,12 +112,15 @@ impl CustomOp3 for ConvOp {
                 }
             }
         }
-        // The bias added after the product, as the composed form's broadcast add: the same bits (accumulating
-        // the product onto the bias would round differently where the gemm splits k into blocks).
-        out.par_chunks_mut(l.max(1)).enumerate().for_each(|(row, o)| {
-            let bias = bias[row % c_out];
-            o.iter_mut().for_each(|v| *v += bias);
-        });
+        if self.exact || k == 0 || l == 0 {
+            // The bias added after the product, as the composed form's broadcast add: the same bits
+            // (accumulating the product onto the bias would round differently where the gemm splits k into
+            // blocks). The bands add it to their own part.
+            out.par_chunks_mut(l.max(1)).enumerate().for_each(|(row, o)| {
+                let bias = bias[row % c_out];
+                o.iter_mut().for_each(|v| *v += bias);
+            });
+        }
         let (oh, ow) = g.out_hw();
         Ok((CpuStorage::F32(out), Shape::from((b, c_out, oh, ow))))
     }
@@ -233,7 +141,7 @@ impl CustomOp3 for ConvOp {
             let (dx, dw) = if self.exact {
                 self.bwd_exact(xv, wv, dy, b, (want_dx, want_dw))
             } else {
-                self.bwd_banded(xv, wv, dy, b, (want_dx, want_dw))
+                Bands::new(self.g, self.band_values).backward(xv, wv, dy, b, (want_dx, want_dw))
             };
             let db: Vec<f32> = if want_db {
                 // One running sum per channel over the images and positions in memory order, as candle's sum over
@@ -261,7 +169,7 @@ impl ConvOp {
         let (want_dx, want_dw) = want;
         let (oh, ow) = g.out_hw();
         let (k, l) = (g.channels * g.kernel * g.kernel, oh * ow);
-        let c_out = if k == 0 { 0 } else { wv.len() / k };
+        let c_out = wv.len().checked_div(k).unwrap_or(0);
         let mut dw = vec![0f32; if want_dw { c_out * k } else { 0 }];
         let mut dx = vec![0f32; if want_dx { xv.len() } else { 0 }];
         let mut dw_i = vec![0f32; dw.len()];
@@ -297,41 +205,5 @@ impl ConvOp {
             }
         }
         (dx, dw)
-    }
-}
-
-/// `src` (rows, cols) row-major into `dst` (cols, rows) row-major, in blocks of columns so that each task reads
-/// `rows` short runs and writes one contiguous block.
-fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
-    const BLOCK: usize = 256;
-    if rows == 0 {
-        return;
-    }
-    dst[..rows * cols].par_chunks_mut(BLOCK * rows).enumerate().for_each(|(blk, out)| {
-        let j0 = blk * BLOCK;
-        for r in 0..rows {
-            let run = &src[r * cols + j0..][..out.len() / rows];
-            for (jj, &v) in run.iter().enumerate() {
-                out[jj * rows + r] = v;
-            }
-        }
-    });
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn transpose_moves_every_value() {
-        // More columns than one block, the last block partial; a single row.
-        for (rows, cols) in [(3, 600), (1, 5), (32, 257)] {
-            let src: Vec<f32> = (0..rows * cols).map(|i| i as f32).collect();
-            let mut dst = vec![f32::NAN; rows * cols];
-            super::transpose(&src, rows, cols, &mut dst);
-            for r in 0..rows {
-                for j in 0..cols {
-                    assert_eq!(dst[j * rows + r], src[r * cols + j], "{rows}x{cols} at ({r}, {j})");
-                }
-            }
-        }
     }
 }

@@ -16,6 +16,7 @@
 
 mod attention;
 mod conv;
+mod conv_bands;
 mod filter;
 mod group_norm;
 mod layer_norm;

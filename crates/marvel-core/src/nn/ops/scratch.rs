@@ -10,9 +10,9 @@
 use std::ops::{Deref, DerefMut};
 use std::sync::Mutex;
 
-/// Buffers the process's pool keeps: a convolution holds at most two at once (columns and their gradient),
-/// and a few callers may run side by side.
-const KEEP: usize = 4;
+/// Buffers the process's pool keeps: a convolution's band task holds at most three at once (columns, their
+/// gradient, the output's gradient transposed) and each thread runs one.
+const KEEP: usize = 16;
 /// Bytes the process's pool keeps at most; a buffer that would pass it is freed when dropped.
 const KEEP_BYTES: usize = 512 << 20;
 
