@@ -16,9 +16,11 @@ use rayon::prelude::*;
 use crate::nn::kernels;
 use crate::nn::scratch;
 
-/// Target size (in f32 values) of one band's transformed input V: 4 MB, about one core's L2 here (1 to 8 MB
-/// measured the same within noise).
-pub(super) const BAND_VALUES: usize = 1 << 20;
+/// Target size (in f32 values) of one band's transformed input V: 1 MB, one core's L2 on the 2-core AMD EPYC
+/// (Zen 4) of the benchmarks, where each thread runs whole bands. Against 4 MB it cut the released decoder's CPU
+/// time by 8-10% (5 alternating pairs, 1.57-1.69 vs 1.78-1.87 CPU-s per image, under a load of 5); 0.25 and 0.5 MB
+/// no better.
+pub(super) const BAND_VALUES: usize = 1 << 18;
 
 /// U for a `[c_out, c_in, 3, 3]` weight, as a (c_out, 16, c_in) tensor, with
 /// G = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]].
