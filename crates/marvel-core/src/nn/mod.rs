@@ -24,6 +24,8 @@ pub use layer_norm::{LayerNorm, LAYER_NORM_EPS};
 pub use mlp::Mlp;
 pub use param_init::{linear, param, ParamInit, TRUNC_NORMAL_002};
 
+pub(crate) use ops::scratch;
+
 use candle_core::{Result, Tensor, D};
 
 /// Frees the working buffers the CPU training ops keep between calls (see `ops/scratch.rs`): for when training

@@ -12,7 +12,8 @@ use std::sync::Arc;
 use candle_core::{DType, Tensor};
 use candle_nn::VarBuilder;
 
-use super::winograd::Winograd3x3;
+use super::pass::Act;
+use super::winograd::{Conv3x3, Winograd3x3, BAND_VALUES};
 use super::winograd_cache::WinogradCache;
 use crate::error::Result;
 use crate::nn::{param, ParamInit};
@@ -51,6 +52,63 @@ impl SameConv2d {
         self.run(x, true)
     }
 
+    /// (c_in, c_out).
+    pub(super) fn channels(&self) -> (usize, usize) {
+        let dims = self.weight.dims();
+        (dims[1], dims[0])
+    }
+
+    /// Whether [`Self::run_into`] serves: a 3x3 or 1x1 kernel, f32 weights on the CPU, outside autograd.
+    pub(super) fn plain(&self) -> bool {
+        let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
+        (self.kernel == 3 || self.kernel == 1)
+            && f32_cpu(&self.weight)
+            && self.bias.as_ref().is_none_or(f32_cpu)
+            && !crate::nn::kernels::tracked(&[&self.weight])
+            && !self.bias.as_ref().is_some_and(|b| crate::nn::kernels::tracked(&[b]))
+    }
+
+    /// `out` <- conv(x) (of the x2 upsampled `x` when `upsample`; 3x3 kernels only) + `residual`: the CPU path on
+    /// the decoder pass's buffers (see [`Self::plain`]).
+    pub(super) fn run_into(&self, x: &Act, upsample: bool, residual: Option<&[f32]>, out: &mut Act) -> Result<()> {
+        let (batch, c, h, w) = x.dims;
+        let (c_in, c_out) = self.channels();
+        let up = if upsample { 2 } else { 1 };
+        if c != c_in || out.dims != (batch, c_out, h * up, w * up) || (upsample && self.kernel != 3) {
+            return Err(crate::shape_mismatch!(
+                "conv [{c_out}, {c_in}, {k}, {k}] (upsample {upsample}) from {:?} into {:?}",
+                x.dims,
+                out.dims,
+                k = self.kernel
+            ));
+        }
+        let bias = match &self.bias {
+            Some(b) => Some(b.to_vec1::<f32>()?),
+            None => None,
+        };
+        if self.kernel == 3 {
+            let u = self.winograd.transformed(&self.weight)?;
+            let (guard, layout) = u.storage_and_layout();
+            let (candle_core::Storage::Cpu(storage), Some((start, end))) = (&*guard, layout.contiguous_offsets())
+            else {
+                return Err(crate::invalid!("conv: transformed weights not contiguous on the CPU"));
+            };
+            let conv = Conv3x3 {
+                u: &storage.as_slice::<f32>()?[start..end],
+                c_out,
+                c_in,
+                bias: bias.as_deref(),
+                upsample,
+                band_values: BAND_VALUES,
+            };
+            conv.run(x.values(), batch, h, w, residual, out.values_mut());
+        } else {
+            let weight = self.weight.flatten_all()?.to_vec1::<f32>()?;
+            pointwise(&weight, bias.as_deref(), x.values(), residual, out.values_mut(), c_in, c_out, h * w);
+        }
+        Ok(())
+    }
+
     fn run(&self, x: &Tensor, upsample: bool) -> Result<Tensor> {
         let (_, c_in, _, _) = x.dims4()?;
         let want = self.weight.dim(1)?;
@@ -81,6 +139,60 @@ impl SameConv2d {
         } else {
             crate::nn::conv2d_fast_grad(x, &self.weight, self.bias.as_ref(), 1, padding)?
         })
+    }
+}
+
+/// out (batch, c_out, n) <- W x (+ bias) (+ residual) for x (batch, c_in, n), W (c_out, c_in): a 1x1 convolution.
+#[allow(clippy::too_many_arguments)]
+fn pointwise(
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    x: &[f32],
+    residual: Option<&[f32]>,
+    out: &mut [f32],
+    c_in: usize,
+    c_out: usize,
+    n: usize,
+) {
+    assert!(weight.len() == c_out * c_in && x.len().is_multiple_of((c_in * n).max(1)), "pointwise: sizes");
+    assert!(out.len() == x.len() / c_in.max(1) * c_out && residual.is_none_or(|r| r.len() == out.len()));
+    let threads = rayon::current_num_threads();
+    let parallelism = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+    for (b, y) in out.chunks_mut(c_out * n).enumerate() {
+        // The residual first, then the product accumulated onto it: one rounding, as a separate add would make.
+        if let Some(r) = residual {
+            y.copy_from_slice(&r[b * c_out * n..(b + 1) * c_out * n]);
+        }
+        // SAFETY: W is (c_out, c_in) row-major, x's image b (c_in, n) and y (c_out, n), as asserted above; y is
+        // borrowed mutably and does not overlap x or W.
+        unsafe {
+            gemm::gemm(
+                c_out,
+                n,
+                c_in,
+                y.as_mut_ptr(),
+                1,
+                n as isize,
+                residual.is_some(),
+                weight.as_ptr(),
+                1,
+                c_in as isize,
+                x.as_ptr().add(b * c_in * n),
+                1,
+                n as isize,
+                if residual.is_some() { 1.0 } else { 0.0 },
+                1.0,
+                false,
+                false,
+                false,
+                parallelism,
+            )
+        }
+        if let Some(bias) = bias {
+            for (row, &b) in y.chunks_mut(n).zip(bias) {
+                row.iter_mut().for_each(|v| *v += b);
+            }
+        }
     }
 }
 
@@ -130,6 +242,44 @@ mod tests {
                 assert!(diff(&got.get(o).unwrap(), &s) < 1e-4);
             }
         }
+    }
+
+    /// The decoder pass's entry: 3x3 (plain and upsampled) and 1x1, with bias and residual, on buffers longer
+    /// than the activations.
+    #[test]
+    fn run_into_matches_candle_conv2d_plus_residual() {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1., (2, 5, 7, 6), &dev).unwrap();
+        let act = |t: &Tensor, spare: usize| {
+            let mut v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            v.resize(v.len() + spare, f32::NAN);
+            Act::new(v, t.dims4().unwrap())
+        };
+        let to_tensor = |a: Act| {
+            let dims = a.dims;
+            Tensor::from_vec(a.into_values(), dims, &Device::Cpu).unwrap()
+        };
+        for (k, upsample) in [(3, false), (3, true), (1, false)] {
+            let weight = Tensor::randn(0f32, 1., (4, 5, k, k), &dev).unwrap();
+            let bias = Tensor::randn(0f32, 1., 4, &dev).unwrap();
+            let conv = SameConv2d::from_weight(weight.clone(), Some(bias.clone()));
+            assert!(conv.plain());
+            let xin = if upsample { x.upsample_nearest2d(14, 12).unwrap() } else { x.clone() };
+            let pad = (k - 1) / 2;
+            let want = xin.conv2d(&weight, pad, 1, 1, 1).unwrap().broadcast_add(&bias.reshape((1, 4, 1, 1)).unwrap());
+            let want = want.unwrap();
+            let residual = Tensor::randn(0f32, 1., want.dims(), &dev).unwrap();
+            let res = residual.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let mut out = act(&Tensor::zeros(want.dims(), DType::F32, &dev).unwrap(), 7);
+            conv.run_into(&act(&x, 3), upsample, Some(&res), &mut out).unwrap();
+            let err = diff(&to_tensor(out), &(&want + &residual).unwrap());
+            assert!(err < 2e-5, "{k}x{k} upsample {upsample}: {err}");
+        }
+        let conv = SameConv2d::from_weight(Tensor::randn(0f32, 1., (4, 5, 1, 1), &dev).unwrap(), None);
+        let mut out = act(&Tensor::zeros((2, 4, 14, 12), DType::F32, &dev).unwrap(), 0);
+        assert!(conv.run_into(&act(&x, 0), true, None, &mut out).is_err(), "no upsampled 1x1");
+        let mut out = act(&Tensor::zeros((2, 3, 7, 6), DType::F32, &dev).unwrap(), 0);
+        assert_eq!(conv.run_into(&act(&x, 0), false, None, &mut out).unwrap_err().code(), "MARVEL_SHAPE_MISMATCH");
     }
 
     #[test]

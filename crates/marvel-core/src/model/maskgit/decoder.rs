@@ -7,6 +7,7 @@ use candle_nn::VarBuilder;
 use super::config::MaskgitConfig;
 use super::conv::SameConv2d;
 use super::norm::GroupNorm;
+use super::pass::{Act, Pass};
 use super::res_block::ResBlock;
 use crate::error::Result;
 
@@ -74,6 +75,9 @@ impl MaskgitDecoder {
                 self.z_channels
             ));
         }
+        if self.runs_on_buffers(z) {
+            return self.forward_on_buffers(z);
+        }
         let mut h = self.conv_in.forward(z)?;
         for block in &self.mid {
             h = block.forward(&h)?;
@@ -87,6 +91,69 @@ impl MaskgitDecoder {
             }
         }
         self.conv_out.forward(&self.norm_out.forward_silu(&h)?)
+    }
+
+    /// Inference on the CPU: f32 latents and weights, none under autograd.
+    fn runs_on_buffers(&self, z: &Tensor) -> bool {
+        z.device().is_cpu()
+            && z.dtype() == candle_core::DType::F32
+            && !crate::nn::kernels::tracked(&[z])
+            && self.conv_in.plain()
+            && self.mid.iter().all(ResBlock::plain)
+            && self
+                .up
+                .iter()
+                .all(|l| l.blocks.iter().all(ResBlock::plain) && l.upsample_conv.iter().all(SameConv2d::plain))
+            && self.norm_out.plain()
+            && self.conv_out.plain()
+    }
+
+    /// Values of the largest activation of a pass from an (h, w) latent grid, per image.
+    fn largest_activation(&self, h: usize, w: usize) -> usize {
+        let (mut side, mut largest) = ((h, w), self.conv_in.channels().1 * h * w);
+        for level in self.up.iter().rev() {
+            for block in &level.blocks {
+                let (c_in, c_out) = block.channels();
+                largest = largest.max(c_in.max(c_out) * side.0 * side.1);
+            }
+            if let Some(conv) = &level.upsample_conv {
+                side = (2 * side.0, 2 * side.1);
+                largest = largest.max(conv.channels().1 * side.0 * side.1);
+            }
+        }
+        largest.max(self.conv_out.channels().1 * side.0 * side.1)
+    }
+
+    /// [`Self::forward`] on activation buffers reused from layer to layer (see `pass.rs`); the same operations.
+    fn forward_on_buffers(&self, z: &Tensor) -> Result<Tensor> {
+        let (batch, c, h, w) = z.dims4()?;
+        let mut pass = Pass::new(batch * self.largest_activation(h, w));
+        let z = Act::new(z.contiguous()?.flatten_all()?.to_vec1::<f32>()?, (batch, c, h, w));
+        let mut a = pass.alloc((batch, self.conv_in.channels().1, h, w));
+        self.conv_in.run_into(&z, false, None, &mut a)?;
+        for block in &self.mid {
+            a = block.forward_pass(a, &mut pass)?;
+        }
+        for level in self.up.iter().rev() {
+            for block in &level.blocks {
+                a = block.forward_pass(a, &mut pass)?;
+            }
+            if let Some(conv) = &level.upsample_conv {
+                let (b, c, h, w) = a.dims;
+                let mut up = pass.alloc((b, c, 2 * h, 2 * w));
+                conv.run_into(&a, true, None, &mut up)?;
+                pass.recycle(a);
+                a = up;
+            }
+        }
+        let (b, _, h, w) = a.dims;
+        let mut n = pass.alloc(a.dims);
+        self.norm_out.silu_into(a.values(), h * w, n.values_mut())?;
+        pass.recycle(a);
+        let dims = (b, self.conv_out.channels().1, h, w);
+        let mut out = Act::new(vec![0f32; dims.0 * dims.1 * dims.2 * dims.3], dims);
+        self.conv_out.run_into(&n, false, None, &mut out)?;
+        Ok(Tensor::from_vec(out.into_values(), dims, &candle_core::Device::Cpu)?)
     }
 }
 

@@ -10,6 +10,7 @@ mod conv;
 mod decoder;
 mod encoder;
 mod norm;
+mod pass;
 mod quantizer;
 mod res_block;
 mod rgb;

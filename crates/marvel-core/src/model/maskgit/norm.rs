@@ -33,6 +33,30 @@ impl GroupNorm {
         self.run(x, true)
     }
 
+    /// Whether [`Self::silu_into`] serves: f32 weights on the CPU, outside autograd.
+    pub(super) fn plain(&self) -> bool {
+        self.weight.device().is_cpu()
+            && self.weight.dtype() == DType::F32
+            && self.bias.dtype() == DType::F32
+            && !kernels::tracked(&[&self.weight, &self.bias])
+    }
+
+    /// `out` <- SiLU(GroupNorm(x)) for `x` (batch, channels, spatial...) contiguous, of `spatial` values per
+    /// channel: the fused CPU path on plain slices (see [`Self::plain`]).
+    pub(super) fn silu_into(&self, x: &[f32], spatial: usize, out: &mut [f32]) -> Result<()> {
+        if !x.len().is_multiple_of(self.channels * spatial.max(1)) || out.len() != x.len() {
+            return Err(crate::shape_mismatch!(
+                "GroupNorm over {} channels of {spatial} values got {} values into {}",
+                self.channels,
+                x.len(),
+                out.len()
+            ));
+        }
+        let (weight, bias) = (self.weight.to_vec1::<f32>()?, self.bias.to_vec1::<f32>()?);
+        group_norm_cpu(x, out, &weight, &bias, self.groups, self.channels, spatial, true);
+        Ok(())
+    }
+
     fn run(&self, x: &Tensor, silu: bool) -> Result<Tensor> {
         let dims = x.dims();
         if dims.len() < 3 || dims[1] != self.channels {
@@ -82,25 +106,40 @@ impl CustomOp1 for GroupNormSiluCpu {
         };
         let x = &storage.as_slice::<f32>()?[start..end];
         let dims = layout.dims();
-        let channels = dims[1];
         let spatial: usize = dims[2..].iter().product();
-        let per_group = channels / self.groups;
-        let group_len = per_group * spatial;
         let mut out = vec![0f32; x.len()];
-        if group_len > 0 {
-            out.par_chunks_mut(group_len).zip(x.par_chunks(group_len)).enumerate().for_each(|(i, (dst, src))| {
-                let (mean, var) = moments(src);
-                let rstd = 1.0 / (var + EPS).sqrt();
-                let first = (i % self.groups) * per_group;
-                for (c, (d, s)) in dst.chunks_mut(spatial).zip(src.chunks(spatial)).enumerate() {
-                    let scale = self.weight[first + c] as f64 * rstd;
-                    let shift = self.bias[first + c] as f64 - mean * scale;
-                    affine(s, d, scale as f32, shift as f32, self.silu);
-                }
-            });
-        }
+        group_norm_cpu(x, &mut out, &self.weight, &self.bias, self.groups, dims[1], spatial, self.silu);
         Ok((CpuStorage::F32(out), layout.shape().clone()))
     }
+}
+
+/// out <- GroupNorm(x) (then SiLU) for x (batch, channels, spatial) contiguous; groups in parallel.
+#[allow(clippy::too_many_arguments)]
+fn group_norm_cpu(
+    x: &[f32],
+    out: &mut [f32],
+    weight: &[f32],
+    bias: &[f32],
+    groups: usize,
+    channels: usize,
+    spatial: usize,
+    silu: bool,
+) {
+    let per_group = channels / groups;
+    let group_len = per_group * spatial;
+    if group_len == 0 {
+        return;
+    }
+    out.par_chunks_mut(group_len).zip(x.par_chunks(group_len)).enumerate().for_each(|(i, (dst, src))| {
+        let (mean, var) = moments(src);
+        let rstd = 1.0 / (var + EPS).sqrt();
+        let first = (i % groups) * per_group;
+        for (c, (d, s)) in dst.chunks_mut(spatial).zip(src.chunks(spatial)).enumerate() {
+            let scale = weight[first + c] as f64 * rstd;
+            let shift = bias[first + c] as f64 - mean * scale;
+            affine(s, d, scale as f32, shift as f32, silu);
+        }
+    });
 }
 
 kernels::dispatch! {

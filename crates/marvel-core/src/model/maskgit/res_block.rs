@@ -5,6 +5,7 @@ use candle_nn::VarBuilder;
 
 use super::conv::SameConv2d;
 use super::norm::GroupNorm;
+use super::pass::{Act, Pass};
 use crate::error::Result;
 
 #[derive(Debug, Clone)]
@@ -39,5 +40,51 @@ impl ResBlock {
             None => x.clone(),
         };
         Ok((h + residual)?)
+    }
+
+    /// (c_in, c_out).
+    pub(super) fn channels(&self) -> (usize, usize) {
+        (self.conv1.channels().0, self.conv1.channels().1)
+    }
+
+    /// Whether [`Self::forward_pass`] serves (every layer on plain CPU f32 weights).
+    pub(super) fn plain(&self) -> bool {
+        self.norm1.plain()
+            && self.conv1.plain()
+            && self.norm2.plain()
+            && self.conv2.plain()
+            && self.nin_shortcut.as_ref().is_none_or(SameConv2d::plain)
+    }
+
+    /// [`Self::forward`] on the buffers of an inference pass; `x`'s buffer goes back to the pass.
+    pub(super) fn forward_pass(&self, x: Act, pass: &mut Pass) -> Result<Act> {
+        let (batch, _, h, w) = x.dims;
+        let c_out = self.conv1.channels().1;
+        let out_dims = (batch, c_out, h, w);
+        let mut n1 = pass.alloc(x.dims);
+        self.norm1.silu_into(x.values(), h * w, n1.values_mut())?;
+        let mut h1 = pass.alloc(out_dims);
+        self.conv1.run_into(&n1, false, None, &mut h1)?;
+        pass.recycle(n1);
+        let mut n2 = pass.alloc(out_dims);
+        self.norm2.silu_into(h1.values(), h * w, n2.values_mut())?;
+        pass.recycle(h1);
+        let mut h2 = pass.alloc(out_dims);
+        let y = match &self.nin_shortcut {
+            None => {
+                self.conv2.run_into(&n2, false, Some(x.values()), &mut h2)?;
+                h2
+            }
+            Some(nin) => {
+                self.conv2.run_into(&n2, false, None, &mut h2)?;
+                let mut y = pass.alloc(out_dims);
+                nin.run_into(&h2, false, Some(h2.values()), &mut y)?;
+                pass.recycle(h2);
+                y
+            }
+        };
+        pass.recycle(n2);
+        pass.recycle(x);
+        Ok(y)
     }
 }

@@ -14,10 +14,13 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 use crate::nn::kernels;
+use crate::nn::scratch;
 
-/// Target size (in f32 values) of one band's transformed input V: 4 MB, about one core's L2 here (1 to 8 MB
-/// measured the same within noise).
-const BAND_VALUES: usize = 1 << 20;
+/// Target size (in f32 values) of one band's transformed input V: 1 MB, one core's L2 on the 2-core AMD EPYC
+/// (Zen 4) of the benchmarks, where each thread runs whole bands. Against 4 MB it cut the released decoder's CPU
+/// time by 8-10% (5 alternating pairs, 1.57-1.69 vs 1.78-1.87 CPU-s per image, under a load of 5); 0.25 and 0.5 MB
+/// no better.
+pub(super) const BAND_VALUES: usize = 1 << 18;
 
 /// U for a `[c_out, c_in, 3, 3]` weight, as a (c_out, 16, c_in) tensor, with
 /// G = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]].
@@ -67,57 +70,167 @@ impl CustomOp1 for Winograd3x3<'_> {
         let x = &storage.as_slice::<f32>()?[start..end];
         let (batch, c_in, h, w) = layout.shape().dims4()?;
         let (c_out, _, _) = self.u.dims3()?;
-        let up = if self.upsample { 2 } else { 1 };
-        let (oh, ow) = (h * up, w * up);
-        let (th, tw) = (oh.div_ceil(2), ow.div_ceil(2));
-
         let (u_guard, u_layout) = self.u.storage_and_layout();
         let Storage::Cpu(u) = &*u_guard else { candle_core::bail!("conv3x3-winograd: weights not on the CPU") };
         let Some((u_start, u_end)) = u_layout.contiguous_offsets() else {
             candle_core::bail!("conv3x3-winograd: transformed weights not contiguous")
         };
-        let u = &u.as_slice::<f32>()?[u_start..u_end];
+        let conv = Conv3x3 {
+            u: &u.as_slice::<f32>()?[u_start..u_end],
+            c_out,
+            c_in,
+            bias: self.bias.as_deref(),
+            upsample: self.upsample,
+            band_values: self.band_values,
+        };
+        let up = if self.upsample { 2 } else { 1 };
+        let mut out = vec![0f32; batch * c_out * h * up * w * up];
+        conv.run(x, batch, h, w, None, &mut out);
+        Ok((CpuStorage::F32(out), Shape::from((batch, c_out, h * up, w * up))))
+    }
+}
 
-        let band_rows = (self.band_values / (16 * c_in * tw)).clamp(1, th);
-        let plane = oh * ow;
-        let mut out = vec![0f32; batch * c_out * plane];
-        let mut v = vec![0f32; c_in * 16 * band_rows * tw];
-        let mut m = vec![0f32; 16 * c_out * band_rows * tw];
-        for (b, out_b) in out.chunks_mut(c_out * plane).enumerate() {
-            let src = Source { x: &x[b * c_in * h * w..(b + 1) * c_in * h * w], h, w, up };
-            for ty0 in (0..th).step_by(band_rows) {
-                let rows = band_rows.min(th - ty0);
-                let t = rows * tw;
-                // Shorter for the last band.
-                let v = &mut v[..c_in * 16 * t];
-                v.par_chunks_mut(16 * t).enumerate().for_each(|(c, v_c)| transform_tiles(&src, c, ty0, rows, v_c));
-                let m = &mut m[..16 * c_out * t];
-                products(u, v, m, c_out, c_in, t);
-                let m = &*m;
-                out_b.par_chunks_mut(plane).enumerate().for_each(|(co, y)| {
-                    let bias = self.bias.as_ref().map_or(0.0, |b| b[co]);
-                    let mut scratch = vec![0f32; 4 * tw];
-                    for r in 0..rows {
-                        let m_row: [&[f32]; 16] = std::array::from_fn(|xi| &m[(xi * c_out + co) * t + r * tw..][..tw]);
-                        let y0 = 2 * (ty0 + r);
-                        let (top, rest) = y[y0 * ow..].split_at_mut(ow);
-                        let bottom = if y0 + 1 < oh { Some(&mut rest[..ow]) } else { None };
-                        inverse_transform_row(&m_row, bias, top, bottom, &mut scratch);
-                    }
-                });
+/// One convolution's arguments, on plain slices: what [`Winograd3x3`] runs, and what the decoder's inference
+/// pass calls directly on buffers it reuses from layer to layer.
+pub(super) struct Conv3x3<'a> {
+    /// From [`transform_weights`]: (c_out, 16, c_in).
+    pub u: &'a [f32],
+    pub c_out: usize,
+    pub c_in: usize,
+    pub bias: Option<&'a [f32]>,
+    pub upsample: bool,
+    pub band_values: usize,
+}
+
+/// A pointer to the output that the bands write in disjoint parts from several threads.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: every band writes only the output rows of its own tile rows (see `Conv3x3::band`).
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// Through a method, so that closures capture the Send + Sync wrapper rather than its raw field.
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+impl Conv3x3<'_> {
+    /// `out` (batch, c_out, oh, ow) <- conv(x) (+ `residual`, same shape as `out`) for `x` (batch, c_in, h, w).
+    ///
+    /// The unit of work is one band of tile rows of one image: its input transform, 16 products and output
+    /// transform. When there are enough bands, each thread runs whole bands with its own buffers and nothing is
+    /// synchronised within a band; otherwise (the small deep layers) the threads share each band's steps.
+    pub fn run(&self, x: &[f32], batch: usize, h: usize, w: usize, residual: Option<&[f32]>, out: &mut [f32]) {
+        let up = if self.upsample { 2 } else { 1 };
+        let (oh, ow) = (h * up, w * up);
+        let (th, tw) = (oh.div_ceil(2), ow.div_ceil(2));
+        assert!(x.len() == batch * self.c_in * h * w, "conv3x3: input size");
+        assert!(out.len() == batch * self.c_out * oh * ow, "conv3x3: output size");
+        assert!(residual.is_none_or(|r| r.len() == out.len()), "conv3x3: residual size");
+        assert!(self.u.len() == 16 * self.c_out * self.c_in, "conv3x3: weight size");
+        if out.is_empty() {
+            return;
+        }
+        let band_rows = (self.band_values / (16 * self.c_in * tw)).clamp(1, th);
+        let bands = th.div_ceil(band_rows);
+        let (v_len, m_len) = (16 * self.c_in * band_rows * tw, 16 * self.c_out * band_rows * tw);
+        let out = OutPtr(out.as_mut_ptr());
+        let threads = rayon::current_num_threads();
+        let units = batch * bands;
+        // Two bands per thread at least, so that a thread slowed by other work leaves some to the others.
+        if threads > 1 && units >= 2 * threads {
+            (0..units).into_par_iter().for_each_init(
+                || (scratch(v_len), scratch(m_len)),
+                |(v, m), unit| {
+                    self.band(x, (h, w), residual, out, unit / bands, (unit % bands) * band_rows, band_rows, v, m, 1)
+                },
+            );
+        } else {
+            let (mut v, mut m) = (scratch(v_len), scratch(m_len));
+            for unit in 0..units {
+                self.band(
+                    x,
+                    (h, w),
+                    residual,
+                    out,
+                    unit / bands,
+                    (unit % bands) * band_rows,
+                    band_rows,
+                    &mut v,
+                    &mut m,
+                    threads,
+                );
             }
         }
-        Ok((CpuStorage::F32(out), Shape::from((batch, c_out, oh, ow))))
+    }
+
+    /// Output rows 2 ty0 .. 2 (ty0 + rows) of image b, each step split over `threads` threads.
+    #[allow(clippy::too_many_arguments)]
+    fn band(
+        &self,
+        x: &[f32],
+        (h, w): (usize, usize),
+        residual: Option<&[f32]>,
+        out: OutPtr,
+        b: usize,
+        ty0: usize,
+        band_rows: usize,
+        v: &mut [f32],
+        m: &mut [f32],
+        threads: usize,
+    ) {
+        let (c_in, c_out) = (self.c_in, self.c_out);
+        let up = if self.upsample { 2 } else { 1 };
+        let (oh, ow) = (h * up, w * up);
+        let (th, tw) = (oh.div_ceil(2), ow.div_ceil(2));
+        let rows = band_rows.min(th - ty0);
+        let t = rows * tw;
+        let src = Source { x: &x[b * c_in * h * w..(b + 1) * c_in * h * w], h, w, up };
+        // Shorter for the last band.
+        let v = &mut v[..c_in * 16 * t];
+        if threads > 1 {
+            v.par_chunks_mut(16 * t).enumerate().for_each(|(c, v_c)| transform_tiles(&src, c, ty0, rows, v_c));
+        } else {
+            v.chunks_mut(16 * t).enumerate().for_each(|(c, v_c)| transform_tiles(&src, c, ty0, rows, v_c));
+        }
+        let m = &mut m[..16 * c_out * t];
+        products(self.u, v, m, c_out, c_in, t, threads);
+        let m = &*m;
+        let (y0, y1) = (2 * ty0, (2 * (ty0 + rows)).min(oh));
+        let plane = oh * ow;
+        let inverse = |co: usize, scratch: &mut Vec<f32>| {
+            let bias = self.bias.map_or(0.0, |b| b[co]);
+            let at = (b * c_out + co) * plane + y0 * ow;
+            // SAFETY: `run` asserted out's size; rows y0..y1 of plane (b, co) belong to this band alone, and each
+            // co is visited once.
+            let y = unsafe { std::slice::from_raw_parts_mut(out.get().add(at), (y1 - y0) * ow) };
+            for r in 0..rows {
+                let m_row: [&[f32]; 16] = std::array::from_fn(|xi| &m[(xi * c_out + co) * t + r * tw..][..tw]);
+                let (top, rest) = y[2 * r * ow..].split_at_mut(ow);
+                let bottom = if y0 + 2 * r + 1 < oh { Some(&mut rest[..ow]) } else { None };
+                inverse_transform_row(&m_row, bias, top, bottom, scratch);
+            }
+            if let Some(res) = residual {
+                add_assign(y, &res[at..at + y.len()]);
+            }
+        };
+        if threads > 1 {
+            (0..c_out).into_par_iter().for_each_init(|| vec![0f32; 4 * tw], |s, co| inverse(co, s));
+        } else {
+            let mut s = vec![0f32; 4 * tw];
+            (0..c_out).for_each(|co| inverse(co, &mut s));
+        }
     }
 }
 
 /// M[ξ] = U[ξ] V[ξ] for the 16 transform positions ξ: U[ξ] the (c_out, c_in) matrix at offset ξ·c_in with row
 /// stride 16·c_in, V[ξ] the (c_in, t) matrix at ξ·t with row stride 16·t, M[ξ] (c_out, t) contiguous at ξ·c_out·t.
-/// The same `gemm` calls candle's batched matmul makes (so the same bits), but split across the threads of the pool
-/// this job runs on: candle's split is a constant of the process (see `runtime`).
-fn products(u: &[f32], v: &[f32], m: &mut [f32], c_out: usize, c_in: usize, t: usize) {
+/// The same `gemm` calls candle's batched matmul makes (so the same bits, on any number of threads), each split
+/// over `threads` threads of the current pool.
+fn products(u: &[f32], v: &[f32], m: &mut [f32], c_out: usize, c_in: usize, t: usize, threads: usize) {
     assert!(u.len() == 16 * c_out * c_in && v.len() == 16 * c_in * t && m.len() == 16 * c_out * t, "products: sizes");
-    let threads = rayon::current_num_threads();
     let parallelism = if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None };
     for xi in 0..16 {
         // SAFETY: with the sizes asserted above, U[ξ]'s last element is at ξ·c_in + (c_out - 1)·16·c_in + c_in - 1,
@@ -145,6 +258,15 @@ fn products(u: &[f32], v: &[f32], m: &mut [f32], c_out: usize, c_in: usize, t: u
                 false,
                 parallelism,
             )
+        }
+    }
+}
+
+kernels::dispatch! {
+    /// dst += src: the residual added onto a convolution's output, the same single rounding as a separate add.
+    fn add_assign(dst: &mut [f32], src: &[f32]) {
+        for (d, &s) in dst.iter_mut().zip(src) {
+            *d += s;
         }
     }
 }
@@ -304,6 +426,22 @@ mod tests {
                     assert_eq!(got.dims(), want.dims());
                     let err = diff(&got, &want);
                     assert!(err < 2e-5, "{h}x{w} upsample {upsample} band {band_values}: {err}");
+                    // The same through the slice entry, with a residual: bands split between threads when
+                    // there are enough of them, steps split otherwise.
+                    let res: Vec<f32> = (0..want.elem_count()).map(|i| ((i * 7919) % 613) as f32 * 0.01).collect();
+                    let (xs, us) =
+                        (x.flatten_all().unwrap().to_vec1().unwrap(), u.flatten_all().unwrap().to_vec1().unwrap());
+                    let b = bias.to_vec1::<f32>().unwrap();
+                    let conv = Conv3x3 { u: &us, c_out: 4, c_in: 5, bias: Some(&b), upsample, band_values };
+                    let mut out = vec![f32::NAN; want.elem_count()];
+                    for threads in [1, 3] {
+                        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                        pool.install(|| conv.run(&xs, 2, h, w, Some(&res), &mut out));
+                        let res = Tensor::from_vec(res.clone(), want.dims(), &dev).unwrap();
+                        let got = Tensor::from_vec(out.clone(), want.dims(), &dev).unwrap();
+                        let err = diff(&got, &(&want + &res).unwrap());
+                        assert!(err < 2e-5, "{h}x{w} upsample {upsample} band {band_values} residual: {err}");
+                    }
                 }
             }
         }
@@ -325,7 +463,7 @@ mod tests {
         for threads in [1, 3] {
             let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
             let mut m = vec![0f32; 16 * c_out * t];
-            pool.install(|| products(&u, &v, &mut m, c_out, c_in, t));
+            pool.install(|| products(&u, &v, &mut m, c_out, c_in, t, threads));
             assert!(m.iter().map(|x| x.to_bits()).eq(want.iter().copied()), "{threads} threads");
         }
     }

@@ -35,6 +35,7 @@ pub(crate) use layer_norm::layer_norm;
 pub(crate) use leaky_relu::leaky_relu;
 pub(crate) use linear::{linear, linear_attention, linear_gelu};
 pub(crate) use scratch::release as release_scratch;
+pub(crate) use scratch::scratch;
 
 use candle_core::{bail, CpuStorage, DType, Device, Layout, Result, Storage, Tensor};
 use gemm::Parallelism;

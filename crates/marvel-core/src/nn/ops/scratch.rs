@@ -1,4 +1,5 @@
-//! Working buffers the training ops reuse from call to call: a convolution's columns and their gradient.
+//! Working buffers the training ops reuse from call to call: a convolution's columns and their gradient; also the
+//! per-thread band buffers of the VQGAN's Winograd convolutions (`model::maskgit::winograd`, 1-2 MB each).
 //!
 //! At stage-2 sizes one image's columns are tens of MB (a 3x3 convolution of 32 channels at 256x256: 75 MB).
 //! Freshly allocated for every call, such a buffer is above glibc's mmap threshold, so each call maps it, the
