@@ -48,10 +48,9 @@ load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 common=(--threads "$THREADS" --warmup "$WARMUP" --runs "$RUNS")
 [ "${SPLIT:-0}" = 1 ] && common+=(--split)
 
-# candle sizes the pool of its elementwise ops (the gradient store's adds among them) from CANDLE_NUM_THREADS, else
-# the core count, not from marvel's setting: without it a THREADS=1 marvel ran those ops on 2 threads, its caller
-# spinning at candle's barrier whenever the other was descheduled (~25% of the 1-thread stage-2 step on a busy box).
-marvel() { CANDLE_NUM_THREADS="$THREADS" MARVEL_NUM_THREADS="$THREADS" "$MARVEL" "$@" "${common[@]}"; }
+# marvel's threads: MARVEL_NUM_THREADS and --threads. candle's own CPU ops (its elementwise ops, the gradient store's
+# adds, its matmul) run on the caller's pool since vendor/candle-core's patch, so CANDLE_NUM_THREADS is not needed.
+marvel() { MARVEL_NUM_THREADS="$THREADS" "$MARVEL" "$@" "${common[@]}"; }
 torch() { OMP_NUM_THREADS="$THREADS" "$PY" "$@" "${common[@]}"; }
 
 # rows RECIPE_LABEL "MARVEL ARGS" "TORCH ARGS": every batch and round of one recipe, both engines.

@@ -4,12 +4,11 @@
 //! done, so a job never sees its thread count change.
 //!
 //! The process environment is never written: `setenv` races with every other thread that reads it (C code in
-//! sharp, the resolver), which is undefined behaviour. The one thing that read it from us was candle's CPU
-//! matmul, which splits each gemm into `RAYON_NUM_THREADS` parts (else the number of physical cores) when that
-//! variable is read; its parts now run on our pool's threads, so the pool size still bounds the parallelism, and
-//! the split is a constant of the process rather than a value that changes under running jobs. Our own products
-//! (`nn::fused`, `nn::ops`, the VQGAN's Winograd convolutions: nearly all of inference's work) split by the pool
-//! they run on.
+//! sharp, the resolver), which is undefined behaviour. Everything splits by the pool it runs on: our own products
+//! (`nn::fused`, `nn::ops`, the VQGAN's Winograd convolutions: nearly all of inference's work), and candle's CPU
+//! matmul and elementwise ops, which upstream size themselves once per process from `RAYON_NUM_THREADS` /
+//! `CANDLE_NUM_THREADS` or the core count, the elementwise ones on a pool of candle's own whose threads spin
+//! between calls; our copy of candle-core (`vendor/candle-core`, see its PATCH.md) runs both on the caller's pool.
 //!
 //! Default: the number of physical cores, overridable with `MARVEL_NUM_THREADS`.
 
@@ -130,5 +129,24 @@ mod tests {
         assert_eq!(install(rayon::current_num_threads).unwrap(), 1);
         assert!(matches!(set_num_threads(0), Err(MarvelError::InvalidArgument(_))));
         assert_eq!(std::env::var_os("RAYON_NUM_THREADS"), env_before, "RAYON_NUM_THREADS was written");
+    }
+
+    /// candle's elementwise ops on large tensors run on the job's pool: upstream, the first one starts candle's
+    /// own pool (threads named `candle-bp-N`, one fewer than the cores), which no thread setting of ours reaches.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn candle_elementwise_ops_start_no_threads_of_their_own() {
+        use candle_core::{Device, Tensor};
+        let n = 1 << 20; // above candle's 64K-element threshold for splitting an elementwise op
+        let a = Tensor::arange(0f32, n as f32, &Device::Cpu).unwrap();
+        let sum = install(|| (&a + &a).unwrap().exp().unwrap().sum_all().unwrap()).unwrap();
+        assert!(sum.to_scalar::<f32>().unwrap().is_infinite(), "exp of large values overflows");
+        let doubled = install(|| (&a + &a).unwrap()).unwrap().to_vec1::<f32>().unwrap();
+        assert!(doubled.iter().enumerate().all(|(i, &v)| v == 2.0 * i as f32));
+        let names: Vec<String> = std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .collect();
+        assert!(!names.iter().any(|n| n.starts_with("candle-bp")), "{names:?}");
     }
 }

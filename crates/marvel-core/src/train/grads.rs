@@ -156,8 +156,9 @@ mod tests {
         let a = Var::new(&[1f32, 2.0], &dev).unwrap();
         let b = Var::new(&[3f32], &dev).unwrap();
         let unused = Var::new(&[5f32], &dev).unwrap();
-        let loss = ((a.as_tensor().sum_all().unwrap() * 2.0).unwrap() + b.as_tensor().sqr().unwrap().sum_all().unwrap())
-            .unwrap();
+        let loss = ((a.as_tensor().sum_all().unwrap() * 2.0).unwrap()
+            + b.as_tensor().sqr().unwrap().sum_all().unwrap())
+        .unwrap();
         let store = loss.backward().unwrap();
         let params = vec![("b".to_string(), b), ("unused".to_string(), unused), ("a".to_string(), a)];
         let grads = Gradients::from_store(&params, &store).unwrap();
@@ -175,5 +176,59 @@ mod tests {
         let err = grads.insert("w", Tensor::new(&[2f32], &Device::Cpu).unwrap()).unwrap_err();
         assert_eq!(err.code(), "MARVEL_INVALID_ARGUMENT");
         assert!(err.to_string().contains("`w`"), "{err}");
+    }
+
+    /// Our candle-core (vendor/candle-core/PATCH.md) stores the first gradient a custom op hands back as it is,
+    /// not as the sum of it and a new tensor of zeros; a gradient passed on to two inputs (an add of two
+    /// parameters) is stored once per input, each on its own storage, so that scaling one in place (clipping)
+    /// leaves the other alone.
+    #[test]
+    fn the_store_keeps_a_fresh_gradient_and_copies_a_shared_one() {
+        use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Storage};
+        use std::sync::atomic::{AtomicUsize, Ordering};
+
+        fn data_ptr(t: &Tensor) -> usize {
+            let (storage, _) = t.storage_and_layout();
+            match &*storage {
+                Storage::Cpu(CpuStorage::F32(v)) => v.as_ptr() as usize,
+                _ => unreachable!("f32 on the CPU"),
+            }
+        }
+        /// Where the backward of [`Triple`] put its gradient's values.
+        static SEEN: AtomicUsize = AtomicUsize::new(0);
+        /// y = 3x.
+        struct Triple;
+        impl CustomOp1 for Triple {
+            fn name(&self) -> &'static str {
+                "triple"
+            }
+            fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+                let v: Vec<f32> = s.as_slice::<f32>()?[l.start_offset()..][..l.shape().elem_count()]
+                    .iter()
+                    .map(|x| 3.0 * x)
+                    .collect();
+                Ok((CpuStorage::F32(v), l.shape().clone()))
+            }
+            fn bwd(&self, _: &Tensor, _: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+                let g = (grad * 3.0)?;
+                SEEN.store(data_ptr(&g), Ordering::SeqCst);
+                Ok(Some(g))
+            }
+        }
+
+        let dev = Device::Cpu;
+        let x = Var::new(&[1f32, -2.0, 0.5], &dev).unwrap();
+        let y = x.as_tensor().apply_op1(Triple).unwrap();
+        let store = y.sum_all().unwrap().backward().unwrap();
+        let gx = store.get(x.as_tensor()).unwrap();
+        assert_eq!(gx.to_vec1::<f32>().unwrap(), [3.0, 3.0, 3.0]);
+        assert_eq!(data_ptr(gx), SEEN.load(Ordering::SeqCst), "the op's gradient was copied into the store");
+
+        let a = Var::new(&[1f32, 2.0], &dev).unwrap();
+        let b = Var::new(&[3f32, 4.0], &dev).unwrap();
+        let store = (a.as_tensor() + b.as_tensor()).unwrap().sum_all().unwrap().backward().unwrap();
+        let (ga, gb) = (store.get(a.as_tensor()).unwrap(), store.get(b.as_tensor()).unwrap());
+        assert_eq!((ga.to_vec1::<f32>().unwrap(), gb.to_vec1::<f32>().unwrap()), (vec![1.0; 2], vec![1.0; 2]));
+        assert_ne!(data_ptr(ga), data_ptr(gb), "two parameters' gradients share storage");
     }
 }
