@@ -76,6 +76,19 @@ impl FilterGeometry {
         self.row(oy, ki).map(|iy| (iy * self.phases_len() + phase) as isize + d.div_euclid(s))
     }
 
+    /// The taps of output row `oy` in (ki, kj) order, the order every sum keeps: each as its index in the kernel,
+    /// the start of its run in a split map and the output columns `lo..hi` the run covers.
+    #[inline(always)]
+    fn for_each_tap(&self, oy: usize, mut f: impl FnMut(usize, usize, usize, usize)) {
+        for ki in 0..self.k {
+            for kj in 0..self.k {
+                let Some(off) = self.tap_offset(oy, ki, kj) else { break };
+                let (lo, hi) = self.cols(kj);
+                f(ki * self.k + kj, (off + lo as isize) as usize, lo, hi);
+            }
+        }
+    }
+
     /// A map's rows each into its `stride` phases (phase q: the columns q, q + s, ...): at stride 2 the taps read
     /// every other column, a gather that did not vectorise (the blur was ~10% of the stage-2 step); from the
     /// phases each tap is a contiguous multiply-add.
@@ -124,15 +137,10 @@ impl CustomOp1 for SharedFilter {
                     g.split(x, phases);
                     // Each output's sum in (ki, kj) order, as the gather took it: the same bits.
                     for (oy, out) in y.chunks_mut(g.ow).enumerate() {
-                        for ki in 0..g.k {
-                            for kj in 0..g.k {
-                                let Some(off) = g.tap_offset(oy, ki, kj) else { break };
-                                let (lo, hi) = g.cols(kj);
-                                let weight = self.kernel[ki * g.k + kj];
-                                let src = &phases[(off + lo as isize) as usize..][..hi - lo];
-                                out[lo..hi].iter_mut().zip(src).for_each(|(v, &x)| *v += weight * x);
-                            }
-                        }
+                        g.for_each_tap(oy, |tap, start, lo, hi| {
+                            let (weight, src) = (self.kernel[tap], &phases[start..][..hi - lo]);
+                            out[lo..hi].iter_mut().zip(src).for_each(|(v, &x)| *v += weight * x);
+                        });
                     }
                 },
             );
@@ -153,15 +161,10 @@ impl CustomOp1 for SharedFilter {
                     |phases, (dx, dy)| {
                         phases.fill(0.0);
                         for (oy, grad) in dy.chunks(g.ow).enumerate() {
-                            for ki in 0..g.k {
-                                for kj in 0..g.k {
-                                    let Some(off) = g.tap_offset(oy, ki, kj) else { break };
-                                    let (lo, hi) = g.cols(kj);
-                                    let weight = self.kernel[ki * g.k + kj];
-                                    let dst = &mut phases[(off + lo as isize) as usize..][..hi - lo];
-                                    dst.iter_mut().zip(&grad[lo..hi]).for_each(|(p, &d)| *p += weight * d);
-                                }
-                            }
+                            g.for_each_tap(oy, |tap, start, lo, hi| {
+                                let (weight, dst) = (self.kernel[tap], &mut phases[start..][..hi - lo]);
+                                dst.iter_mut().zip(&grad[lo..hi]).for_each(|(p, &d)| *p += weight * d);
+                            });
                         }
                         g.merge(phases, dx);
                     },
