@@ -25,6 +25,7 @@ pub use mlp::Mlp;
 pub use param_init::{linear, param, ParamInit, TRUNC_NORMAL_002};
 
 pub(crate) use ops::scratch;
+pub(crate) use ops::Activation as NormActivation;
 
 use candle_core::{Result, Tensor, D};
 
@@ -46,18 +47,19 @@ pub(crate) fn shared_filter2d(x: &Tensor, kernel: &Tensor, stride: usize, pad: [
     Ok(None)
 }
 
-/// torch's `GroupNorm` of `x` (B, C, ...) over `groups` groups with a per-channel affine, when training on the
-/// CPU: one node, its backward computing only the gradients asked for (see `ops/group_norm.rs`). None where that
-/// op does not serve: the caller composes it from differentiable ops then.
+/// torch's `GroupNorm` of `x` (B, C, ...) over `groups` groups with a per-channel affine, then `act`, when
+/// training on the CPU: one node, its backward computing only the gradients asked for (see `ops/group_norm.rs`).
+/// None where that op does not serve: the caller composes it from differentiable ops then.
 pub(crate) fn group_norm(
     x: &Tensor,
     weight: &Tensor,
     bias: &Tensor,
     groups: usize,
     eps: f64,
+    act: NormActivation,
 ) -> Result<Option<Tensor>> {
     if trains_on_cpu(&[x, weight, bias]) {
-        return Ok(Some(ops::group_norm(x, weight, bias, groups, eps)?));
+        return Ok(Some(ops::group_norm(x, weight, bias, groups, eps, act)?));
     }
     Ok(None)
 }

@@ -5,7 +5,7 @@ use candle_core::{Tensor, Var};
 use candle_nn::VarBuilder;
 
 use crate::error::Result;
-use crate::nn::{param, ParamInit};
+use crate::nn::{param, NormActivation, ParamInit};
 use crate::shape_mismatch;
 
 /// Hands out the layers' parameters: as the checkpoint's tensors, or as fresh [`Var`]s holding them (listed in
@@ -170,13 +170,31 @@ impl GroupNorm {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_then(x, NormActivation::None)
+    }
+
+    /// `leaky_relu(self.forward(x))`, as one node when training on the CPU (the same values).
+    pub fn forward_leaky_relu(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_then(x, NormActivation::LeakyRelu(LEAKY_SLOPE as f32))
+    }
+
+    fn forward_then(&self, x: &Tensor, act: NormActivation) -> Result<Tensor> {
         let (b, c, h, w) = x.dims4()?;
         if c != self.weight.dim(0)? {
             return Err(shape_mismatch!("GroupNorm of {} channels got {:?}", self.weight.dim(0)?, x.dims()));
         }
-        if let Some(y) = crate::nn::group_norm(x, &self.weight, &self.bias, self.groups, GROUP_NORM_EPS)? {
+        if let Some(y) = crate::nn::group_norm(x, &self.weight, &self.bias, self.groups, GROUP_NORM_EPS, act)? {
             return Ok(y);
         }
+        let y = self.composed(x, (b, c, h, w))?;
+        match act {
+            NormActivation::None => Ok(y),
+            _ => leaky_relu(&y),
+        }
+    }
+
+    /// candle-nn's form, for inference and other devices.
+    fn composed(&self, x: &Tensor, (b, c, h, w): (usize, usize, usize, usize)) -> Result<Tensor> {
         let g = x.reshape((b, self.groups, (c / self.groups) * h * w))?;
         let centered = g.broadcast_sub(&g.mean_keepdim(2)?)?;
         let var = centered.sqr()?.mean_keepdim(2)?;
@@ -187,9 +205,12 @@ impl GroupNorm {
     }
 }
 
+/// The reference's LeakyReLU slope.
+const LEAKY_SLOPE: f64 = 0.1;
+
 /// `LeakyReLU(0.1)`: x where x > 0, else 0.1 x (the larger of the two).
 pub fn leaky_relu(x: &Tensor) -> Result<Tensor> {
-    Ok(crate::nn::leaky_relu(x, 0.1)?)
+    Ok(crate::nn::leaky_relu(x, LEAKY_SLOPE)?)
 }
 
 #[cfg(test)]

@@ -213,7 +213,7 @@ impl NLayerDiscriminator {
                 Downsample::Blur(blur) => blur.forward(&h)?,
                 Downsample::Average => h.avg_pool2d(2)?,
             };
-            h = leaky_relu(&block.norm.forward(&h)?)?;
+            h = block.norm.forward_leaky_relu(&h)?;
         }
         let (_, _, hh, ww) = h.dims4()?;
         if hh % LOGIT_GRID != 0 || ww % LOGIT_GRID != 0 || hh == 0 || ww == 0 {

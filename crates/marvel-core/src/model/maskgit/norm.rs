@@ -8,7 +8,7 @@ use rayon::prelude::*;
 
 use crate::error::Result;
 use crate::nn::kernels::{self, math::exp};
-use crate::nn::{param, ParamInit};
+use crate::nn::{param, NormActivation, ParamInit};
 
 /// The reference's GroupNorm epsilon (`nn.GroupNorm(..., eps=1e-6)`), not torch's default 1e-5.
 const EPS: f64 = 1e-6;
@@ -78,9 +78,10 @@ impl GroupNorm {
             };
             return Ok(x.contiguous()?.apply_op1_no_bwd(&op)?);
         }
-        // Training on the CPU: one node instead of candle-nn's composed form.
-        if let Some(y) = crate::nn::group_norm(x, &self.weight, &self.bias, self.groups, EPS)? {
-            return Ok(if silu { candle_nn::ops::silu(&y)? } else { y });
+        // Training on the CPU: one node, the SiLU in it, instead of candle's composed forms.
+        let act = if silu { NormActivation::Silu } else { NormActivation::None };
+        if let Some(y) = crate::nn::group_norm(x, &self.weight, &self.bias, self.groups, EPS, act)? {
+            return Ok(y);
         }
         let gn = candle_nn::GroupNorm::new(self.weight.clone(), self.bias.clone(), self.channels, self.groups, EPS)?;
         let y = candle_core::Module::forward(&gn, x)?;

@@ -10,31 +10,56 @@
 //! The statistics are summed in f64 (the composed form sums in f32), so the values differ from it in the last
 //! bits; the tests bound the difference. Every sum has a fixed order (one task per (image, group), the
 //! weight's and bias's sums over images in image order), so the bits do not depend on the threads.
+//!
+//! The node may end in the activation that follows the norm (`norm_activation.rs`): SiLU in the pixel decoder,
+//! LeakyReLU in the discriminator.
 
 use std::sync::Mutex;
 
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::norm_activation::{activation_grad, affine_activation, Activation};
+use super::scratch::scratch;
 use super::{cpu_tensor, values, with_values};
 
-/// `x` (B, C, ...) normalised over each of `groups` groups of C / groups channels, then `· weight[c] + bias[c]`;
-/// f32 on the CPU.
-pub(crate) fn group_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, groups: usize, eps: f64) -> Result<Tensor> {
+/// `x` (B, C, ...) normalised over each of `groups` groups of C / groups channels, then `· weight[c] + bias[c]`,
+/// then `act`; f32 on the CPU.
+pub(crate) fn group_norm(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    groups: usize,
+    eps: f64,
+    act: Activation,
+) -> Result<Tensor> {
     let dims = x.dims();
-    if dims.len() < 2 || groups == 0 || dims[1] % groups != 0 || weight.dims() != [dims[1]] || bias.dims() != [dims[1]]
+    if dims.len() < 2
+        || groups == 0
+        || !dims[1].is_multiple_of(groups)
+        || weight.dims() != [dims[1]]
+        || bias.dims() != [dims[1]]
     {
         bail!("group_norm: input {dims:?}, weight {:?}, bias {:?}, {groups} groups", weight.dims(), bias.dims());
     }
-    let op = GroupNormOp { groups, eps, stats: Mutex::new(Vec::new()) };
+    let op = GroupNormOp { groups, eps, act, stats: Mutex::new(Vec::new()) };
     x.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, op)
 }
 
 struct GroupNormOp {
     groups: usize,
     eps: f64,
+    act: Activation,
     /// (mean, 1 / sqrt(var + eps)) of every (image, group), from the forward for the backward.
     stats: Mutex<Vec<(f64, f64)>>,
+}
+
+/// The norm with channel c's affine folded in, `x·scale + shift`: the forward's and, to recompute the norm's
+/// output for the activation's gradient, the backward's (the same f64 steps, so the same f32 pair).
+fn channel_affine((mean, rstd): (f64, f64), weight: f32, bias: f32) -> (f32, f32) {
+    let scale = rstd * f64::from(weight);
+    let shift = f64::from(bias) - mean * scale;
+    (scale as f32, shift as f32)
 }
 
 /// Sizes of a (B, C, ...) input: (images, channels, values per channel).
@@ -61,7 +86,7 @@ impl CustomOp3 for GroupNormOp {
         let cpg = c / self.groups;
         let n = cpg * hw;
         let mut y = vec![0f32; x.len()];
-        let mut stats = vec![(0f64, 0f64); if n > 0 { x.len() / n } else { 0 }];
+        let mut stats = vec![(0f64, 0f64); x.len().checked_div(n).unwrap_or(0)];
         if n > 0 {
             y.par_chunks_mut(n).zip(x.par_chunks(n)).zip(stats.par_iter_mut()).enumerate().for_each(
                 |(bg, ((y, x), stat))| {
@@ -71,11 +96,8 @@ impl CustomOp3 for GroupNormOp {
                     *stat = (mean, rstd);
                     let c0 = (bg % self.groups) * cpg;
                     for (j, (y, x)) in y.chunks_mut(hw).zip(x.chunks(hw)).enumerate() {
-                        // y = x·scale + shift with the channel's affine folded in.
-                        let scale = rstd * f64::from(w[c0 + j]);
-                        let shift = f64::from(b[c0 + j]) - mean * scale;
-                        let (scale, shift) = (scale as f32, shift as f32);
-                        y.iter_mut().zip(x).for_each(|(y, &x)| *y = x.mul_add(scale, shift));
+                        let (scale, shift) = channel_affine((mean, rstd), w[c0 + j], b[c0 + j]);
+                        affine_activation(y, x, scale, shift, self.act);
                     }
                 },
             );
@@ -97,7 +119,8 @@ impl CustomOp3 for GroupNormOp {
         let cpg = c / self.groups;
         let n = cpg * hw;
         let stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
-        let (dx, dw, db) = with_values([x, weight, grad], |[x, w, dy]| {
+        let act = self.act;
+        let (dx, dw, db) = with_values([x, weight, bias, grad], |[x, w, b, dy]| {
             let mut dx = vec![0f32; if want_dx { x.len() } else { 0 }];
             // Per (image, channel): Σ dy·x̂ and Σ dy, summed over the images afterwards in image order.
             let mut partial = vec![(0f64, 0f64); images * c];
@@ -107,6 +130,19 @@ impl CustomOp3 for GroupNormOp {
                     |bg: usize, partial: &mut [(f64, f64)], x: &[f32], dy: &[f32], dx: Option<&mut [f32]>| {
                         let (mean, rstd) = stats[bg];
                         let c0 = (bg % self.groups) * cpg;
+                        // The gradient at the norm's output: through the activation, if any.
+                        let mut dz_buf = scratch(if act == Activation::None { 0 } else { n });
+                        let dy = if act == Activation::None {
+                            dy
+                        } else {
+                            for (j, (dz, (x, dy))) in
+                                dz_buf.chunks_mut(hw).zip(x.chunks(hw).zip(dy.chunks(hw))).enumerate()
+                            {
+                                let (scale, shift) = channel_affine((mean, rstd), w[c0 + j], b[c0 + j]);
+                                activation_grad(dz, x, dy, scale, shift, act);
+                            }
+                            &dz_buf[..n]
+                        };
                         // Σ g and Σ g·x̂ with g = dy·w[c], the two sums the input's gradient needs.
                         let (mut sum_g, mut sum_gx) = (0f64, 0f64);
                         for (j, (x, dy)) in x.chunks(hw).zip(dy.chunks(hw)).enumerate() {

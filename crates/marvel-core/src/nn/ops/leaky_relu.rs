@@ -3,7 +3,7 @@
 //! Composed as `x.maximum(&(x * slope))`, candle runs two passes forward and, backward, two comparisons, two
 //! casts, two products, two divisions, the affine's scaling and two `zeros_like + add` accumulations into the
 //! gradient store, each a fresh full-size tensor (the discriminator's first activation is 32·256² values an
-//! image). The values here are bit for bit the composed form's, ties (x = 0) included (see `backward_one`).
+//! image). The values here are bit for bit the composed form's, ties (x = 0) included (see [`backward_one`]).
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -22,25 +22,24 @@ struct LeakyRelu {
     slope: f32,
 }
 
-impl LeakyRelu {
-    /// candle's `x * slope` (an affine: `x·mul + add`, add 0) and `maximum` (`if a < b { b } else { a }`).
-    #[inline(always)]
-    fn forward_one(&self, x: f32) -> (f32, f32) {
-        let scaled = x * self.slope + 0.0;
-        (if x < scaled { scaled } else { x }, scaled)
-    }
+/// candle's `x * slope` (an affine: `x·mul + add`, add 0) and `maximum` (`if a < b { b } else { a }`): the output
+/// and the scaled operand.
+#[inline(always)]
+pub(super) fn forward_one(slope: f32, x: f32) -> (f32, f32) {
+    let scaled = x * slope + 0.0;
+    (if x < scaled { scaled } else { x }, scaled)
+}
 
-    /// The composed form's gradient, its arithmetic step for step: `maximum` sends dy to the operand(s) equal
-    /// to its output, divided by 1 + the other's mask (halved on ties, x = 0); the scaled operand's share goes
-    /// through the affine's `·slope + 0`; the store adds both to x's zeroed gradient, the `maximum`'s first.
-    #[inline(always)]
-    fn backward_one(&self, x: f32, dy: f32) -> f32 {
-        let (y, scaled) = self.forward_one(x);
-        let (mask_x, mask_scaled) = (f32::from(u8::from(y == x)), f32::from(u8::from(y == scaled)));
-        let through_x = mask_x * dy / (mask_scaled + 1.0);
-        let through_scaled = (mask_scaled * dy / (mask_x + 1.0)) * self.slope + 0.0;
-        0.0 + through_x + through_scaled
-    }
+/// The composed form's gradient, its arithmetic step for step: `maximum` sends dy to the operand(s) equal to its
+/// output, divided by 1 + the other's mask (halved on ties, x = 0); the scaled operand's share goes through the
+/// affine's `·slope + 0`; the store adds both to x's zeroed gradient, the `maximum`'s first.
+#[inline(always)]
+pub(super) fn backward_one(slope: f32, x: f32, dy: f32) -> f32 {
+    let (y, scaled) = forward_one(slope, x);
+    let (mask_x, mask_scaled) = (f32::from(u8::from(y == x)), f32::from(u8::from(y == scaled)));
+    let through_x = mask_x * dy / (mask_scaled + 1.0);
+    let through_scaled = (mask_scaled * dy / (mask_x + 1.0)) * slope + 0.0;
+    0.0 + through_x + through_scaled
 }
 
 impl CustomOp1 for LeakyRelu {
@@ -52,7 +51,7 @@ impl CustomOp1 for LeakyRelu {
         let x = values(storage, layout, "leaky_relu")?;
         let mut y = vec![0f32; x.len()];
         y.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(y, x)| {
-            y.iter_mut().zip(x).for_each(|(y, &x)| *y = self.forward_one(x).0);
+            y.iter_mut().zip(x).for_each(|(y, &x)| *y = forward_one(self.slope, x).0);
         });
         Ok((CpuStorage::F32(y), layout.shape().clone()))
     }
@@ -61,7 +60,7 @@ impl CustomOp1 for LeakyRelu {
         let dx = with_values([x, grad], |[x, dy]| {
             let mut dx = vec![0f32; x.len()];
             dx.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK).zip(dy.par_chunks(CHUNK))).for_each(|(dx, (x, dy))| {
-                dx.iter_mut().zip(x.iter().zip(dy)).for_each(|(d, (&x, &g))| *d = self.backward_one(x, g));
+                dx.iter_mut().zip(x.iter().zip(dy)).for_each(|(d, (&x, &g))| *d = backward_one(self.slope, x, g));
             });
             dx
         })?;

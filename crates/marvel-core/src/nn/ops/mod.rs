@@ -22,6 +22,7 @@ mod group_norm;
 mod layer_norm;
 mod leaky_relu;
 mod linear;
+mod norm_activation;
 mod scratch;
 #[cfg(test)]
 mod tests;
@@ -34,6 +35,7 @@ pub(crate) use group_norm::group_norm;
 pub(crate) use layer_norm::layer_norm;
 pub(crate) use leaky_relu::leaky_relu;
 pub(crate) use linear::{linear, linear_attention, linear_gelu};
+pub(crate) use norm_activation::Activation;
 pub(crate) use scratch::release as release_scratch;
 pub(crate) use scratch::scratch;
 

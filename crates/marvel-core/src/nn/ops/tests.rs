@@ -3,7 +3,7 @@
 
 use candle_core::{Device, Tensor, Var, D};
 
-use super::{layer_norm, linear, linear_attention, linear_gelu};
+use super::{layer_norm, linear, linear_attention, linear_gelu, Activation};
 
 fn rnd(shape: &[usize], seed: u64) -> Var {
     // Deterministic values without a global RNG: a hash of the index, in [-1, 1).
@@ -226,9 +226,41 @@ fn group_norm_matches_composed() {
         assert_matches(
             &format!("group_norm {dims:?} / {groups}"),
             &[&x, &w, &b],
-            |t| super::group_norm(&t[0], &t[1], &t[2], groups, 1e-5).unwrap(),
+            |t| super::group_norm(&t[0], &t[1], &t[2], groups, 1e-5, Activation::None).unwrap(),
             |t| composed_group_norm(t, groups, 1e-5),
         );
+    }
+}
+
+/// GroupNorm with its activation in the node: SiLU as the composed GroupNorm then candle's SiLU (within rounding:
+/// another exp); LeakyReLU bit for bit as this GroupNorm node then the LeakyReLU node, forward and gradients.
+#[test]
+fn group_norm_with_activation_matches_the_two_nodes() {
+    let dims = [2, 8, 6, 7];
+    let x = Var::from_tensor(&rnd(&dims, 40).as_tensor().affine(3.0, 0.5).unwrap()).unwrap();
+    let (w, b) = (rnd(&[8], 41), rnd(&[8], 42));
+    assert_matches(
+        "group_norm + silu",
+        &[&x, &w, &b],
+        |t| super::group_norm(&t[0], &t[1], &t[2], 4, 1e-6, Activation::Silu).unwrap(),
+        |t| candle_nn::ops::silu(&composed_group_norm(t, 4, 1e-6)).unwrap(),
+    );
+    let fused = |t: &[Tensor]| super::group_norm(&t[0], &t[1], &t[2], 4, 1e-5, Activation::LeakyRelu(0.1)).unwrap();
+    let two = |t: &[Tensor]| {
+        let y = super::group_norm(&t[0], &t[1], &t[2], 4, 1e-5, Activation::None).unwrap();
+        super::leaky_relu(&y, 0.1).unwrap()
+    };
+    // Values at the tie (a norm output of exactly 0) as well: a weight of 0 makes a whole channel the bias, 0.
+    let mask = Tensor::new(&[1f32, 0., 1., 1., 1., 1., 1., 1.], &Device::Cpu).unwrap();
+    let (w0, b0) = [&w, &b].map(|v| Var::from_tensor(&v.as_tensor().mul(&mask).unwrap()).unwrap()).into();
+    let values = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let bits = |t: &Tensor| values(t).iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    let (y, gs) = forward_backward(&[&x, &w0, &b0], fused);
+    let (y_ref, gs_ref) = forward_backward(&[&x, &w0, &b0], two);
+    assert_eq!(bits(&y), bits(&y_ref), "group_norm + leaky_relu forward");
+    assert!(values(&y).contains(&0.0), "no tie tested");
+    for (i, (g, g_ref)) in gs.iter().zip(&gs_ref).enumerate() {
+        assert_eq!(bits(g), bits(g_ref), "group_norm + leaky_relu: gradient of input {i}");
     }
 }
 
@@ -241,7 +273,11 @@ fn group_norm_gradients_of_frozen_operands_are_not_made() {
     let r = rnd(&[2, 6, 4, 5], 36).as_detached_tensor();
     let run = |x: &Tensor, w: &Tensor, b: &Tensor, op: bool| {
         let t = [x.clone(), w.clone(), b.clone()];
-        let y = if op { super::group_norm(x, w, b, 3, 1e-6).unwrap() } else { composed_group_norm(&t, 3, 1e-6) };
+        let y = if op {
+            super::group_norm(x, w, b, 3, 1e-6, Activation::None).unwrap()
+        } else {
+            composed_group_norm(&t, 3, 1e-6)
+        };
         (&y * &r).unwrap().sum_all().unwrap().backward().unwrap()
     };
     let (wd, bd) = (w.as_detached_tensor(), b.as_detached_tensor());
