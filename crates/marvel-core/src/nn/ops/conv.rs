@@ -23,6 +23,7 @@ use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::conv_bands::Bands;
+use super::conv_direct;
 use super::scratch::scratch;
 use super::{cpu_tensor, product, values, with_values, View, PARALLEL};
 use crate::nn::conv2d::Geometry;
@@ -33,10 +34,11 @@ use crate::nn::conv2d::Geometry;
 /// output rows, the weight's gradient from a column-major copy of the output's gradient (which the gemm crate
 /// multiplies without packing it on one thread), all within rounding of the exact values.
 pub(crate) fn conv2d(x: &Tensor, weight: &Tensor, bias: &Tensor, g: Geometry, exact: bool) -> Result<Tensor> {
-    apply(x, weight, bias, ConvOp { g, exact, band_values: BAND_VALUES })
+    apply(x, weight, bias, ConvOp { g, exact, band_values: BAND_VALUES, direct: true })
 }
 
-/// [`conv2d`]'s not-exact path with bands of `band_values` column values, small enough to split a test's images.
+/// [`conv2d`]'s not-exact path with bands of `band_values` column values, small enough to split a test's images;
+/// bands for every layer, narrow ones included (which [`conv2d`] computes directly, `conv_direct.rs`).
 #[cfg(test)]
 pub(crate) fn conv2d_in_bands(
     x: &Tensor,
@@ -45,7 +47,7 @@ pub(crate) fn conv2d_in_bands(
     g: Geometry,
     band_values: usize,
 ) -> Result<Tensor> {
-    apply(x, weight, bias, ConvOp { g, exact: false, band_values })
+    apply(x, weight, bias, ConvOp { g, exact: false, band_values, direct: false })
 }
 
 fn apply(x: &Tensor, weight: &Tensor, bias: &Tensor, op: ConvOp) -> Result<Tensor> {
@@ -57,10 +59,17 @@ struct ConvOp {
     exact: bool,
     /// [`BAND_VALUES`] but in the tests, which split small images into several bands.
     band_values: usize,
+    /// Whether the not-exact path computes narrow layers' forward and input gradient directly (all but tests of
+    /// the bands).
+    direct: bool,
 }
 
 impl ConvOp {
     /// (C_out, C_in·k·k, Ho·Wo): the product's sizes.
+    fn direct(&self, c_out: usize) -> bool {
+        !self.exact && self.direct && conv_direct::applies(&self.g, c_out)
+    }
+
     fn sizes(&self, weight_dims: &[usize]) -> (usize, usize, usize) {
         let (oh, ow) = self.g.out_hw();
         (weight_dims[0], self.g.channels * self.g.kernel * self.g.kernel, oh * ow)
@@ -99,7 +108,9 @@ impl CustomOp3 for ConvOp {
         let (_, k, l) = self.sizes(wl.dims());
         let plane = c_in * h * w;
         let mut out = vec![0f32; b * c_out * l];
-        if k > 0 && l > 0 && !self.exact {
+        if k > 0 && l > 0 && self.direct(c_out) {
+            conv_direct::forward(g, x, wv, bias, b, &mut out);
+        } else if k > 0 && l > 0 && !self.exact {
             Bands::new(g, self.band_values).forward(x, wv, bias, b, &mut out);
         } else if k > 0 && l > 0 {
             let mut cols = scratch(k * l);
@@ -140,6 +151,14 @@ impl CustomOp3 for ConvOp {
         let (dx, dw, db) = with_values([x, w, grad], |[xv, wv, dy]| {
             let (dx, dw) = if self.exact {
                 self.bwd_exact(xv, wv, dy, b, (want_dx, want_dw))
+            } else if self.direct(c_out) && l > 0 {
+                // The weight's gradient from the bands, the input's directly.
+                let (_, dw) = Bands::new(self.g, self.band_values).backward(xv, wv, dy, b, (false, want_dw));
+                let mut dx = vec![0f32; if want_dx { xv.len() } else { 0 }];
+                if want_dx {
+                    conv_direct::input_grad(self.g, wv, dy, b, c_out, &mut dx);
+                }
+                (dx, dw)
             } else {
                 Bands::new(self.g, self.band_values).backward(xv, wv, dy, b, (want_dx, want_dw))
             };

@@ -17,6 +17,7 @@
 mod attention;
 mod conv;
 mod conv_bands;
+mod conv_direct;
 mod filter;
 mod group_norm;
 mod layer_norm;
@@ -30,6 +31,8 @@ mod tests;
 pub(crate) use conv::conv2d;
 #[cfg(test)]
 pub(crate) use conv::conv2d_in_bands;
+#[cfg(test)]
+pub(crate) use conv_direct::applies as direct_conv_applies;
 pub(crate) use filter::shared_filter2d;
 pub(crate) use group_norm::group_norm;
 pub(crate) use layer_norm::layer_norm;
