@@ -81,6 +81,18 @@ pub fn linear_forward(layer: &candle_nn::Linear, xs: &Tensor) -> Result<Tensor> 
     candle_core::Module::forward(layer, xs)
 }
 
+/// `gelu(layer(xs))` with torch's exact (erf) GELU: one node (`ops::linear_gelu`, a vectorised GELU and only the
+/// gradients asked for) when training on the CPU; candle's `Linear` and `gelu_erf` (libm's `erff` per value, the
+/// backward composed of ~10 tensor ops) otherwise.
+pub fn linear_gelu_forward(layer: &candle_nn::Linear, xs: &Tensor) -> Result<Tensor> {
+    if let Some(bias) = layer.bias() {
+        if trains_on_cpu(&[xs, layer.weight(), bias]) {
+            return ops::linear_gelu(xs, layer.weight(), bias);
+        }
+    }
+    candle_core::Module::forward(layer, xs)?.gelu_erf()
+}
+
 /// LeakyReLU, `max(x, slope·x)`: one node with a one-pass backward when training on the CPU (the same values
 /// as the composed form, see `ops/leaky_relu.rs`), candle's composed ops otherwise.
 pub fn leaky_relu(xs: &Tensor, slope: f64) -> Result<Tensor> {

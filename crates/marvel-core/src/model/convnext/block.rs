@@ -2,7 +2,7 @@
 //! -> Linear(4C, C) -> times `layer_scale` -> plus the block input. Stochastic depth is the identity in eval mode,
 //! the only mode the perceptual loss runs the network in.
 
-use candle_core::{Module, Tensor};
+use candle_core::Tensor;
 use candle_nn::{Linear, VarBuilder};
 
 use super::depthwise::DepthwiseConv;
@@ -51,7 +51,8 @@ impl CnBlock {
         let h = h.broadcast_add(&self.dw_bias.reshape((1, c, 1, 1))?)?;
         let h = h.permute((0, 2, 3, 1))?.contiguous()?;
         let h = self.norm.forward_last(&h)?;
-        let h = self.fc2.forward(&self.fc1.forward(&h)?.gelu_erf()?)?;
+        // Under autograd (the perceptual loss's backward into the reconstruction) the training ops' nodes.
+        let h = crate::nn::linear_forward(&self.fc2, &crate::nn::linear_gelu_forward(&self.fc1, &h)?)?;
         let h = h.permute((0, 3, 1, 2))?.broadcast_mul(&self.layer_scale)?;
         Ok((x + h)?)
     }
