@@ -26,14 +26,16 @@ from titok_torch import Cfg, TiTok
 from train_stage2_torch import TRAINABLE, ConvNeXt, NLayerDiscriminator, perceptual_loss
 
 
-def median_cpu(runs: int, f) -> float:
+def median_cpu(runs: int, f) -> tuple[float, float]:
+    """Median (CPU, wall) seconds of `runs` calls after one warm-up call."""
     f()
-    t = []
+    cpu, wall = [], []
     for _ in range(runs):
-        c = time.process_time()
+        c, t = time.process_time(), time.perf_counter()
         f()
-        t.append(time.process_time() - c)
-    return round(statistics.median(t), 4)
+        wall.append(time.perf_counter() - t)
+        cpu.append(time.process_time() - c)
+    return round(statistics.median(cpu), 4), round(statistics.median(wall), 4)
 
 
 def main():
@@ -85,7 +87,7 @@ def main():
              [("decode", decode), ("perceptual", perceptual), ("gan_generator", gan_generator),
               ("discriminator_step", discriminator_step)]}
     print(json.dumps({"engine": "torch", "threads": torch.get_num_threads(), "batch": a.batch, "runs": a.runs,
-                      "cpu_s": parts}))
+                      "cpu_s": {n: v[0] for n, v in parts.items()}, "wall_s": {n: v[1] for n, v in parts.items()}}))
 
 
 if __name__ == "__main__":

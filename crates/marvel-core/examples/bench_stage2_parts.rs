@@ -8,11 +8,12 @@
 //! - `discriminator_step`: D(x), D(recon) and the hinge backward into the discriminator's weights.
 //!
 //! Prints one JSON line: per component the median CPU seconds (user + system, all threads: steadier than the
-//! wall time on a shared machine) of RUNS calls after one warm-up.
+//! wall time on a shared machine) and the median wall seconds of RUNS calls after one warm-up.
 //!
 //!     bench_stage2_parts CONFIG_JSON INIT_DIR [--threads 1] [--batch 2] [--runs 5] [--only NAME]
 
 use std::path::Path;
+use std::time::Instant;
 
 use candle_core::{Device, Tensor, Var};
 use marvel_core::train::losses::{hinge_discriminator_loss, hinge_generator_loss};
@@ -32,21 +33,26 @@ fn cpu_seconds() -> f64 {
     ticks(11).zip(ticks(12)).map(|(u, s)| (u + s) / 100.0).unwrap_or(f64::NAN)
 }
 
-/// Median CPU seconds of `runs` calls of `f` after one warm-up call; 0 for a component `only` leaves out.
-fn median_cpu(a: &Args, name: &str, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+/// Median (CPU, wall) seconds of `runs` calls of `f` after one warm-up call; zeros for a component `only` leaves
+/// out. With several threads, CPU / wall says how many cores the component kept busy.
+fn median_cpu(a: &Args, name: &str, mut f: impl FnMut() -> Result<()>) -> Result<(f64, f64)> {
     if a.only.as_ref().is_some_and(|o| o != name) {
-        return Ok(0.0);
+        return Ok((0.0, 0.0));
     }
     let runs = a.runs;
     f()?;
-    let mut t = Vec::with_capacity(runs);
+    let (mut cpu, mut wall) = (Vec::with_capacity(runs), Vec::with_capacity(runs));
     for _ in 0..runs {
-        let c = cpu_seconds();
+        let (c, t) = (cpu_seconds(), Instant::now());
         f()?;
-        t.push(cpu_seconds() - c);
+        wall.push(t.elapsed().as_secs_f64());
+        cpu.push(cpu_seconds() - c);
     }
-    t.sort_by(|a, b| a.total_cmp(b));
-    Ok(t[runs / 2])
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[runs / 2]
+    };
+    Ok((median(cpu), median(wall)))
 }
 
 struct Args {
@@ -113,11 +119,22 @@ fn run(a: &Args) -> Result<String> {
         hinge_discriminator_loss(&d.forward(&x)?, &d.forward(&recon.as_tensor().detach())?)?.backward()?;
         Ok(())
     })?;
+    let parts = [
+        ("decode", decode),
+        ("perceptual", perceptual),
+        ("gan_generator", gan_generator),
+        ("discriminator_step", discriminator_step),
+    ];
+    let json = |pick: fn(&(f64, f64)) -> f64| {
+        parts.iter().map(|(n, v)| format!("\"{n}\":{:.4}", pick(v))).collect::<Vec<_>>().join(",")
+    };
     Ok(format!(
-        "{{\"engine\":\"marvel\",\"threads\":{},\"batch\":{},\"runs\":{},\"cpu_s\":{{\"decode\":{decode:.4},\
-         \"perceptual\":{perceptual:.4},\"gan_generator\":{gan_generator:.4},\"discriminator_step\":\
-         {discriminator_step:.4}}}}}",
-        a.threads, a.batch, a.runs
+        "{{\"engine\":\"marvel\",\"threads\":{},\"batch\":{},\"runs\":{},\"cpu_s\":{{{}}},\"wall_s\":{{{}}}}}",
+        a.threads,
+        a.batch,
+        a.runs,
+        json(|v| v.0),
+        json(|v| v.1)
     ))
 }
 
