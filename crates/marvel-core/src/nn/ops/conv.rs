@@ -25,7 +25,7 @@ use rayon::prelude::*;
 use super::conv_bands::Bands;
 use super::conv_direct;
 use super::scratch::scratch;
-use super::{cpu_tensor, product, values, with_values, View, PARALLEL};
+use super::{cpu_tensor, product, values, with_values, zeros, View, PARALLEL};
 use crate::nn::conv2d::Geometry;
 
 /// `conv2d(x, weight) + bias` of geometry `g`: `x` (B, C_in, H, W), `weight` (C_out, C_in, k, k), `bias`
@@ -107,7 +107,7 @@ impl CustomOp3 for ConvOp {
         let (x, wv, bias) = (values(xs, xl, "conv2d")?, values(ws, wl, "conv2d")?, values(bs, bl, "conv2d")?);
         let (_, k, l) = self.sizes(wl.dims());
         let plane = c_in * h * w;
-        let mut out = vec![0f32; b * c_out * l];
+        let mut out = zeros(b * c_out * l);
         if k > 0 && l > 0 && self.direct(c_out) {
             conv_direct::forward(g, x, wv, bias, b, &mut out);
         } else if k > 0 && l > 0 && !self.exact {
@@ -154,7 +154,7 @@ impl CustomOp3 for ConvOp {
             } else if self.direct(c_out) && l > 0 {
                 // The weight's gradient from the bands, the input's directly.
                 let (_, dw) = Bands::new(self.g, self.band_values).backward(xv, wv, dy, b, (false, want_dw));
-                let mut dx = vec![0f32; if want_dx { xv.len() } else { 0 }];
+                let mut dx = zeros(if want_dx { xv.len() } else { 0 });
                 if want_dx {
                     conv_direct::input_grad(self.g, wv, dy, b, c_out, &mut dx);
                 }

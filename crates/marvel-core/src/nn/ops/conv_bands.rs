@@ -16,7 +16,7 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use super::scratch::scratch;
-use super::{product, product_into, View};
+use super::{product, product_into, zeros, View};
 use super::{Product, PARALLEL};
 use crate::nn::conv2d::Geometry;
 use crate::nn::fused::SharedMut;
@@ -113,7 +113,7 @@ impl Bands {
         let (oh, ow) = g.out_hw();
         let (k, l) = (self.k(), oh * ow);
         let c_out = wv.len().checked_div(k).unwrap_or(0);
-        let mut dx = vec![0f32; if want_dx { xv.len() } else { 0 }];
+        let mut dx = zeros(if want_dx { xv.len() } else { 0 });
         if l == 0 || c_out == 0 || b == 0 {
             return (dx, vec![0f32; if want_dw { c_out * k } else { 0 }]);
         }

@@ -10,7 +10,7 @@
 use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{cpu_tensor, values, with_values};
+use super::{cpu_tensor, values, with_values, zeros};
 
 /// `x` (B, C, H, W) with every (B, C) map filtered by `kernel` (k, k) at `stride`, zero padding `pad` =
 /// (top, bottom, left, right) around the map; f32 on the CPU.
@@ -128,7 +128,7 @@ impl CustomOp1 for SharedFilter {
         let x = values(storage, layout, "shared_filter2d")?;
         let (b, c, _, _) = layout.shape().dims4()?;
         let g = self.g;
-        let mut y = vec![0f32; b * c * g.oh * g.ow];
+        let mut y = zeros(b * c * g.oh * g.ow);
         if g.oh * g.ow > 0 {
             let maps = y.par_chunks_mut(g.oh * g.ow).zip(x.par_chunks(g.h * g.w));
             maps.for_each_init(
@@ -151,7 +151,7 @@ impl CustomOp1 for SharedFilter {
     fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let g = self.g;
         let dx = with_values([grad], |[dy]| {
-            let mut dx = vec![0f32; x.elem_count()];
+            let mut dx = zeros(x.elem_count());
             if g.oh * g.ow > 0 {
                 // One task per map: each writes only its own map's gradient, every value's adds in (oy, ki, kj)
                 // order, as the scatter made them: the same bits.

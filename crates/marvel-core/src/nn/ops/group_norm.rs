@@ -21,7 +21,7 @@ use rayon::prelude::*;
 
 use super::norm_activation::{activation_grad, affine_activation, Activation};
 use super::scratch::scratch;
-use super::{cpu_tensor, values, with_values};
+use super::{cpu_tensor, values, with_values, zeros};
 
 /// `x` (B, C, ...) normalised over each of `groups` groups of C / groups channels, then `· weight[c] + bias[c]`,
 /// then `act`; f32 on the CPU.
@@ -85,7 +85,7 @@ impl CustomOp3 for GroupNormOp {
         let (_, c, hw) = sizes(xl.dims());
         let cpg = c / self.groups;
         let n = cpg * hw;
-        let mut y = vec![0f32; x.len()];
+        let mut y = zeros(x.len());
         let mut stats = vec![(0f64, 0f64); x.len().checked_div(n).unwrap_or(0)];
         if n > 0 {
             y.par_chunks_mut(n).zip(x.par_chunks(n)).zip(stats.par_iter_mut()).enumerate().for_each(
@@ -121,7 +121,7 @@ impl CustomOp3 for GroupNormOp {
         let stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
         let act = self.act;
         let (dx, dw, db) = with_values([x, weight, bias, grad], |[x, w, b, dy]| {
-            let mut dx = vec![0f32; if want_dx { x.len() } else { 0 }];
+            let mut dx = zeros(if want_dx { x.len() } else { 0 });
             // Per (image, channel): Σ dy·x̂ and Σ dy, summed over the images afterwards in image order.
             let mut partial = vec![(0f64, 0f64); images * c];
             if n > 0 {

@@ -8,7 +8,7 @@
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{cpu_tensor, values, with_values};
+use super::{cpu_tensor, values, with_values, zeros};
 
 /// Elements per task: large enough that a task outweighs its scheduling.
 const CHUNK: usize = 1 << 14;
@@ -49,7 +49,7 @@ impl CustomOp1 for LeakyRelu {
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = values(storage, layout, "leaky_relu")?;
-        let mut y = vec![0f32; x.len()];
+        let mut y = zeros(x.len());
         y.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(y, x)| {
             y.iter_mut().zip(x).for_each(|(y, &x)| *y = forward_one(self.slope, x).0);
         });
@@ -58,7 +58,7 @@ impl CustomOp1 for LeakyRelu {
 
     fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let dx = with_values([x, grad], |[x, dy]| {
-            let mut dx = vec![0f32; x.len()];
+            let mut dx = zeros(x.len());
             dx.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK).zip(dy.par_chunks(CHUNK))).for_each(|(dx, (x, dy))| {
                 dx.iter_mut().zip(x.iter().zip(dy)).for_each(|(d, (&x, &g))| *d = backward_one(self.slope, x, g));
             });

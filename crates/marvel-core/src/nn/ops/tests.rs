@@ -291,3 +291,15 @@ fn group_norm_gradients_of_frozen_operands_are_not_made() {
         assert!(rel_err(got.get(v).unwrap(), want.get(v).unwrap()) < 1e-5);
     }
 }
+
+/// `zeros` writes every value it hands out, around its chunk size and after a freed buffer of ones of the same
+/// size (which the allocator may hand back).
+#[test]
+fn zeros_are_zero_after_reused_memory() {
+    for len in [0, 1, super::ZEROS_CHUNK, super::ZEROS_CHUNK + 1, 3 * super::ZEROS_CHUNK - 7, 1 << 22] {
+        drop(std::hint::black_box(vec![1f32; len]));
+        let z = super::zeros(len);
+        assert_eq!(z.len(), len);
+        assert!(z.iter().all(|&v| v.to_bits() == 0), "len {len}");
+    }
+}
