@@ -71,7 +71,7 @@ mod tests {
         assert_eq!(Blocks::fit(512 << 10), Blocks { kc: 256, nc: 256 });
         for l2 in [1_280 << 10, 768 << 10, 200 << 10, 0] {
             let b = Blocks::fit(l2);
-            assert!(b.nc % NR == 0 && b.nc >= 2 * NR && b.nc <= NC_MAX, "{l2}: {b:?}");
+            assert!(b.nc.is_multiple_of(NR) && b.nc >= 2 * NR && b.nc <= NC_MAX, "{l2}: {b:?}");
             assert!(4 * b.kc * b.nc <= l2 / 2 || b.nc == 2 * NR, "{l2}: {b:?}");
         }
     }
