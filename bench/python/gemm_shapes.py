@@ -55,23 +55,23 @@ def main():
             txs = [torch.from_numpy(x) for x in xs]
             secs = {"ort": [], "torch": []}
             cpus = {"ort": [], "torch": []}
-            for _ in range(args.rounds + 1):
-                ro, rt, co, ct = [], [], [], []
-                for p in range(4):
-                    t, c = time.perf_counter(), time.process_time()
-                    sessions[p].run(None, {"x": xs[p]})
-                    ro.append(time.perf_counter() - t)
-                    co.append(time.process_time() - c)
-                    t, c = time.perf_counter(), time.process_time()
-                    with torch.inference_mode():
-                        for l in range(layers):
-                            torch.nn.functional.linear(txs[p], tw[l][p])
-                    rt.append(time.perf_counter() - t)
-                    ct.append(time.process_time() - c)
-                secs["ort"].append(ro)
-                secs["torch"].append(rt)
-                cpus["ort"].append(co)
-                cpus["torch"].append(ct)
+            # One engine at a time: each one's pool threads spin for a while after a call, and on 2 cores that
+            # would take the other's CPUs if the two alternated.
+            for who in ("ort", "torch"):
+                for _ in range(args.rounds + 1):
+                    wall, cpu = [], []
+                    for p in range(4):
+                        t, c = time.perf_counter(), time.process_time()
+                        if who == "ort":
+                            sessions[p].run(None, {"x": xs[p]})
+                        else:
+                            with torch.inference_mode():
+                                for l in range(layers):
+                                    torch.nn.functional.linear(txs[p], tw[l][p])
+                        wall.append(time.perf_counter() - t)
+                        cpu.append(time.process_time() - c)
+                    secs[who].append(wall)
+                    cpus[who].append(cpu)
             for who, s in secs.items():
                 s = np.array(s[1:])
                 flops = [2.0 * rows * n * k * layers for _, n, k in PRODUCTS(d)]
