@@ -6,11 +6,12 @@
 //! threads of an AVX-512 Xeon, while from ~1500 rows on the `gemm` crate was ahead by 0-10%. `fused::gemm_wt`
 //! picks accordingly, at the AVX-512 level of `kernels::level()` only. The kernel:
 //! - a 12×32 register tile: 24 zmm accumulators; per k step two vector loads of B and 12 broadcasts of A;
-//! - A's 12-row tile copied (not transposed: the copy is 1/(2·32) of the tile's work per panel row) into rows one
-//!   cache line longer than KC. Read in place, A's rows are k floats apart, and at k = 1024, 2048 or 4096 (L-32's
-//!   every product, S-128's MLP down-projection) all 12 land in one L1 set: more than the 8 ways of Zen 4's L1d,
-//!   so every k step missed. The copy took L-32's products from 63 to 89 GFLOP per CPU-second on the EPYC (one
-//!   thread; S-128's down-projection 62-66 to 85-90; the rest unchanged);
+//! - A's 12-row tile copied into rows one cache line longer than KC (12·KC floats per tile, against NC/32 panels
+//!   of 24·KC FMAs each: well under 1%). Read in place, A's rows are k floats apart, and at k = 1024, 2048 or 4096
+//!   (L-32's every product, S-128's MLP down-projection) all 12 land in one L1 set: more than the 8 ways of Zen 4's
+//!   L1d, so A's lines kept being evicted. The copy took L-32's products from 63 to 85-92 GFLOP per CPU-second on
+//!   the EPYC (one thread; S-128's down-projection from 57-88 to 85-90; the rest unchanged). A kk-major copy
+//!   (the 12 broadcasts of a k step from one 48-byte run) measured no faster;
 //! - Wᵀ packed per KC×NC block into 32-column panels (16×16 register transposes) that stay in L2; the block
 //!   sizes and why in `blocks` (KC 256, NC 512 on both the Xeon and the EPYC);
 //! - threads split the columns, so each packs only its own part of W and nothing is shared or synchronised.
