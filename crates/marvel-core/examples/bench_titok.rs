@@ -155,17 +155,42 @@ fn median(xs: &[f64]) -> f64 {
     }
 }
 
-/// Runs `f` `warmup` times untimed, then `runs` times timed; returns the times in seconds.
-fn time<T>(warmup: usize, runs: usize, mut f: impl FnMut() -> Result<T>) -> Result<(Vec<f64>, T)> {
+/// Wall and CPU times of a stage's runs, in seconds.
+struct Times {
+    wall: Vec<f64>,
+    /// The process's CPU time (all threads) per run: what a neighbour's load on the machine does not inflate.
+    /// Empty where it cannot be read.
+    cpu: Vec<f64>,
+}
+
+/// This process's CPU time, all threads, in seconds (Linux with glibc, where marvel-core links libc).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn cpu_seconds() -> Option<f64> {
+    let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `t` is a valid timespec to write.
+    let ok = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut t) } == 0;
+    ok.then_some(t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9)
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn cpu_seconds() -> Option<f64> {
+    None
+}
+
+/// Runs `f` `warmup` times untimed, then `runs` times timed.
+fn time<T>(warmup: usize, runs: usize, mut f: impl FnMut() -> Result<T>) -> Result<(Times, T)> {
     let mut last = None;
     for _ in 0..warmup {
         last = Some(f()?);
     }
-    let mut times = Vec::with_capacity(runs);
+    let mut times = Times { wall: Vec::with_capacity(runs), cpu: Vec::with_capacity(runs) };
     for _ in 0..runs.max(1) {
-        let t0 = Instant::now();
+        let (t0, c0) = (Instant::now(), cpu_seconds());
         let out = f()?;
-        times.push(t0.elapsed().as_secs_f64());
+        times.wall.push(t0.elapsed().as_secs_f64());
+        if let (Some(c0), Some(c1)) = (c0, cpu_seconds()) {
+            times.cpu.push(c1 - c0);
+        }
         last = Some(out);
     }
     Ok((times, last.expect("at least one run")))
@@ -253,11 +278,13 @@ fn run(args: &Args) -> Result<String> {
             None => timed.push(("decode", t_dec)),
         }
         for (stage, times) in timed {
-            let med = median(&times);
+            let med = median(&times.wall);
+            let list = |v: &[f64]| v.iter().map(|t| format!("{t:.6}")).collect::<Vec<_>>().join(",");
             results.push(format!(
-                "{{\"stage\":\"{stage}\",\"batch\":{b},\"median_s\":{med:.6},\"images_per_s\":{:.4},\"runs\":[{}]}}",
+                "{{\"stage\":\"{stage}\",\"batch\":{b},\"median_s\":{med:.6},\"images_per_s\":{:.4},\"runs\":[{}],\"cpu_s\":[{}]}}",
                 b as f64 / med,
-                times.iter().map(|t| format!("{t:.6}")).collect::<Vec<_>>().join(",")
+                list(&times.wall),
+                list(&times.cpu)
             ));
         }
     }

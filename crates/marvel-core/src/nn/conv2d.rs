@@ -7,8 +7,8 @@
 //! `dy · colsᵀ` and the columns' as `Wᵀ · dy`, both gemms, and [`Im2Col`]'s backward folds the columns' gradient
 //! back onto the input (col2im, one pass). The price is that `cols`, k² times the input, is kept for the backward.
 //!
-//! Inference keeps candle's conv2d (or the model's own fused kernels): [`conv2d`] only takes this path for
-//! tracked f32 CPU tensors.
+//! Inference keeps candle's conv2d (or the model's own fused kernels), except for few channels at stride 1
+//! (`kernels::direct_conv_rows`): [`conv2d`] only takes this path for tracked f32 CPU tensors.
 
 use std::ops::Range;
 
@@ -349,11 +349,66 @@ fn use_im2col(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> bool {
     tracked && x.dtype() == DType::F32 && weight.dtype() == DType::F32 && x.device().is_cpu()
 }
 
+/// At most this many input × output channels go to `kernels::direct_conv_rows` at inference: im2col's gemm has
+/// n = C_out columns, far below its tiles' width, while the row sweeps cost C_in·C_out·k² passes over a plane.
+const DIRECT_CONV_MAX_CHANNEL_PAIRS: usize = 16;
+
+/// Inference (untracked f32 CPU tensors), stride 1, few channels: the direct convolution, one task per band of
+/// output rows of one output channel; None where it does not apply.
+fn direct_conv2d(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    stride: usize,
+    padding: usize,
+) -> Result<Option<Tensor>> {
+    let tensors: Vec<&Tensor> = [x, weight].into_iter().chain(bias).collect();
+    let (b, c_in, h, w) = x.dims4()?;
+    let (c_out, wc, k, k2) = weight.dims4()?;
+    if super::kernels::tracked(&tensors)
+        || tensors.iter().any(|t| t.dtype() != DType::F32 || !t.device().is_cpu())
+        || stride != 1
+        || wc != c_in
+        || k != k2
+        || c_in * c_out > DIRECT_CONV_MAX_CHANNEL_PAIRS
+        || h + 2 * padding < k
+        || w + 2 * padding < k
+    {
+        return Ok(None);
+    }
+    let g = super::kernels::DirectConv { c_in, h, w, k, pad: padding };
+    let (oh, ow) = g.out_hw();
+    let xs = x.flatten_all()?.to_vec1::<f32>()?;
+    let ws = weight.flatten_all()?.to_vec1::<f32>()?;
+    let bs = match bias {
+        Some(bias) => bias.flatten_all()?.to_vec1::<f32>()?,
+        None => vec![0.0; c_out],
+    };
+    if bs.len() != c_out {
+        candle_core::bail!("conv2d: bias of {} values for {c_out} output channels", bs.len());
+    }
+    let mut out = vec![0f32; b * c_out * oh * ow];
+    let band = super::fused::rows_per_task(b * c_out * oh).min(oh);
+    out.par_chunks_mut(oh * ow).enumerate().for_each(|(plane, out)| {
+        let (img, co) = (plane / c_out, plane % c_out);
+        let x = &xs[img * c_in * h * w..][..c_in * h * w];
+        let wt = &ws[co * c_in * k * k..][..c_in * k * k];
+        out.par_chunks_mut(band * ow).enumerate().for_each(|(i, rows)| {
+            super::kernels::direct_conv_rows(rows, i * band, x, wt, bs[co], g);
+        });
+    });
+    Ok(Some(Tensor::from_vec(out, (b, c_out, oh, ow), x.device())?))
+}
+
 /// A convolution (square kernel, symmetric padding, no dilation or groups): [`conv2d_im2col`] when gradients
-/// are tracked on f32 CPU data, candle's conv2d otherwise, so inference numerics are candle's.
+/// are tracked on f32 CPU data; at inference the direct convolution for few channels at stride 1, else candle's
+/// conv2d.
 pub fn conv2d(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, stride: usize, padding: usize) -> Result<Tensor> {
     if use_im2col(x, weight, bias) {
         return conv2d_im2col(x, weight, bias, stride, padding);
+    }
+    if let Some(y) = direct_conv2d(x, weight, bias, stride, padding)? {
+        return Ok(y);
     }
     let y = x.conv2d(weight, padding, stride, 1, 1)?;
     match bias {
@@ -414,6 +469,33 @@ mod tests {
         let scale = want.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap().max(1e-6);
         let err = (got - want).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
         err.to_scalar::<f32>().unwrap() / scale
+    }
+
+    /// At inference, few channels at stride 1 (the single decoder's 3 -> 3 `conv_out`, and 4 -> 2 at 5×5 with no
+    /// padding) take the direct convolution and agree with candle's conv2d; more channels, or stride 2, do not
+    /// take it.
+    #[test]
+    fn direct_conv_matches_candle_at_inference() {
+        let dev = Device::Cpu;
+        let mut rng = SplitMix64::new(5);
+        let mut randn = |shape: &[usize]| {
+            let n = shape.iter().product();
+            Tensor::from_vec((0..n).map(|_| rng.next_f64() as f32 - 0.5).collect::<Vec<f32>>(), shape, &dev).unwrap()
+        };
+        for (b, c_in, c_out, hw, k, pad) in [(2, 3, 3, 37, 3, 1), (1, 4, 2, 19, 5, 0)] {
+            let x = randn(&[b, c_in, hw, hw + 3]);
+            let (w, bias) = (randn(&[c_out, c_in, k, k]), randn(&[c_out]));
+            let direct = direct_conv2d(&x, &w, Some(&bias), 1, pad).unwrap().expect("takes the direct path");
+            let candle = x.conv2d(&w, pad, 1, 1, 1).unwrap().broadcast_add(&bias.reshape((1, c_out, 1, 1)).unwrap());
+            let candle = candle.unwrap();
+            assert_eq!(direct.dims(), candle.dims());
+            assert!(rel_err(&direct, &candle) < 1e-5, "{c_in} -> {c_out}: {}", rel_err(&direct, &candle));
+            assert!(rel_err(&conv2d(&x, &w, Some(&bias), 1, pad).unwrap(), &candle) < 1e-5);
+        }
+        let x = randn(&[1, 8, 9, 9]);
+        assert!(direct_conv2d(&x, &randn(&[3, 8, 3, 3]), None, 1, 1).unwrap().is_none(), "24 channel pairs");
+        let x = randn(&[1, 3, 9, 9]);
+        assert!(direct_conv2d(&x, &randn(&[3, 3, 3, 3]), None, 2, 1).unwrap().is_none(), "stride 2");
     }
 
     /// Forward and the gradients of input, weight and bias equal candle's conv2d on random shapes: 1x1 and 3x3
@@ -779,18 +861,20 @@ mod tests {
         }
     }
 
+    /// Untracked inputs with more channels than the direct convolution takes (6 × 3 pairs) keep candle's conv2d,
+    /// bit for bit.
     #[test]
     fn untracked_inputs_keep_candles_conv2d() {
         let dev = Device::Cpu;
-        let x = Tensor::randn(0f32, 1., (1, 3, 6, 6), &dev).unwrap();
-        let w = Tensor::randn(0f32, 1., (2, 3, 3, 3), &dev).unwrap();
+        let x = Tensor::randn(0f32, 1., (1, 6, 6, 6), &dev).unwrap();
+        let w = Tensor::randn(0f32, 1., (3, 6, 3, 3), &dev).unwrap();
         let y = conv2d(&x, &w, None, 1, 1).unwrap();
         assert!(!y.track_op());
         let bits = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         assert_eq!(bits(&y), bits(&x.conv2d(&w, 1, 1, 1, 1).unwrap()));
         let wv = Var::from_tensor(&w).unwrap();
         assert!(conv2d(&x, &wv, None, 1, 1).unwrap().track_op());
-        let err = conv2d_im2col(&x, &w.narrow(1, 0, 2).unwrap(), None, 1, 1).unwrap_err();
+        let err = conv2d_im2col(&x, &w.narrow(1, 0, 5).unwrap(), None, 1, 1).unwrap_err();
         assert!(err.to_string().contains("does not fit"), "{err}");
     }
 }

@@ -5,10 +5,19 @@
 //! (m = 385 rows; k, n of 512..2048) this plain BLIS-style kernel measured 5-30% faster, best of 8 runs on two
 //! threads of an AVX-512 Xeon, while from ~1500 rows on the `gemm` crate was ahead by 0-10%. `fused::gemm_wt`
 //! picks accordingly, at the AVX-512 level of `kernels::level()` only. The kernel:
-//! - a 12×32 register tile: 24 zmm accumulators; per k step two vector loads of B and 12 broadcasts of A, read
-//!   in place (no packing of A, which at m = 385 costs more than it saves);
-//! - Wᵀ packed per KC×NC block into 32-column panels (16×16 register transposes) that stay in L2;
+//! - a 12×32 register tile: 24 zmm accumulators; per k step two vector loads of B and 12 broadcasts of A;
+//! - A's 12-row tile copied into rows one cache line longer than KC (12·KC floats per tile, against NC/32 panels
+//!   of 24·KC FMAs each: well under 1%). Read in place, A's rows are k floats apart, and at k = 1024, 2048 or 4096
+//!   (L-32's every product, S-128's MLP down-projection) all 12 land in one L1 set: more than the 8 ways of Zen 4's
+//!   L1d, so A's lines kept being evicted. The copy took L-32's products from 63 to 85-92 GFLOP per CPU-second on
+//!   the EPYC (one thread; S-128's down-projection from 57-88 to 85-90; the rest unchanged). A kk-major copy
+//!   (the 12 broadcasts of a k step from one 48-byte run) measured no faster;
+//! - Wᵀ packed per KC×NC block into 32-column panels (16×16 register transposes) that stay in L2; the block
+//!   sizes and why in `blocks` (KC 256, NC 512 on both the Xeon and the EPYC);
 //! - threads split the columns, so each packs only its own part of W and nothing is shared or synchronised.
+//!
+//! `bench` (an ignored test) times the ViTs' batch-1 products per block-size variant; `bench/README.md` has its
+//! figures next to onnxruntime's and torch's on the same shapes.
 
 // The AVX-512 intrinsics are stable since Rust 1.89, above the workspace's declared 1.88; the `gemm` crate's
 // `x86-v4` feature that Cargo.toml enables already needs 1.89 on x86-64 (`#[target_feature(enable = "avx512f")]`).
@@ -19,11 +28,14 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
+#[cfg(all(test, target_os = "linux", target_env = "gnu"))]
+mod bench;
+mod blocks;
+
+pub(crate) use blocks::Blocks;
+
 const MR: usize = 12;
 const NR: usize = 32;
-/// A 12×KC tile of A is 12 KiB and a KC×32 panel of B 32 KiB (L1 holds 48); a KC×NC block 512 KiB (L2: 2 MiB).
-const KC: usize = 256;
-const NC: usize = 512;
 
 /// C ← A·Wᵀ (+ C when `accumulate`): A (m, k) with row stride `lda`, W (n, k) with row stride `ldw`, C (m, n)
 /// with row stride `ldc`; on up to `threads` threads of the current rayon pool.
@@ -45,12 +57,34 @@ pub(crate) unsafe fn sgemm_wt(
     accumulate: bool,
     threads: usize,
 ) {
+    sgemm_wt_in(Blocks::for_this_cpu(), m, n, k, a, lda, w, ldw, c, ldc, accumulate, threads)
+}
+
+/// [`sgemm_wt`] with the given block sizes (tests and benchmarks compare them).
+///
+/// # Safety
+/// As for [`sgemm_wt`].
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn sgemm_wt_in(
+    blocks: Blocks,
+    m: usize,
+    n: usize,
+    k: usize,
+    a: *const f32,
+    lda: usize,
+    w: *const f32,
+    ldw: usize,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+    threads: usize,
+) {
     if m == 0 || n == 0 {
         return;
     }
     let panels = n.div_ceil(NR);
     let parts = threads.clamp(1, panels);
-    let job = Job { m, k, a, lda, w, ldw, c, ldc, accumulate };
+    let job = Job { blocks, m, k, a, lda, w, ldw, c, ldc, accumulate };
     if parts == 1 {
         job.columns(0, n);
         return;
@@ -64,6 +98,7 @@ pub(crate) unsafe fn sgemm_wt(
 
 /// The arguments of one call, shared by its threads.
 struct Job {
+    blocks: Blocks,
     m: usize,
     k: usize,
     a: *const f32,
@@ -78,27 +113,39 @@ struct Job {
 unsafe impl Send for Job {}
 unsafe impl Sync for Job {}
 
+/// The padding, in floats, after each row of the copied A tile: one cache line, so that its 12 rows fall in 12
+/// different L1 sets whatever A's row stride.
+const A_PAD: usize = 16;
+
+/// This thread's buffers, kept between calls: the packed KC×NC block of Wᵀ and the copied 12×KC tile of A.
+#[derive(Default)]
+struct Buffers {
+    wt: Vec<f32>,
+    a: Vec<f32>,
+}
+
 thread_local! {
-    /// This thread's packed block of Wᵀ, kept between calls (512 KiB).
-    static PACKED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static BUFFERS: RefCell<Buffers> = RefCell::new(Buffers::default());
 }
 
 impl Job {
     /// Columns j0..j1 of C, on this thread.
     fn columns(&self, j0: usize, j1: usize) {
-        PACKED.with(|packed| {
-            let bp = &mut *packed.borrow_mut();
-            bp.resize(KC * NC, 0.0);
-            for k0 in (0..self.k).step_by(KC) {
-                let kc = KC.min(self.k - k0);
+        BUFFERS.with(|buffers| {
+            let Buffers { wt: bp, a: at } = &mut *buffers.borrow_mut();
+            let Blocks { kc: kc_max, nc: nc_max } = self.blocks;
+            bp.resize(kc_max * nc_max, 0.0);
+            at.resize(MR * (kc_max + A_PAD), 0.0);
+            for k0 in (0..self.k).step_by(kc_max) {
+                let kc = kc_max.min(self.k - k0);
                 // Later depth blocks add onto the earlier ones.
                 let accumulate = self.accumulate || k0 > 0;
-                for nb in (j0..j1).step_by(NC) {
-                    let nc = NC.min(j1 - nb);
+                for nb in (j0..j1).step_by(nc_max) {
+                    let nc = nc_max.min(j1 - nb);
                     // SAFETY: AVX-512F was checked by the caller of `sgemm_wt`, which vouches for the pointers.
                     unsafe {
                         pack_wt(self.w.add(nb * self.ldw + k0), self.ldw, kc, nc, bp);
-                        self.block(k0, kc, nb, nc, bp, accumulate);
+                        self.block(k0, kc, nb, nc, bp, at, accumulate);
                     }
                 }
             }
@@ -106,16 +153,22 @@ impl Job {
     }
 
     /// C[.., nb..nb+nc] (+)= A[.., k0..k0+kc] · (packed block): every 12-row tile of A (L1) against every panel.
+    /// Each tile is first copied to `at`, rows kc + A_PAD apart: read in place, rows a multiple of 4 KiB apart
+    /// (k = 1024, 2048, 4096) all map to one L1 set, and 12 of them overflow an 8-way L1 (Zen 4) on every k step.
     #[target_feature(enable = "avx512f")]
-    unsafe fn block(&self, k0: usize, kc: usize, nb: usize, nc: usize, bp: &[f32], accumulate: bool) {
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn block(&self, k0: usize, kc: usize, nb: usize, nc: usize, bp: &[f32], at: &mut [f32], accumulate: bool) {
+        let ats = kc + A_PAD;
         for i in (0..self.m).step_by(MR) {
             let rows = MR.min(self.m - i);
-            let a = self.a.add(i * self.lda + k0);
+            for r in 0..rows {
+                std::ptr::copy_nonoverlapping(self.a.add((i + r) * self.lda + k0), at.as_mut_ptr().add(r * ats), kc);
+            }
             for p in 0..nc.div_ceil(NR) {
                 let tile = Tile {
                     kc,
-                    a,
-                    lda: self.lda,
+                    a: at.as_ptr(),
+                    lda: ats,
                     bp: bp.as_ptr().add(p * kc * NR),
                     c: self.c.add(i * self.ldc + nb + p * NR),
                     ldc: self.ldc,
@@ -287,7 +340,8 @@ mod tests {
     }
 
     /// Tails in every dimension (m, n not multiples of the tile; k over several depth blocks), strided operands,
-    /// with and without accumulation, on 1..3 threads, against an f64 product.
+    /// with and without accumulation, on 1..3 threads, with this CPU's blocks and with small ones (several column
+    /// blocks, a depth block of 64 shorter than a copied A row of the previous call), against an f64 product.
     #[test]
     #[cfg_attr(not(marvel_host_avx512), ignore = "AVX-512: the build host lacks it, or this is a cross build")]
     fn matches_naive_product() {
@@ -298,26 +352,30 @@ mod tests {
         let w: Vec<f32> = (0..n * ldw).map(|i| ((i * 53 % 97) as f32 - 48.0) * 0.01).collect();
         let c0: Vec<f32> = (0..m * ldc).map(|i| (i % 7) as f32).collect();
         let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
-        for threads in [1, 2, 3] {
-            for accumulate in [false, true] {
-                let mut c = c0.clone();
-                pool.install(|| unsafe {
-                    sgemm_wt(m, n, k, a.as_ptr(), lda, w.as_ptr(), ldw, c.as_mut_ptr(), ldc, accumulate, threads)
-                });
-                for i in 0..m {
-                    for j in 0..ldc {
-                        let got = c[i * ldc + j] as f64;
-                        if j >= n {
-                            assert_eq!(got, c0[i * ldc + j] as f64, "padding column {j} of row {i} was written");
-                            continue;
-                        }
-                        let dot: f64 = (0..k).map(|kk| a[i * lda + kk] as f64 * w[j * ldw + kk] as f64).sum();
-                        let want = dot + if accumulate { c0[i * ldc + j] as f64 } else { 0.0 };
-                        assert!(
-                            (got - want).abs() < 1e-4,
-                            "threads {threads} accumulate {accumulate} at ({i}, {j}): {got} vs {want}"
-                        );
+        let small = Blocks { kc: 64, nc: 64 };
+        for (blocks, threads, accumulate) in [Blocks::for_this_cpu(), small]
+            .into_iter()
+            .flat_map(|b| [1, 2, 3].map(|t| (b, t)))
+            .flat_map(|(b, t)| [(b, t, false), (b, t, true)])
+        {
+            let mut c = c0.clone();
+            pool.install(|| unsafe {
+                let (a, w) = (a.as_ptr(), w.as_ptr());
+                sgemm_wt_in(blocks, m, n, k, a, lda, w, ldw, c.as_mut_ptr(), ldc, accumulate, threads)
+            });
+            for i in 0..m {
+                for j in 0..ldc {
+                    let got = c[i * ldc + j] as f64;
+                    if j >= n {
+                        assert_eq!(got, c0[i * ldc + j] as f64, "padding column {j} of row {i} was written");
+                        continue;
                     }
+                    let dot: f64 = (0..k).map(|kk| a[i * lda + kk] as f64 * w[j * ldw + kk] as f64).sum();
+                    let want = dot + if accumulate { c0[i * ldc + j] as f64 } else { 0.0 };
+                    assert!(
+                        (got - want).abs() < 1e-4,
+                        "{blocks:?} threads {threads} accumulate {accumulate} at ({i}, {j}): {got} vs {want}"
+                    );
                 }
             }
         }
