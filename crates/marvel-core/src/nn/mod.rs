@@ -138,7 +138,7 @@ mod tests {
             ("block.rs", include_str!("block.rs")),
             ("conv2d.rs", include_str!("conv2d.rs")),
             ("fused.rs", include_str!("fused.rs")),
-            ("kernels/direct_conv.rs", include_str!("kernels/direct_conv.rs")),
+            ("ops/conv_direct.rs", include_str!("ops/conv_direct.rs")),
             ("kernels/math.rs", include_str!("kernels/math.rs")),
             ("kernels/mod.rs", include_str!("kernels/mod.rs")),
             ("kernels/rows.rs", include_str!("kernels/rows.rs")),

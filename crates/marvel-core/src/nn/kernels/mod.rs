@@ -26,13 +26,11 @@ use std::sync::OnceLock;
 
 use candle_core::Tensor;
 
-mod direct_conv;
 pub mod math;
 mod rows;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod sgemm;
 
-pub(crate) use direct_conv::*;
 pub(crate) use rows::*;
 
 /// Name of the environment variable that lowers the detected level.

@@ -47,7 +47,7 @@ pub(crate) fn applies(g: &Geometry, c_out: usize) -> bool {
 
 /// out (B, C_out, Ho, Wo) ← conv(x) + bias for `x` (B, C_in, H, W) of geometry `g` (stride 1; upsampled by
 /// `g.up()`), `weight` (C_out, C_in, k, k).
-pub(super) fn forward(g: Geometry, x: &[f32], weight: &[f32], bias: &[f32], b: usize, out: &mut [f32]) {
+pub(crate) fn forward(g: Geometry, x: &[f32], weight: &[f32], bias: &[f32], b: usize, out: &mut [f32]) {
     let c_out = bias.len();
     let padded = Padded::new(g.channels, (g.h, g.w), g.up(), g.padding(), g.kernel, g.out_hw());
     let src = padded.fill(x, b);

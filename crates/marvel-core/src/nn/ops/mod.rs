@@ -31,8 +31,7 @@ mod tests;
 pub(crate) use conv::conv2d;
 #[cfg(test)]
 pub(crate) use conv::conv2d_in_bands;
-#[cfg(test)]
-pub(crate) use conv_direct::applies as direct_conv_applies;
+pub(crate) use conv_direct::{applies as direct_conv_applies, forward as direct_conv_forward};
 pub(crate) use filter::shared_filter2d;
 pub(crate) use group_norm::group_norm;
 pub(crate) use layer_norm::layer_norm;
