@@ -24,15 +24,6 @@ use marvel_core::Result;
 #[path = "common/mod.rs"]
 mod common;
 
-/// CPU seconds this process has used, from /proc/self/stat (ticks of 1/100 s).
-fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok());
-    ticks(11).zip(ticks(12)).map(|(u, s)| (u + s) / 100.0).unwrap_or(f64::NAN)
-}
-
 /// Median (CPU, wall) seconds of `runs` calls of `f` after one warm-up call; zeros for a component `only` leaves
 /// out. With several threads, CPU / wall says how many cores the component kept busy.
 fn median_cpu(a: &Args, name: &str, mut f: impl FnMut() -> Result<()>) -> Result<(f64, f64)> {
@@ -43,10 +34,10 @@ fn median_cpu(a: &Args, name: &str, mut f: impl FnMut() -> Result<()>) -> Result
     f()?;
     let (mut cpu, mut wall) = (Vec::with_capacity(runs), Vec::with_capacity(runs));
     for _ in 0..runs {
-        let (c, t) = (cpu_seconds(), Instant::now());
+        let (c, t) = (common::cpu_seconds().unwrap_or(f64::NAN), Instant::now());
         f()?;
         wall.push(t.elapsed().as_secs_f64());
-        cpu.push(cpu_seconds() - c);
+        cpu.push(common::cpu_seconds().unwrap_or(f64::NAN) - c);
     }
     let median = |mut v: Vec<f64>| {
         v.sort_by(|a, b| a.total_cmp(b));

@@ -31,7 +31,7 @@ use marvel_core::weights::{load_strict, LoadOptions};
 use marvel_core::{invalid, runtime, Result};
 #[path = "common/mod.rs"]
 mod common;
-use common::{run_bench, status_mib};
+use common::{cpu_seconds, run_bench, status_mib};
 
 /// The check's float tolerance, relative to max(1, max |reference|): prepare.py holds onnxruntime to the same.
 const TOL: f32 = 1e-3;
@@ -161,20 +161,6 @@ struct Times {
     /// The process's CPU time (all threads) per run: what a neighbour's load on the machine does not inflate.
     /// Empty where it cannot be read.
     cpu: Vec<f64>,
-}
-
-/// This process's CPU time, all threads, in seconds (Linux with glibc, where marvel-core links libc).
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn cpu_seconds() -> Option<f64> {
-    let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: `t` is a valid timespec to write.
-    let ok = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut t) } == 0;
-    ok.then_some(t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9)
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn cpu_seconds() -> Option<f64> {
-    None
 }
 
 /// Runs `f` `warmup` times untimed, then `runs` times timed.

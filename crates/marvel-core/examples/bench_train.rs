@@ -22,6 +22,11 @@ use marvel_core::Result;
 mod common;
 use common::{run_bench, status_mib};
 
+/// The process CPU seconds, NaN where they cannot be read.
+fn cpu_seconds() -> f64 {
+    common::cpu_seconds().unwrap_or(f64::NAN)
+}
+
 struct Args {
     config: String,
     init: Option<std::path::PathBuf>,
@@ -36,37 +41,29 @@ struct Args {
 fn parse_args() -> Args {
     let mut a = Args { config: String::new(), init: None, threads: 2, batch: 2, warmup: 2, runs: 5, split: false };
     let mut it = std::env::args().skip(1);
-    let usage = "usage: bench_train CONFIG_JSON [--init DIR] [--threads N] [--batch N] [--warmup N] [--runs N] [--split]";
+    let usage =
+        "usage: bench_train CONFIG_JSON [--init DIR] [--threads N] [--batch N] [--warmup N] [--runs N] [--split]";
     while let Some(arg) = it.next() {
         if arg == "--init" {
             a.init = Some(it.next().expect("--init DIR").into());
             continue;
         }
-        let mut val = |what: &str| it.next().and_then(|v| v.parse::<usize>().ok()).unwrap_or_else(|| panic!("{what} N"));
+        let mut val =
+            |what: &str| it.next().and_then(|v| v.parse::<usize>().ok()).unwrap_or_else(|| panic!("{what} N"));
         match arg.as_str() {
             "--threads" => a.threads = val("--threads"),
             "--batch" => a.batch = val("--batch"),
             "--warmup" => a.warmup = val("--warmup"),
             "--runs" => a.runs = val("--runs"),
             "--split" => a.split = true,
-            path if a.config.is_empty() => a.config = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}")),
+            path if a.config.is_empty() => {
+                a.config = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"))
+            }
             other => panic!("unexpected argument {other:?}; {usage}"),
         }
     }
     assert!(!a.config.is_empty() && a.runs > 0, "{usage}");
     a
-}
-
-
-/// CPU seconds (user + system, all threads) this process has used, from /proc/self/stat (clock ticks of 1/100 s,
-/// the Linux default): on a shared machine it moves less with the other processes' load than the wall time.
-fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the parenthesised command name, from the state on: utime and stime are the 12th and 13th.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok());
-    ticks(11).zip(ticks(12)).map(|(u, s)| (u + s) / 100.0).unwrap_or(f64::NAN)
 }
 
 /// Deterministic pseudo-random bytes (xorshift; no rand dependency): the step's cost does not depend on them.

@@ -25,6 +25,21 @@ pub fn try_median_secs(runs: usize, mut f: impl FnMut() -> marvel_core::Result<(
     Ok(t[runs / 2])
 }
 
+/// This process's CPU time, all threads, in seconds (Linux with glibc, where marvel-core links libc): on a shared
+/// machine it moves less with the other processes' load than the wall time. None elsewhere.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+pub fn cpu_seconds() -> Option<f64> {
+    let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `t` is a valid timespec to write.
+    let ok = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut t) } == 0;
+    ok.then_some(t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9)
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+pub fn cpu_seconds() -> Option<f64> {
+    None
+}
+
 /// A /proc/self/status memory field in MiB: `VmHWM` (peak resident set size) or `VmRSS` (now); NaN elsewhere.
 pub fn status_mib(field: &str) -> f64 {
     std::fs::read_to_string("/proc/self/status")
@@ -40,7 +55,8 @@ pub fn status_mib(field: &str) -> f64 {
 
 /// Runs `run` on marvel's compute pool with `threads` threads and prints its JSON, or the error and exit code 1.
 pub fn run_bench(name: &str, threads: usize, run: impl FnOnce() -> marvel_core::Result<String> + Send) {
-    let out = marvel_core::runtime::set_num_threads(threads).and_then(|_| marvel_core::runtime::install(run)).and_then(|r| r);
+    let out =
+        marvel_core::runtime::set_num_threads(threads).and_then(|_| marvel_core::runtime::install(run)).and_then(|r| r);
     match out {
         Ok(json) => println!("{json}"),
         Err(e) => {
