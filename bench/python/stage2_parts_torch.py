@@ -16,14 +16,11 @@ import argparse
 import json
 import statistics
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 
-from titok_torch import Cfg, TiTok
-from train_stage2_torch import TRAINABLE, ConvNeXt, NLayerDiscriminator, perceptual_loss
+from train_stage2_torch import load_networks, perceptual_loss
 
 
 def median_cpu(runs: int, f) -> tuple[float, float]:
@@ -46,19 +43,8 @@ def main():
     ap.add_argument("--runs", type=int, default=5)
     a = ap.parse_args()
     cfg = json.load(open(a.config))
-    losses = cfg["losses"]
     torch.set_num_threads(a.threads)
-    work = Path(losses["perceptual_weights"]).parent
-    model = TiTok(Cfg(cfg))
-    model.load_state_dict(load_file(str(work / "model.safetensors")), strict=True)
-    for n, p in model.named_parameters():
-        p.requires_grad_(n.startswith(TRAINABLE))
-    convnext = ConvNeXt(losses["perceptual_convnext"]).eval()
-    convnext.load_state_dict(load_file(losses["perceptual_weights"]), strict=True)
-    for p in convnext.parameters():
-        p.requires_grad_(False)
-    disc = NLayerDiscriminator(losses["discriminator"])
-    disc.load_state_dict(load_file(losses["discriminator_weights"]), strict=True)
+    model, convnext, disc = load_networks(cfg)
     size = cfg["dataset"]["preprocessing"]["crop_size"]
     g = torch.Generator().manual_seed(0)
     x, r = (torch.rand(a.batch, 3, size, size, generator=g) for _ in range(2))

@@ -247,6 +247,24 @@ def random_images(batch: int, size: int, seed: int = 1) -> torch.Tensor:
     return torch.frombuffer(out, dtype=torch.uint8).reshape(batch, size, size, 3)
 
 
+
+def load_networks(cfg):
+    """The model (stage-2 parameters trainable, the rest frozen), the frozen perceptual ConvNeXt and the
+    discriminator, each loaded strictly from the files the config names (next to the perceptual weights)."""
+    losses = cfg["losses"]
+    work = Path(losses["perceptual_weights"]).parent
+    model = TiTok(Cfg(cfg))
+    model.load_state_dict(load_file(str(work / "model.safetensors")), strict=True)
+    for n, p in model.named_parameters():
+        p.requires_grad_(n.startswith(TRAINABLE))
+    convnext = ConvNeXt(losses["perceptual_convnext"]).eval()
+    convnext.load_state_dict(load_file(losses["perceptual_weights"]), strict=True)
+    for p in convnext.parameters():
+        p.requires_grad_(False)
+    disc = NLayerDiscriminator(losses["discriminator"])
+    disc.load_state_dict(load_file(losses["discriminator_weights"]), strict=True)
+    return model, convnext, disc
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("config", nargs="?")
@@ -265,20 +283,10 @@ def main():
         print(json.dumps(cfg))
         return
     cfg = json.load(open(a.config))
-    losses = cfg["losses"]
     torch.set_num_threads(a.threads)
-    work = Path(losses["perceptual_weights"]).parent
-    model = TiTok(Cfg(cfg))
-    model.load_state_dict(load_file(str(work / "model.safetensors")), strict=True)
-    convnext = ConvNeXt(losses["perceptual_convnext"]).eval()
-    convnext.load_state_dict(load_file(losses["perceptual_weights"]), strict=True)
-    disc = NLayerDiscriminator(losses["discriminator"])
-    disc.load_state_dict(load_file(losses["discriminator_weights"]), strict=True)
-    for p in convnext.parameters():
-        p.requires_grad_(False)
+    model, convnext, disc = load_networks(cfg)
+    losses = cfg["losses"]
     named = list(model.named_parameters())
-    for n, p in named:
-        p.requires_grad_(n.startswith(TRAINABLE))
     trainable = [(n, p) for n, p in named if p.requires_grad]
     lr = cfg["optimizer"]["params"]["learning_rate"]
     g_opt = adamw(trainable, cfg, lr)
