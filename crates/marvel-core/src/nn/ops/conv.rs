@@ -1,4 +1,4 @@
-//! The im2col convolution (`nn::conv2d_im2col`, see `nn/conv2d.rs` for the layout) as one training node:
+//! The im2col convolution (`nn::conv2d_im2col`, see `nn/conv2d/geometry.rs` for the layout) as one training node:
 //! columns, product and bias in the forward; in the backward only the gradients something asks for.
 //!
 //! Composed as `Im2Col` -> candle matmul -> broadcast add, the backward computed the weight's gradient of every
