@@ -26,10 +26,7 @@ impl CustomOp1 for Im2Col {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("im2col needs a contiguous input")
-        };
-        let x = &storage.as_slice::<f32>()?[start..end];
+        let x = super::ops::values(storage, layout, "im2col")?;
         let g = self.0;
         let (b, _, _, _) = layout.shape().dims4()?;
         let (oh, ow) = g.out_hw();
@@ -53,10 +50,7 @@ impl CustomOp1 for Col2Im {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("col2im needs a contiguous input")
-        };
-        let cols = &storage.as_slice::<f32>()?[start..end];
+        let cols = super::ops::values(storage, layout, "col2im")?;
         let g = self.0;
         let (b, _, _) = layout.shape().dims3()?;
         let mut x = vec![0f32; b * g.channels * g.h * g.w];

@@ -51,7 +51,7 @@ pub(crate) fn serve(tensors: &[&Tensor]) -> bool {
 }
 
 /// The f32 values a custom op's forward gets; the wrappers pass contiguous tensors only.
-fn values<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [f32]> {
+pub(crate) fn values<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [f32]> {
     let CpuStorage::F32(v) = storage else { bail!("{op}: f32 tensors only") };
     let Some((start, end)) = layout.contiguous_offsets() else { bail!("{op}: the input is not contiguous") };
     Ok(&v[start..end])
