@@ -54,14 +54,11 @@ impl CustomOp1 for DepthwiseConv {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("depthwise-conv needs a contiguous input")
-        };
+        let x = crate::nn::op_input(storage, layout, "depthwise-conv")?;
         let dims = layout.dims();
         if dims.len() != 4 || dims[1] != self.channels {
             candle_core::bail!("depthwise-conv of {} channels got {dims:?}", self.channels)
         }
-        let x = &storage.as_slice::<f32>()?[start..end];
         let (h, w) = (dims[2], dims[3]);
         let (k, pad) = (self.kernel, self.kernel / 2);
         let mut out = vec![0f32; x.len()];
