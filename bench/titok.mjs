@@ -50,16 +50,21 @@ function randomImages(batch, seed) {
   return out
 }
 
+/** Wall seconds and the process's CPU seconds (all threads, as the Rust example's `cpu_s`) of each timed run. */
 async function timed(warmup, runs, fn) {
   let out
   for (let i = 0; i < warmup; i++) out = await fn()
   const times = []
+  const cpu = []
   for (let i = 0; i < Math.max(1, runs); i++) {
+    const c0 = process.cpuUsage()
     const t0 = process.hrtime.bigint()
     out = await fn()
     times.push(Number(process.hrtime.bigint() - t0) / 1e9)
+    const c = process.cpuUsage(c0)
+    cpu.push((c.user + c.system) / 1e6)
   }
-  return { times, out }
+  return { times, cpu, out }
 }
 
 const median = (xs) => {
@@ -154,7 +159,7 @@ async function main() {
     const dec = await timed(args.warmup, args.runs, () => tok.decode(enc.out))
     for (const [stage, r] of [['encode', enc], ['decode', dec]]) {
       const med = median(r.times)
-      results.push({ stage, batch: b, median_s: med, images_per_s: b / med, runs: r.times })
+      results.push({ stage, batch: b, median_s: med, images_per_s: b / med, runs: r.times, cpu_s: r.cpu })
     }
   }
   console.log(

@@ -63,6 +63,34 @@ def stage_flops(cfg):
     return {"encode": enc, "decoder": dec, "pixel": pix, "decode": dec + pix}
 
 
+def median(xs):
+    v = sorted(xs)
+    return (v[(len(v) - 1) // 2] + v[len(v) // 2]) / 2 if v else None
+
+
+def cpu_rows(runs, batches):
+    """The process's CPU seconds per image (median run), marvel through Rust and through Node: unlike the wall
+    time, other processes on a shared machine hardly move it, so the two interfaces compare on it."""
+
+    def cpu(engine, stage, batch):
+        by = {(x["stage"], x["batch"]): median(x.get("cpu_s") or []) for x in runs.get(engine, {}).get("results", [])}
+        if stage == "decode" and ("decoder", batch) in by and ("pixel", batch) in by:
+            parts = [by[("decoder", batch)], by[("pixel", batch)]]
+            return None if None in parts else sum(parts) / batch
+        return by.get((stage, batch)) and by[(stage, batch)] / batch
+
+    rows = []
+    for stage in ["encode", "decode"]:
+        for b in batches:
+            rust, node = cpu("marvel", stage, b), cpu("marvel-node", stage, b)
+            if rust and node:
+                rows.append(f"| {stage} | {b} | {rust:.4f} | {node:.4f} | {node / rust:.2f} |")
+    if not rows:
+        return []
+    head = "| stage | batch | marvel CPU s/img | marvel via Node CPU s/img | Node/Rust |"
+    return ["", "Process CPU seconds per image (median run; all threads):", "", head, "|---" * 5 + "|"] + rows
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("results", type=Path)
@@ -171,6 +199,7 @@ def main():
     lines.append("Fastest run (less sensitive to other processes on a shared machine):")
     lines.append("")
     lines += stage_rows("best")
+    lines += cpu_rows(runs, batches)
     node = runs.get("marvel-node")
     if node and "results" in node:
         lines.append("")
