@@ -11,6 +11,7 @@ pub mod clip;
 pub mod ema;
 pub mod grads;
 pub mod losses;
+pub mod memory;
 #[cfg(feature = "nccl")]
 pub mod nccl;
 pub mod optim;

@@ -20,6 +20,7 @@ use crate::error::{MarvelError, Result};
 use crate::image::{images_from_u8_nhwc, images_to_u8_nhwc};
 use crate::model::titok::{weights_file, Titok};
 use crate::quantize::lfq::SplitMix64;
+use crate::train::memory;
 use crate::train::recipe::{build_recipe, Batch, Recipe, RecipeKind};
 use crate::train::reduce::{GradientLayout, GradientReducer, SingleRank};
 use crate::train::settings::TrainConfig;
@@ -78,10 +79,11 @@ pub struct Trainer {
 }
 
 impl Drop for Trainer {
-    /// The training ops' pooled buffers (tens of MB at stage-2 sizes) serve the next step; without a trainer
-    /// nothing needs them.
+    /// The training ops' pooled buffers (tens of MB at stage-2 sizes) serve the next step, and so does the memory
+    /// the steps freed ([`memory::keep_freed_memory`]); without a trainer nothing needs them.
     fn drop(&mut self) {
         crate::nn::release_training_buffers();
+        memory::return_freed_memory();
     }
 }
 
@@ -260,6 +262,7 @@ impl Trainer {
         rng: SplitMix64,
         recipe: Box<dyn Recipe>,
     ) -> Result<Self> {
+        memory::keep_freed_memory();
         let device = cfg.device()?.open()?;
         let mut params = Vec::with_capacity(wanted.len());
         let mut built = HashMap::new();
