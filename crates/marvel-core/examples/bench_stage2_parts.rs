@@ -83,8 +83,8 @@ fn run(a: &Args) -> Result<String> {
     let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
     let cfg = TrainConfig::from_value(json)?;
     let dev = Device::Cpu;
-    // As a `Trainer` has it while it lives.
-    marvel_core::train::memory::keep_freed_memory();
+    // As a `Trainer` holds it while it lives.
+    let _memory = marvel_core::memory::KeepFreedMemory::new();
     let (model, _) = load_stage2_model(&cfg.model, Path::new(&a.init).join("model.safetensors"), &dev)?;
     let recipe = Stage2Recipe::new(&cfg, 0)?;
     let losses = recipe.loss_module();

@@ -12,9 +12,9 @@
 //!
 //! Default: the number of physical cores, overridable with `MARVEL_NUM_THREADS`.
 //!
-//! The first pool also fixes glibc's large-block thresholds (see [`keep_large_blocks`]): a forward pass frees
-//! and reallocates the same activations on every call, and glibc otherwise hands them back to the kernel
-//! between calls, so each call page-faulted them in again.
+//! The first pool also fixes glibc's large-block thresholds ([`crate::memory::keep_large_blocks`]): a forward
+//! pass frees and reallocates the same activations on every call, and glibc otherwise hands them back to the
+//! kernel between calls, so each call page-faulted them in again.
 
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -45,51 +45,13 @@ pub fn default_num_threads() -> Result<usize> {
 }
 
 fn build(threads: usize) -> Result<Pool> {
-    static ALLOCATOR: std::sync::Once = std::sync::Once::new();
-    ALLOCATOR.call_once(keep_large_blocks);
+    crate::memory::keep_large_blocks();
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .thread_name(|i| format!("marvel-compute-{i}"))
         .build()
         .map_err(|e| MarvelError::InvalidArgument(format!("cannot start {threads} compute threads: {e}")))?;
     Ok(Pool { threads, pool: Arc::new(pool) })
-}
-
-/// Bytes from which glibc serves a block with its own `mmap` (and unmaps it on free): 32 MiB, the ceiling of
-/// glibc's adaptive threshold (`DEFAULT_MMAP_THRESHOLD_MAX` on 64-bit).
-pub const MMAP_THRESHOLD: usize = 32 << 20;
-/// Free bytes an arena keeps at its top before it returns them to the kernel: twice [`MMAP_THRESHOLD`], the pair
-/// glibc's adaptive rule sets.
-pub const TRIM_THRESHOLD: usize = 2 * MMAP_THRESHOLD;
-
-/// Starts glibc's allocator where its own adaptive rule ends (mmap threshold 32 MiB, trim threshold 64 MiB)
-/// instead of at 128 KiB. The adaptive rule only raises the threshold when an mmapped block is freed, so which
-/// activations a forward pass maps afresh (and unmaps and page-faults again on the next call) depended on the
-/// order of earlier frees: the `single` layout's batch-8 encode flipped from one process to the next between ~5
-/// and ~5,800 page faults per call (2-2.5 ms of system time per image, ~30 ms of CPU in all), and through Node,
-/// where each call enters the pool from a libuv thread, a one-image call took 80-900 faults where the Rust
-/// example took ~5. Fixed thresholds make the quiet state the only one. The cost is bounded as glibc bounds it:
-/// at most 64 MiB of free memory per arena stays resident between calls, and a dropped model still trims
-/// everything (`weights::ReturnMemoryOnDrop`).
-///
-/// Left alone when the process sets either threshold itself (`MALLOC_MMAP_THRESHOLD_`, `MALLOC_TRIM_THRESHOLD_`
-/// or `GLIBC_TUNABLES`). Process-wide, like the allocator; done once, when the first pool is built.
-pub fn keep_large_blocks() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        let tunables = std::env::var("GLIBC_TUNABLES").unwrap_or_default();
-        let set_by_user = std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_some()
-            || std::env::var_os("MALLOC_TRIM_THRESHOLD_").is_some()
-            || tunables.contains("malloc.mmap_threshold")
-            || tunables.contains("malloc.trim_threshold");
-        if !set_by_user {
-            // SAFETY: mallopt only changes the allocator's parameters; glibc takes its own lock for them.
-            unsafe {
-                libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD as libc::c_int);
-                libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD as libc::c_int);
-            }
-        }
-    }
 }
 
 fn current_pool() -> Result<Arc<rayon::ThreadPool>> {
@@ -172,28 +134,6 @@ mod tests {
         assert_eq!(install(rayon::current_num_threads).unwrap(), 1);
         assert!(matches!(set_num_threads(0), Err(MarvelError::InvalidArgument(_))));
         assert_eq!(std::env::var_os("RAYON_NUM_THREADS"), env_before, "RAYON_NUM_THREADS was written");
-    }
-
-    /// A freed block below the mmap threshold is reused without faulting its pages in again: the second of two
-    /// same-sized buffers costs few page faults (all 6,144 of its pages when glibc starts at its 128 KiB default
-    /// and maps every such block afresh).
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    #[test]
-    fn a_freed_activation_sized_block_is_reused_without_page_faults() {
-        keep_large_blocks();
-        let faults = || {
-            let mut r: libc::rusage = unsafe { std::mem::zeroed() };
-            // SAFETY: `r` is a valid rusage to write; RUSAGE_THREAD counts this thread only.
-            assert_eq!(unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut r) }, 0);
-            r.ru_minflt
-        };
-        let len = 24 << 20;
-        drop(std::hint::black_box(vec![1u8; len]));
-        let before = faults();
-        let again = std::hint::black_box(vec![1u8; len]);
-        let taken = faults() - before;
-        drop(again);
-        assert!(taken < (len / 4096 / 4) as i64, "{taken} page faults for a {len}-byte buffer allocated twice");
     }
 
     /// candle's elementwise ops on large tensors run on the job's pool: upstream, the first one starts candle's

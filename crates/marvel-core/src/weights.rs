@@ -291,25 +291,7 @@ fn report_unused(ckpt: &Checkpoint, requested: &[Requested], opts: &LoadOptions)
     Ok(LoadReport { used: used.len(), unexpected })
 }
 
-/// Held by whatever owns a loaded model, after the model: when it drops, the memory the model's tensors freed is
-/// handed back to the operating system.
-///
-/// glibc serves allocations above its mmap threshold with their own mappings, but raises that threshold to the
-/// size of each such block freed (up to 32 MiB), so from a model's second load on its tensors come from the heap
-/// arenas, and freeing them leaves a whole model resident in the process. `malloc_trim(0)` returns the free
-/// pages of every arena. Other allocators (musl, macOS, Windows) return large blocks themselves.
-#[derive(Debug, Default)]
-pub struct ReturnMemoryOnDrop;
-
-impl Drop for ReturnMemoryOnDrop {
-    fn drop(&mut self) {
-        #[cfg(all(target_os = "linux", target_env = "gnu"))]
-        // SAFETY: malloc_trim only releases free memory; it is thread-safe in glibc.
-        unsafe {
-            libc::malloc_trim(0);
-        }
-    }
-}
+pub use crate::memory::ReturnMemoryOnDrop;
 
 /// Builds a model without weights: every parameter is a zero broadcast from a single element, so even the
 /// largest configuration costs almost no memory. Returns the model and the tensors it asked for, in order.

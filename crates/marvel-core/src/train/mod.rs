@@ -11,7 +11,6 @@ pub mod clip;
 pub mod ema;
 pub mod grads;
 pub mod losses;
-pub mod memory;
 #[cfg(feature = "nccl")]
 pub mod nccl;
 pub mod optim;

@@ -18,9 +18,9 @@ use serde_json::Value;
 use crate::config::{QuantizerConfig, TitokConfig};
 use crate::error::{MarvelError, Result};
 use crate::image::{images_from_u8_nhwc, images_to_u8_nhwc};
+use crate::memory::KeepFreedMemory;
 use crate::model::titok::{weights_file, Titok};
 use crate::quantize::lfq::SplitMix64;
-use crate::train::memory;
 use crate::train::recipe::{build_recipe, Batch, Recipe, RecipeKind};
 use crate::train::reduce::{GradientLayout, GradientReducer, SingleRank};
 use crate::train::settings::TrainConfig;
@@ -76,14 +76,15 @@ pub struct Trainer {
     pub(crate) ema: Option<Ema>,
     pub(crate) rng: SplitMix64,
     pub(crate) step: u64,
+    /// Last, so that it hands the free memory back after everything above has dropped.
+    pub(crate) _memory: KeepFreedMemory,
 }
 
 impl Drop for Trainer {
     /// The training ops' pooled buffers (tens of MB at stage-2 sizes) serve the next step, and so does the memory
-    /// the steps freed ([`memory::keep_freed_memory`]); without a trainer nothing needs them.
+    /// the steps freed ([`KeepFreedMemory`]); without a trainer nothing needs them.
     fn drop(&mut self) {
         crate::nn::release_training_buffers();
-        memory::return_freed_memory();
     }
 }
 
@@ -262,7 +263,7 @@ impl Trainer {
         rng: SplitMix64,
         recipe: Box<dyn Recipe>,
     ) -> Result<Self> {
-        memory::keep_freed_memory();
+        let memory = KeepFreedMemory::new();
         let device = cfg.device()?.open()?;
         let mut params = Vec::with_capacity(wanted.len());
         let mut built = HashMap::new();
@@ -294,6 +295,7 @@ impl Trainer {
             ema,
             rng,
             step: 0,
+            _memory: memory,
         })
     }
 
