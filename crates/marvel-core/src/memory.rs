@@ -7,12 +7,16 @@
 //! activations a forward pass maps afresh, unmaps and page-faults in again on the next call depended on the
 //! order of earlier frees. Three settings follow from what a caller holds:
 //! - any compute pool: [`keep_large_blocks`], glibc's adaptive thresholds at their ceiling from the start;
-//! - a trainer: [`KeepFreedMemory`], no trimming at all while it lives, since a step frees and reallocates
+//! - a trainer: [`KeepFreedMemory`], arena tops not trimmed while it lives, since a step frees and reallocates
 //!   nearly everything it touched;
 //! - a loaded model: [`ReturnMemoryOnDrop`], everything free handed back when it drops.
 //!
-//! A process that sets the thresholds itself (`MALLOC_MMAP_THRESHOLD_`, `MALLOC_TRIM_THRESHOLD_` or
-//! `GLIBC_TUNABLES`) keeps them: nothing here changes them then.
+//! A process started with thresholds of its own (`MALLOC_MMAP_THRESHOLD_`, `MALLOC_TRIM_THRESHOLD_` or
+//! `GLIBC_TUNABLES`, which glibc reads at startup only) keeps them: nothing here changes them then.
+//!
+//! `mallopt` is documented MT-unsafe: it locks the main arena only, while other threads' malloc and free read
+//! the thresholds without a lock. Each is one word, and a thread that reads the old value merely applies the old
+//! policy to one block, so changing them while other threads allocate is harmless.
 
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 use std::sync::Mutex;
@@ -28,26 +32,23 @@ pub const TRIM_THRESHOLD: usize = 2 * MMAP_THRESHOLD;
 /// instead of at 128 KiB: the `single` layout's batch-8 encode flipped from one process to the next between ~5
 /// and ~5,800 page faults per call (2-2.5 ms of system time per image, ~30 ms of CPU in all), and through Node,
 /// where each call enters the pool from a libuv thread, a one-image call took 80-900 faults where the Rust
-/// example took ~5. Fixed thresholds make the quiet state the only one, at glibc's own bound: at most 64 MiB of
-/// free memory per arena stays resident between calls. Done once, when the first compute pool is built.
+/// example took ~5. Fixed thresholds make the quiet state the only one, at glibc's own bound on an arena's free
+/// top (64 MiB). Done once, by the first compute pool or trainer.
 pub fn keep_large_blocks() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
+    if !set_by_user() {
         static ONCE: std::sync::Once = std::sync::Once::new();
-        ONCE.call_once(|| {
-            if !set_by_user() {
-                set_thresholds(TRIM_THRESHOLD);
-            }
-        });
+        ONCE.call_once(|| set_thresholds(TRIM_THRESHOLD as libc::c_int));
     }
 }
 
-/// Held by a trainer while it lives: no arena is trimmed, so the activations and gradients a step frees (16 MiB
+/// Held by a trainer while it lives: arena tops are not trimmed, so the activations and gradients a step frees (16 MiB
 /// each for the stage-2 discriminator at batch 2) serve the next step instead of being faulted in and cleared by
 /// the kernel again (~19K page faults and 12-13% of the discriminator step's CPU time on one thread, in perf).
 /// When the last holder drops, the trim threshold goes back to [`TRIM_THRESHOLD`] and the free memory is handed
 /// back.
 #[derive(Debug)]
+#[must_use = "trimming resumes when this drops"]
 pub struct KeepFreedMemory(());
 
 /// Holders of [`KeepFreedMemory`] alive; the thresholds change only on the first's arrival and the last's leaving.
@@ -61,7 +62,8 @@ impl KeepFreedMemory {
             keep_large_blocks();
             let mut holders = HOLDERS.lock().unwrap_or_else(|p| p.into_inner());
             if *holders == 0 && !set_by_user() {
-                set_thresholds(libc::c_int::MAX as usize);
+                // -1: no trimming (mallopt(3)).
+                set_thresholds(-1);
             }
             *holders += 1;
         }
@@ -83,7 +85,7 @@ impl Drop for KeepFreedMemory {
             *holders -= 1;
             if *holders == 0 {
                 if !set_by_user() {
-                    set_thresholds(TRIM_THRESHOLD);
+                    set_thresholds(TRIM_THRESHOLD as libc::c_int);
                 }
                 return_free_memory();
             }
@@ -92,9 +94,9 @@ impl Drop for KeepFreedMemory {
 }
 
 /// Held by whatever owns a loaded model, after the model: when it drops, the memory the model's tensors freed is
-/// handed back to the operating system. From a model's second load on (or from the first with
-/// [`keep_large_blocks`]) its tensors come from the heap arenas, and freeing them would leave a whole model
-/// resident in the process.
+/// handed back to the operating system (`malloc_trim(0)`, every arena). From a model's second load on (or from
+/// the first with [`keep_large_blocks`]) its tensors come from the heap arenas, and freeing them would leave a
+/// whole model resident in the process.
 #[derive(Debug, Default)]
 pub struct ReturnMemoryOnDrop;
 
@@ -113,46 +115,30 @@ fn return_free_memory() {
     }
 }
 
+/// Whether the process started with thresholds of its own. Read once: glibc reads these variables at startup
+/// only, and reading the environment later would race with threads that write it (Node's `process.env`).
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn set_by_user() -> bool {
-    let tunables = std::env::var("GLIBC_TUNABLES").unwrap_or_default();
-    std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_some()
-        || std::env::var_os("MALLOC_TRIM_THRESHOLD_").is_some()
-        || tunables.contains("malloc.mmap_threshold")
-        || tunables.contains("malloc.trim_threshold")
+    static SET: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *SET.get_or_init(|| {
+        let tunables = std::env::var_os("GLIBC_TUNABLES").unwrap_or_default();
+        let tunables = tunables.to_string_lossy();
+        std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_some()
+            || std::env::var_os("MALLOC_TRIM_THRESHOLD_").is_some()
+            || tunables.contains("malloc.mmap_threshold")
+            || tunables.contains("malloc.trim_threshold")
+    })
 }
 
+/// The mmap threshold at [`MMAP_THRESHOLD`] and the trim threshold at `trim`. glibc refuses an mmap threshold
+/// above half its heap size (16 MiB on 32-bit builds); the trim threshold is left alone then, since setting it
+/// alone would freeze the mmap threshold at its 128 KiB start.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn set_thresholds(trim: usize) {
-    // SAFETY: mallopt only changes the allocator's parameters; glibc takes its own lock for them.
+fn set_thresholds(trim: libc::c_int) {
+    // SAFETY: mallopt only changes the allocator's parameters (see the module comment on threads).
     unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD as libc::c_int);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, trim.min(libc::c_int::MAX as usize) as libc::c_int);
-    }
-}
-
-#[cfg(all(test, target_os = "linux", target_env = "gnu"))]
-mod tests {
-    use super::*;
-
-    /// A freed block below the mmap threshold is reused without faulting its pages in again: the second of two
-    /// same-sized buffers costs few page faults (all 6,144 of its pages when glibc starts at its 128 KiB default
-    /// and maps every such block afresh).
-    #[test]
-    fn a_freed_activation_sized_block_is_reused_without_page_faults() {
-        keep_large_blocks();
-        let faults = || {
-            let mut r: libc::rusage = unsafe { std::mem::zeroed() };
-            // SAFETY: `r` is a valid rusage to write; RUSAGE_THREAD counts this thread only.
-            assert_eq!(unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut r) }, 0);
-            r.ru_minflt
-        };
-        let len = 24 << 20;
-        drop(std::hint::black_box(vec![1u8; len]));
-        let before = faults();
-        let again = std::hint::black_box(vec![1u8; len]);
-        let taken = faults() - before;
-        drop(again);
-        assert!(taken < (len / 4096 / 4) as i64, "{taken} page faults for a {len}-byte buffer allocated twice");
+        if libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD as libc::c_int) == 1 {
+            libc::mallopt(libc::M_TRIM_THRESHOLD, trim);
+        }
     }
 }

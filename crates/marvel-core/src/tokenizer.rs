@@ -12,7 +12,8 @@ use crate::error::Result;
 use crate::image::{images_from_u8_nhwc, images_to_u8_nhwc};
 use crate::model::titok::{weights_file, Titok};
 use crate::tokens::TokenBatch;
-use crate::weights::{build_shape_only, LoadOptions, Requested, ReturnMemoryOnDrop};
+use crate::memory::ReturnMemoryOnDrop;
+use crate::weights::{build_shape_only, LoadOptions, Requested};
 use crate::{invalid, shape_mismatch};
 
 /// Images per forward pass: bounds activation memory for large batches (the L-32 encoder holds ~0.5 GB of

@@ -291,8 +291,6 @@ fn report_unused(ckpt: &Checkpoint, requested: &[Requested], opts: &LoadOptions)
     Ok(LoadReport { used: used.len(), unexpected })
 }
 
-pub use crate::memory::ReturnMemoryOnDrop;
-
 /// Builds a model without weights: every parameter is a zero broadcast from a single element, so even the
 /// largest configuration costs almost no memory. Returns the model and the tensors it asked for, in order.
 pub fn build_shape_only<M>(

@@ -12,7 +12,7 @@ mod fused;
 pub mod kernels;
 mod layer_norm;
 mod mlp;
-mod ops;
+pub(crate) mod ops;
 pub mod param_init;
 
 pub use attention::MultiheadAttention;
@@ -25,8 +25,6 @@ pub use mlp::Mlp;
 pub use param_init::{linear, param, ParamInit, TRUNC_NORMAL_002};
 
 pub(crate) use ops::scratch;
-/// A custom op's f32 input values, refused with the op's name unless f32 and contiguous.
-pub(crate) use ops::values as op_input;
 pub(crate) use ops::Activation as NormActivation;
 
 use candle_core::{Result, Tensor, D};

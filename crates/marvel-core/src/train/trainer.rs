@@ -77,7 +77,7 @@ pub struct Trainer {
     pub(crate) rng: SplitMix64,
     pub(crate) step: u64,
     /// Last, so that it hands the free memory back after everything above has dropped.
-    pub(crate) _memory: KeepFreedMemory,
+    _memory: KeepFreedMemory,
 }
 
 impl Drop for Trainer {

@@ -54,7 +54,7 @@ impl CustomOp1 for DepthwiseConv {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = crate::nn::op_input(storage, layout, "depthwise-conv")?;
+        let x = crate::nn::ops::values(storage, layout, "depthwise-conv")?;
         let dims = layout.dims();
         if dims.len() != 4 || dims[1] != self.channels {
             candle_core::bail!("depthwise-conv of {} channels got {dims:?}", self.channels)

@@ -102,7 +102,7 @@ impl CustomOp1 for GroupNormSiluCpu {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = crate::nn::op_input(storage, layout, "group-norm-silu")?;
+        let x = crate::nn::ops::values(storage, layout, "group-norm-silu")?;
         let dims = layout.dims();
         let spatial: usize = dims[2..].iter().product();
         let mut out = vec![0f32; x.len()];

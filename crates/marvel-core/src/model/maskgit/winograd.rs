@@ -64,7 +64,7 @@ impl CustomOp1 for Winograd3x3<'_> {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = crate::nn::op_input(storage, layout, "conv3x3-winograd")?;
+        let x = crate::nn::ops::values(storage, layout, "conv3x3-winograd")?;
         let (batch, c_in, h, w) = layout.shape().dims4()?;
         let (c_out, _, _) = self.u.dims3()?;
         let (u_guard, u_layout) = self.u.storage_and_layout();

@@ -50,7 +50,8 @@ pub(crate) fn serve(tensors: &[&Tensor]) -> bool {
     tensors.iter().all(|t| t.dtype() == DType::F32 && t.device().is_cpu())
 }
 
-/// The f32 values a custom op's forward gets; the wrappers pass contiguous tensors only.
+/// The f32 values a custom op's forward gets, refused with the op's name unless f32 and contiguous (the training
+/// ops' wrappers pass contiguous tensors; the inference ops take what their callers give).
 pub(crate) fn values<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [f32]> {
     let CpuStorage::F32(v) = storage else { bail!("{op}: f32 tensors only") };
     let Some((start, end)) = layout.contiguous_offsets() else { bail!("{op}: the input is not contiguous") };
