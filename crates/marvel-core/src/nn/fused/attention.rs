@@ -89,7 +89,11 @@ unsafe fn head_attention(
         gemm_heads(q, k, v, row, dst, d, l, hd, scale, scores, inv_sums);
     }
     #[cfg(not(target_arch = "x86_64"))]
-    gemm_heads(q, k, v, row, dst, d, l, hd, scale, scores, inv_sums);
+    {
+        // sgemm is x86-only: every level here runs the gemm crate, and vt stays unused.
+        let _ = (products, vt);
+        gemm_heads(q, k, v, row, dst, d, l, hd, scale, scores, inv_sums);
+    }
     // Normalising the hd-wide output rows is cheaper than the L-wide probability rows.
     for (i, s) in inv_sums.iter().enumerate() {
         kernels::scale(std::slice::from_raw_parts_mut(dst.add(i * d), hd), *s);
