@@ -3,8 +3,10 @@
 //!
 //! ```text
 //! cargo run --release -p marvel-core --example bench_titok -- MODEL_DIR [--threads 2] [--batches 1,8]
-//!     [--warmup 1] [--runs 5] [--check CHECK.safetensors]
+//!     [--warmup 1] [--runs 5] [--check CHECK.safetensors] [--no-pixel]
 //! ```
+//!
+//! `--no-pixel` skips the two-stage layouts' pixel stage, which otherwise dominates a profile of the ViTs.
 //!
 //! Stages (the same graphs the onnxruntime and PyTorch baselines run):
 //! - `encode`: images (B, 3, 256, 256) -> tokens + z_q (ViT encoder + quantizer).
@@ -43,11 +45,20 @@ struct Args {
     warmup: usize,
     runs: usize,
     check: Option<PathBuf>,
+    no_pixel: bool,
 }
 
 fn parse_args() -> Args {
     let mut it = std::env::args().skip(1);
-    let mut a = Args { model: PathBuf::new(), threads: 2, batches: vec![1, 8], warmup: 1, runs: 5, check: None };
+    let mut a = Args {
+        model: PathBuf::new(),
+        threads: 2,
+        batches: vec![1, 8],
+        warmup: 1,
+        runs: 5,
+        check: None,
+        no_pixel: false,
+    };
     let mut model = None;
     while let Some(arg) = it.next() {
         let mut val = || it.next().unwrap_or_else(|| panic!("{arg} needs a value"));
@@ -57,6 +68,7 @@ fn parse_args() -> Args {
             "--warmup" => a.warmup = val().parse().expect("--warmup N"),
             "--runs" => a.runs = val().parse().expect("--runs N"),
             "--check" => a.check = Some(PathBuf::from(val())),
+            "--no-pixel" => a.no_pixel = true,
             _ if !arg.starts_with("--") && model.is_none() => model = Some(PathBuf::from(arg)),
             _ => panic!("unknown argument {arg}"),
         }
@@ -259,7 +271,9 @@ fn run(args: &Args) -> Result<String> {
         match &stages.pixel {
             Some(pixel) => {
                 timed.push(("decoder", t_dec));
-                timed.push(("pixel", time(args.warmup, args.runs, || stages.pixel(pixel, &decoded))?.0));
+                if !args.no_pixel {
+                    timed.push(("pixel", time(args.warmup, args.runs, || stages.pixel(pixel, &decoded))?.0));
+                }
             }
             None => timed.push(("decode", t_dec)),
         }

@@ -8,9 +8,10 @@
 //! - the residual and the bias are written first and the product accumulated onto them (gemm's `read_dst`),
 //!   so neither costs a pass of its own;
 //! - c_fc's bias and the GELU are one parallel pass;
-//! - attention runs one (image, head) pair per task, single-threaded gemms reading q, k and v in place from the
-//!   packed projection through strides, the 1/√hd scale folded into the q·kᵀ product, softmax on the scores
-//!   while they are in cache, and each head's output written straight into its columns of the result;
+//! - attention runs one (image, head) pair per task, single-threaded products reading q and k in place from the
+//!   packed projection through strides (`sgemm` at AVX-512, with v transposed per head; the gemm crate below),
+//!   the 1/√hd scale folded into the softmax or the q·kᵀ product, softmax on the scores while they are in cache,
+//!   and each head's output written straight into its columns of the result;
 //! - a stack of blocks shares one set of scratch buffers.
 
 use std::ops::Range;
@@ -20,6 +21,9 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::kernels;
+
+mod attention;
+pub(crate) use attention::{attention, Products};
 
 /// The data of a contiguous f32 tensor in CPU memory, borrowed (a read lock on its storage).
 pub(crate) struct F32Data<'a> {
@@ -113,7 +117,14 @@ fn block_forward(x: &[f32], out: &mut [f32], b: usize, l: usize, d: usize, p: &B
     layer_norm(h, x, &p.ln_1);
     linear(qkv, None, h, &p.in_proj);
     let attn = h; // ln_1's output is spent: the heads' outputs take its place
-    attention(qkv, attn, b, l, d, p.num_heads);
+                  // sgemm where the linear layers use it too: at batch 8 of S-128 (3072 rows) the per-head products through
+                  // sgemm measured 1-2% more CPU time than through the gemm crate (medians of 8 alternating runs, within the
+                  // noise of a shared machine), at batch 1 ~3-5% less.
+    #[cfg(target_arch = "x86_64")]
+    let products = if rows < SGEMM_MAX_ROWS { Products::Fastest } else { Products::Gemm };
+    #[cfg(not(target_arch = "x86_64"))]
+    let products = Products::Fastest; // the gemm crate there, as sgemm is x86-only
+    attention(qkv, attn, b, l, d, p.num_heads, products);
     linear(x1, Some(x), attn, &p.out_proj);
 
     let h2 = attn;
@@ -200,79 +211,6 @@ fn gemm_wt(dst: &mut [f32], accumulate: bool, a: &[f32], w: &[f32], m: usize, k:
     }
 }
 
-/// softmax(q·kᵀ/√hd)·v for every image and head, from the packed projection `qkv` ((B·L, 3D) rows of
-/// [q | k | v], heads side by side within each) into `out` ((B·L, D), heads side by side, as torch concatenates
-/// them).
-pub(crate) fn attention(qkv: &[f32], out: &mut [f32], b: usize, l: usize, d: usize, heads: usize) {
-    let hd = d / heads;
-    assert!(qkv.len() == b * l * 3 * d && out.len() == b * l * d && hd * heads == d, "attention: sizes do not match");
-    let scale = 1.0 / (hd as f32).sqrt();
-    let out_ptr = SharedMut(out.as_mut_ptr());
-    (0..b * heads).into_par_iter().for_each_init(
-        || (vec![0f32; l * l], vec![0f32; l]),
-        |(scores, inv_sums), task| {
-            let (img, head) = (task / heads, task % heads);
-            let q = &qkv[img * l * 3 * d + head * hd..];
-            let (k, v) = (&q[d..], &q[2 * d..]);
-            let row = 3 * d as isize;
-            // SAFETY: q, k and v are read at rows r·3D + c for r < L, c < hd, inside `qkv` (asserted above);
-            // `scores` holds L·L values. Task (img, head) alone writes rows img·L.. and columns head·hd.. of `out`,
-            // a block no other task touches, and `out` outlives the parallel loop.
-            unsafe {
-                let dst = out_ptr.get().add(img * l * d + head * hd);
-                // scores = (q / √hd) · kᵀ: kᵀ[c][j] = k[j][c], columns one row of qkv apart.
-                gemm::gemm(
-                    l,
-                    l,
-                    hd,
-                    scores.as_mut_ptr(),
-                    1,
-                    l as isize,
-                    false,
-                    q.as_ptr(),
-                    1,
-                    row,
-                    k.as_ptr(),
-                    row,
-                    1,
-                    0.0,
-                    scale,
-                    false,
-                    false,
-                    false,
-                    Parallelism::None,
-                );
-                kernels::softmax_exp_rows(scores, l, inv_sums);
-                gemm::gemm(
-                    l,
-                    hd,
-                    l,
-                    dst,
-                    1,
-                    d as isize,
-                    false,
-                    scores.as_ptr(),
-                    1,
-                    l as isize,
-                    v.as_ptr(),
-                    1,
-                    row,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    Parallelism::None,
-                );
-                // Normalising the hd-wide output rows is cheaper than the L-wide probability rows.
-                for (i, s) in inv_sums.iter().enumerate() {
-                    kernels::scale(std::slice::from_raw_parts_mut(dst.add(i * d), hd), *s);
-                }
-            }
-        },
-    );
-}
-
 /// A pointer that parallel tasks write through, each to its own disjoint part.
 #[derive(Clone, Copy)]
 pub(crate) struct SharedMut(pub(crate) *mut f32);
@@ -325,32 +263,5 @@ mod tests {
         assert!(F32Data::of(&derived).is_none());
         let detached = var.as_detached_tensor();
         assert_eq!(F32Data::of(&detached).unwrap().get(), &[1., 2., 3.]);
-    }
-
-    /// The strided, fused attention against a plain per-head loop in f64.
-    #[test]
-    fn attention_matches_naive_per_head_loop() {
-        let (b, l, d, heads) = (2, 13, 12, 3);
-        let hd = d / heads;
-        let qkv: Vec<f32> = (0..b * l * 3 * d).map(|i| ((i * 7919 % 211) as f32 - 105.0) * 0.02).collect();
-        let mut out = vec![0f32; b * l * d];
-        attention(&qkv, &mut out, b, l, d, heads);
-        for img in 0..b {
-            for h in 0..heads {
-                let at = |r: usize, part: usize, c: usize| qkv[(img * l + r) * 3 * d + part * d + h * hd + c] as f64;
-                for i in 0..l {
-                    let s: Vec<f64> = (0..l)
-                        .map(|j| (0..hd).map(|c| at(i, 0, c) * at(j, 1, c)).sum::<f64>() / (hd as f64).sqrt())
-                        .collect();
-                    let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-                    let z: f64 = s.iter().map(|v| (v - m).exp()).sum();
-                    for c in 0..hd {
-                        let want: f64 = (0..l).map(|j| (s[j] - m).exp() / z * at(j, 2, c)).sum();
-                        let got = out[(img * l + i) * d + h * hd + c] as f64;
-                        assert!((got - want).abs() < 1e-5, "img {img} head {h} row {i} col {c}: {got} vs {want}");
-                    }
-                }
-            }
-        }
     }
 }

@@ -58,13 +58,31 @@ dispatch! {
     /// Rows of `xs` (`cols` wide) ← exp(x - row max), unnormalised; `inv_sums[i]` ← 1 / Σ of row i.
     pub fn softmax_exp_rows(xs: &mut [f32], cols: usize, inv_sums: &mut [f32]) {
         for (row, inv) in xs.chunks_exact_mut(cols).zip(inv_sums.iter_mut()) {
-            let m = max(row);
-            for v in row.iter_mut() {
-                *v = exp(*v - m);
-            }
-            *inv = 1.0 / sum(row);
+            // s = 1 multiplies exactly: the same bits as without the scale.
+            *inv = softmax_exp_row(row, 1.0);
         }
     }
+}
+
+dispatch! {
+    /// [`softmax_exp_rows`] of s·x (s > 0): attention's 1/√hd applied here, where it costs one multiply per score
+    /// already in a register, rather than in a product that has no scale of its own (`sgemm`).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // its one caller runs sgemm, x86-only
+    pub fn softmax_exp_scaled_rows(xs: &mut [f32], cols: usize, s: f32, inv_sums: &mut [f32]) {
+        for (row, inv) in xs.chunks_exact_mut(cols).zip(inv_sums.iter_mut()) {
+            *inv = softmax_exp_row(row, s);
+        }
+    }
+}
+
+/// row ← exp((x - max)·s), s > 0 (so max(s·x) = s·max(x)); returns 1 / Σ row.
+#[inline(always)]
+fn softmax_exp_row(row: &mut [f32], s: f32) -> f32 {
+    let m = max(row);
+    for v in row.iter_mut() {
+        *v = exp((*v - m) * s);
+    }
+    1.0 / sum(row)
 }
 
 dispatch! {
@@ -200,6 +218,12 @@ mod tests {
         for (row, s) in un.chunks_mut(cols).zip(inv) {
             scale(row, s);
         }
+        // The scaled form on x equals the plain one on s·x (s a power of two, so s·x is exact).
+        let (mut scaled, mut prescaled, mut inv2) = (xs.clone(), xs.iter().map(|v| v * 0.25).collect::<Vec<_>>(), inv);
+        softmax_exp_scaled_rows(&mut scaled, cols, 0.25, &mut inv2);
+        softmax_exp_rows(&mut prescaled, cols, &mut inv);
+        assert_eq!(inv2, inv, "softmax_exp_scaled_rows' sums");
+        assert_eq!(scaled, prescaled, "softmax_exp_scaled_rows");
         for (r, row) in xs.chunks(cols).enumerate() {
             let m = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
             let z: f64 = row.iter().map(|v| (*v as f64 - m).exp()).sum();
@@ -266,6 +290,12 @@ mod tests {
         check("softmax_exp_rows", &|| {
             let (mut o, mut inv) = (xs.clone(), vec![0f32; 5]);
             softmax_exp_rows(&mut o, cols, &mut inv);
+            o.extend(inv);
+            o
+        });
+        check("softmax_exp_scaled_rows", &|| {
+            let (mut o, mut inv) = (xs.clone(), vec![0f32; 5]);
+            softmax_exp_scaled_rows(&mut o, cols, 0.125, &mut inv);
             o.extend(inv);
             o
         });

@@ -1,0 +1,232 @@
+//! The block's attention on the CPU: one (image, head) pair per task, q, k and v read in place from the packed
+//! projection, each head's output written straight into its columns of the result (see `fused`).
+
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+use super::SharedMut;
+use crate::nn::kernels;
+
+/// softmax(q·kᵀ/√hd)·v for every image and head, from the packed projection `qkv` ((B·L, 3D) rows of
+/// [q | k | v], heads side by side within each) into `out` ((B·L, D), heads side by side, as torch concatenates
+/// them).
+pub(crate) fn attention(qkv: &[f32], out: &mut [f32], b: usize, l: usize, d: usize, heads: usize, products: Products) {
+    let hd = d / heads;
+    assert!(qkv.len() == b * l * 3 * d && out.len() == b * l * d && hd * heads == d, "attention: sizes do not match");
+    let out_ptr = SharedMut(out.as_mut_ptr());
+    (0..b * heads).into_par_iter().for_each_init(
+        || HeadScratch::new(l, hd),
+        // SAFETY: the sizes were asserted above; task (img, head) alone writes its block of `out`, which outlives
+        // the parallel loop.
+        |scratch, task| unsafe {
+            head_attention(qkv, out_ptr, (task / heads, task % heads), (l, d, heads), products, scratch)
+        },
+    );
+}
+
+/// Which kernel runs attention's two products.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Products {
+    /// `sgemm` at the AVX-512 level, the gemm crate below it. Inference, for as many rows as the linear layers
+    /// run on sgemm (`fused::block_forward`).
+    Fastest,
+    /// The gemm crate's at every level: the training ops' forward, whose backward (`ops::attention`) recomputes
+    /// the probabilities with the gemm crate. Other bits in the forward would change the training trajectory, to
+    /// which the overfitting test is sensitive (`train::trainer_tests`).
+    Gemm,
+}
+
+/// One task's buffers: the L×L scores, their rows' 1/Σ, and (for `sgemm`) the head's v transposed.
+struct HeadScratch {
+    scores: Vec<f32>,
+    inv_sums: Vec<f32>,
+    vt: Vec<f32>,
+}
+
+impl HeadScratch {
+    fn new(l: usize, hd: usize) -> Self {
+        Self { scores: vec![0f32; l * l], inv_sums: vec![0f32; l], vt: vec![0f32; hd * l] }
+    }
+}
+
+/// Attention of one (image, head) pair, on this thread: rows img·L.. and columns head·hd.. of `out`.
+///
+/// At the AVX-512 level both products go through `kernels::sgemm` (C = A·Wᵀ with W read through a row stride):
+/// q·kᵀ is that form with W = k in place; p·v is with W = vᵀ, a 64×L copy per head (~1/800 of the head's FMAs).
+/// On S-128's L = 385, hd = 64 the gemm crate, which has no packed-weight form for this shape, spent ~12% of an
+/// encode in these products. sgemm has no scale, so 1/√hd is applied inside the softmax.
+///
+/// # Safety
+/// `qkv` holds B·L·3D values and `out` points to B·L·D; no other thread accesses this pair's block of `out`.
+unsafe fn head_attention(
+    qkv: &[f32],
+    out: SharedMut,
+    (img, head): (usize, usize),
+    (l, d, heads): (usize, usize, usize),
+    products: Products,
+    s: &mut HeadScratch,
+) {
+    let hd = d / heads;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let q = &qkv[img * l * 3 * d + head * hd..];
+    let (k, v) = (&q[d..], &q[2 * d..]);
+    let row = 3 * d;
+    let dst = out.get().add(img * l * d + head * hd);
+    let HeadScratch { scores, inv_sums, vt } = s;
+    #[cfg(target_arch = "x86_64")]
+    if products == Products::Fastest && kernels::level() == kernels::Level::Avx512 {
+        use kernels::sgemm::sgemm_wt;
+        // SAFETY (for the products): the level is supported; q, k, v are read at rows r·3D + c (r < L, c < hd),
+        // inside `qkv`; scores and vt hold L·L and hd·L values; dst's rows are D apart, hd columns each.
+        sgemm_wt(l, l, hd, q.as_ptr(), row, k.as_ptr(), row, scores.as_mut_ptr(), l, false, 1);
+        kernels::softmax_exp_scaled_rows(scores, l, scale, inv_sums);
+        for (c, vt) in vt.chunks_exact_mut(l).enumerate() {
+            for (j, x) in vt.iter_mut().enumerate() {
+                *x = v[j * row + c];
+            }
+        }
+        sgemm_wt(l, hd, l, scores.as_ptr(), l, vt.as_ptr(), l, dst, d, false, 1);
+    } else {
+        gemm_heads(q, k, v, row, dst, d, l, hd, scale, scores, inv_sums);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        // sgemm is x86-only: every level here runs the gemm crate, and vt stays unused.
+        let _ = (products, vt);
+        gemm_heads(q, k, v, row, dst, d, l, hd, scale, scores, inv_sums);
+    }
+    // Normalising the hd-wide output rows is cheaper than the L-wide probability rows.
+    for (i, s) in inv_sums.iter().enumerate() {
+        kernels::scale(std::slice::from_raw_parts_mut(dst.add(i * d), hd), *s);
+    }
+}
+
+/// [`head_attention`]'s products through the gemm crate (levels below AVX-512), unnormalised: dst ← exp-scores·v.
+///
+/// # Safety
+/// As for [`head_attention`].
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_heads(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    row: usize,
+    dst: *mut f32,
+    d: usize,
+    l: usize,
+    hd: usize,
+    scale: f32,
+    scores: &mut [f32],
+    inv_sums: &mut [f32],
+) {
+    let row = row as isize;
+    // scores = (q / √hd) · kᵀ: kᵀ[c][j] = k[j][c], columns one row of qkv apart.
+    gemm::gemm(
+        l,
+        l,
+        hd,
+        scores.as_mut_ptr(),
+        1,
+        l as isize,
+        false,
+        q.as_ptr(),
+        1,
+        row,
+        k.as_ptr(),
+        row,
+        1,
+        0.0,
+        scale,
+        false,
+        false,
+        false,
+        Parallelism::None,
+    );
+    kernels::softmax_exp_rows(scores, l, inv_sums);
+    gemm::gemm(
+        l,
+        hd,
+        l,
+        dst,
+        1,
+        d as isize,
+        false,
+        scores.as_ptr(),
+        1,
+        l as isize,
+        v.as_ptr(),
+        1,
+        row,
+        0.0,
+        1.0,
+        false,
+        false,
+        false,
+        Parallelism::None,
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Inputs for the attention checks: shapes off every tile size (L = 13, hd = 4), two images.
+    const SHAPE: (usize, usize, usize, usize) = (2, 13, 12, 3);
+
+    fn packed_qkv() -> Vec<f32> {
+        let (b, l, d, _) = SHAPE;
+        (0..b * l * 3 * d).map(|i| ((i * 7919 % 211) as f32 - 105.0) * 0.02).collect()
+    }
+
+    /// `out` against a plain per-head loop in f64.
+    fn assert_attention_of(qkv: &[f32], out: &[f32]) {
+        let (b, l, d, heads) = SHAPE;
+        let hd = d / heads;
+        for img in 0..b {
+            for h in 0..heads {
+                let at = |r: usize, part: usize, c: usize| qkv[(img * l + r) * 3 * d + part * d + h * hd + c] as f64;
+                for i in 0..l {
+                    let s: Vec<f64> = (0..l)
+                        .map(|j| (0..hd).map(|c| at(i, 0, c) * at(j, 1, c)).sum::<f64>() / (hd as f64).sqrt())
+                        .collect();
+                    let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                    let z: f64 = s.iter().map(|v| (v - m).exp()).sum();
+                    for c in 0..hd {
+                        let want: f64 = (0..l).map(|j| (s[j] - m).exp() / z * at(j, 2, c)).sum();
+                        let got = out[(img * l + i) * d + h * hd + c] as f64;
+                        assert!((got - want).abs() < 1e-5, "img {img} head {h} row {i} col {c}: {got} vs {want}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// The strided, fused attention, in parallel at this CPU's level, with either kernel.
+    #[test]
+    fn attention_matches_naive_per_head_loop() {
+        let (b, l, d, heads) = SHAPE;
+        let qkv = packed_qkv();
+        let mut out = vec![0f32; b * l * d];
+        for products in [Products::Fastest, Products::Gemm] {
+            out.fill(0.0);
+            attention(&qkv, &mut out, b, l, d, heads, products);
+            assert_attention_of(&qkv, &out);
+        }
+    }
+
+    // Each level's products (sgemm at AVX-512, the gemm crate below it), every head on this thread, since a forced
+    // level does not reach the pool's threads.
+    kernels::at_every_level!(head_attention_matches_naive_at_every_level, |_level| {
+        let (b, l, d, heads) = SHAPE;
+        let qkv = packed_qkv();
+        let mut out = vec![0f32; b * l * d];
+        let mut scratch = HeadScratch::new(l, d / heads);
+        for task in 0..b * heads {
+            let pair = (task / heads, task % heads);
+            // SAFETY: `qkv` and `out` have the sizes of SHAPE; one pair at a time, on this thread.
+            let out = SharedMut(out.as_mut_ptr());
+            unsafe { head_attention(&qkv, out, pair, (l, d, heads), Products::Fastest, &mut scratch) };
+        }
+        assert_attention_of(&qkv, &out);
+    });
+}
