@@ -117,14 +117,10 @@ fn block_forward(x: &[f32], out: &mut [f32], b: usize, l: usize, d: usize, p: &B
     layer_norm(h, x, &p.ln_1);
     linear(qkv, None, h, &p.in_proj);
     let attn = h; // ln_1's output is spent: the heads' outputs take its place
-                  // sgemm where the linear layers use it too: at batch 8 of S-128 (3072 rows) the per-head products through
-                  // sgemm measured 1-2% more CPU time than through the gemm crate (medians of 8 alternating runs, within the
-                  // noise of a shared machine), at batch 1 ~3-5% less.
-    #[cfg(target_arch = "x86_64")]
-    let products = if rows < SGEMM_MAX_ROWS { Products::Fastest } else { Products::Gemm };
-    #[cfg(not(target_arch = "x86_64"))]
-    let products = Products::Fastest; // the gemm crate there, as sgemm is x86-only
-    attention(qkv, attn, b, l, d, p.num_heads, products);
+    // One path at every batch size (a head's products have the same shape whatever the batch), so an image's
+    // output does not depend on how many others share its call; at batch 8 of S-128 the gemm crate's products
+    // measured within noise of sgemm's (1-2% less CPU, medians of 8 alternating runs on a shared machine).
+    attention(qkv, attn, b, l, d, p.num_heads, Products::Fastest);
     linear(x1, Some(x), attn, &p.out_proj);
 
     let h2 = attn;

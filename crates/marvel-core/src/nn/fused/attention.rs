@@ -27,8 +27,7 @@ pub(crate) fn attention(qkv: &[f32], out: &mut [f32], b: usize, l: usize, d: usi
 /// Which kernel runs attention's two products.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Products {
-    /// `sgemm` at the AVX-512 level, the gemm crate below it. Inference, for as many rows as the linear layers
-    /// run on sgemm (`fused::block_forward`).
+    /// `sgemm` at the AVX-512 level, the gemm crate below it. Inference, at every batch size.
     Fastest,
     /// The gemm crate's at every level: the training ops' forward, whose backward (`ops::attention`) recomputes
     /// the probabilities with the gemm crate. Other bits in the forward would change the training trajectory, to
