@@ -247,6 +247,25 @@ mod tests {
         err.to_scalar::<f32>().unwrap() / scale
     }
 
+    /// The gradients of Σ m·y: with a different weight per output, every gradient entry is exercised.
+    fn grads_of(y: &Tensor, m: &Tensor) -> candle_core::backprop::GradStore {
+        y.mul(m).unwrap().sum_all().unwrap().backward().unwrap()
+    }
+
+    /// Each named tensor's gradient in `got` within `tol` (relative to the largest) of its gradient in `want`.
+    fn assert_grads_close(
+        got: &candle_core::backprop::GradStore,
+        want: &candle_core::backprop::GradStore,
+        tensors: &[(&str, &Tensor)],
+        tol: f32,
+        case: &str,
+    ) {
+        for (name, v) in tensors {
+            let e = rel_err(got.get(v).unwrap(), want.get(v).unwrap());
+            assert!(e < tol, "{case}: {name} gradient, relative error {e}");
+        }
+    }
+
     /// At inference, few channels at stride 1 (the single decoder's 3 -> 3 `conv_out`, and 4 -> 2 at 5×5 with no
     /// padding) take the direct convolution and agree with candle's conv2d; more channels, or stride 2, do not
     /// take it.
@@ -315,14 +334,8 @@ mod tests {
             assert_eq!(got.dims(), want.dims(), "{case}");
             assert!(rel_err(&got, &want) < 1e-4, "{case}: forward");
             let m = mix(&want);
-            let (g_got, g_want) = (
-                got.mul(&m).unwrap().sum_all().unwrap().backward().unwrap(),
-                want.mul(&m).unwrap().sum_all().unwrap().backward().unwrap(),
-            );
-            for (name, v) in [("input", &x), ("weight", &wt), ("bias", &bias)] {
-                let (a, e) = (g_got.get(v).unwrap(), g_want.get(v).unwrap());
-                assert!(rel_err(a, e) < 1e-4, "{case}: {name} gradient, {}", rel_err(a, e));
-            }
+            let (g_got, g_want) = (grads_of(&got, &m), grads_of(&want, &m));
+            assert_grads_close(&g_got, &g_want, &[("input", &x), ("weight", &wt), ("bias", &bias)], 1e-4, &case);
         }
     }
 
@@ -447,12 +460,10 @@ mod tests {
                 up.conv2d(&wt, 1, 1, 1, 1).unwrap().broadcast_add(&bias.reshape((1, c_out, 1, 1)).unwrap()).unwrap();
             assert!(rel_err(&got, &want) < 1e-4);
             let m = Tensor::randn(0f32, 1., want.shape(), &dev).unwrap();
-            let g_got = got.mul(&m).unwrap().sum_all().unwrap().backward().unwrap();
-            let g_want = want.mul(&m).unwrap().sum_all().unwrap().backward().unwrap();
-            for (name, v) in [("input", &x), ("weight", &wt), ("bias", &bias)] {
-                let (a, e) = (g_got.get(v).unwrap(), g_want.get(v).unwrap());
-                assert!(rel_err(a, e) < 1e-4, "{c_in}->{c_out} {h}x{w}: {name} gradient, {}", rel_err(a, e));
-            }
+            let g_got = grads_of(&got, &m);
+            let g_want = grads_of(&want, &m);
+            let case = format!("{c_in}->{c_out} {h}x{w}");
+            assert_grads_close(&g_got, &g_want, &[("input", &x), ("weight", &wt), ("bias", &bias)], 1e-4, &case);
         }
     }
 
@@ -468,8 +479,8 @@ mod tests {
         let got = conv2d(&x, &wt, Some(&bias), 1, 1).unwrap();
         let want = x.conv2d(&wt, 1, 1, 1, 1).unwrap().broadcast_add(&bias.reshape((1, 4, 1, 1)).unwrap()).unwrap();
         let m = Tensor::randn(0f32, 1., want.shape(), &dev).unwrap();
-        let g_got = got.mul(&m).unwrap().sum_all().unwrap().backward().unwrap();
-        let g_want = want.mul(&m).unwrap().sum_all().unwrap().backward().unwrap();
+        let g_got = grads_of(&got, &m);
+        let g_want = grads_of(&want, &m);
         assert!(g_got.get(&wt).is_none() && g_got.get(&bias).is_none());
         assert!(rel_err(g_got.get(&x).unwrap(), g_want.get(&x).unwrap()) < 1e-4);
 
@@ -478,8 +489,8 @@ mod tests {
         let got = conv2d(&xs, &wv, None, 2, 0).unwrap();
         let want = xs.conv2d(&wv, 0, 2, 1, 1).unwrap();
         let m = Tensor::randn(0f32, 1., want.shape(), &dev).unwrap();
-        let g_got = got.mul(&m).unwrap().sum_all().unwrap().backward().unwrap();
-        let g_want = want.mul(&m).unwrap().sum_all().unwrap().backward().unwrap();
+        let g_got = grads_of(&got, &m);
+        let g_want = grads_of(&want, &m);
         assert!(g_got.get(&xs).is_none());
         assert!(rel_err(g_got.get(&wv).unwrap(), g_want.get(&wv).unwrap()) < 1e-4);
     }
@@ -502,8 +513,8 @@ mod tests {
             let want = composed_im2col_conv(&x, &wt, Some(&bias), g).unwrap();
             assert_eq!(bits(&got), bits(&want), "forward");
             let m = Tensor::randn(0f32, 1., want.shape(), &dev).unwrap();
-            let g_got = got.mul(&m).unwrap().sum_all().unwrap().backward().unwrap();
-            let g_want = want.mul(&m).unwrap().sum_all().unwrap().backward().unwrap();
+            let g_got = grads_of(&got, &m);
+            let g_want = grads_of(&want, &m);
             for (name, v) in [("input", &x), ("weight", &wt), ("bias", &bias)] {
                 assert_eq!(
                     bits(g_got.get(v).unwrap()),
@@ -535,8 +546,8 @@ mod tests {
             let got = conv2d_fast_grad(&x, &wt, Some(&bias), stride, padding).unwrap();
             let want = composed_im2col_conv(&x, &wt, Some(&bias), g).unwrap();
             let m = Tensor::randn(0f32, 1., want.shape(), &dev).unwrap();
-            let g_got = got.mul(&m).unwrap().sum_all().unwrap().backward().unwrap();
-            let g_want = want.mul(&m).unwrap().sum_all().unwrap().backward().unwrap();
+            let g_got = grads_of(&got, &m);
+            let g_want = grads_of(&want, &m);
             let (dx_got, dx_want) = (g_got.get(&x).unwrap(), g_want.get(&x).unwrap());
             if crate::nn::ops::direct_conv_applies(&g, co) {
                 assert!(rel_err(&got, &want) < 1e-5, "{case}: forward");
@@ -545,24 +556,18 @@ mod tests {
                 assert_eq!(bits(&got), bits(&want), "{case}: forward");
                 assert_eq!(bits(dx_got), bits(dx_want), "{case}: input gradient");
             }
-            for (name, v) in [("weight", &wt), ("bias", &bias)] {
-                let e = rel_err(g_got.get(v).unwrap(), g_want.get(v).unwrap());
-                assert!(e < 1e-5, "{case}: {name} gradient, relative error {e}");
-            }
+            assert_grads_close(&g_got, &g_want, &[("weight", &wt), ("bias", &bias)], 1e-5, &case);
         }
         // Upsampled: against the exact op (itself checked against candle above).
         let x = Var::from_tensor(&Tensor::randn(0f32, 1., (2, 5, 9, 7), &dev).unwrap()).unwrap();
         let wt = Var::from_tensor(&Tensor::randn(0f32, 1., (6, 5, 3, 3), &dev).unwrap()).unwrap();
         let m = Tensor::randn(0f32, 1., (2, 6, 18, 14), &dev).unwrap();
-        let grads = |y: Tensor| y.mul(&m).unwrap().sum_all().unwrap().backward().unwrap();
+        let grads = |y: Tensor| grads_of(&y, &m);
         let (g_got, g_want) = (
             grads(upsample2x_conv2d_fast_grad(&x, &wt, None, 1).unwrap()),
             grads(upsample2x_conv2d(&x, &wt, None, 1).unwrap()),
         );
-        for (name, v) in [("input", &x), ("weight", &wt)] {
-            let e = rel_err(g_got.get(v).unwrap(), g_want.get(v).unwrap());
-            assert!(e < 1e-5, "upsampled: {name} gradient, relative error {e}");
-        }
+        assert_grads_close(&g_got, &g_want, &[("input", &x), ("weight", &wt)], 1e-5, "upsampled");
         let x = Var::from_tensor(&Tensor::randn(0f32, 1., (2, 3, 8, 8), &dev).unwrap()).unwrap();
         let wt = Tensor::randn(0f32, 1., (4, 3, 3, 3), &dev).unwrap();
         let y = conv2d_fast_grad(&x, &wt, None, 1, 1).unwrap();
@@ -595,7 +600,7 @@ mod tests {
                     Some(rows) => crate::nn::ops::conv2d_in_bands(x, wt, &bias, g, rows * ci * k * k * ow).unwrap(),
                     None => crate::nn::ops::conv2d(x, wt, &bias, g, true).unwrap(),
                 };
-                let grads = y.mul(&m).unwrap().sum_all().unwrap().backward().unwrap();
+                let grads = grads_of(&y, &m);
                 let grad = |t: &Tensor| grads.get(t).cloned();
                 (y, grad(x), grad(wt), grad(&bias))
             };
