@@ -54,6 +54,11 @@ export function rankInteger(name: string, value: string | number | undefined, mi
   return n
 }
 
+/** The error of a rank whose launcher can no longer be reached. */
+function launcherGone(how: string): MarvelError {
+  return rankError(`the rank launcher is gone (${how}); this rank cannot reach the others`)
+}
+
 /** This process's place among the ranks, and the collective that averages across them. */
 export class ProcessGroup {
   readonly rank: number
@@ -62,7 +67,7 @@ export class ProcessGroup {
   readonly #waiting = new Map<number, { resolve: (data: Float32Array) => void; reject: (e: Error) => void }>()
   #closed: MarvelError | null = null
   readonly #onMessage = (m: unknown) => this.#receive(m)
-  readonly #onDisconnect = () => this.#fail(rankError('the rank launcher is gone (its IPC channel closed); this rank cannot reach the others'))
+  readonly #onDisconnect = () => this.#fail(launcherGone('its IPC channel closed'))
 
   private constructor(rank: number, worldSize: number) {
     this.rank = rank
@@ -116,7 +121,9 @@ export class ProcessGroup {
       process.channel?.ref()
       const message: RankMessage = { marvel: 'reduce', seq, data: chunk.slice() }
       process.send!(message, undefined, undefined, (e) => {
-        if (e) this.#fail(rankError(`this rank cannot send to the rank launcher: ${e.message}`))
+        // A killed launcher shows first as a failed write (EPIPE) or as the channel's disconnect, whichever the
+        // event loop sees first: one error for both.
+        if (e) this.#fail(launcherGone(`sending to it failed: ${e.message}`))
       })
     })
   }
