@@ -5,10 +5,9 @@
 //! arena's free top back to the kernel once it passes the trim threshold. The mmap threshold starts at 128 KiB
 //! and rises only when a mapped block is freed (up to 32 MiB, the trim threshold to twice that), so which
 //! activations a forward pass maps afresh, unmaps and page-faults in again on the next call depended on the
-//! order of earlier frees. Three settings follow from what a caller holds:
-//! - any compute pool: [`keep_large_blocks`], glibc's adaptive thresholds at their ceiling from the start;
-//! - a trainer: [`KeepFreedMemory`], arena tops not trimmed while it lives, since a step frees and reallocates
-//!   nearly everything it touched;
+//! order of earlier frees. Two settings follow from what a caller holds:
+//! - a trainer: [`KeepFreedMemory`], glibc's thresholds fixed at their ceiling ([`keep_large_blocks`]) and arena
+//!   tops not trimmed while it lives, since a step frees and reallocates nearly everything it touched;
 //! - a loaded model: [`ReturnMemoryOnDrop`], everything free handed back when it drops.
 //!
 //! A process started with thresholds of its own (`MALLOC_MMAP_THRESHOLD_`, `MALLOC_TRIM_THRESHOLD_` or
@@ -33,7 +32,9 @@ pub const TRIM_THRESHOLD: usize = 2 * MMAP_THRESHOLD;
 /// and ~5,800 page faults per call (2-2.5 ms of system time per image, ~30 ms of CPU in all), and through Node,
 /// where each call enters the pool from a libuv thread, a one-image call took 80-900 faults where the Rust
 /// example took ~5. Fixed thresholds make the quiet state the only one, at glibc's own bound on an arena's free
-/// top (64 MiB). Done once, by the first compute pool or trainer.
+/// top (64 MiB). Done once, by the first trainer. Not by inference's pools: memory freed after a model's
+/// `malloc_trim` (on dispose) then stays resident up to that bound, and loading and disposing a ~200 MB model
+/// twice left 0.27x its weights resident in one of two runs (`__test__/memory-load.spec.ts`, at most 0.2x).
 pub fn keep_large_blocks() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     if !set_by_user() {

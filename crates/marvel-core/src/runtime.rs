@@ -11,10 +11,6 @@
 //! between calls; our copy of candle-core (`vendor/candle-core`, see its PATCH.md) runs both on the caller's pool.
 //!
 //! Default: the number of physical cores, overridable with `MARVEL_NUM_THREADS`.
-//!
-//! The first pool also fixes glibc's large-block thresholds ([`crate::memory::keep_large_blocks`]): a forward
-//! pass frees and reallocates the same activations on every call, and glibc otherwise hands them back to the
-//! kernel between calls, so each call page-faulted them in again.
 
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -45,7 +41,6 @@ pub fn default_num_threads() -> Result<usize> {
 }
 
 fn build(threads: usize) -> Result<Pool> {
-    crate::memory::keep_large_blocks();
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .thread_name(|i| format!("marvel-compute-{i}"))
