@@ -526,8 +526,9 @@ mod tests {
     }
 
     /// The fast-gradient convolution on images of one band (see the banded test below): the same forward and
-    /// input gradient as the composed form, bit for bit (within rounding for the narrow layers it computes
-    /// directly, `ops/conv_direct.rs`); the weight's gradient (a differently laid out product) and the bias's
+    /// input gradient as the composed form, bit for bit where the bands make them (within rounding for the narrow
+    /// layers it computes directly, `ops/conv_direct.rs`, and for the stride-1 layers the shifted windows take on
+    /// AVX-512, `ops/conv_shifted.rs`); the weight's gradient (a differently laid out product) and the bias's
     /// within rounding of it; nothing for a frozen weight.
     #[test]
     fn fast_weight_gradient_matches_the_composed_form() {
@@ -549,7 +550,11 @@ mod tests {
             let g_got = grads_of(&got, &m);
             let g_want = grads_of(&want, &m);
             let (dx_got, dx_want) = (g_got.get(&x).unwrap(), g_want.get(&x).unwrap());
-            if crate::nn::ops::direct_conv_applies(&g, co) {
+            #[cfg(target_arch = "x86_64")]
+            let shifted = crate::nn::ops::shifted_conv_applies(&g) && !crate::nn::ops::direct_conv_applies(&g, co);
+            #[cfg(not(target_arch = "x86_64"))]
+            let shifted = false;
+            if crate::nn::ops::direct_conv_applies(&g, co) || shifted {
                 assert!(rel_err(&got, &want) < 1e-5, "{case}: forward");
                 assert!(rel_err(dx_got, dx_want) < 1e-5, "{case}: input gradient");
             } else {
@@ -639,6 +644,69 @@ mod tests {
                 };
                 assert_eq!(bits(1), bits(3), "{case}: 1 and 3 threads");
             }
+        }
+    }
+
+    /// The not-exact path through the shifted windows (stride 1: padded and not, k of 1, 3 and 5, runs of
+    /// positions that end mid-row, several runs and several groups of runs per image, more channels than the
+    /// direct path takes and fewer): forward and every gradient within rounding of the exact op's; a frozen input
+    /// or weight gets no gradient and leaves the other's values; 1 and 3 threads give the same bits. On a CPU
+    /// without AVX-512 the path does not exist and the test says so.
+    #[test]
+    #[cfg_attr(not(marvel_host_avx512), ignore = "AVX-512: the build host lacks it, or this is a cross build")]
+    fn shifted_window_convolution_matches_the_exact_op() {
+        let dev = Device::Cpu;
+        for (b, ci, co, h, w, k, padding) in [
+            (2, 3, 32, 9, 8, 3, 1),
+            (2, 4, 20, 40, 37, 3, 1),
+            (1, 5, 17, 70, 70, 3, 0),
+            (2, 6, 7, 23, 6, 5, 2),
+            (2, 33, 3, 12, 11, 1, 0),
+        ] {
+            let g = Geometry { channels: ci, h, w, up: 1, kernel: k, stride: 1, padding };
+            let (oh, ow) = g.out_hw();
+            let case = format!("{ci}->{co} {h}x{w} k{k} p{padding}");
+            let x = Var::from_tensor(&Tensor::randn(0f32, 1., (b, ci, h, w), &dev).unwrap()).unwrap();
+            let wt = Var::from_tensor(&Tensor::randn(0f32, 1., (co, ci, k, k), &dev).unwrap()).unwrap();
+            let bias = Var::from_tensor(&Tensor::randn(0f32, 1., co, &dev).unwrap()).unwrap();
+            let m = Tensor::randn(0f32, 1., (b, co, oh, ow), &dev).unwrap();
+            let run = |x: &Tensor, wt: &Tensor, shifted: bool| {
+                let y = if shifted {
+                    let y = crate::nn::ops::conv2d_shifted(x, wt, &bias, g);
+                    y.expect("AVX-512 and stride 1: the shifted windows apply").unwrap()
+                } else {
+                    crate::nn::ops::conv2d(x, wt, &bias, g, true).unwrap()
+                };
+                let grads = grads_of(&y, &m);
+                let grad = |t: &Tensor| grads.get(t).cloned();
+                (y, grad(x), grad(wt), grad(&bias))
+            };
+            let (y_want, dx_want, dw_want, db_want) = run(&x, &wt, false);
+            let (y, dx, dw, db) = run(&x, &wt, true);
+            for (name, got, want) in [
+                ("forward", &y, &y_want),
+                ("input gradient", &dx.unwrap(), dx_want.as_ref().unwrap()),
+                ("weight gradient", &dw.unwrap(), dw_want.as_ref().unwrap()),
+                ("bias gradient", &db.unwrap(), db_want.as_ref().unwrap()),
+            ] {
+                let e = rel_err(got, want);
+                assert!(e < 1e-5, "{case}: {name}, relative error {e}");
+            }
+            let (xs, ws) = (x.as_tensor().detach(), wt.as_tensor().detach());
+            let (_, dx, dw, _) = run(&xs, &wt, true);
+            assert!(dx.is_none(), "{case}: frozen input");
+            assert!(rel_err(&dw.unwrap(), dw_want.as_ref().unwrap()) < 1e-5, "{case}: frozen input");
+            let (_, dx, dw, _) = run(&x, &ws, true);
+            assert!(dw.is_none(), "{case}: frozen weight");
+            assert!(rel_err(&dx.unwrap(), dx_want.as_ref().unwrap()) < 1e-5, "{case}: frozen weight");
+            let bits = |threads: usize| {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                let (y, dx, dw, db) = pool.install(|| run(&x, &wt, true));
+                [y, dx.unwrap(), dw.unwrap(), db.unwrap()].map(|t| {
+                    t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+                })
+            };
+            assert_eq!(bits(1), bits(3), "{case}: 1 and 3 threads");
         }
     }
 

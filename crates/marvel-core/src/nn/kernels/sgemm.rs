@@ -1,5 +1,7 @@
 //! f32 linear-layer product for AVX-512 CPUs: C (m×n, row-major) = A·Wᵀ [+ C], with the weight W read in place
-//! as nn.Linear stores it, (n, k) row-major.
+//! as nn.Linear stores it, (n, k) row-major. For a stride-1 convolution's windows, read in place from its padded
+//! input (`nn::ops::conv_shifted`), an operand's rows may instead be given by a table of where each starts: A's
+//! ([`sgemm_wt_arows`]), or B's for C = A·B with B (k, n) ([`sgemm_ab_rows`]).
 //!
 //! The `gemm` crate packs and splits work in a way that pays off on tall matrices; on the block's b = 1 shapes
 //! (m = 385 rows; k, n of 512..2048) this plain BLIS-style kernel measured 5-30% faster, best of 8 runs on two
@@ -65,6 +67,60 @@ pub(crate) unsafe fn sgemm_wt(
     sgemm_wt_in(Blocks::for_this_cpu(), m, n, k, a, lda, w, ldw, c, ldc, accumulate, threads)
 }
 
+/// C ← A·B (+ C when `accumulate`): A (m, k) with row stride `lda`; B (k, n) given by where each of its k rows
+/// starts, `rows[kk]` floats from `b` (n values each: a stride-1 convolution's shifted windows, read in place
+/// from its zero-padded input); C (m, n) with row stride `ldc`; on up to `threads` threads of the current pool.
+///
+/// # Safety
+/// As for [`sgemm_wt`], B in W's place; `rows` holds k offsets.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn sgemm_ab_rows(
+    blocks: Blocks,
+    m: usize,
+    n: usize,
+    k: usize,
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    rows: &[usize],
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+    threads: usize,
+) {
+    assert_eq!(rows.len(), k, "sgemm_ab_rows: one offset per row of B");
+    let (a_rows, right) = (Rows::Strided(lda), Right::Plain(rows.as_ptr()));
+    let job = Job { blocks, m, k, a, a_rows, w: b, right, c, ldc, accumulate };
+    job.run(n, threads)
+}
+
+/// C ← A·Wᵀ (+ C when `accumulate`), A (m, k) given by where each of its m rows starts, `rows[i]` floats from
+/// `a` (k values each: a convolution's shifted windows again, for its weight's gradient); otherwise as
+/// [`sgemm_wt`].
+///
+/// # Safety
+/// As for [`sgemm_wt`]; `rows` holds m offsets.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn sgemm_wt_arows(
+    blocks: Blocks,
+    m: usize,
+    n: usize,
+    k: usize,
+    a: *const f32,
+    rows: &[usize],
+    w: *const f32,
+    ldw: usize,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+    threads: usize,
+) {
+    assert_eq!(rows.len(), m, "sgemm_wt_arows: one offset per row of A");
+    let (a_rows, right) = (Rows::At(rows.as_ptr()), Right::Transposed(ldw));
+    let job = Job { blocks, m, k, a, a_rows, w, right, c, ldc, accumulate };
+    job.run(n, threads)
+}
+
 /// [`sgemm_wt`] with the given block sizes (tests and benchmarks compare them).
 ///
 /// # Safety
@@ -84,21 +140,38 @@ pub(crate) unsafe fn sgemm_wt_in(
     accumulate: bool,
     threads: usize,
 ) {
-    if m == 0 || n == 0 {
-        return;
+    let (a_rows, right) = (Rows::Strided(lda), Right::Transposed(ldw));
+    let job = Job { blocks, m, k, a, a_rows, w, right, c, ldc, accumulate };
+    job.run(n, threads)
+}
+
+/// How the right operand is stored.
+#[derive(Clone, Copy)]
+enum Right {
+    /// W (n, k), rows `ldw` apart: the product is A·Wᵀ, W packed per block.
+    Transposed(usize),
+    /// B (k, n), row kk at the table's kk-th offset: the product is A·B, B read in place (see `Tile::b_rows`).
+    Plain(*const usize),
+}
+
+/// Where the left operand's rows start, in floats from its pointer.
+#[derive(Clone, Copy)]
+enum Rows {
+    /// `ld` apart.
+    Strided(usize),
+    /// At the listed offsets, one per row (the caller's table, alive for the call).
+    At(*const usize),
+}
+
+impl Rows {
+    /// The start of row `r` of the operand at `base`.
+    #[inline(always)]
+    unsafe fn start(self, base: *const f32, r: usize) -> *const f32 {
+        match self {
+            Rows::Strided(ld) => base.add(r * ld),
+            Rows::At(table) => base.add(*table.add(r)),
+        }
     }
-    let panels = n.div_ceil(NR);
-    let parts = threads.clamp(1, panels);
-    let job = Job { blocks, m, k, a, lda, w, ldw, c, ldc, accumulate };
-    if parts == 1 {
-        job.columns(0, n);
-        return;
-    }
-    // Whole panels per thread, as even as they divide.
-    (0..parts).into_par_iter().for_each(|t| {
-        let (p0, p1) = (panels * t / parts, panels * (t + 1) / parts);
-        job.columns(p0 * NR, (p1 * NR).min(n));
-    });
 }
 
 /// The arguments of one call, shared by its threads.
@@ -107,9 +180,9 @@ struct Job {
     m: usize,
     k: usize,
     a: *const f32,
-    lda: usize,
+    a_rows: Rows,
     w: *const f32,
-    ldw: usize,
+    right: Right,
     c: *mut f32,
     ldc: usize,
     accumulate: bool,
@@ -117,6 +190,18 @@ struct Job {
 // SAFETY: threads only read A and W, and write disjoint column ranges of C (`sgemm_wt`'s contract).
 unsafe impl Send for Job {}
 unsafe impl Sync for Job {}
+
+/// Bytes of L1 that `Job::block_in_place` fills with A's rows and a panel of B before it turns its loops around.
+const IN_PLACE_L1: usize = 40 * 1024;
+
+/// Blocks for [`sgemm_ab_rows`] with `m` rows of A and column blocks of `nc`: as deep as keeps A's m rows and one
+/// panel of B within [`IN_PLACE_L1`] (144 at m = 32, 96 at m = 64), so that each panel meets all of A's tiles
+/// from L1; 256 deep where that would be under 64 (m = 128: 48 deep measured ~14% slower than the gemm crate on
+/// im2col's columns), and then each tile meets every panel instead.
+pub(crate) fn in_place_blocks(m: usize, nc: usize) -> Blocks {
+    let kc = IN_PLACE_L1.saturating_sub(4 * A_PAD * m) / (4 * m + 4 * NR);
+    Blocks { kc: if kc < 64 { 256 } else { kc / 16 * 16 }, nc }
+}
 
 /// The padding, in floats, after each row of the copied A tile: one cache line, so that its 12 rows fall in 12
 /// different L1 sets whatever A's row stride.
@@ -134,13 +219,33 @@ thread_local! {
 }
 
 impl Job {
+    /// All n columns of C, on up to `threads` threads.
+    fn run(&self, n: usize, threads: usize) {
+        if self.m == 0 || n == 0 {
+            return;
+        }
+        let panels = n.div_ceil(NR);
+        let parts = threads.clamp(1, panels);
+        if parts == 1 {
+            self.columns(0, n);
+            return;
+        }
+        // Whole panels per thread, as even as they divide.
+        (0..parts).into_par_iter().for_each(|t| {
+            let (p0, p1) = (panels * t / parts, panels * (t + 1) / parts);
+            self.columns(p0 * NR, (p1 * NR).min(n));
+        });
+    }
+
     /// Columns j0..j1 of C, on this thread.
     fn columns(&self, j0: usize, j1: usize) {
         BUFFERS.with(|buffers| {
             let Buffers { wt: bp, a: at } = &mut *buffers.borrow_mut();
             let Blocks { kc: kc_max, nc: nc_max } = self.blocks;
             bp.resize(kc_max * nc_max, 0.0);
-            at.resize(MR * (kc_max + A_PAD), 0.0);
+            // A read in place by the tiles' B is copied whole per block (see `block_in_place`).
+            let a_rows = if let Right::Plain(_) = self.right { self.m.max(MR) } else { MR };
+            at.resize(a_rows * (kc_max + A_PAD), 0.0);
             for k0 in (0..self.k).step_by(kc_max) {
                 let kc = kc_max.min(self.k - k0);
                 // Later depth blocks add onto the earlier ones.
@@ -149,8 +254,13 @@ impl Job {
                     let nc = nc_max.min(j1 - nb);
                     // SAFETY: AVX-512F was checked by the caller of `sgemm_wt`, which vouches for the pointers.
                     unsafe {
-                        pack_wt(self.w.add(nb * self.ldw + k0), self.ldw, kc, nc, bp);
-                        self.block(k0, kc, nb, nc, bp, at, accumulate);
+                        match self.right {
+                            Right::Transposed(ldw) => {
+                                pack_wt(self.w.add(nb * ldw + k0), ldw, kc, nc, bp);
+                                self.block(k0, kc, nb, nc, bp, at, accumulate);
+                            }
+                            Right::Plain(table) => self.block_in_place(table, k0, kc, nb, nc, at, accumulate),
+                        }
                     }
                 }
             }
@@ -170,39 +280,75 @@ impl Job {
         for i in (0..self.m).step_by(MR) {
             let rows = MR.min(self.m - i);
             for r in 0..rows {
-                std::ptr::copy_nonoverlapping(self.a.add((i + r) * self.lda + k0), at.as_mut_ptr().add(r * ats), kc);
+                std::ptr::copy_nonoverlapping(
+                    self.a_rows.start(self.a, i + r).add(k0),
+                    at.as_mut_ptr().add(r * ats),
+                    kc,
+                );
             }
             let next = i + MR;
             let ahead = MR.min(self.m.saturating_sub(next)) * row_lines;
             for p in 0..panels {
                 for line in (p * ahead / panels)..((p + 1) * ahead / panels) {
                     let (r, c) = (line / row_lines, (line % row_lines * 16).min(kc - 1));
-                    _mm_prefetch::<_MM_HINT_T1>(self.a.add((next + r) * self.lda + k0 + c) as *const i8);
+                    _mm_prefetch::<_MM_HINT_T1>(self.a_rows.start(self.a, next + r).add(k0 + c) as *const i8);
                 }
                 let tile = Tile {
                     kc,
                     a: at.as_ptr(),
                     lda: ats,
                     bp: bp.as_ptr().add(p * kc * NR),
+                    b_rows: std::ptr::null(),
                     c: self.c.add(i * self.ldc + nb + p * NR),
                     ldc: self.ldc,
                     cols: NR.min(nc - p * NR),
                     accumulate,
                 };
-                match rows {
-                    12 => tile.run::<12>(),
-                    11 => tile.run::<11>(),
-                    10 => tile.run::<10>(),
-                    9 => tile.run::<9>(),
-                    8 => tile.run::<8>(),
-                    7 => tile.run::<7>(),
-                    6 => tile.run::<6>(),
-                    5 => tile.run::<5>(),
-                    4 => tile.run::<4>(),
-                    3 => tile.run::<3>(),
-                    2 => tile.run::<2>(),
-                    _ => tile.run::<1>(),
-                }
+                tile.run_rows::<false>(rows);
+            }
+        }
+    }
+
+    /// C[.., nb..nb+nc] (+)= A[.., k0..k0+kc] · B[k0..k0+kc, nb..nb+nc], B's rows read in place where `table`
+    /// says: every panel against every tile, so that a panel's kc rows (kc·128 bytes) come from L2 once and from L1
+    /// for the other tiles. All of A's rows are copied per block (a convolution's weight: few rows, and the
+    /// blocks shallow enough that they and a panel fit L1, see `conv_shifted::in_place_blocks`).
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn block_in_place(
+        &self,
+        table: *const usize,
+        k0: usize,
+        kc: usize,
+        nb: usize,
+        nc: usize,
+        at: &mut [f32],
+        accumulate: bool,
+    ) {
+        let ats = kc + A_PAD;
+        for r in 0..self.m {
+            std::ptr::copy_nonoverlapping(self.a_rows.start(self.a, r).add(k0), at.as_mut_ptr().add(r * ats), kc);
+        }
+        let panels = nc.div_ceil(NR);
+        // Panels outer when A's copy and a panel fit L1 together, else (a tall A, which the blocks then make deep)
+        // tiles outer, each against every panel.
+        let panels_outer = (self.m * ats + kc * NR) * 4 <= IN_PLACE_L1;
+        let (outer, inner) = if panels_outer { (panels, self.m.div_ceil(MR)) } else { (self.m.div_ceil(MR), panels) };
+        for o in 0..outer {
+            for n in 0..inner {
+                let (p, i) = if panels_outer { (o, n * MR) } else { (n, o * MR) };
+                let tile = Tile {
+                    kc,
+                    a: at.as_ptr().add(i * ats),
+                    lda: ats,
+                    bp: self.w.add(nb + p * NR),
+                    b_rows: table.add(k0),
+                    c: self.c.add(i * self.ldc + nb + p * NR),
+                    ldc: self.ldc,
+                    cols: NR.min(nc - p * NR),
+                    accumulate,
+                };
+                tile.run_rows::<true>(MR.min(self.m - i));
             }
         }
     }
@@ -290,7 +436,13 @@ struct Tile {
     kc: usize,
     a: *const f32,
     lda: usize,
+    /// The packed panel, or with `b_rows` the panel's first column in B.
     bp: *const f32,
+    /// Null, or (for `run::<_, true>`) B's rows read in place: row kk of the panel at bp + b_rows[kk]. A B given by a table of rows is a
+    /// convolution's shifted windows, tall (C_in·k·k) and multiplied by few rows of A (C_out), so a pack, one
+    /// more copy of every value of B, cost as much as the tiles saved by reading a packed panel (~14% of the
+    /// discriminator's step on one thread).
+    b_rows: *const usize,
     c: *mut f32,
     ldc: usize,
     cols: usize,
@@ -298,10 +450,31 @@ struct Tile {
 }
 
 impl Tile {
+    /// [`Tile::run`] for `rows` (1..=12) rows; `IN_PLACE`: B's rows read through `b_rows`, else the packed panel
+    /// (a constant, so that the linear layers' kernel carries no trace of the convolutions').
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn run_rows<const IN_PLACE: bool>(&self, rows: usize) {
+        match rows {
+            12 => self.run::<12, IN_PLACE>(),
+            11 => self.run::<11, IN_PLACE>(),
+            10 => self.run::<10, IN_PLACE>(),
+            9 => self.run::<9, IN_PLACE>(),
+            8 => self.run::<8, IN_PLACE>(),
+            7 => self.run::<7, IN_PLACE>(),
+            6 => self.run::<6, IN_PLACE>(),
+            5 => self.run::<5, IN_PLACE>(),
+            4 => self.run::<4, IN_PLACE>(),
+            3 => self.run::<3, IN_PLACE>(),
+            2 => self.run::<2, IN_PLACE>(),
+            _ => self.run::<1, IN_PLACE>(),
+        }
+    }
+
     /// R×2 accumulators stay in registers over the kc steps; A's rows are broadcast one element at a time.
     #[target_feature(enable = "avx512f")]
     #[inline]
-    unsafe fn run<const R: usize>(&self) {
+    unsafe fn run<const R: usize, const IN_PLACE: bool>(&self) {
         let mut acc = [[_mm512_setzero_ps(); 2]; R];
         // C's rows are read or written only after the kc steps: asked for now, they arrive in time.
         for r in 0..R {
@@ -310,16 +483,37 @@ impl Tile {
                 _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(c) as *const i8);
             }
         }
-        for kk in 0..self.kc {
-            let b0 = _mm512_loadu_ps(self.bp.add(kk * NR));
-            let b1 = _mm512_loadu_ps(self.bp.add(kk * NR + 16));
-            for (r, acc) in acc.iter_mut().enumerate() {
-                let a = _mm512_set1_ps(*self.a.add(r * self.lda + kk));
-                acc[0] = _mm512_fmadd_ps(a, b0, acc[0]);
-                acc[1] = _mm512_fmadd_ps(a, b1, acc[1]);
-            }
+        // One k step: R broadcasts of A against the panel's two vectors of row kk.
+        macro_rules! step {
+            ($kk:expr, $b0:expr, $b1:expr) => {
+                let (b0, b1) = ($b0, $b1);
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let a = _mm512_set1_ps(*self.a.add(r * self.lda + $kk));
+                    acc[0] = _mm512_fmadd_ps(a, b0, acc[0]);
+                    acc[1] = _mm512_fmadd_ps(a, b1, acc[1]);
+                }
+            };
         }
         let (m0, m1) = (lanes(self.cols, 0), lanes(self.cols, 16));
+        if !IN_PLACE {
+            for kk in 0..self.kc {
+                step!(kk, _mm512_loadu_ps(self.bp.add(kk * NR)), _mm512_loadu_ps(self.bp.add(kk * NR + 16)));
+            }
+        } else {
+            for kk in 0..self.kc {
+                let row = self.bp.add(*self.b_rows.add(kk));
+                // The same row's next panel, which this tile reads next: B's rows are too many streams for the
+                // hardware prefetcher. A prefetch never faults; `wrapping_add` allows passing B's end.
+                _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(NR) as *const i8);
+                _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(NR + 16) as *const i8);
+                if self.cols == NR {
+                    step!(kk, _mm512_loadu_ps(row), _mm512_loadu_ps(row.add(16)));
+                } else {
+                    // Past the block's last column B may end: masked loads never fault there.
+                    step!(kk, _mm512_maskz_loadu_ps(m0, row), _mm512_maskz_loadu_ps(m1, row.wrapping_add(16)));
+                }
+            }
+        }
         for (r, acc) in acc.iter().enumerate() {
             let row = self.c.add(r * self.ldc);
             let (mut v0, mut v1) = (acc[0], acc[1]);
@@ -362,28 +556,48 @@ mod tests {
 
     /// Tails in every dimension (m, n not multiples of the tile; k over several depth blocks), strided operands,
     /// with and without accumulation, on 1..3 threads, with this CPU's blocks and with small ones (several column
-    /// blocks, a depth block of 64 shorter than a copied A row of the previous call), against an f64 product.
+    /// blocks, a depth block of 64 shorter than a copied A row of the previous call), A by its stride or by a table
+    /// of its rows, and the right operand as W (n, k) or as B (k, n) by a table of its rows (tables over copies
+    /// stored last row first), against an f64 product.
     #[test]
     #[cfg_attr(not(marvel_host_avx512), ignore = "AVX-512: the build host lacks it, or this is a cross build")]
     fn matches_naive_product() {
         assert_avx512();
         let (m, n, k) = (29, 75, 600);
-        let (lda, ldw, ldc) = (k + 3, k + 5, n + 2);
+        let (lda, ldw, ldb, ldc) = (k + 3, k + 5, n + 7, n + 2);
         let a: Vec<f32> = (0..m * lda).map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.01).collect();
         let w: Vec<f32> = (0..n * ldw).map(|i| ((i * 53 % 97) as f32 - 48.0) * 0.01).collect();
+        // A's rows by table: row i at (m - 1 - i)·lda of a reversed copy.
+        let mut a_rev = vec![f32::NAN; m * lda];
+        for i in 0..m {
+            a_rev[(m - 1 - i) * lda..][..lda].copy_from_slice(&a[i * lda..][..lda]);
+        }
+        let a_rows: Vec<usize> = (0..m).map(|i| (m - 1 - i) * lda).collect();
+        // The same right operand as B (k, n), its rows stored in reverse: B[kk][j] = W[j][kk].
+        let mut b = vec![f32::NAN; k * ldb];
+        for j in 0..n {
+            for kk in 0..k {
+                b[(k - 1 - kk) * ldb + j] = w[j * ldw + kk];
+            }
+        }
+        let b_rows: Vec<usize> = (0..k).map(|kk| (k - 1 - kk) * ldb).collect();
         let c0: Vec<f32> = (0..m * ldc).map(|i| (i % 7) as f32).collect();
         let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
         let small = Blocks { kc: 64, nc: 64 };
-        for (blocks, threads, accumulate) in [Blocks::for_this_cpu(), small]
+        let layouts = [
+            ("A·Wᵀ", a.as_ptr(), Rows::Strided(lda), Right::Transposed(ldw), w.as_ptr()),
+            ("A by rows ·Wᵀ", a_rev.as_ptr(), Rows::At(a_rows.as_ptr()), Right::Transposed(ldw), w.as_ptr()),
+            ("A·B by rows", a.as_ptr(), Rows::Strided(lda), Right::Plain(b_rows.as_ptr()), b.as_ptr()),
+        ];
+        for (blocks, threads, accumulate, (layout, ap, a_rows, right, wp)) in [Blocks::for_this_cpu(), small]
             .into_iter()
             .flat_map(|b| [1, 2, 3].map(|t| (b, t)))
             .flat_map(|(b, t)| [(b, t, false), (b, t, true)])
+            .flat_map(|(b, t, acc)| layouts.map(|l| (b, t, acc, l)))
         {
             let mut c = c0.clone();
-            pool.install(|| unsafe {
-                let (a, w) = (a.as_ptr(), w.as_ptr());
-                sgemm_wt_in(blocks, m, n, k, a, lda, w, ldw, c.as_mut_ptr(), ldc, accumulate, threads)
-            });
+            let job = Job { blocks, m, k, a: ap, a_rows, w: wp, right, c: c.as_mut_ptr(), ldc, accumulate };
+            pool.install(|| job.run(n, threads));
             for i in 0..m {
                 for j in 0..ldc {
                     let got = c[i * ldc + j] as f64;
@@ -395,7 +609,7 @@ mod tests {
                     let want = dot + if accumulate { c0[i * ldc + j] as f64 } else { 0.0 };
                     assert!(
                         (got - want).abs() < 1e-4,
-                        "{blocks:?} threads {threads} accumulate {accumulate} at ({i}, {j}): {got} vs {want}"
+                        "{layout} {blocks:?} threads {threads} accumulate {accumulate} at ({i}, {j}): {got} vs {want}"
                     );
                 }
             }

@@ -24,6 +24,8 @@ use rayon::prelude::*;
 
 use super::conv_bands::Bands;
 use super::conv_direct;
+#[cfg(target_arch = "x86_64")]
+use super::conv_shifted;
 use super::scratch::scratch;
 use super::{cpu_tensor, product, values, with_values, zeros, View, PARALLEL};
 use crate::nn::conv2d::Geometry;
@@ -34,7 +36,7 @@ use crate::nn::conv2d::Geometry;
 /// output rows, the weight's gradient from a column-major copy of the output's gradient (which the gemm crate
 /// multiplies without packing it on one thread), all within rounding of the exact values.
 pub(crate) fn conv2d(x: &Tensor, weight: &Tensor, bias: &Tensor, g: Geometry, exact: bool) -> Result<Tensor> {
-    apply(x, weight, bias, ConvOp { g, exact, band_values: BAND_VALUES, direct: true })
+    apply(x, weight, bias, ConvOp { g, exact, band_values: BAND_VALUES, path: Path::Auto })
 }
 
 /// [`conv2d`]'s not-exact path with bands of `band_values` column values, small enough to split a test's images;
@@ -47,7 +49,15 @@ pub(crate) fn conv2d_in_bands(
     g: Geometry,
     band_values: usize,
 ) -> Result<Tensor> {
-    apply(x, weight, bias, ConvOp { g, exact: false, band_values, direct: false })
+    apply(x, weight, bias, ConvOp { g, exact: false, band_values, path: Path::Bands })
+}
+
+/// [`conv2d`]'s not-exact path through the shifted windows (`conv_shifted.rs`) whatever the layer's width; None
+/// where that path does not apply (not stride 1, or a CPU without AVX-512).
+#[cfg(all(test, target_arch = "x86_64"))]
+pub(crate) fn conv2d_shifted(x: &Tensor, weight: &Tensor, bias: &Tensor, g: Geometry) -> Option<Result<Tensor>> {
+    conv_shifted::applies(&g)
+        .then(|| apply(x, weight, bias, ConvOp { g, exact: false, band_values: BAND_VALUES, path: Path::Shifted }))
 }
 
 fn apply(x: &Tensor, weight: &Tensor, bias: &Tensor, op: ConvOp) -> Result<Tensor> {
@@ -59,17 +69,43 @@ struct ConvOp {
     exact: bool,
     /// [`BAND_VALUES`] but in the tests, which split small images into several bands.
     band_values: usize,
-    /// Whether the not-exact path computes narrow layers' forward and input gradient directly (all but tests of
-    /// the bands).
-    direct: bool,
+    /// Which not-exact path: chosen by the layer but in tests.
+    path: Path,
+}
+
+/// The not-exact path's ways.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Path {
+    /// Narrow layers' forward and input gradient directly (`conv_direct.rs`), else stride 1 through the shifted
+    /// windows on AVX-512 (`conv_shifted.rs`), else the bands.
+    Auto,
+    /// The bands, for every layer.
+    #[cfg(test)]
+    Bands,
+    /// The shifted windows, for every layer they take.
+    #[cfg(all(test, target_arch = "x86_64"))]
+    Shifted,
 }
 
 impl ConvOp {
-    /// (C_out, C_in·k·k, Ho·Wo): the product's sizes.
+    /// Whether the narrow layers' direct path serves this convolution.
     fn direct(&self, c_out: usize) -> bool {
-        !self.exact && self.direct && conv_direct::applies(&self.g, c_out)
+        !self.exact && self.path == Path::Auto && conv_direct::applies(&self.g, c_out)
     }
 
+    /// Whether the shifted windows serve it (forward and both gradients): sgemm's, so x86-64 only.
+    fn shifted(&self, c_out: usize) -> bool {
+        #[cfg(all(test, target_arch = "x86_64"))]
+        if self.path == Path::Shifted {
+            return true;
+        }
+        #[cfg(target_arch = "x86_64")]
+        return !self.exact && self.path == Path::Auto && !self.direct(c_out) && conv_shifted::applies(&self.g);
+        #[cfg(not(target_arch = "x86_64"))]
+        return false;
+    }
+
+    /// (C_out, C_in·k·k, Ho·Wo): the product's sizes.
     fn sizes(&self, weight_dims: &[usize]) -> (usize, usize, usize) {
         let (oh, ow) = self.g.out_hw();
         (weight_dims[0], self.g.channels * self.g.kernel * self.g.kernel, oh * ow)
@@ -110,6 +146,9 @@ impl CustomOp3 for ConvOp {
         let mut out = zeros(b * c_out * l);
         if k > 0 && l > 0 && self.direct(c_out) {
             conv_direct::forward(g, x, wv, bias, b, &mut out);
+        } else if k > 0 && l > 0 && self.shifted(c_out) {
+            #[cfg(target_arch = "x86_64")]
+            conv_shifted::forward(g, x, wv, bias, b, &mut out);
         } else if k > 0 && l > 0 && !self.exact {
             Bands::new(g, self.band_values).forward(x, wv, bias, b, &mut out);
         } else if k > 0 && l > 0 {
@@ -151,9 +190,14 @@ impl CustomOp3 for ConvOp {
         let (dx, dw, db) = with_values([x, w, grad], |[xv, wv, dy]| {
             let (dx, dw) = if self.exact {
                 self.bwd_exact(xv, wv, dy, b, (want_dx, want_dw))
+            } else if self.shifted(c_out) && l > 0 {
+                #[cfg(target_arch = "x86_64")]
+                let grads = conv_shifted::backward(self.g, xv, wv, dy, b, (want_dx, want_dw));
+                #[cfg(not(target_arch = "x86_64"))]
+                let grads: (Vec<f32>, Vec<f32>) = unreachable!("the shifted windows run on x86-64 only");
+                grads
             } else if self.direct(c_out) && l > 0 {
-                // The weight's gradient from the bands, the input's directly.
-                let (_, dw) = Bands::new(self.g, self.band_values).backward(xv, wv, dy, b, (false, want_dw));
+                let dw = if want_dw { conv_direct::weight_grad(self.g, xv, dy, b, c_out) } else { Vec::new() };
                 let mut dx = zeros(if want_dx { xv.len() } else { 0 });
                 if want_dx {
                     conv_direct::input_grad(self.g, wv, dy, b, c_out, &mut dx);

@@ -11,7 +11,9 @@
 //!
 //! The input's gradient of a stride-1 convolution is itself one: dy, padded by k - 1 - padding, convolved with the
 //! kernel flipped in both axes and with its channel axes swapped; an upsampled (x2 nearest) input's gradient is
-//! then the sum over each 2x2 block. The weight's gradient stays with the bands (`conv_bands.rs`).
+//! then the sum over each 2x2 block. The weight's gradient is a sum over positions of dy times the padded input
+//! shifted by each tap, read in place too ([`weight_grad`]): through the bands (im2col, then the gemm crate's
+//! 16-row kernel on 8-16 output channels) it was a third of the stage-2 decoder's forward + backward on one thread.
 //!
 //! Each output value is one fixed-order sum and each task writes its own outputs, so the bits do not depend on
 //! the threads.
@@ -76,6 +78,109 @@ pub(super) fn input_grad(g: Geometry, weight: &[f32], dy: &[f32], b: usize, c_ou
             *d = (0..up).flat_map(|a| (0..up).map(move |c| (a, c))).fold(0f32, |s, (a, c)| s + u[(y + a) * uw + x + c]);
         }
     });
+}
+
+/// dW (C_out, C_in, k, k) ← the weight's gradient of [`forward`] from dy (B, C_out, Ho, Wo): Σ over images and
+/// positions of dy times the padded input shifted by each tap, read in place like the forward reads it. One task
+/// per (image, band of [`TASK_ROWS`] output rows), each a partial sum, added in task order.
+pub(super) fn weight_grad(g: Geometry, x: &[f32], dy: &[f32], b: usize, c_out: usize) -> Vec<f32> {
+    let (oh, ow) = g.out_hw();
+    let k = g.kernel;
+    let padded = Padded::new(g.channels, (g.h, g.w), g.up(), g.padding(), k, (oh, ow));
+    let src = padded.fill(x, b);
+    // dy's rows on the padded maps' width with zeros past Wo, so the positions there add nothing.
+    let width = padded.stride + 1 - k;
+    let mut dy_w = scratch(b * c_out * oh * width);
+    dy_w[..b * c_out * oh * width].par_chunks_mut(oh * width).zip(dy.par_chunks(oh * ow)).for_each(|(d, s)| {
+        for (d, s) in d.chunks_exact_mut(width).zip(s.chunks_exact(ow)) {
+            d[..ow].copy_from_slice(s);
+            d[ow..].fill(0.0);
+        }
+    });
+    let taps = g.channels * k * k;
+    let bands = oh.div_ceil(TASK_ROWS);
+    let plane = padded.plane();
+    let partials: Vec<Vec<f32>> = (0..b * bands)
+        .into_par_iter()
+        .map(|t| {
+            let (i, band) = (t / bands, t % bands);
+            let rows = band * TASK_ROWS..oh.min(band * TASK_ROWS + TASK_ROWS);
+            let img = &src[i * g.channels * plane..][..g.channels * plane];
+            let dy_i = &dy_w[i * c_out * oh * width..][..c_out * oh * width];
+            let mut part = vec![0f32; c_out * taps];
+            grad_rows(&mut part, img, dy_i, (plane, padded.stride, width, oh), (rows.start, rows.end), k);
+            part
+        })
+        .collect();
+    let mut dw = vec![0f32; c_out * taps];
+    for part in &partials {
+        dw.iter_mut().zip(part).for_each(|(d, v)| *d += v);
+    }
+    dw
+}
+
+/// Output channels and kernel columns whose weight-gradient sums [`grad_rows`] keeps at once: 4 x 3 accumulators
+/// of [`LANES`] positions, sharing each load of dy (4) and of the input (3).
+const GO: usize = 4;
+const GX: usize = 3;
+const LANES: usize = 16;
+
+dispatch! {
+    /// part (C_out, C_in·k·k) ← Σ over output rows y0..y1 and their `width` positions of dy times the padded maps
+    /// `src` at each tap. dims: a padded map's size and row stride, the positions' width (a multiple of
+    /// [`LANES`]) and Ho, dy's rows per map.
+    fn grad_rows(part: &mut [f32], src: &[f32], dy: &[f32], dims: (usize, usize, usize, usize), rows: (usize, usize), k: usize) {
+        let (plane, stride, width, oh) = dims;
+        let (y0, y1) = rows;
+        let channels = src.len() / plane;
+        let c_out = dy.len() / (oh * width);
+        let taps = channels * k * k;
+        let zeros = vec![0f32; width];
+        for o0 in (0..c_out).step_by(GO) {
+            for ci in 0..channels {
+                for ky in 0..k {
+                    for kx0 in (0..k).step_by(GX) {
+                        // GO x GX lane-wise running sums (written out, which the compiler keeps in registers along
+                        // the lanes), added up in lane order at the end: a fixed order at every level.
+                        let mut acc = [[0f32; LANES]; GO * GX];
+                        // Past the kernel's last column, its last (that sum is dropped).
+                        let kx = |c: usize| (kx0 + c).min(k - 1);
+                        for y in y0..y1 {
+                            let line = &src[ci * plane + (y + ky) * stride..][..stride];
+                            // Past C_out, zeros.
+                            let d = |o: usize| if o0 + o < c_out { &dy[((o0 + o) * oh + y) * width..][..width] } else { &zeros[..] };
+                            let (d0, d1, d2, d3) = (d(0), d(1), d(2), d(3));
+                            let (l0, l1, l2) = (&line[kx(0)..], &line[kx(1)..], &line[kx(2)..]);
+                            for x in (0..width).step_by(LANES) {
+                                let (d0, d1, d2, d3) = (&d0[x..x + LANES], &d1[x..x + LANES], &d2[x..x + LANES], &d3[x..x + LANES]);
+                                let (x0, x1, x2) = (&l0[x..x + LANES], &l1[x..x + LANES], &l2[x..x + LANES]);
+                                for j in 0..LANES {
+                                    acc[0][j] = d0[j].mul_add(x0[j], acc[0][j]);
+                                    acc[1][j] = d0[j].mul_add(x1[j], acc[1][j]);
+                                    acc[2][j] = d0[j].mul_add(x2[j], acc[2][j]);
+                                    acc[3][j] = d1[j].mul_add(x0[j], acc[3][j]);
+                                    acc[4][j] = d1[j].mul_add(x1[j], acc[4][j]);
+                                    acc[5][j] = d1[j].mul_add(x2[j], acc[5][j]);
+                                    acc[6][j] = d2[j].mul_add(x0[j], acc[6][j]);
+                                    acc[7][j] = d2[j].mul_add(x1[j], acc[7][j]);
+                                    acc[8][j] = d2[j].mul_add(x2[j], acc[8][j]);
+                                    acc[9][j] = d3[j].mul_add(x0[j], acc[9][j]);
+                                    acc[10][j] = d3[j].mul_add(x1[j], acc[10][j]);
+                                    acc[11][j] = d3[j].mul_add(x2[j], acc[11][j]);
+                                }
+                            }
+                        }
+                        for o in 0..c_out.saturating_sub(o0).min(GO) {
+                            for c in 0..k.saturating_sub(kx0).min(GX) {
+                                let sum = acc[o * GX + c].iter().fold(0f32, |s, v| s + v);
+                                part[(o0 + o) * taps + (ci * k + ky) * k + kx0 + c] = sum;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// The zero-padded copy of a batch of (C, H, W) maps, upsampled, with rows wide enough that every block of
@@ -228,14 +333,22 @@ mod tests {
             .collect()
     }
 
-    /// The convolution and its input's gradient (for the output gradient `dy`) as plain f64 loops over the
-    /// definition: out[o][y][x] = bias[o] + Σ w[o][i][ky][kx] · up(x)[i][y + ky - pad][x + kx - pad].
-    fn reference(g: &Geometry, c_out: usize, x: &[f32], w: &[f32], bias: &[f32], dy: &[f32]) -> (Vec<f64>, Vec<f64>) {
+    /// The convolution, its input's and its weight's gradients (for the output gradient `dy`) as plain f64 loops
+    /// over the definition: out[o][y][x] = bias[o] + Σ w[o][i][ky][kx] · up(x)[i][y + ky - pad][x + kx - pad].
+    fn reference(
+        g: &Geometry,
+        c_out: usize,
+        x: &[f32],
+        w: &[f32],
+        bias: &[f32],
+        dy: &[f32],
+    ) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
         let (k, up, pad) = (g.kernel, g.up(), g.padding() as isize);
         let (oh, ow) = g.out_hw();
         let (c_in, h, wd) = (g.channels, g.h, g.w);
         let mut out = vec![0f64; c_out * oh * ow];
         let mut dx = vec![0f64; x.len()];
+        let mut dw = vec![0f64; w.len()];
         for o in 0..c_out {
             for y in 0..oh {
                 for xo in 0..ow {
@@ -248,9 +361,11 @@ mod tests {
                                     continue;
                                 }
                                 let src = (i * h + uy as usize / up) * wd + ux as usize / up;
-                                let wv = f64::from(w[((o * c_in + i) * k + ky) * k + kx]);
+                                let wi = ((o * c_in + i) * k + ky) * k + kx;
+                                let (wv, d) = (f64::from(w[wi]), f64::from(dy[(o * oh + y) * ow + xo]));
                                 s += wv * f64::from(x[src]);
-                                dx[src] += wv * f64::from(dy[(o * oh + y) * ow + xo]);
+                                dx[src] += wv * d;
+                                dw[wi] += d * f64::from(x[src]);
                             }
                         }
                     }
@@ -258,7 +373,7 @@ mod tests {
                 }
             }
         }
-        (out, dx)
+        (out, dx, dw)
     }
 
     fn max_rel_err(got: &[f32], want: &[f64]) -> f64 {
@@ -266,9 +381,10 @@ mod tests {
         got.iter().zip(want).fold(0f64, |m, (g, w)| m.max((f64::from(*g) - w).abs())) / scale
     }
 
-    /// Forward and input gradient against the f64 loops, one image: 1x1, 3x3 and 5x5 kernels, every padding the
-    /// path takes, upsampled or not, output channels not a multiple of [`CO`], widths not a multiple of [`XS`]
-    /// and wider than one block.
+    /// Forward, input and weight gradients against the f64 loops, one image: 1x1, 3x3 and 5x5 kernels (the
+    /// weight gradient's column blocks of [`GX`] full, short and past the kernel), every padding the path takes,
+    /// upsampled or not, output channels not a multiple of [`CO`] or [`GO`], widths not a multiple of [`XS`] and
+    /// wider than one block.
     #[test]
     fn matches_the_definition_in_f64() {
         let cases = [(3, 5, 3, 1, 1, 7, 9), (8, 8, 3, 1, 2, 5, 70), (2, 16, 1, 0, 1, 3, 65), (4, 3, 5, 2, 1, 9, 6)];
@@ -280,7 +396,7 @@ mod tests {
                 let seed = seed as u64 * 10;
                 let (x, wt) = (values(c_in * h * w, seed + 1), values(c_out * c_in * k * k, seed + 2));
                 let (bias, dy) = (values(c_out, seed + 3), values(c_out * oh * ow, seed + 4));
-                let (want, want_dx) = reference(&g, c_out, &x, &wt, &bias, &dy);
+                let (want, want_dx, want_dw) = reference(&g, c_out, &x, &wt, &bias, &dy);
                 let mut out = vec![0f32; c_out * oh * ow];
                 forward(g, &x, &wt, &bias, 1, &mut out);
                 let mut dx = vec![0f32; x.len()];
@@ -288,6 +404,8 @@ mod tests {
                 let what = format!("{c_in}->{c_out} {k}x{k} pad {pad} up {up} {h}x{w}");
                 assert!(max_rel_err(&out, &want) < 1e-6, "{what}: forward {}", max_rel_err(&out, &want));
                 assert!(max_rel_err(&dx, &want_dx) < 1e-6, "{what}: dx {}", max_rel_err(&dx, &want_dx));
+                let dw = weight_grad(g, &x, &dy, 1, c_out);
+                assert!(max_rel_err(&dw, &want_dw) < 1e-6, "{what}: dw {}", max_rel_err(&dw, &want_dw));
             }
         }
     }
@@ -306,10 +424,9 @@ mod tests {
                 forward(g, &x[..b * 8 * 11 * 70], &wt, &bias, b, &mut out);
                 let mut dx = vec![0f32; b * 8 * 11 * 70];
                 input_grad(g, &wt, &dy[..b * 16 * oh * ow], b, 16, &mut dx);
-                (
-                    out.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-                    dx.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-                )
+                let dw = weight_grad(g, &x[..b * 8 * 11 * 70], &dy[..b * 16 * oh * ow], b, 16);
+                let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                (bits(&out), bits(&dx), bits(&dw))
             })
         };
         let (one, three) = (run(1, 2), run(3, 2));
@@ -333,5 +450,21 @@ mod tests {
             row
         });
         assert_same_bits(level, &want, &got, "conv_row");
+    });
+
+    // The weight-gradient kernel at each level against the baseline, bit for bit (5 output channels and a 5x5
+    // kernel: blocks of GO and GX with tails).
+    crate::nn::kernels::at_every_level!(grad_rows_matches_the_baseline_at_every_level, |level| {
+        use crate::nn::kernels::{assert_same_bits, at_baseline_and};
+        let (channels, c_out, k, width, oh) = (2, 5, 5, 2 * XS, 6);
+        let stride = width + k - 1;
+        let plane = (oh + k - 1) * stride;
+        let (src, dy) = (values(channels * plane, 8), values(c_out * oh * width, 9));
+        let (want, got) = at_baseline_and(level, || {
+            let mut part = vec![0f32; c_out * channels * k * k];
+            grad_rows(&mut part, &src, &dy, (plane, stride, width, oh), (1, 5), k);
+            part
+        });
+        assert_same_bits(level, &want, &got, "grad_rows");
     });
 }

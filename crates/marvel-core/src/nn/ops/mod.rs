@@ -18,6 +18,8 @@ mod attention;
 mod conv;
 mod conv_bands;
 mod conv_direct;
+#[cfg(target_arch = "x86_64")]
+mod conv_shifted;
 mod filter;
 mod group_norm;
 mod layer_norm;
@@ -31,7 +33,11 @@ mod tests;
 pub(crate) use conv::conv2d;
 #[cfg(test)]
 pub(crate) use conv::conv2d_in_bands;
+#[cfg(all(test, target_arch = "x86_64"))]
+pub(crate) use conv::conv2d_shifted;
 pub(crate) use conv_direct::{applies as direct_conv_applies, forward as direct_conv_forward};
+#[cfg(all(test, target_arch = "x86_64"))]
+pub(crate) use conv_shifted::applies as shifted_conv_applies;
 pub(crate) use filter::shared_filter2d;
 pub(crate) use group_norm::group_norm;
 pub(crate) use layer_norm::layer_norm;
