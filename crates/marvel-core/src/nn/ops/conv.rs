@@ -14,10 +14,13 @@
 //! instead of kept: kept, they were k² times the input for every convolution of the graph (151 MB for the
 //! discriminator's first 3x3 convolution at batch 2), each freshly mapped and page-faulted; remade, they cost a
 //! copy of the input k² times into memory that is already mapped. The not-exact path (`nn::conv2d_fast_grad`:
-//! the discriminator, the pixel decoder) makes them for a band of output rows at a time ([`BAND_VALUES`]), so
-//! that im2col, the products and col2im meet them in cache: an image's whole columns (75 MB for a 256x256
-//! 32-channel 3x3 convolution) went out to memory and back in the forward and again in the backward. Its bands
-//! go to the threads whole (`conv_bands.rs`).
+//! the discriminator, the pixel decoder) makes no columns where it can: narrow layers are computed directly
+//! (`conv_direct.rs`), and other stride-1 layers on AVX-512 CPUs as sgemm products over shifted windows of the
+//! padded input (`conv_shifted.rs`). The rest (strided or upsampled wide layers; every wide layer below
+//! AVX-512) makes the columns for a band of output rows at a time ([`BAND_VALUES`]), so that im2col, the
+//! products and col2im meet them in cache: an image's whole columns (75 MB for a 256x256 32-channel 3x3
+//! convolution) went out to memory and back in the forward and again in the backward. Its bands go to the
+//! threads whole (`conv_bands.rs`).
 
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;

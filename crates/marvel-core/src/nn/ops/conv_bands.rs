@@ -1,5 +1,6 @@
-//! The convolution op's not-exact path (`nn::conv2d_fast_grad`: the discriminator, the pixel decoder), band by
-//! band of output rows, the bands shared out across threads whole.
+//! The convolution op's not-exact path (`nn::conv2d_fast_grad`: the discriminator, the pixel decoder) where
+//! neither the direct nor the shifted-window path takes the layer (see `conv.rs`), band by band of output rows,
+//! the bands shared out across threads whole.
 //!
 //! A band's columns are small enough to stay in cache between the im2col, the products and col2im, and so are
 //! its products (32 x 288 x ~800 for the discriminator's 3x3 convolutions at 256x256): split across threads,
