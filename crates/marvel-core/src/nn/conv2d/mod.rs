@@ -193,10 +193,10 @@ pub fn conv2d(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, stride: usize,
     }
 }
 
-/// [`conv2d`] whose training backward may round the weight's gradient differently from the composed im2col
-/// form, for a faster product: for layers that no bit-for-bit guarantee covers (the stage-2 discriminator;
-/// `conv2d` itself stays exact for the single recipe's `conv_out`, whose tiny overfit run a last-bit difference
-/// sends elsewhere).
+/// [`conv2d`] whose training forward and backward may round differently from the composed im2col form, for
+/// faster products (`nn::ops::conv`'s not-exact paths): for layers that no bit-for-bit guarantee covers (the
+/// stage-2 discriminator and pixel decoder; `conv2d` itself stays exact for the single recipe's `conv_out`, whose
+/// tiny overfit run a last-bit difference sends elsewhere).
 pub fn conv2d_fast_grad(
     x: &Tensor,
     weight: &Tensor,
@@ -647,14 +647,17 @@ mod tests {
         }
     }
 
-    /// The not-exact path through the shifted windows (stride 1: padded and not, k of 1, 3 and 5, runs of
-    /// positions that end mid-row, several runs and several groups of runs per image, more channels than the
-    /// direct path takes and fewer): forward and every gradient within rounding of the exact op's; a frozen input
-    /// or weight gets no gradient and leaves the other's values; 1 and 3 threads give the same bits. On a CPU
-    /// without AVX-512 the path does not exist and the test says so.
+    /// The not-exact path through the shifted windows (stride 1: padded and not, padding k - 1 on maps smaller
+    /// than the kernel, k of 1, 3 and 5, runs of positions that end mid-row, several runs and several groups of
+    /// runs per image, more channels than the direct path takes and fewer, and over 64 output channels, for which
+    /// sgemm turns its loops around): forward and every gradient within rounding of the exact op's; a frozen input
+    /// or weight gets no gradient and leaves the other's values; 1 and 3 threads give the same bits. Built only
+    /// where the build host has AVX-512 (else ignored, saying why), run at the level the CPU runs.
     #[test]
     #[cfg_attr(not(marvel_host_avx512), ignore = "AVX-512: the build host lacks it, or this is a cross build")]
     fn shifted_window_convolution_matches_the_exact_op() {
+        let level = crate::nn::kernels::level();
+        assert_eq!(level, crate::nn::kernels::Level::Avx512, "the build host had AVX-512: is MARVEL_SIMD lowering it?");
         let dev = Device::Cpu;
         for (b, ci, co, h, w, k, padding) in [
             (2, 3, 32, 9, 8, 3, 1),
@@ -662,6 +665,8 @@ mod tests {
             (1, 5, 17, 70, 70, 3, 0),
             (2, 6, 7, 23, 6, 5, 2),
             (2, 33, 3, 12, 11, 1, 0),
+            (2, 130, 140, 6, 5, 3, 1),
+            (1, 3, 4, 2, 3, 5, 4),
         ] {
             let g = Geometry { channels: ci, h, w, up: 1, kernel: k, stride: 1, padding };
             let (oh, ow) = g.out_hw();

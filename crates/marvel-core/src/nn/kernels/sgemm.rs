@@ -38,11 +38,14 @@ use rayon::prelude::*;
 #[cfg(all(test, target_os = "linux", target_env = "gnu"))]
 mod bench;
 mod blocks;
+mod in_place;
 
 pub(crate) use blocks::Blocks;
+pub(crate) use in_place::{in_place_blocks, sgemm_ab_rows};
 
 const MR: usize = 12;
-const NR: usize = 32;
+/// Columns of a panel and of a register tile.
+pub(crate) const NR: usize = 32;
 
 /// C ← A·Wᵀ (+ C when `accumulate`): A (m, k) with row stride `lda`, W (n, k) with row stride `ldw`, C (m, n)
 /// with row stride `ldc`; on up to `threads` threads of the current rayon pool.
@@ -67,39 +70,12 @@ pub(crate) unsafe fn sgemm_wt(
     sgemm_wt_in(Blocks::for_this_cpu(), m, n, k, a, lda, w, ldw, c, ldc, accumulate, threads)
 }
 
-/// C ← A·B (+ C when `accumulate`): A (m, k) with row stride `lda`; B (k, n) given by where each of its k rows
-/// starts, `rows[kk]` floats from `b` (n values each: a stride-1 convolution's shifted windows, read in place
-/// from its zero-padded input); C (m, n) with row stride `ldc`; on up to `threads` threads of the current pool.
-///
-/// # Safety
-/// As for [`sgemm_wt`], B in W's place; `rows` holds k offsets.
-#[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn sgemm_ab_rows(
-    blocks: Blocks,
-    m: usize,
-    n: usize,
-    k: usize,
-    a: *const f32,
-    lda: usize,
-    b: *const f32,
-    rows: &[usize],
-    c: *mut f32,
-    ldc: usize,
-    accumulate: bool,
-    threads: usize,
-) {
-    assert_eq!(rows.len(), k, "sgemm_ab_rows: one offset per row of B");
-    let (a_rows, right) = (Rows::Strided(lda), Right::Plain(rows.as_ptr()));
-    let job = Job { blocks, m, k, a, a_rows, w: b, right, c, ldc, accumulate };
-    job.run(n, threads)
-}
-
 /// C ← A·Wᵀ (+ C when `accumulate`), A (m, k) given by where each of its m rows starts, `rows[i]` floats from
 /// `a` (k values each: a convolution's shifted windows again, for its weight's gradient); otherwise as
 /// [`sgemm_wt`].
 ///
 /// # Safety
-/// As for [`sgemm_wt`]; `rows` holds m offsets.
+/// As for [`sgemm_wt`]; `rows` holds m offsets, and each row of A holds k readable values from `a + rows[i]`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn sgemm_wt_arows(
     blocks: Blocks,
@@ -191,18 +167,6 @@ struct Job {
 unsafe impl Send for Job {}
 unsafe impl Sync for Job {}
 
-/// Bytes of L1 that `Job::block_in_place` fills with A's rows and a panel of B before it turns its loops around.
-const IN_PLACE_L1: usize = 40 * 1024;
-
-/// Blocks for [`sgemm_ab_rows`] with `m` rows of A and column blocks of `nc`: as deep as keeps A's m rows and one
-/// panel of B within [`IN_PLACE_L1`] (144 at m = 32, 96 at m = 64), so that each panel meets all of A's tiles
-/// from L1; 256 deep where that would be under 64 (m = 128: 48 deep measured ~14% slower than the gemm crate on
-/// im2col's columns), and then each tile meets every panel instead.
-pub(crate) fn in_place_blocks(m: usize, nc: usize) -> Blocks {
-    let kc = IN_PLACE_L1.saturating_sub(4 * A_PAD * m) / (4 * m + 4 * NR);
-    Blocks { kc: if kc < 64 { 256 } else { kc / 16 * 16 }, nc }
-}
-
 /// The padding, in floats, after each row of the copied A tile: one cache line, so that its 12 rows fall in 12
 /// different L1 sets whatever A's row stride.
 const A_PAD: usize = 16;
@@ -242,17 +206,20 @@ impl Job {
         BUFFERS.with(|buffers| {
             let Buffers { wt: bp, a: at } = &mut *buffers.borrow_mut();
             let Blocks { kc: kc_max, nc: nc_max } = self.blocks;
-            bp.resize(kc_max * nc_max, 0.0);
-            // A read in place by the tiles' B is copied whole per block (see `block_in_place`).
-            let a_rows = if let Right::Plain(_) = self.right { self.m.max(MR) } else { MR };
-            at.resize(a_rows * (kc_max + A_PAD), 0.0);
+            // Packed W; with B read in place, none, and all of A's rows copied per block (see `block_in_place`).
+            let (w_len, a_rows) = match self.right {
+                Right::Transposed(_) => (kc_max * nc_max, MR),
+                Right::Plain(_) => (0, self.m),
+            };
+            bp.resize(bp.len().max(w_len), 0.0);
+            at.resize(at.len().max(a_rows * (kc_max + A_PAD)), 0.0);
             for k0 in (0..self.k).step_by(kc_max) {
                 let kc = kc_max.min(self.k - k0);
                 // Later depth blocks add onto the earlier ones.
                 let accumulate = self.accumulate || k0 > 0;
                 for nb in (j0..j1).step_by(nc_max) {
                     let nc = nc_max.min(j1 - nb);
-                    // SAFETY: AVX-512F was checked by the caller of `sgemm_wt`, which vouches for the pointers.
+                    // SAFETY: AVX-512F was checked by the caller of the entry point, which vouches for the pointers.
                     unsafe {
                         match self.right {
                             Right::Transposed(ldw) => {
@@ -305,50 +272,6 @@ impl Job {
                     accumulate,
                 };
                 tile.run_rows::<false>(rows);
-            }
-        }
-    }
-
-    /// C[.., nb..nb+nc] (+)= A[.., k0..k0+kc] · B[k0..k0+kc, nb..nb+nc], B's rows read in place where `table`
-    /// says: every panel against every tile, so that a panel's kc rows (kc·128 bytes) come from L2 once and from L1
-    /// for the other tiles. All of A's rows are copied per block (a convolution's weight: few rows, and the
-    /// blocks shallow enough that they and a panel fit L1, see `conv_shifted::in_place_blocks`).
-    #[target_feature(enable = "avx512f")]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn block_in_place(
-        &self,
-        table: *const usize,
-        k0: usize,
-        kc: usize,
-        nb: usize,
-        nc: usize,
-        at: &mut [f32],
-        accumulate: bool,
-    ) {
-        let ats = kc + A_PAD;
-        for r in 0..self.m {
-            std::ptr::copy_nonoverlapping(self.a_rows.start(self.a, r).add(k0), at.as_mut_ptr().add(r * ats), kc);
-        }
-        let panels = nc.div_ceil(NR);
-        // Panels outer when A's copy and a panel fit L1 together, else (a tall A, which the blocks then make deep)
-        // tiles outer, each against every panel.
-        let panels_outer = (self.m * ats + kc * NR) * 4 <= IN_PLACE_L1;
-        let (outer, inner) = if panels_outer { (panels, self.m.div_ceil(MR)) } else { (self.m.div_ceil(MR), panels) };
-        for o in 0..outer {
-            for n in 0..inner {
-                let (p, i) = if panels_outer { (o, n * MR) } else { (n, o * MR) };
-                let tile = Tile {
-                    kc,
-                    a: at.as_ptr().add(i * ats),
-                    lda: ats,
-                    bp: self.w.add(nb + p * NR),
-                    b_rows: table.add(k0),
-                    c: self.c.add(i * self.ldc + nb + p * NR),
-                    ldc: self.ldc,
-                    cols: NR.min(nc - p * NR),
-                    accumulate,
-                };
-                tile.run_rows::<true>(MR.min(self.m - i));
             }
         }
     }
@@ -438,10 +361,10 @@ struct Tile {
     lda: usize,
     /// The packed panel, or with `b_rows` the panel's first column in B.
     bp: *const f32,
-    /// Null, or (for `run::<_, true>`) B's rows read in place: row kk of the panel at bp + b_rows[kk]. A B given by a table of rows is a
-    /// convolution's shifted windows, tall (C_in·k·k) and multiplied by few rows of A (C_out), so a pack, one
-    /// more copy of every value of B, cost as much as the tiles saved by reading a packed panel (~14% of the
-    /// discriminator's step on one thread).
+    /// Null, or (for `run::<_, true>`) B's rows read in place: row kk of the panel at bp + b_rows[kk]. A B given
+    /// by a table of rows is a convolution's shifted windows, tall (C_in·k·k) and multiplied by few rows of A
+    /// (C_out), so a pack, one more copy of every value of B, cost as much as the tiles saved by reading a packed
+    /// panel (~14% of the discriminator's step on one thread).
     b_rows: *const usize,
     c: *mut f32,
     ldc: usize,
@@ -502,8 +425,9 @@ impl Tile {
         } else {
             for kk in 0..self.kc {
                 let row = self.bp.add(*self.b_rows.add(kk));
-                // The same row's next panel, which this tile reads next: B's rows are too many streams for the
-                // hardware prefetcher. A prefetch never faults; `wrapping_add` allows passing B's end.
+                // The same row's next panel (read next by this tile with tiles outer, by the first tile once the
+                // others are done with panels outer): B's rows are too many streams for the hardware prefetcher. A
+                // prefetch never faults; `wrapping_add` allows passing B's end.
                 _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(NR) as *const i8);
                 _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(NR + 16) as *const i8);
                 if self.cols == NR {

@@ -35,9 +35,10 @@ use crate::nn::conv2d::Geometry;
 
 /// `conv2d(x, weight) + bias` of geometry `g`: `x` (B, C_in, H, W), `weight` (C_out, C_in, k, k), `bias`
 /// (C_out), all f32 on the CPU.
-/// `exact`: the forward and gradients as the composed form computes them, bit for bit; else made band by band of
-/// output rows, the weight's gradient from a column-major copy of the output's gradient (which the gemm crate
-/// multiplies without packing it on one thread), all within rounding of the exact values.
+/// `exact`: the forward and gradients as the composed form computes them, bit for bit; else by the not-exact
+/// paths (direct, shifted windows or bands, see the module notes), all within rounding of the exact values. Which
+/// path a layer takes, and so its bits, depends on the kernel level (`MARVEL_SIMD` included): exact resume holds
+/// on one machine and level, not across them.
 pub(crate) fn conv2d(x: &Tensor, weight: &Tensor, bias: &Tensor, g: Geometry, exact: bool) -> Result<Tensor> {
     apply(x, weight, bias, ConvOp { g, exact, band_values: BAND_VALUES, path: Path::Auto })
 }
@@ -102,10 +103,11 @@ impl ConvOp {
         if self.path == Path::Shifted {
             return true;
         }
+        let auto = !self.exact && self.path == Path::Auto && !self.direct(c_out);
         #[cfg(target_arch = "x86_64")]
-        return !self.exact && self.path == Path::Auto && !self.direct(c_out) && conv_shifted::applies(&self.g);
+        return auto && conv_shifted::applies(&self.g);
         #[cfg(not(target_arch = "x86_64"))]
-        return false;
+        return auto && false;
     }
 
     /// (C_out, C_in·k·k, Ho·Wo): the product's sizes.
@@ -193,14 +195,15 @@ impl CustomOp3 for ConvOp {
         let (dx, dw, db) = with_values([x, w, grad], |[xv, wv, dy]| {
             let (dx, dw) = if self.exact {
                 self.bwd_exact(xv, wv, dy, b, (want_dx, want_dw))
-            } else if self.shifted(c_out) && l > 0 {
-                #[cfg(target_arch = "x86_64")]
-                let grads = conv_shifted::backward(self.g, xv, wv, dy, b, (want_dx, want_dw));
-                #[cfg(not(target_arch = "x86_64"))]
-                let grads: (Vec<f32>, Vec<f32>) = unreachable!("the shifted windows run on x86-64 only");
+            } else if let Some(grads) = self.shifted_backward(xv, wv, dy, b, c_out, (want_dx, want_dw)) {
                 grads
             } else if self.direct(c_out) && l > 0 {
-                let dw = if want_dw { conv_direct::weight_grad(self.g, xv, dy, b, c_out) } else { Vec::new() };
+                // 1x1 kernels keep the bands: the direct kernel's blocks of three kernel columns would do 3x the work.
+                let dw = match (want_dw, self.g.kernel) {
+                    (false, _) => Vec::new(),
+                    (true, 1) => Bands::new(self.g, self.band_values).backward(xv, wv, dy, b, (false, true)).1,
+                    (true, _) => conv_direct::weight_grad(self.g, xv, dy, b, c_out),
+                };
                 let mut dx = zeros(if want_dx { xv.len() } else { 0 });
                 if want_dx {
                     conv_direct::input_grad(self.g, wv, dy, b, c_out, &mut dx);
@@ -231,6 +234,28 @@ impl CustomOp3 for ConvOp {
 }
 
 impl ConvOp {
+    /// The input's and weight's gradients through the shifted windows, where they serve this convolution.
+    fn shifted_backward(
+        &self,
+        xv: &[f32],
+        wv: &[f32],
+        dy: &[f32],
+        b: usize,
+        c_out: usize,
+        want: (bool, bool),
+    ) -> Option<(Vec<f32>, Vec<f32>)> {
+        if !self.shifted(c_out) || self.g.out_hw().0 * self.g.out_hw().1 == 0 {
+            return None;
+        }
+        #[cfg(target_arch = "x86_64")]
+        return Some(conv_shifted::backward(self.g, xv, wv, dy, b, want));
+        #[cfg(not(target_arch = "x86_64"))]
+        return {
+            let _ = (xv, wv, dy, b, want);
+            None
+        };
+    }
+
     /// The exact backward: the composed form's products, whole image by whole image.
     fn bwd_exact(&self, xv: &[f32], wv: &[f32], dy: &[f32], b: usize, want: (bool, bool)) -> (Vec<f32>, Vec<f32>) {
         let g = self.g;

@@ -129,7 +129,14 @@ dispatch! {
     /// part (C_out, C_in·k·k) ← Σ over output rows y0..y1 and their `width` positions of dy times the padded maps
     /// `src` at each tap. dims: a padded map's size and row stride, the positions' width (a multiple of
     /// [`LANES`]) and Ho, dy's rows per map.
-    fn grad_rows(part: &mut [f32], src: &[f32], dy: &[f32], dims: (usize, usize, usize, usize), rows: (usize, usize), k: usize) {
+    fn grad_rows(
+        part: &mut [f32],
+        src: &[f32],
+        dy: &[f32],
+        dims: (usize, usize, usize, usize),
+        rows: (usize, usize),
+        k: usize,
+    ) {
         let (plane, stride, width, oh) = dims;
         let (y0, y1) = rows;
         let channels = src.len() / plane;
@@ -148,11 +155,18 @@ dispatch! {
                         for y in y0..y1 {
                             let line = &src[ci * plane + (y + ky) * stride..][..stride];
                             // Past C_out, zeros.
-                            let d = |o: usize| if o0 + o < c_out { &dy[((o0 + o) * oh + y) * width..][..width] } else { &zeros[..] };
+                            let d = |o: usize| {
+                                if o0 + o < c_out {
+                                    &dy[((o0 + o) * oh + y) * width..][..width]
+                                } else {
+                                    &zeros[..]
+                                }
+                            };
                             let (d0, d1, d2, d3) = (d(0), d(1), d(2), d(3));
                             let (l0, l1, l2) = (&line[kx(0)..], &line[kx(1)..], &line[kx(2)..]);
                             for x in (0..width).step_by(LANES) {
-                                let (d0, d1, d2, d3) = (&d0[x..x + LANES], &d1[x..x + LANES], &d2[x..x + LANES], &d3[x..x + LANES]);
+                                let (d0, d1) = (&d0[x..x + LANES], &d1[x..x + LANES]);
+                                let (d2, d3) = (&d2[x..x + LANES], &d3[x..x + LANES]);
                                 let (x0, x1, x2) = (&l0[x..x + LANES], &l1[x..x + LANES], &l2[x..x + LANES]);
                                 for j in 0..LANES {
                                     acc[0][j] = d0[j].mul_add(x0[j], acc[0][j]);

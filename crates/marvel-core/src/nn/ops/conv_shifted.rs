@@ -25,13 +25,15 @@ use super::scratch::{scratch, Scratch};
 use super::zeros;
 use crate::nn::conv2d::Geometry;
 use crate::nn::fused::SharedMut;
-use crate::nn::kernels::sgemm::{in_place_blocks, sgemm_ab_rows, sgemm_wt_arows, Blocks};
+use crate::nn::kernels::sgemm::{in_place_blocks, sgemm_ab_rows, sgemm_wt_arows, Blocks, NR};
 use crate::nn::kernels::{level, Level};
 
 /// Positions a task multiplies at once: one of sgemm's column blocks.
 const RUN: usize = 512;
 /// Runs whose weight-gradient products add into one partial sum.
 const GROUP: usize = 8;
+/// The weight gradient's depth blocks (positions): sgemm's usual depth.
+const GRAD_DEPTH: usize = 256;
 
 /// Whether this path takes a convolution of geometry `g`: stride 1, not upsampled, padding under the kernel (so
 /// that the input gradient's padding k - 1 - padding exists), a non-empty input, on a CPU that runs sgemm.
@@ -103,6 +105,7 @@ fn convolve(src: &Planes, ci: usize, k: usize, weight: &[f32], bias: Option<&[f3
         |buf, t| {
             let (i, j0) = (t / runs, t % runs * RUN);
             let n = RUN.min(positions - j0);
+            debug_assert!(i * image + j0 + n + table.last().copied().unwrap_or(0) <= src.data.len());
             // SAFETY: the level is AVX-512 (`applies`); W holds co·taps values, the buffer co·n; each tap's row
             // reads n values from src at image i's offset + j0 + table[tap] ≤ the planes' end + k - 2, inside their
             // k zeros after it.
@@ -111,8 +114,8 @@ fn convolve(src: &Planes, ci: usize, k: usize, weight: &[f32], bias: Option<&[f3
                 let (a, c) = (weight.as_ptr(), buf.as_mut_ptr());
                 sgemm_ab_rows(in_place_blocks(co, RUN), co, n, taps, a, taps, b_rows, &table, c, n, false, 1);
             }
-            // The run's positions past Wo are dropped; the others land on rows y of the output, which only this
-            // task writes.
+            // The run's positions past Wo are dropped; the others land on their segments of rows y of the output,
+            // which only this task writes.
             let (y0, y1) = (j0 / stride, (j0 + n - 1) / stride);
             for y in y0..=y1 {
                 let (x0, x1) =
@@ -122,7 +125,7 @@ fn convolve(src: &Planes, ci: usize, k: usize, weight: &[f32], bias: Option<&[f3
                 }
                 let from = y * stride + x0 - j0;
                 for c in 0..co {
-                    let add = bias.map_or(0.0, |b| b[c]);
+                    let add = bias.map_or(0.0, |bias| bias[c]);
                     // SAFETY: (i, c, y, x0..x1) lies inside `out`, written by this task only (see above).
                     let row = unsafe {
                         std::slice::from_raw_parts_mut(dst.get().add(((i * co + c) * oh + y) * ow + x0), x1 - x0)
@@ -161,8 +164,8 @@ pub(super) fn backward(
     // input's when 2p = k - 1 (the "same" convolutions), and then it also serves the weight's gradient: output
     // (y, x) lies q rows and q columns in, and the k - 1 dropped positions of a row read its padding's zeros.
     let q = k - 1 - p;
-    let padded_dy =
-        (want_dx || ow + 2 * q == g.w + 2 * p).then(|| Planes::new(dy, (oh, ow), (q, q), (oh + 2 * q, ow + 2 * q), k));
+    let padded_dy = (want_dx || (want_dw && ow + 2 * q == g.w + 2 * p))
+        .then(|| Planes::new(dy, (oh, ow), (q, q), (oh + 2 * q, ow + 2 * q), k));
     let mut dx = zeros(if want_dx { x.len() } else { 0 });
     if let (true, Some(src)) = (want_dx, &padded_dy) {
         // Convolved with the kernel flipped and its channel axes swapped: (ci, co·k·k).
@@ -214,6 +217,8 @@ fn weight_grad(
             let mut part = vec![0f32; taps * co];
             for r in first..(first + per).min(runs) {
                 let (j0, n) = (r * RUN, RUN.min(positions - r * RUN));
+                debug_assert!(i * image + j0 + n + table.last().copied().unwrap_or(0) <= src.data.len());
+                debug_assert!(i * dy_image + offset + (co - 1) * dy.plane() + j0 + n <= dy.data.len());
                 // SAFETY: the level is AVX-512 (`applies`); each tap's row of the columns reads n values inside the
                 // padded input and its k zeros after it (see `convolve`); dy's co rows of image i read n values
                 // from offset + j0 on, inside its map (the last at offset + oh·stride - 1, within the map's
@@ -221,7 +226,8 @@ fn weight_grad(
                 unsafe {
                     let a = src.data.as_ptr().add(i * image + j0);
                     let w = dy.data.as_ptr().add(i * dy_image + offset + j0);
-                    let blocks = Blocks { kc: 256, nc: RUN };
+                    // All of C_out in one column block, so that each window row is copied once per depth block.
+                    let blocks = Blocks { kc: GRAD_DEPTH, nc: co.next_multiple_of(NR) };
                     let c = part.as_mut_ptr();
                     sgemm_wt_arows(blocks, taps, co, n, a, &table, w, dy.plane(), c, co, r != first, 1);
                 }
