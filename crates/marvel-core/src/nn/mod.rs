@@ -20,6 +20,7 @@ pub use block::ResidualAttentionBlock;
 pub use conv2d::{
     conv2d, conv2d_fast_grad, conv2d_im2col, upsample2x_conv2d, upsample2x_conv2d_fast_grad, upsample2x_conv2d_im2col,
 };
+pub use fused::BlockScratch;
 pub use layer_norm::{LayerNorm, LAYER_NORM_EPS};
 pub use mlp::Mlp;
 pub use param_init::{linear, param, ParamInit, TRUNC_NORMAL_002};
