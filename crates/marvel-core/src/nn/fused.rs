@@ -181,6 +181,33 @@ pub(crate) fn layer_norm_rows(dst: &mut [f32], src: &[f32], weight: &[f32], bias
         .for_each(|(o, x)| kernels::layer_norm_rows(o, x, weight, bias, eps));
 }
 
+/// x (..., K) · Wᵀ + b for an untracked contiguous f32 input and parameters on the CPU, W (N, K) as nn.Linear
+/// keeps it: the blocks' product (`gemm_wt`, so `sgemm` below 1024 rows at AVX-512) onto the bias, in one buffer.
+/// candle's `Linear` runs the gemm crate at every size, with a bias pass of its own: the single layout's pixel head
+/// (`ffn`, 256 rows at batch 1) spent ~5% of a one-image decode there. `None` where it does not apply (the caller
+/// runs candle's).
+pub(crate) fn linear(xs: &Tensor, weight: &Tensor, bias: &Tensor) -> candle_core::Result<Option<Tensor>> {
+    let (Some(w), Some(b)) = (F32Data::of(weight), F32Data::of(bias)) else {
+        return Ok(None);
+    };
+    let (n, k) = weight.dims2()?;
+    if xs.dims().last() != Some(&k) || bias.dims() != [n] || !xs.device().is_cpu() {
+        return Ok(None);
+    }
+    let Some(x) = F32Data::of(xs) else {
+        return Ok(None);
+    };
+    let x = x.get();
+    let mut out = vec![0f32; x.len() / k.max(1) * n];
+    fill_bias(&mut out, b.get());
+    if k > 0 {
+        gemm_wt(&mut out, true, x, w.get(), x.len() / k, k, n);
+    }
+    let mut dims = xs.dims().to_vec();
+    *dims.last_mut().expect("xs has its last dimension k") = n;
+    Ok(Some(Tensor::from_vec(out, dims, xs.device())?))
+}
+
 /// Every row of `dst` ← `bias`, for a product to be accumulated onto.
 fn fill_bias(dst: &mut [f32], bias: &[f32]) {
     par_rows(dst, bias.len(), |o| {
@@ -307,5 +334,25 @@ mod tests {
         assert!(F32Data::of(&derived).is_none());
         let detached = var.as_detached_tensor();
         assert_eq!(F32Data::of(&detached).unwrap().get(), &[1., 2., 3.]);
+    }
+
+    /// The inference linear layer against candle's, on a 3-D input with rows on both sides of the sgemm / gemm
+    /// crate switch; a tracked weight is left to the caller.
+    #[test]
+    fn linear_matches_candle() {
+        use candle_core::{Device, Module};
+        let dev = Device::Cpu;
+        let (w, b) = (Tensor::randn(0f32, 1.0, (37, 50), &dev).unwrap(), Tensor::randn(0f32, 1.0, 37, &dev).unwrap());
+        let reference = candle_nn::Linear::new(w.clone(), Some(b.clone()));
+        for rows in [3, 700] {
+            let x = Tensor::randn(0f32, 1.0, (2, rows, 50), &dev).unwrap();
+            let got = linear(&x, &w, &b).unwrap().expect("the fused path was not taken");
+            assert_eq!(got.dims(), [2, rows, 37]);
+            let want = reference.forward(&x).unwrap();
+            let err = (got - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(err < 1e-4, "{rows} rows: max abs {err}");
+        }
+        let var = candle_core::Var::from_tensor(&w).unwrap();
+        assert!(linear(&Tensor::zeros((1, 50), DType::F32, &dev).unwrap(), var.as_tensor(), &b).unwrap().is_none());
     }
 }

@@ -72,11 +72,15 @@ fn trains_on_cpu(tensors: &[&Tensor]) -> bool {
 }
 
 /// A linear layer on `xs` (..., in): one product over all rows, with a gemm-only backward, when training on the
-/// CPU; candle's `Linear` otherwise.
+/// CPU; at inference on contiguous f32 CPU data the fused path's product (`fused::linear`); candle's `Linear`
+/// otherwise.
 pub fn linear_forward(layer: &candle_nn::Linear, xs: &Tensor) -> Result<Tensor> {
     if let Some(bias) = layer.bias() {
         if trains_on_cpu(&[xs, layer.weight(), bias]) {
             return ops::linear(xs, layer.weight(), bias);
+        }
+        if let Some(ys) = fused::linear(xs, layer.weight(), bias)? {
+            return Ok(ys);
         }
     }
     candle_core::Module::forward(layer, xs)
