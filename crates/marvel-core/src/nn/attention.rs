@@ -115,7 +115,11 @@ mod tests {
             .unwrap()
             .broadcast_add(&ts["out_proj.bias"])
             .unwrap();
+        // On the outputs' scale: randn inputs give outputs of 10-30, where the inference path's products (bias
+        // first, then the FMA chain; `fused::linear`) and the reference's (product, then bias) differed by up to
+        // 2.3e-5, under 1e-6 of the scale (40 runs).
+        let scale = want.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap().max(1.0);
         let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-        assert!(diff < 1e-5, "max diff {diff}");
+        assert!(diff < 1e-5 * scale, "max diff {diff} at scale {scale}");
     }
 }

@@ -4,6 +4,7 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
+use super::fused::BlockScratch;
 use super::LAYER_NORM_EPS;
 use super::{LayerNorm, Mlp, MultiheadAttention};
 
@@ -76,9 +77,10 @@ impl ResidualAttentionBlock {
 
     /// `blocks` in sequence, the transformer of a ViT: through the fused CPU kernels (`super::fused`) when the
     /// input and every parameter are untracked f32 CPU tensors (one set of scratch buffers then serves every
-    /// block), else block by block from candle ops.
+    /// block), else block by block from candle ops. The scratch buffers are this call's own: a model that runs
+    /// its stack repeatedly keeps them in a [`BlockScratch`] and calls [`Self::forward_all_rows`].
     pub fn forward_all(blocks: &[Self], xs: &Tensor) -> Result<Tensor> {
-        Self::forward_all_rows(blocks, xs, 0, xs.dim(1)?)
+        Self::forward_all_rows(blocks, xs, 0, xs.dim(1)?, &BlockScratch::default())
     }
 
     /// Rows `start..start + len` (dimension 1) of [`Self::forward_all`]. A model that keeps only some of the
@@ -87,10 +89,18 @@ impl ResidualAttentionBlock {
     /// instead of all (the encoder's last MLP on 128 of 385 rows at S-128, the decoder's on 256; see
     /// `forward_composed_rows`; the dropped rows add exact zeros to `ln_2`'s backward, as their zero gradient did
     /// before); the MLP's weight gradients are the same sums less those zero terms, bit for bit where the gemm does
-    /// not split the rows into blocks (up to 512 rows). The fused inference path computes every row and cuts after.
-    pub fn forward_all_rows(blocks: &[Self], xs: &Tensor, start: usize, len: usize) -> Result<Tensor> {
-        if let Some(out) = Self::forward_all_fused(blocks, xs)? {
-            return out.narrow(1, start, len);
+    /// not split the rows into blocks (up to 512 rows). The fused inference path, in `scratch`, runs the last
+    /// block's queries, output projection and MLP on those rows only: the same values as computing every row and
+    /// cutting afterwards.
+    pub fn forward_all_rows(
+        blocks: &[Self],
+        xs: &Tensor,
+        start: usize,
+        len: usize,
+        scratch: &BlockScratch,
+    ) -> Result<Tensor> {
+        if let Some(out) = Self::forward_all_fused(blocks, xs, start, len, scratch)? {
+            return Ok(out);
         }
         let Some((last, rest)) = blocks.split_last() else {
             return xs.narrow(1, start, len);
@@ -102,15 +112,24 @@ impl ResidualAttentionBlock {
         last.forward_composed_rows(&xs, start, len)
     }
 
-    fn forward_all_fused(blocks: &[Self], xs: &Tensor) -> Result<Option<Tensor>> {
+    fn forward_all_fused(
+        blocks: &[Self],
+        xs: &Tensor,
+        start: usize,
+        len: usize,
+        scratch: &BlockScratch,
+    ) -> Result<Option<Tensor>> {
         use super::fused::{blocks_forward, F32Data};
         if blocks.is_empty() {
-            return Ok(Some(xs.clone()));
+            return Ok(Some(xs.narrow(1, start, len)?));
         }
         if super::kernels::tracked(&[xs]) {
             return Ok(None);
         }
         let (b, l, d) = xs.dims3()?;
+        if start + len > l {
+            return Ok(None); // the composed path's `narrow` reports it
+        }
         if blocks.iter().any(|block| block.ln_1.parts().0.dims() != [d]) {
             return Ok(None); // the composed path reports the mismatch
         }
@@ -119,8 +138,8 @@ impl ResidualAttentionBlock {
         else {
             return Ok(None);
         };
-        let out = blocks_forward(x.get(), b, l, d, &data);
-        Ok(Some(Tensor::from_vec(out, (b, l, d), xs.device())?))
+        let out = blocks_forward(x.get(), (b, l, d), start..start + len, &data, scratch);
+        Ok(Some(Tensor::from_vec(out, (b, len, d), xs.device())?))
     }
 }
 
@@ -174,7 +193,9 @@ mod tests {
                 .collect();
             let x = Tensor::randn(0f32, 1.0, (b, l, width), &dev).unwrap();
             assert!(
-                ResidualAttentionBlock::forward_all_fused(&blocks, &x).unwrap().is_some(),
+                ResidualAttentionBlock::forward_all_fused(&blocks, &x, 0, l, &BlockScratch::default())
+                    .unwrap()
+                    .is_some(),
                 "the fused path was not taken"
             );
             let fused = ResidualAttentionBlock::forward_all(&blocks, &x).unwrap();
@@ -201,10 +222,11 @@ mod tests {
             .unzip();
         let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, l, width), &dev).unwrap()).unwrap();
         let (start, len) = (3, 5);
+        let scratch = BlockScratch::default();
         let weights = Tensor::randn(0f32, 1.0, (b, len, width), &dev).unwrap();
         let loss = |out: Tensor| (out * &weights).unwrap().sum_all().unwrap();
         let full = ResidualAttentionBlock::forward_all(&blocks, x.as_tensor()).unwrap().narrow(1, start, len).unwrap();
-        let kept = ResidualAttentionBlock::forward_all_rows(&blocks, x.as_tensor(), start, len).unwrap();
+        let kept = ResidualAttentionBlock::forward_all_rows(&blocks, x.as_tensor(), start, len, &scratch).unwrap();
         let err = (&kept - &full).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         assert!(err < 1e-5, "kept rows vs full output: max abs {err}");
         let (g_full, g_kept) = (loss(full).backward().unwrap(), loss(kept).backward().unwrap());
@@ -221,7 +243,7 @@ mod tests {
         let untracked: Vec<_> = vars.iter().map(|v| untracked(v, width, heads, &dev)).collect();
         let x = x.as_tensor().detach();
         let full = ResidualAttentionBlock::forward_all(&untracked, &x).unwrap().narrow(1, start, len).unwrap();
-        let kept = ResidualAttentionBlock::forward_all_rows(&untracked, &x, start, len).unwrap();
+        let kept = ResidualAttentionBlock::forward_all_rows(&untracked, &x, start, len, &scratch).unwrap();
         let err = (kept - full).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         assert_eq!(err, 0.0, "untracked: the fused path cuts after computing every row");
     }

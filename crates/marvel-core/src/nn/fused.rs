@@ -23,7 +23,9 @@ use rayon::prelude::*;
 use super::kernels;
 
 mod attention;
+mod scratch;
 pub(crate) use attention::{attention, Products};
+pub use scratch::BlockScratch;
 
 /// The data of a contiguous f32 tensor in CPU memory, borrowed (a read lock on its storage).
 pub(crate) struct F32Data<'a> {
@@ -75,60 +77,92 @@ pub(crate) struct BlockData<'a> {
     pub num_heads: usize,
 }
 
-/// The blocks in sequence on `x` ((B·L, D) row-major); returns the last one's output.
-pub(crate) fn blocks_forward(x: &[f32], b: usize, l: usize, d: usize, blocks: &[BlockData]) -> Vec<f32> {
+/// The blocks in sequence on `x` ((B·L, D) row-major); returns rows `keep` of each image of the last one's output
+/// ((B·keep.len(), D) row-major).
+///
+/// Only the last block's attention needs every row (as keys and values): its queries, output projection and MLP run
+/// on the kept rows alone. Each of those rows goes through the same products and row kernels as when every row is
+/// computed, so the values are those of the whole output cut afterwards; TiTok's encoder keeps 32 of 289 rows
+/// (the single layout), which spares ~3/4 of its last block.
+pub(crate) fn blocks_forward(
+    x: &[f32],
+    (b, l, d): (usize, usize, usize),
+    keep: Range<usize>,
+    blocks: &[BlockData],
+    scratch: &BlockScratch,
+) -> Vec<f32> {
+    assert!(keep.end <= l, "blocks_forward: rows {keep:?} of {l}");
     let rows = b * l;
     let hidden = blocks.iter().map(|p| p.c_fc.bias.get().len()).max().unwrap_or(0);
-    // Allocated once for the whole stack: fresh pages cost a fault each, and the allocator hands back zeroed
-    // memory that it had to clear itself when it recycles. Both were ~5-10% of a block.
-    let mut scratch = Scratch {
-        h: vec![0f32; rows * d],
-        qkv: vec![0f32; rows * 3 * d],
-        x1: vec![0f32; rows * d],
-        f: vec![0f32; rows * hidden],
-    };
-    let mut out = vec![0f32; rows * d];
-    let mut next = vec![0f32; if blocks.len() > 1 { rows * d } else { 0 }];
-    for (i, p) in blocks.iter().enumerate() {
-        if i == 0 {
-            block_forward(x, &mut out, b, l, d, p, &mut scratch);
-        } else {
-            block_forward(&out, &mut next, b, l, d, p, &mut scratch);
-            std::mem::swap(&mut out, &mut next);
+    let (last, rest) = blocks.split_last().expect("blocks_forward: no blocks (the caller passes x through)");
+    let mut out = vec![0f32; b * keep.len() * d];
+    scratch.with(rows * (3 * d + (3 * d).max(hidden)), |buffer| {
+        let (stream, buffer) = buffer.split_at_mut(rows * d);
+        let (h, buffer) = buffer.split_at_mut(rows * d);
+        let (x1, qkv_f) = buffer.split_at_mut(rows * d);
+        let mut s = Scratch { h, x1, qkv_f };
+        for (i, p) in rest.iter().enumerate() {
+            let io = if i == 0 { Io::Apart(x, &mut *stream) } else { Io::InPlace(&mut *stream) };
+            block_forward(io, (b, l, d), 0..l, p, &mut s);
         }
-    }
+        let input = if rest.is_empty() { x } else { &*stream };
+        block_forward(Io::Apart(input, &mut out), (b, l, d), keep, last, &mut s);
+    });
     out
 }
 
-/// Buffers a block needs besides its input and output.
-struct Scratch {
-    h: Vec<f32>,
-    qkv: Vec<f32>,
-    x1: Vec<f32>,
-    f: Vec<f32>,
+/// Where a block reads its input and writes its output: the output may overwrite the input, which is spent by the
+/// time the MLP's residual sum is written.
+enum Io<'a> {
+    Apart(&'a [f32], &'a mut [f32]),
+    InPlace(&'a mut [f32]),
 }
 
-/// out = x + attn(ln_1(x)), then + mlp(ln_2(x)), for `x` (B·L, D) row-major.
-fn block_forward(x: &[f32], out: &mut [f32], b: usize, l: usize, d: usize, p: &BlockData, s: &mut Scratch) {
-    let rows = b * l;
+/// Buffers a block needs besides its input and output, cut from one [`BlockScratch`]: `h` holds ln_1's output,
+/// then the heads' outputs, then ln_2's; `qkv_f` the q/k/v projection, then the MLP's hidden layer.
+struct Scratch<'a> {
+    h: &'a mut [f32],
+    x1: &'a mut [f32],
+    qkv_f: &'a mut [f32],
+}
+
+/// x + attn(ln_1(x)), then + mlp(ln_2(·)), for `x` (B·L, D) row-major: rows `keep` of each image
+/// ((B·keep.len(), D)). ln_1 and the q/k/v projection cover every row, since attention reads every row's k and v
+/// (and q, computed with them in one product, for all). In place only with every row kept.
+fn block_forward(io: Io, (b, l, d): (usize, usize, usize), keep: Range<usize>, p: &BlockData, s: &mut Scratch) {
+    let (rows, kept) = (b * l, b * keep.len());
     let hidden = p.c_fc.bias.get().len();
-    let (h, qkv, x1, f) =
-        (&mut s.h[..rows * d], &mut s.qkv[..rows * 3 * d], &mut s.x1[..rows * d], &mut s.f[..rows * hidden]);
+    let x: &[f32] = match &io {
+        Io::Apart(x, _) => x,
+        Io::InPlace(x) => {
+            assert_eq!(kept, rows, "block_forward: in place with rows dropped");
+            x
+        }
+    };
+    let (h, x1, qkv) = (&mut s.h[..rows * d], &mut s.x1[..kept * d], &mut s.qkv_f[..rows * 3 * d]);
     layer_norm(h, x, &p.ln_1);
-    linear(qkv, None, h, &p.in_proj);
-    let attn = h; // ln_1's output is spent: the heads' outputs take its place
+    fill_bias(qkv, p.in_proj.bias.get());
+    linear_onto(qkv, h, &p.in_proj);
+    // ln_1's output is spent: the heads' outputs take its place.
+    let attn = &mut h[..kept * d];
     // One path at every batch size (a head's products have the same shape whatever the batch), so an image's
     // output does not depend on how many others share its call; at batch 8 of S-128 the gemm crate's products
     // measured within noise of sgemm's (1-2% less CPU, medians of 8 alternating runs on a shared machine).
-    attention(qkv, attn, b, l, d, p.num_heads, Products::Fastest);
-    linear(x1, Some(x), attn, &p.out_proj);
+    attention(qkv, attn, b, l, d, p.num_heads, keep.clone(), Products::Fastest);
+    add_bias_kept(x1, x, (l, d), keep, p.out_proj.bias.get());
+    linear_onto(x1, attn, &p.out_proj);
 
     let h2 = attn;
     layer_norm(h2, x1, &p.ln_2);
-    gemm_wt(f, false, h2, p.c_fc.weight.get(), rows, d, hidden);
+    let f = &mut s.qkv_f[..kept * hidden]; // q, k and v are spent
+    gemm_wt(f, false, h2, p.c_fc.weight.get(), kept, d, hidden);
     let bias = p.c_fc.bias.get();
     par_rows(f, hidden, |rows| kernels::bias_gelu(rows, bias));
-    linear(out, Some(x1), f, &p.c_proj);
+    let out = match io {
+        Io::Apart(_, out) | Io::InPlace(out) => out,
+    };
+    par_rows2(out, x1, d, |o, x| kernels::add_bias(o, x, p.c_proj.bias.get()));
+    linear_onto(out, f, &p.c_proj);
 }
 
 fn layer_norm(dst: &mut [f32], src: &[f32], ln: &NormData) {
@@ -147,20 +181,61 @@ pub(crate) fn layer_norm_rows(dst: &mut [f32], src: &[f32], weight: &[f32], bias
         .for_each(|(o, x)| kernels::layer_norm_rows(o, x, weight, bias, eps));
 }
 
-/// dst (rows, out) = [residual +] a (rows, in) · wᵀ + bias.
-fn linear(dst: &mut [f32], residual: Option<&[f32]>, a: &[f32], lin: &LinearData) {
-    let (w, bias) = (lin.weight.get(), lin.bias.get());
-    let (n, k) = (bias.len(), w.len() / bias.len());
-    let m = a.len() / k;
-    match residual {
-        Some(r) => par_rows2(dst, r, n, |o, x| kernels::add_bias(o, x, bias)),
-        None => par_rows(dst, n, |o| {
-            for row in o.chunks_exact_mut(n) {
-                row.copy_from_slice(bias)
-            }
-        }),
+/// x (..., K) · Wᵀ + b for an untracked contiguous f32 input and parameters on the CPU, W (N, K) as nn.Linear
+/// keeps it: the blocks' product (`gemm_wt`, so `sgemm` below 1024 rows at AVX-512) onto the bias, in one buffer.
+/// candle's `Linear` runs the gemm crate at every size, with a bias pass of its own: the single layout's pixel head
+/// (`ffn`, 256 rows at batch 1) spent ~5% of a one-image decode there. `None` where it does not apply (the caller
+/// runs candle's).
+pub(crate) fn linear(xs: &Tensor, weight: &Tensor, bias: &Tensor) -> candle_core::Result<Option<Tensor>> {
+    let (Some(w), Some(b)) = (F32Data::of(weight), F32Data::of(bias)) else {
+        return Ok(None);
+    };
+    let (n, k) = weight.dims2()?;
+    if xs.dims().last() != Some(&k) || bias.dims() != [n] || !xs.device().is_cpu() {
+        return Ok(None);
     }
-    gemm_wt(dst, true, a, w, m, k, n);
+    let Some(x) = F32Data::of(xs) else {
+        return Ok(None);
+    };
+    let x = x.get();
+    let mut out = vec![0f32; x.len() / k.max(1) * n];
+    fill_bias(&mut out, b.get());
+    if k > 0 {
+        gemm_wt(&mut out, true, x, w.get(), x.len() / k, k, n);
+    }
+    let mut dims = xs.dims().to_vec();
+    *dims.last_mut().expect("xs has its last dimension k") = n;
+    Ok(Some(Tensor::from_vec(out, dims, xs.device())?))
+}
+
+/// Every row of `dst` ← `bias`, for a product to be accumulated onto.
+fn fill_bias(dst: &mut [f32], bias: &[f32]) {
+    par_rows(dst, bias.len(), |o| {
+        for row in o.chunks_exact_mut(bias.len()) {
+            row.copy_from_slice(bias)
+        }
+    })
+}
+
+/// dst ← rows `keep` of each image of x ((B·L, D), images L rows apart) + bias: the residual and the bias of the
+/// linear layer whose product is then accumulated onto it.
+fn add_bias_kept(dst: &mut [f32], x: &[f32], (l, d): (usize, usize), keep: Range<usize>, bias: &[f32]) {
+    let per_task = rows_per_task(dst.len() / d);
+    dst.par_chunks_mut(per_task * d).enumerate().for_each(|(t, o)| {
+        for (i, o) in o.chunks_exact_mut(d).enumerate() {
+            let r = t * per_task + i;
+            let src = (r / keep.len() * l + keep.start + r % keep.len()) * d;
+            kernels::add_bias(o, &x[src..src + d], bias);
+        }
+    });
+}
+
+/// dst (rows, out) += a (rows, in) · wᵀ, the weight of `lin` (its bias is the caller's to add).
+fn linear_onto(dst: &mut [f32], a: &[f32], lin: &LinearData) {
+    let w = lin.weight.get();
+    let n = lin.bias.get().len();
+    let k = w.len() / n;
+    gemm_wt(dst, true, a, w, a.len() / k, k, n);
 }
 
 /// Below this many rows `kernels::sgemm` beats the `gemm` crate on the block's shapes; from ~1500 on it trails (see there).
@@ -259,5 +334,25 @@ mod tests {
         assert!(F32Data::of(&derived).is_none());
         let detached = var.as_detached_tensor();
         assert_eq!(F32Data::of(&detached).unwrap().get(), &[1., 2., 3.]);
+    }
+
+    /// The inference linear layer against candle's, on a 3-D input with rows on both sides of the sgemm / gemm
+    /// crate switch; a tracked weight is left to the caller.
+    #[test]
+    fn linear_matches_candle() {
+        use candle_core::{Device, Module};
+        let dev = Device::Cpu;
+        let (w, b) = (Tensor::randn(0f32, 1.0, (37, 50), &dev).unwrap(), Tensor::randn(0f32, 1.0, 37, &dev).unwrap());
+        let reference = candle_nn::Linear::new(w.clone(), Some(b.clone()));
+        for rows in [3, 700] {
+            let x = Tensor::randn(0f32, 1.0, (2, rows, 50), &dev).unwrap();
+            let got = linear(&x, &w, &b).unwrap().expect("the fused path was not taken");
+            assert_eq!(got.dims(), [2, rows, 37]);
+            let want = reference.forward(&x).unwrap();
+            let err = (got - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(err < 1e-4, "{rows} rows: max abs {err}");
+        }
+        let var = candle_core::Var::from_tensor(&w).unwrap();
+        assert!(linear(&Tensor::zeros((1, 50), DType::F32, &dev).unwrap(), var.as_tensor(), &b).unwrap().is_none());
     }
 }

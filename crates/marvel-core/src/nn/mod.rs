@@ -20,6 +20,7 @@ pub use block::ResidualAttentionBlock;
 pub use conv2d::{
     conv2d, conv2d_fast_grad, conv2d_im2col, upsample2x_conv2d, upsample2x_conv2d_fast_grad, upsample2x_conv2d_im2col,
 };
+pub use fused::BlockScratch;
 pub use layer_norm::{LayerNorm, LAYER_NORM_EPS};
 pub use mlp::Mlp;
 pub use param_init::{linear, param, ParamInit, TRUNC_NORMAL_002};
@@ -71,11 +72,15 @@ fn trains_on_cpu(tensors: &[&Tensor]) -> bool {
 }
 
 /// A linear layer on `xs` (..., in): one product over all rows, with a gemm-only backward, when training on the
-/// CPU; candle's `Linear` otherwise.
+/// CPU; at inference on contiguous f32 CPU data the fused path's product (`fused::linear`); candle's `Linear`
+/// otherwise.
 pub fn linear_forward(layer: &candle_nn::Linear, xs: &Tensor) -> Result<Tensor> {
     if let Some(bias) = layer.bias() {
         if trains_on_cpu(&[xs, layer.weight(), bias]) {
             return ops::linear(xs, layer.weight(), bias);
+        }
+        if let Some(ys) = fused::linear(xs, layer.weight(), bias)? {
+            return Ok(ys);
         }
     }
     candle_core::Module::forward(layer, xs)

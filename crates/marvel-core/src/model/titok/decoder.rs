@@ -8,7 +8,8 @@ use candle_nn::{Linear, VarBuilder};
 use crate::config::{TitokConfig, LEGACY_LOGITS};
 use crate::nn::TRUNC_NORMAL_002;
 use crate::nn::{
-    conv1x1_as_linear, linear, linear_forward, param, LayerNorm, ParamInit, ResidualAttentionBlock, LAYER_NORM_EPS,
+    conv1x1_as_linear, linear, linear_forward, param, BlockScratch, LayerNorm, ParamInit, ResidualAttentionBlock,
+    LAYER_NORM_EPS,
 };
 
 /// The output head (`ffn`, and `conv_out` for pixels).
@@ -29,6 +30,8 @@ pub struct TitokDecoder {
     latent_token_positional_embedding: Tensor,
     ln_pre: LayerNorm,
     transformer: Vec<ResidualAttentionBlock>,
+    /// What the transformer's inference path computes in, kept between calls.
+    scratch: BlockScratch,
     ln_post: LayerNorm,
     head: Head,
     grid: usize,
@@ -67,6 +70,7 @@ impl TitokDecoder {
             latent_token_positional_embedding: param(&vb, (n, d), "latent_token_positional_embedding", embedding)?,
             ln_pre: LayerNorm::new(d, LAYER_NORM_EPS, vb.pp("ln_pre"))?,
             transformer,
+            scratch: BlockScratch::default(),
             ln_post: LayerNorm::new(d, LAYER_NORM_EPS, vb.pp("ln_post"))?,
             head,
             grid,
@@ -101,7 +105,7 @@ impl TitokDecoder {
 
         let mut xs = Tensor::cat(&[&queries, &latents], 1)?;
         xs = self.ln_pre.forward(&xs)?;
-        xs = ResidualAttentionBlock::forward_all_rows(&self.transformer, &xs, 1, g * g)?;
+        xs = ResidualAttentionBlock::forward_all_rows(&self.transformer, &xs, 1, g * g, &self.scratch)?;
         self.ln_post.forward(&xs)
     }
 

@@ -6,8 +6,8 @@ use candle_nn::{Linear, VarBuilder};
 
 use crate::config::TitokConfig;
 use crate::nn::{
-    conv1x1_as_linear, linear_forward, param, LayerNorm, ParamInit, ResidualAttentionBlock, LAYER_NORM_EPS,
-    TRUNC_NORMAL_002,
+    conv1x1_as_linear, linear_forward, param, BlockScratch, LayerNorm, ParamInit, ResidualAttentionBlock,
+    LAYER_NORM_EPS, TRUNC_NORMAL_002,
 };
 
 #[derive(Debug, Clone)]
@@ -20,6 +20,8 @@ pub struct TitokEncoder {
     latent_token_positional_embedding: Tensor,
     ln_pre: LayerNorm,
     transformer: Vec<ResidualAttentionBlock>,
+    /// What the transformer's inference path computes in, kept between calls.
+    scratch: BlockScratch,
     ln_post: LayerNorm,
     conv_out: Linear,
     patch_size: usize,
@@ -50,6 +52,7 @@ impl TitokEncoder {
             latent_token_positional_embedding: param(&vb, (n, d), "latent_token_positional_embedding", embedding)?,
             ln_pre: LayerNorm::new(d, LAYER_NORM_EPS, vb.pp("ln_pre"))?,
             transformer,
+            scratch: BlockScratch::default(),
             ln_post: LayerNorm::new(d, LAYER_NORM_EPS, vb.pp("ln_post"))?,
             conv_out: conv1x1_as_linear(cfg.token_size, d, vb.pp("conv_out"))?,
             patch_size: p,
@@ -82,7 +85,7 @@ impl TitokEncoder {
         let mut xs = Tensor::cat(&[&class, &patches, &latents], 1)?;
 
         xs = self.ln_pre.forward(&xs)?;
-        let latents = ResidualAttentionBlock::forward_all_rows(&self.transformer, &xs, 1 + g * g, n)?;
+        let latents = ResidualAttentionBlock::forward_all_rows(&self.transformer, &xs, 1 + g * g, n, &self.scratch)?;
         let latents = self.ln_post.forward(&latents)?;
         // Legacy checkpoints were trained with a reshape where a transpose was meant: the (N, D) matrix of each
         // image is read as (D, N), so the 1x1 conv mixes across tokens. It must be kept to match their weights.

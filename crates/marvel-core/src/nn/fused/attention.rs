@@ -1,6 +1,9 @@
 //! The block's attention on the CPU: one (image, head) pair per task, q, k and v read in place from the packed
 //! projection, each head's output written straight into its columns of the result (see `fused`).
 
+use std::cell::RefCell;
+use std::ops::Range;
+
 use gemm::Parallelism;
 use rayon::prelude::*;
 
@@ -8,20 +11,43 @@ use super::SharedMut;
 use crate::nn::kernels;
 
 /// softmax(q·kᵀ/√hd)·v for every image and head, from the packed projection `qkv` ((B·L, 3D) rows of
-/// [q | k | v], heads side by side within each) into `out` ((B·L, D), heads side by side, as torch concatenates
-/// them).
-pub(crate) fn attention(qkv: &[f32], out: &mut [f32], b: usize, l: usize, d: usize, heads: usize, products: Products) {
+/// [q | k | v], heads side by side within each) into `out` ((B·Q, D), heads side by side, as torch concatenates
+/// them), for the Q query rows `queries` of each image (every row is a key and a value). A query row's output does
+/// not depend on which other rows are queried.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn attention(
+    qkv: &[f32],
+    out: &mut [f32],
+    b: usize,
+    l: usize,
+    d: usize,
+    heads: usize,
+    queries: Range<usize>,
+    products: Products,
+) {
     let hd = d / heads;
-    assert!(qkv.len() == b * l * 3 * d && out.len() == b * l * d && hd * heads == d, "attention: sizes do not match");
-    let out_ptr = SharedMut(out.as_mut_ptr());
-    (0..b * heads).into_par_iter().for_each_init(
-        || HeadScratch::new(l, hd),
-        // SAFETY: the sizes were asserted above; task (img, head) alone writes its block of `out`, which outlives
-        // the parallel loop.
-        |scratch, task| unsafe {
-            head_attention(qkv, out_ptr, (task / heads, task % heads), (l, d, heads), products, scratch)
-        },
+    assert!(
+        qkv.len() == b * l * 3 * d && out.len() == b * queries.len() * d && hd * heads == d && queries.end <= l,
+        "attention: sizes do not match"
     );
+    let out_ptr = SharedMut(out.as_mut_ptr());
+    (0..b * heads).into_par_iter().for_each(|task| {
+        HEAD_SCRATCH.with(|kept| {
+            // A task never runs another on its thread while it holds the buffers (its products are
+            // single-threaded), so they are free; a fresh set stands in should that ever change.
+            let mut fresh = None;
+            let mut kept = kept.try_borrow_mut();
+            let scratch = match kept.as_deref_mut() {
+                Ok(kept) => kept.fit(l, hd),
+                Err(_) => fresh.insert(HeadScratch::default()).fit(l, hd),
+            };
+            // SAFETY: the sizes were asserted above; task (img, head) alone writes its block of `out`, which
+            // outlives the parallel loop.
+            unsafe {
+                head_attention(qkv, out_ptr, (task / heads, task % heads), (l, d, heads), &queries, products, scratch)
+            }
+        })
+    });
 }
 
 /// Which kernel runs attention's two products.
@@ -36,6 +62,7 @@ pub(crate) enum Products {
 }
 
 /// One task's buffers: the L×L scores, their rows' 1/Σ, and (for `sgemm`) the head's v transposed.
+#[derive(Default)]
 struct HeadScratch {
     scores: Vec<f32>,
     inv_sums: Vec<f32>,
@@ -43,12 +70,27 @@ struct HeadScratch {
 }
 
 impl HeadScratch {
-    fn new(l: usize, hd: usize) -> Self {
-        Self { scores: vec![0f32; l * l], inv_sums: vec![0f32; l], vt: vec![0f32; hd * l] }
+    /// Grown to hold the buffers of a head of L rows and width hd (their values are left as they were).
+    fn fit(&mut self, l: usize, hd: usize) -> &mut Self {
+        for (v, n) in [(&mut self.scores, l * l), (&mut self.inv_sums, l), (&mut self.vt, hd * l)] {
+            if v.len() < n {
+                v.resize(n, 0.0);
+            }
+        }
+        self
     }
 }
 
-/// Attention of one (image, head) pair, on this thread: rows img·L.. and columns head·hd.. of `out`.
+thread_local! {
+    /// Each thread's head buffers, kept between tasks and calls, as `sgemm` keeps its own: the scores (L² floats,
+    /// 0.6 MiB at S-128's L = 385) are above glibc's mmap threshold, and a fresh map per task and call costs a page
+    /// fault per 4 KiB on first touch (~10% of a one-image decode's faults on the single layout, once the blocks'
+    /// scratch stopped being freed; see `BlockScratch`).
+    static HEAD_SCRATCH: RefCell<HeadScratch> = RefCell::new(HeadScratch::default());
+}
+
+/// Attention of one (image, head) pair, on this thread: rows img·Q.. (Q = `queries.len()`) and columns head·hd..
+/// of `out`.
 ///
 /// At the AVX-512 level both products go through `kernels::sgemm` (C = A·Wᵀ with W read through a row stride):
 /// q·kᵀ is that form with W = k in place; p·v is with W = vᵀ, a 64×L copy per head (~1/800 of the head's FMAs).
@@ -56,43 +98,47 @@ impl HeadScratch {
 /// encode in these products. sgemm has no scale, so 1/√hd is applied inside the softmax.
 ///
 /// # Safety
-/// `qkv` holds B·L·3D values and `out` points to B·L·D; no other thread accesses this pair's block of `out`.
+/// `qkv` holds B·L·3D values and `out` points to B·Q·D, `queries` within 0..L; no other thread accesses this
+/// pair's block of `out`.
 unsafe fn head_attention(
     qkv: &[f32],
     out: SharedMut,
     (img, head): (usize, usize),
     (l, d, heads): (usize, usize, usize),
+    queries: &Range<usize>,
     products: Products,
     s: &mut HeadScratch,
 ) {
     let hd = d / heads;
     let scale = 1.0 / (hd as f32).sqrt();
-    let q = &qkv[img * l * 3 * d + head * hd..];
-    let (k, v) = (&q[d..], &q[2 * d..]);
     let row = 3 * d;
-    let dst = out.get().add(img * l * d + head * hd);
+    let k = &qkv[img * l * row + d + head * hd..];
+    let (q, v) = (&qkv[(img * l + queries.start) * row + head * hd..], &k[d..]);
+    let m = queries.len();
+    let dst = out.get().add(img * m * d + head * hd);
     let HeadScratch { scores, inv_sums, vt } = s;
+    let (scores, inv_sums, vt) = (&mut scores[..m * l], &mut inv_sums[..m], &mut vt[..hd * l]);
     #[cfg(target_arch = "x86_64")]
     if products == Products::Fastest && kernels::level() == kernels::Level::Avx512 {
         use kernels::sgemm::sgemm_wt;
         // SAFETY (for the products): the level is supported; q, k, v are read at rows r·3D + c (r < L, c < hd),
-        // inside `qkv`; scores and vt hold L·L and hd·L values; dst's rows are D apart, hd columns each.
-        sgemm_wt(l, l, hd, q.as_ptr(), row, k.as_ptr(), row, scores.as_mut_ptr(), l, false, 1);
+        // inside `qkv`; scores and vt hold Q·L and hd·L values; dst's rows are D apart, hd columns each.
+        sgemm_wt(m, l, hd, q.as_ptr(), row, k.as_ptr(), row, scores.as_mut_ptr(), l, false, 1);
         kernels::softmax_exp_scaled_rows(scores, l, scale, inv_sums);
         for (c, vt) in vt.chunks_exact_mut(l).enumerate() {
             for (j, x) in vt.iter_mut().enumerate() {
                 *x = v[j * row + c];
             }
         }
-        sgemm_wt(l, hd, l, scores.as_ptr(), l, vt.as_ptr(), l, dst, d, false, 1);
+        sgemm_wt(m, hd, l, scores.as_ptr(), l, vt.as_ptr(), l, dst, d, false, 1);
     } else {
-        gemm_heads(q, k, v, row, dst, d, l, hd, scale, scores, inv_sums);
+        gemm_heads(q, k, v, row, dst, d, (m, l, hd), scale, scores, inv_sums);
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
         // sgemm is x86-only: every level here runs the gemm crate, and vt stays unused.
         let _ = (products, vt);
-        gemm_heads(q, k, v, row, dst, d, l, hd, scale, scores, inv_sums);
+        gemm_heads(q, k, v, row, dst, d, (m, l, hd), scale, scores, inv_sums);
     }
     // Normalising the hd-wide output rows is cheaper than the L-wide probability rows.
     for (i, s) in inv_sums.iter().enumerate() {
@@ -100,7 +146,8 @@ unsafe fn head_attention(
     }
 }
 
-/// [`head_attention`]'s products through the gemm crate (levels below AVX-512), unnormalised: dst ← exp-scores·v.
+/// [`head_attention`]'s products through the gemm crate (levels below AVX-512), unnormalised: dst ← exp-scores·v,
+/// for m query rows against l keys.
 ///
 /// # Safety
 /// As for [`head_attention`].
@@ -112,8 +159,7 @@ unsafe fn gemm_heads(
     row: usize,
     dst: *mut f32,
     d: usize,
-    l: usize,
-    hd: usize,
+    (m, l, hd): (usize, usize, usize),
     scale: f32,
     scores: &mut [f32],
     inv_sums: &mut [f32],
@@ -121,7 +167,7 @@ unsafe fn gemm_heads(
     let row = row as isize;
     // scores = (q / √hd) · kᵀ: kᵀ[c][j] = k[j][c], columns one row of qkv apart.
     gemm::gemm(
-        l,
+        m,
         l,
         hd,
         scores.as_mut_ptr(),
@@ -143,7 +189,7 @@ unsafe fn gemm_heads(
     );
     kernels::softmax_exp_rows(scores, l, inv_sums);
     gemm::gemm(
-        l,
+        m,
         hd,
         l,
         dst,
@@ -208,8 +254,28 @@ mod tests {
         let mut out = vec![0f32; b * l * d];
         for products in [Products::Fastest, Products::Gemm] {
             out.fill(0.0);
-            attention(&qkv, &mut out, b, l, d, heads, products);
+            attention(&qkv, &mut out, b, l, d, heads, 0..l, products);
             assert_attention_of(&qkv, &out);
+        }
+    }
+
+    /// Queries 4..9 of each image give those rows of the every-query output, to the bit, with either kernel.
+    #[test]
+    fn some_queries_give_their_rows_of_all() {
+        let (b, l, d, heads) = SHAPE;
+        let qkv = packed_qkv();
+        let queries = 4..9;
+        for products in [Products::Fastest, Products::Gemm] {
+            let mut all = vec![0f32; b * l * d];
+            attention(&qkv, &mut all, b, l, d, heads, 0..l, products);
+            let mut some = vec![0f32; b * queries.len() * d];
+            attention(&qkv, &mut some, b, l, d, heads, queries.clone(), products);
+            for img in 0..b {
+                let want = &all[(img * l + queries.start) * d..(img * l + queries.end) * d];
+                let got = &some[img * queries.len() * d..(img + 1) * queries.len() * d];
+                let same = want.iter().zip(got).all(|(w, g)| w.to_bits() == g.to_bits());
+                assert!(same, "{products:?}: image {img}'s rows differ");
+            }
         }
     }
 
@@ -219,12 +285,13 @@ mod tests {
         let (b, l, d, heads) = SHAPE;
         let qkv = packed_qkv();
         let mut out = vec![0f32; b * l * d];
-        let mut scratch = HeadScratch::new(l, d / heads);
+        let mut scratch = HeadScratch::default();
+        scratch.fit(l, d / heads);
         for task in 0..b * heads {
             let pair = (task / heads, task % heads);
             // SAFETY: `qkv` and `out` have the sizes of SHAPE; one pair at a time, on this thread.
             let out = SharedMut(out.as_mut_ptr());
-            unsafe { head_attention(&qkv, out, pair, (l, d, heads), Products::Fastest, &mut scratch) };
+            unsafe { head_attention(&qkv, out, pair, (l, d, heads), &(0..l), Products::Fastest, &mut scratch) };
         }
         assert_attention_of(&qkv, &out);
     });

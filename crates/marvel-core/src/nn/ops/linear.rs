@@ -95,7 +95,7 @@ impl CustomOp3 for LinearOp {
             Then::Attention { heads } => {
                 let (b, l, d) = attention_sizes(xl.dims(), n, heads)?;
                 let mut attended = vec![0f32; rows * d];
-                fused::attention(&out, &mut attended, b, l, d, heads, fused::Products::Gemm);
+                fused::attention(&out, &mut attended, b, l, d, heads, 0..l, fused::Products::Gemm);
                 *self.kept.lock().unwrap_or_else(|p| p.into_inner()) = out;
                 attended
             }
