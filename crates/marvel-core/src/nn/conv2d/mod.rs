@@ -609,42 +609,49 @@ mod tests {
                 let grad = |t: &Tensor| grads.get(t).cloned();
                 (y, grad(x), grad(wt), grad(&bias))
             };
-            let (y_want, dx_want, dw_want, db_want) = run(&x, &wt, None);
+            let want = run(&x, &wt, None);
             for rows in [1, 2] {
                 let case = format!("{ci}->{co} {h}x{w} k{k} s{stride} up{up}, bands of {rows} of {oh} rows");
-                let (y, dx, dw, db) = run(&x, &wt, Some(rows));
-                for (name, got, want) in [
-                    ("forward", &y, &y_want),
-                    ("input gradient", &dx.unwrap(), dx_want.as_ref().unwrap()),
-                    ("weight gradient", &dw.unwrap(), dw_want.as_ref().unwrap()),
-                    ("bias gradient", &db.unwrap(), db_want.as_ref().unwrap()),
-                ] {
-                    let e = rel_err(got, want);
-                    assert!(e < 1e-5, "{case}: {name}, relative error {e}");
-                }
-                let (xs, ws) = (x.as_tensor().detach(), wt.as_tensor().detach());
-                let (_, dx, dw, _) = run(&xs, &wt, Some(rows));
-                assert!(dx.is_none(), "{case}: frozen input");
-                assert!(rel_err(&dw.unwrap(), dw_want.as_ref().unwrap()) < 1e-5, "{case}: frozen input");
-                let (_, dx, dw, _) = run(&x, &ws, Some(rows));
-                assert!(dw.is_none(), "{case}: frozen weight");
-                assert!(rel_err(&dx.unwrap(), dx_want.as_ref().unwrap()) < 1e-5, "{case}: frozen weight");
-                let bits = |threads: usize| {
-                    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-                    let (y, dx, dw, db) = pool.install(|| run(&x, &wt, Some(rows)));
-                    [y, dx.unwrap(), dw.unwrap(), db.unwrap()].map(|t| {
-                        t.flatten_all()
-                            .unwrap()
-                            .to_vec1::<f32>()
-                            .unwrap()
-                            .iter()
-                            .map(|v| v.to_bits())
-                            .collect::<Vec<_>>()
-                    })
-                };
-                assert_eq!(bits(1), bits(3), "{case}: 1 and 3 threads");
+                assert_matches_exact(&x, &wt, &want, |x, wt| run(x, wt, Some(rows)), &case);
             }
         }
+    }
+
+    /// A not-exact convolution's forward and its gradients of Σ m·y: None for a frozen operand.
+    type Run = (Tensor, Option<Tensor>, Option<Tensor>, Option<Tensor>);
+
+    /// `fast` (a not-exact path's run on an input and a weight) against the exact op's run `want` on `x` and `wt`:
+    /// forward and every gradient within 1e-5 relative; a frozen input or weight gets no gradient and leaves the
+    /// other's values; 1 and 3 threads give the same bits.
+    fn assert_matches_exact(x: &Var, wt: &Var, want: &Run, fast: impl Fn(&Tensor, &Tensor) -> Run + Sync, case: &str) {
+        let (y_want, dx_want, dw_want, db_want) = want;
+        let (dx_want, dw_want, db_want) =
+            (dx_want.as_ref().unwrap(), dw_want.as_ref().unwrap(), db_want.as_ref().unwrap());
+        let (y, dx, dw, db) = fast(x, wt);
+        for (name, got, want) in [
+            ("forward", &y, y_want),
+            ("input gradient", &dx.unwrap(), dx_want),
+            ("weight gradient", &dw.unwrap(), dw_want),
+            ("bias gradient", &db.unwrap(), db_want),
+        ] {
+            let e = rel_err(got, want);
+            assert!(e < 1e-5, "{case}: {name}, relative error {e}");
+        }
+        let (xs, ws) = (x.as_tensor().detach(), wt.as_tensor().detach());
+        let (_, dx, dw, _) = fast(&xs, wt);
+        assert!(dx.is_none(), "{case}: frozen input");
+        assert!(rel_err(&dw.unwrap(), dw_want) < 1e-5, "{case}: frozen input");
+        let (_, dx, dw, _) = fast(x, &ws);
+        assert!(dw.is_none(), "{case}: frozen weight");
+        assert!(rel_err(&dx.unwrap(), dx_want) < 1e-5, "{case}: frozen weight");
+        let bits = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            let (y, dx, dw, db) = pool.install(|| fast(x, wt));
+            [y, dx.unwrap(), dw.unwrap(), db.unwrap()].map(|t| {
+                t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+            })
+        };
+        assert_eq!(bits(1), bits(3), "{case}: 1 and 3 threads");
     }
 
     /// The not-exact path through the shifted windows (stride 1: padded and not, padding k - 1 on maps smaller
@@ -686,32 +693,8 @@ mod tests {
                 let grad = |t: &Tensor| grads.get(t).cloned();
                 (y, grad(x), grad(wt), grad(&bias))
             };
-            let (y_want, dx_want, dw_want, db_want) = run(&x, &wt, false);
-            let (y, dx, dw, db) = run(&x, &wt, true);
-            for (name, got, want) in [
-                ("forward", &y, &y_want),
-                ("input gradient", &dx.unwrap(), dx_want.as_ref().unwrap()),
-                ("weight gradient", &dw.unwrap(), dw_want.as_ref().unwrap()),
-                ("bias gradient", &db.unwrap(), db_want.as_ref().unwrap()),
-            ] {
-                let e = rel_err(got, want);
-                assert!(e < 1e-5, "{case}: {name}, relative error {e}");
-            }
-            let (xs, ws) = (x.as_tensor().detach(), wt.as_tensor().detach());
-            let (_, dx, dw, _) = run(&xs, &wt, true);
-            assert!(dx.is_none(), "{case}: frozen input");
-            assert!(rel_err(&dw.unwrap(), dw_want.as_ref().unwrap()) < 1e-5, "{case}: frozen input");
-            let (_, dx, dw, _) = run(&x, &ws, true);
-            assert!(dw.is_none(), "{case}: frozen weight");
-            assert!(rel_err(&dx.unwrap(), dx_want.as_ref().unwrap()) < 1e-5, "{case}: frozen weight");
-            let bits = |threads: usize| {
-                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-                let (y, dx, dw, db) = pool.install(|| run(&x, &wt, true));
-                [y, dx.unwrap(), dw.unwrap(), db.unwrap()].map(|t| {
-                    t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>()
-                })
-            };
-            assert_eq!(bits(1), bits(3), "{case}: 1 and 3 threads");
+            let want = run(&x, &wt, false);
+            assert_matches_exact(&x, &wt, &want, |x, wt| run(x, wt, true), &case);
         }
     }
 
