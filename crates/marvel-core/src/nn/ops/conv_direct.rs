@@ -20,6 +20,7 @@
 
 use rayon::prelude::*;
 
+use super::padded::padded_maps;
 use super::scratch::{scratch, Scratch};
 use crate::nn::conv2d::Geometry;
 use crate::nn::fused::SharedMut;
@@ -90,13 +91,7 @@ pub(super) fn weight_grad(g: Geometry, x: &[f32], dy: &[f32], b: usize, c_out: u
     let src = padded.fill(x, b);
     // dy's rows on the padded maps' width with zeros past Wo, so the positions there add nothing.
     let width = padded.stride + 1 - k;
-    let mut dy_w = scratch(b * c_out * oh * width);
-    dy_w[..b * c_out * oh * width].par_chunks_mut(oh * width).zip(dy.par_chunks(oh * ow)).for_each(|(d, s)| {
-        for (d, s) in d.chunks_exact_mut(width).zip(s.chunks_exact(ow)) {
-            d[..ow].copy_from_slice(s);
-            d[ow..].fill(0.0);
-        }
-    });
+    let dy_w = padded_maps(dy, b * c_out, (oh, ow), 1, (0, 0), (oh, width), 0);
     let taps = g.channels * k * k;
     let bands = oh.div_ceil(TASK_ROWS);
     let plane = padded.plane();
@@ -223,23 +218,8 @@ impl Padded {
 
     /// The padded copy of `b` images of `x`.
     fn fill(&self, x: &[f32], b: usize) -> Scratch {
-        let (h, w) = self.hw;
-        let (plane, up, pad) = (self.plane(), self.up, self.pad);
-        let mut dst = scratch(b * self.channels * plane);
-        dst[..b * self.channels * plane].par_chunks_mut(plane).zip(x.par_chunks(h * w)).for_each(|(d, s)| {
-            d.fill(0.0);
-            for (y, row) in s.chunks_exact(w).enumerate() {
-                for a in 0..up {
-                    let r = &mut d[(y * up + a + pad) * self.stride + pad..][..w * up];
-                    if up == 1 {
-                        r.copy_from_slice(row);
-                    } else {
-                        r.iter_mut().enumerate().for_each(|(i, v)| *v = row[i / up]);
-                    }
-                }
-            }
-        });
-        dst
+        let (rows, stride) = (self.rows, self.stride);
+        padded_maps(x, b * self.channels, self.hw, self.up, (self.pad, self.pad), (rows, stride), 0)
     }
 }
 

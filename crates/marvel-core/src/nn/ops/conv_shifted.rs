@@ -21,6 +21,7 @@
 
 use rayon::prelude::*;
 
+use super::padded::padded_maps;
 use super::scratch::{scratch, Scratch};
 use super::zeros;
 use crate::nn::conv2d::Geometry;
@@ -50,28 +51,16 @@ struct Planes {
 }
 
 impl Planes {
-    /// `src` (b·maps maps of (h, w)) placed at (top, left) of zeroed planes.
+    /// `maps` maps of (h, w) from `src` placed at (top, left) of zeroed planes.
     fn new(
         src: &[f32],
-        (h, w): (usize, usize),
-        (top, left): (usize, usize),
+        maps: usize,
+        hw: (usize, usize),
+        at: (usize, usize),
         (rows, stride): (usize, usize),
         kernel: usize,
     ) -> Self {
-        let (maps, plane) = (src.len() / (h * w).max(1), rows * stride);
-        let mut data = scratch(maps * plane + kernel);
-        data[maps * plane..].fill(0.0);
-        data[..maps * plane].par_chunks_mut(plane).zip(src.par_chunks(h * w)).for_each(|(dst, map)| {
-            dst[..top * stride].fill(0.0);
-            for (y, row) in map.chunks_exact(w).enumerate() {
-                let out = &mut dst[(top + y) * stride..][..stride];
-                out[..left].fill(0.0);
-                out[left..left + w].copy_from_slice(row);
-                out[left + w..].fill(0.0);
-            }
-            dst[(top + h) * stride..].fill(0.0);
-        });
-        Self { data, rows, stride }
+        Self { data: padded_maps(src, maps, hw, 1, at, (rows, stride), kernel), rows, stride }
     }
 
     fn plane(&self) -> usize {
@@ -140,7 +129,7 @@ fn convolve(src: &Planes, ci: usize, k: usize, weight: &[f32], bias: Option<&[f3
 /// y = conv(x) + bias into `out` (b, c_out, Ho·Wo).
 pub(super) fn forward(g: Geometry, x: &[f32], weight: &[f32], bias: &[f32], b: usize, out: &mut [f32]) {
     let (k, p) = (g.kernel, g.padding());
-    let src = Planes::new(x, (g.h, g.w), (p, p), (g.h + 2 * p, g.w + 2 * p), k);
+    let src = Planes::new(x, b * g.channels, (g.h, g.w), (p, p), (g.h + 2 * p, g.w + 2 * p), k);
     convolve(&src, g.channels, k, weight, Some(bias), b, out);
 }
 
@@ -165,7 +154,7 @@ pub(super) fn backward(
     // (y, x) lies q rows and q columns in, and the k - 1 dropped positions of a row read its padding's zeros.
     let q = k - 1 - p;
     let padded_dy = (want_dx || (want_dw && ow + 2 * q == g.w + 2 * p))
-        .then(|| Planes::new(dy, (oh, ow), (q, q), (oh + 2 * q, ow + 2 * q), k));
+        .then(|| Planes::new(dy, b * co, (oh, ow), (q, q), (oh + 2 * q, ow + 2 * q), k));
     let mut dx = zeros(if want_dx { x.len() } else { 0 });
     if let (true, Some(src)) = (want_dx, &padded_dy) {
         // Convolved with the kernel flipped and its channel axes swapped: (ci, co·k·k).
@@ -178,11 +167,18 @@ pub(super) fn backward(
         convolve(src, co, k, &flipped, None, b, &mut dx);
     }
     let dw = if want_dw {
-        let src = Planes::new(x, (g.h, g.w), (p, p), (g.h + 2 * p, g.w + 2 * p), k);
+        let src = Planes::new(x, b * g.channels, (g.h, g.w), (p, p), (g.h + 2 * p, g.w + 2 * p), k);
         match padded_dy.filter(|d| d.stride == src.stride) {
             Some(d) => weight_grad(&src, ci, k, (&d, q * d.stride + q), co, (oh, b)),
             // dy on the padded input's stride, zeros past Wo.
-            None => weight_grad(&src, ci, k, (&Planes::new(dy, (oh, ow), (0, 0), (oh, src.stride), 0), 0), co, (oh, b)),
+            None => weight_grad(
+                &src,
+                ci,
+                k,
+                (&Planes::new(dy, b * co, (oh, ow), (0, 0), (oh, src.stride), 0), 0),
+                co,
+                (oh, b),
+            ),
         }
     } else {
         Vec::new()

@@ -26,6 +26,7 @@ mod layer_norm;
 mod leaky_relu;
 mod linear;
 mod norm_activation;
+mod padded;
 mod scratch;
 #[cfg(test)]
 mod tests;
