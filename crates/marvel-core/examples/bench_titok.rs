@@ -98,7 +98,7 @@ impl Stages {
         // tensor must be used exactly as by `Titok::from_pretrained`.
         let mut titok_cfg = cfg.clone();
         let pd = titok_cfg.pixel_decoder.take();
-        let (stages, _) = load_strict(dir.join("model.safetensors"), &Device::Cpu, &LoadOptions::default(), |vb| {
+        let (mut stages, _): (Stages, _) = load_strict(dir.join("model.safetensors"), &Device::Cpu, &LoadOptions::default(), |vb| {
             let titok = Titok::new(&titok_cfg, vb.clone())?;
             let pixel = match &pd {
                 Some(pd) => Some(PixelStage {
@@ -113,6 +113,8 @@ impl Stages {
             };
             Ok(Stages { titok, pixel })
         })?;
+        // As `Tokenizer::from_pretrained` does: the ViTs' weights packed once at load.
+        stages.titok.pack_weights()?;
         Ok(stages)
     }
 

@@ -84,7 +84,10 @@ impl Tokenizer {
     pub fn from_pretrained_on(dir: impl AsRef<Path>, device: DeviceSpec) -> Result<Self> {
         let candle = device.open()?;
         if !device.is_cuda() {
-            return Self::new(Titok::from_pretrained(dir, &candle)?);
+            // The model owns its weights and only infers: its ViTs' weights are packed once, here.
+            let mut model = Titok::from_pretrained(dir, &candle)?;
+            model.pack_weights()?;
+            return Self::new(model);
         }
         Self::load_as(dir.as_ref(), &candle, DType::BF16)
     }

@@ -36,6 +36,12 @@ impl MultiheadAttention {
         (linear_parts(&self.in_proj), linear_parts(&self.out_proj), self.num_heads)
     }
 
+    /// The same layer with other weights for in_proj and out_proj (their biases kept).
+    pub(super) fn with_weights(&self, in_proj: Tensor, out_proj: Tensor) -> Self {
+        let (in_bias, out_bias) = (self.in_proj.bias().cloned(), self.out_proj.bias().cloned());
+        Self { in_proj: Linear::new(in_proj, in_bias), out_proj: Linear::new(out_proj, out_bias), ..self.clone() }
+    }
+
     /// `xs`: (B, L, D), batch first (the reference permutes to sequence-first only to suit torch's API).
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let (b, l, d) = xs.dims3()?;

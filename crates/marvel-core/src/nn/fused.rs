@@ -4,7 +4,8 @@
 //! (bias adds, GELU through libm, the q/k/v permute copies, the scaling, the head transpose, the residual adds),
 //! while attention's small per-head products each fork the thread pool. Here the block is seven passes:
 //! - every linear layer is one product over all B·L rows, reading PyTorch's (out, in) weight in place
-//!   (`kernels::sgemm` for up to ~1000 rows at the AVX-512 level, the `gemm` crate otherwise);
+//!   (`kernels::sgemm` for up to ~1000 rows at the AVX-512 level, the `gemm` crate otherwise), or the weight
+//!   packed once at load for `kernels::sgemm` (a loaded model at the AVX-512 level, `fused::packed`);
 //! - the residual and the bias are written first and the product accumulated onto them (gemm's `read_dst`),
 //!   so neither costs a pass of its own;
 //! - c_fc's bias and the GELU are one parallel pass;
@@ -23,8 +24,10 @@ use rayon::prelude::*;
 use super::kernels;
 
 mod attention;
+mod packed;
 mod scratch;
 pub(crate) use attention::{attention, Products};
+pub use packed::PackedWt;
 pub use scratch::BlockScratch;
 
 /// The data of a contiguous f32 tensor in CPU memory, borrowed (a read lock on its storage).
@@ -53,10 +56,18 @@ impl<'a> F32Data<'a> {
     }
 }
 
-/// A linear layer's stored parameters: weight (out, in) row-major, bias (out).
+/// A linear layer's stored parameters: weight (out, in), bias (out).
 pub(crate) struct LinearData<'a> {
-    pub weight: F32Data<'a>,
+    pub weight: Weight<'a>,
     pub bias: F32Data<'a>,
+}
+
+/// A linear layer's weight as the products read it.
+pub(crate) enum Weight<'a> {
+    /// (out, in) row-major, as nn.Linear stores it.
+    Plain(F32Data<'a>),
+    /// Packed once for `kernels::sgemm` (a loaded model's ViT layers at the AVX-512 level, see `PackedWt`).
+    Packed(&'a PackedWt),
 }
 
 /// A layer norm's stored parameters.
@@ -155,7 +166,7 @@ fn block_forward(io: Io, (b, l, d): (usize, usize, usize), keep: Range<usize>, p
     let h2 = attn;
     layer_norm(h2, x1, &p.ln_2);
     let f = &mut s.qkv_f[..kept * hidden]; // q, k and v are spent
-    gemm_wt(f, false, h2, p.c_fc.weight.get(), kept, d, hidden);
+    product(f, false, h2, &p.c_fc);
     let bias = p.c_fc.bias.get();
     par_rows(f, hidden, |rows| kernels::bias_gelu(rows, bias));
     let out = match io {
@@ -232,10 +243,20 @@ fn add_bias_kept(dst: &mut [f32], x: &[f32], (l, d): (usize, usize), keep: Range
 
 /// dst (rows, out) += a (rows, in) · wᵀ, the weight of `lin` (its bias is the caller's to add).
 fn linear_onto(dst: &mut [f32], a: &[f32], lin: &LinearData) {
-    let w = lin.weight.get();
+    product(dst, true, a, lin)
+}
+
+/// dst (rows, out) = [dst +] a (rows, in) · wᵀ for the weight of `lin`, stored plain or packed.
+fn product(dst: &mut [f32], accumulate: bool, a: &[f32], lin: &LinearData) {
     let n = lin.bias.get().len();
-    let k = w.len() / n;
-    gemm_wt(dst, true, a, w, a.len() / k, k, n);
+    match &lin.weight {
+        Weight::Plain(w) => {
+            let w = w.get();
+            let k = w.len() / n.max(1);
+            gemm_wt(dst, accumulate, a, w, a.len() / k.max(1), k, n);
+        }
+        Weight::Packed(w) => packed::gemm_packed(dst, accumulate, a, w),
+    }
 }
 
 /// Below this many rows `kernels::sgemm` beats the `gemm` crate on the block's shapes; from ~1500 on it trails (see there).

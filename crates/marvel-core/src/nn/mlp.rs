@@ -17,6 +17,12 @@ impl Mlp {
         })
     }
 
+    /// The same layer with other weights for c_fc and c_proj (their biases kept).
+    pub(super) fn with_weights(&self, c_fc: Tensor, c_proj: Tensor) -> Self {
+        let (fc_bias, proj_bias) = (self.c_fc.bias().cloned(), self.c_proj.bias().cloned());
+        Self { c_fc: Linear::new(c_fc, fc_bias), c_proj: Linear::new(c_proj, proj_bias) }
+    }
+
     /// (c_fc weight, bias), (c_proj weight, bias).
     pub(super) fn parts(&self) -> ((&Tensor, &Tensor), (&Tensor, &Tensor)) {
         (super::attention::linear_parts(&self.c_fc), super::attention::linear_parts(&self.c_proj))

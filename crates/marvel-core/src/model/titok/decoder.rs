@@ -80,6 +80,11 @@ impl TitokDecoder {
         })
     }
 
+    /// Packs the transformer's linear weights for inference (`ResidualAttentionBlock::pack_weights`).
+    pub fn pack_weights(&mut self) -> Result<()> {
+        self.transformer.iter_mut().try_for_each(ResidualAttentionBlock::pack_weights)
+    }
+
     /// True for the legacy head (1024 MaskGIT logits per patch).
     pub fn predicts_logits(&self) -> bool {
         matches!(self.head, Head::Logits { .. })

@@ -64,6 +64,11 @@ impl TitokEncoder {
         })
     }
 
+    /// Packs the transformer's linear weights for inference (`ResidualAttentionBlock::pack_weights`).
+    pub fn pack_weights(&mut self) -> Result<()> {
+        self.transformer.iter_mut().try_for_each(ResidualAttentionBlock::pack_weights)
+    }
+
     /// `pixel_values`: (B, 3, H, W) in [0, 1]; `latent_tokens`: (N, D), the model's learned queries.
     /// Returns (B, token_size, 1, N), the reference's "fake 2-D" layout.
     pub fn forward(&self, pixel_values: &Tensor, latent_tokens: &Tensor) -> Result<Tensor> {

@@ -117,6 +117,16 @@ impl Titok {
         load_strict(weights, device, opts, |vb| Self::new(cfg, vb))
     }
 
+    /// Packs the encoder's and decoder's linear weights once for the CPU's product and drops their (out, in)
+    /// copies (`ResidualAttentionBlock::pack_weights`): for a model that owns its weights and only infers.
+    pub fn pack_weights(&mut self) -> Result<()> {
+        if !self.device.is_cpu() || self.dtype != DType::F32 {
+            return Ok(());
+        }
+        self.encoder.pack_weights()?;
+        Ok(self.decoder.pack_weights()?)
+    }
+
     pub fn config(&self) -> &TitokConfig {
         &self.cfg
     }

@@ -20,7 +20,8 @@
 //!   S-128 encode at batch 1 took ~5% less CPU time (0.27-0.30 s against 0.29-0.32 s, alternating runs on a
 //!   loaded 2-core EPYC), the decoder ViT ~6% (0.29-0.31 against 0.33);
 //! - Wᵀ packed per KC×NC block into 32-column panels (16×16 register transposes) that stay in L2; the block
-//!   sizes and why in `blocks` (KC 256, NC 512 on both the Xeon and the EPYC);
+//!   sizes and why in `blocks` (KC 256, NC 512 on both the Xeon and the EPYC). A loaded model's ViT weights are
+//!   packed once instead, whole (`packed`, [`PackedWt`]): the tiles then read the same panels from memory;
 //! - threads split the columns, so each packs only its own part of W and nothing is shared or synchronised.
 //!
 //! `bench` (an ignored test) times the ViTs' batch-1 products per block-size variant; `bench/README.md` has its
@@ -39,9 +40,12 @@ use rayon::prelude::*;
 mod bench;
 mod blocks;
 mod in_place;
+mod packed;
 
 pub(crate) use blocks::Blocks;
 pub(crate) use in_place::{in_place_blocks, sgemm_ab_rows};
+pub use packed::PackedWt;
+pub(crate) use packed::sgemm_packed;
 
 const MR: usize = 12;
 /// Columns of a panel and of a register tile.
@@ -128,6 +132,8 @@ enum Right {
     Transposed(usize),
     /// B (k, n), row kk at the table's kk-th offset: the product is A·B, B read in place (see `Tile::b_rows`).
     Plain(*const usize),
+    /// Wᵀ packed once ([`PackedWt`], its columns padded to this many): the product is A·Wᵀ, no pack per call.
+    Packed(usize),
 }
 
 /// Where the left operand's rows start, in floats from its pointer.
@@ -209,6 +215,7 @@ impl Job {
             // Packed W; with B read in place, none, and all of A's rows copied per block (see `block_in_place`).
             let (w_len, a_rows) = match self.right {
                 Right::Transposed(_) => (kc_max * nc_max, MR),
+                Right::Packed(_) => (0, MR),
                 Right::Plain(_) => (0, self.m),
             };
             bp.resize(bp.len().max(w_len), 0.0);
@@ -224,7 +231,12 @@ impl Job {
                         match self.right {
                             Right::Transposed(ldw) => {
                                 pack_wt(self.w.add(nb * ldw + k0), ldw, kc, nc, bp);
-                                self.block(k0, kc, nb, nc, bp, at, accumulate);
+                                self.block(k0, kc, nb, nc, bp.as_ptr(), at, accumulate);
+                            }
+                            Right::Packed(n_pad) => {
+                                // Block k0's panels follow the k0 rows of every earlier block; nb is a whole panel.
+                                let block = self.w.add(k0 * n_pad + nb * kc);
+                                self.block(k0, kc, nb, nc, block, at, accumulate);
                             }
                             Right::Plain(table) => self.block_in_place(table, k0, kc, nb, nc, at, accumulate),
                         }
@@ -239,7 +251,16 @@ impl Job {
     /// (k = 1024, 2048, 4096) all map to one L1 set, and 12 of them overflow an 8-way L1 (Zen 4) on every k step.
     #[target_feature(enable = "avx512f")]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn block(&self, k0: usize, kc: usize, nb: usize, nc: usize, bp: &[f32], at: &mut [f32], accumulate: bool) {
+    unsafe fn block(
+        &self,
+        k0: usize,
+        kc: usize,
+        nb: usize,
+        nc: usize,
+        bp: *const f32,
+        at: &mut [f32],
+        accumulate: bool,
+    ) {
         let ats = kc + A_PAD;
         let panels = nc.div_ceil(NR);
         // A row's kc floats span at most this many cache lines, whatever its alignment.
@@ -264,7 +285,7 @@ impl Job {
                     kc,
                     a: at.as_ptr(),
                     lda: ats,
-                    bp: bp.as_ptr().add(p * kc * NR),
+                    bp: bp.add(p * kc * NR),
                     b_rows: std::ptr::null(),
                     c: self.c.add(i * self.ldc + nb + p * NR),
                     ldc: self.ldc,
@@ -289,7 +310,7 @@ const PREFETCH_AHEAD: usize = 64;
 /// Wᵀ's rows 0..kc, columns 0..nc (W from `w`, row stride ld) as 32-column panels: panel p holds (kk, jj) at
 /// p·kc·32 + kk·32 + jj, zero past nc. Panel column jj is row jj of W: 16×16 blocks are transposed in registers.
 #[target_feature(enable = "avx512f")]
-unsafe fn pack_wt(w: *const f32, ld: usize, kc: usize, nc: usize, bp: &mut [f32]) {
+pub(super) unsafe fn pack_wt(w: *const f32, ld: usize, kc: usize, nc: usize, bp: &mut [f32]) {
     for p in 0..nc.div_ceil(NR) {
         let panel = bp.as_mut_ptr().add(p * kc * NR);
         for half in 0..2 {

@@ -22,7 +22,7 @@ fn cpu_seconds() -> f64 {
     t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9
 }
 
-use super::{sgemm_wt_in, Blocks};
+use super::{sgemm_packed, sgemm_wt_in, Blocks, PackedWt};
 
 /// A ViT's products for one block at batch 1: rows = 1 + 256 patches + latent tokens.
 struct Vit {
@@ -47,7 +47,8 @@ fn env_or(name: &str, default: &str) -> String {
 fn gflops_on_vit_shapes() {
     assert!(crate::nn::kernels::Level::Avx512.supported(), "sgemm needs AVX-512");
     let fitted = Blocks::for_this_cpu();
-    let spec = env_or("MARVEL_SGEMM_BLOCKS", &format!("{}x{},128x512", fitted.kc, fitted.nc));
+    // `0x0` stands for the fitted blocks with Wᵀ packed once beforehand (`PackedWt`).
+    let spec = env_or("MARVEL_SGEMM_BLOCKS", &format!("{}x{},0x0,128x512", fitted.kc, fitted.nc));
     let variants: Vec<Blocks> = spec
         .split(',')
         .map(|v| {
@@ -71,6 +72,10 @@ fn gflops_on_vit_shapes() {
                     .collect()
             })
             .collect();
+        let packed: Vec<Vec<PackedWt>> = weights
+            .iter()
+            .map(|layer| layer.iter().zip(&products).map(|(w, &(_, n, k))| PackedWt::new(w, n, k)).collect())
+            .collect();
         let a: Vec<f32> = (0..vit.rows * 4 * d).map(|i| (i % 89) as f32 * 0.01 - 0.44).collect();
         let mut c = vec![0f32; vit.rows * 4 * d];
         for &threads in &thread_counts {
@@ -80,10 +85,15 @@ fn gflops_on_vit_shapes() {
             let mut cpu = seconds.clone();
             for (round, round_cpu) in seconds.iter_mut().zip(cpu.iter_mut()) {
                 for (v, blocks) in variants.iter().enumerate() {
-                    for layer in &weights {
+                    for (layer, layer_packed) in weights.iter().zip(&packed) {
                         for (p, &(_, n, k)) in products.iter().enumerate() {
                             let (t, t_cpu) = (Instant::now(), cpu_seconds());
                             pool.install(|| unsafe {
+                                if blocks.kc == 0 {
+                                    let (a, c) = (a.as_ptr(), c.as_mut_ptr());
+                                    sgemm_packed(vit.rows, a, k, &layer_packed[p], c, n, true, threads);
+                                    return;
+                                }
                                 sgemm_wt_in(
                                     *blocks,
                                     vit.rows,
