@@ -98,21 +98,22 @@ impl Stages {
         // tensor must be used exactly as by `Titok::from_pretrained`.
         let mut titok_cfg = cfg.clone();
         let pd = titok_cfg.pixel_decoder.take();
-        let (mut stages, _): (Stages, _) = load_strict(dir.join("model.safetensors"), &Device::Cpu, &LoadOptions::default(), |vb| {
-            let titok = Titok::new(&titok_cfg, vb.clone())?;
-            let pixel = match &pd {
-                Some(pd) => Some(PixelStage {
-                    codebook: vb
-                        .pp("pixel_quantize")
-                        .pp("embedding")
-                        .get((pd.codebook_size, pd.z_channels), "weight")?,
-                    decoder: MaskgitDecoder::new(pd, vb.pp("pixel_decoder"))?,
-                    grid: cfg.decoder_grid(),
-                }),
-                None => None,
-            };
-            Ok(Stages { titok, pixel })
-        })?;
+        let (mut stages, _): (Stages, _) =
+            load_strict(dir.join("model.safetensors"), &Device::Cpu, &LoadOptions::default(), |vb| {
+                let titok = Titok::new(&titok_cfg, vb.clone())?;
+                let pixel = match &pd {
+                    Some(pd) => Some(PixelStage {
+                        codebook: vb
+                            .pp("pixel_quantize")
+                            .pp("embedding")
+                            .get((pd.codebook_size, pd.z_channels), "weight")?,
+                        decoder: MaskgitDecoder::new(pd, vb.pp("pixel_decoder"))?,
+                        grid: cfg.decoder_grid(),
+                    }),
+                    None => None,
+                };
+                Ok(Stages { titok, pixel })
+            })?;
         // As `Tokenizer::from_pretrained` does: the ViTs' weights packed once at load.
         stages.titok.pack_weights()?;
         Ok(stages)

@@ -43,12 +43,11 @@ impl ResidualAttentionBlock {
         })
     }
 
-    /// Packs the linear layers' weights once for the AVX-512 product and drops their (out, in) copies, so that a
-    /// model that only infers holds its weights once: packed per call, every product read the weights from DRAM
-    /// in short strided runs and transposed them before any tile ran (6-7% of an S-128 encode at batch 1).
-    /// Only for a model that owns its weights: a model sharing a trainer's variables would keep the values of the
-    /// moment it was packed. Does nothing below the AVX-512 level, or when a weight is not an untracked
-    /// contiguous f32 CPU tensor; the composed path (autograd, other devices) unpacks them again per call.
+    /// Packs the linear layers' weights once for the AVX-512 product (why: `kernels::sgemm::PackedWt`) and drops
+    /// their (out, in) copies, so that the model holds its weights once. Only for a model that owns its weights: a
+    /// model sharing a trainer's variables would keep the values of the moment it was packed. Does nothing below
+    /// the AVX-512 level, or when a weight is not an untracked contiguous f32 CPU tensor; the composed path
+    /// (autograd, other devices) unpacks them again per call.
     pub fn pack_weights(&mut self) -> Result<()> {
         if self.packed.is_some() || super::kernels::level() != super::kernels::Level::Avx512 {
             return Ok(());
@@ -95,7 +94,7 @@ impl ResidualAttentionBlock {
 impl ResidualAttentionBlock {
     /// The layers composed from candle ops: differentiable, any dtype and device.
     pub fn forward_composed(&self, xs: &Tensor) -> Result<Tensor> {
-        self.forward_composed_rows(xs, 0, xs.dim(1)?)
+        self.unpacked()?.forward_composed_rows(xs, 0, xs.dim(1)?)
     }
 
     /// Rows `start..start + len` of [`Self::forward_composed`]: everything after the attention is row-wise, so the
@@ -165,15 +164,15 @@ impl ResidualAttentionBlock {
         if let Some(out) = Self::forward_all_fused(blocks, xs, start, len, scratch)? {
             return Ok(out);
         }
-        let blocks = blocks.iter().map(Self::unpacked).collect::<Result<Vec<_>>>()?;
         let Some((last, rest)) = blocks.split_last() else {
             return xs.narrow(1, start, len);
         };
+        // Packed blocks are unpacked one at a time, as they run.
         let mut xs = xs.clone();
         for block in rest {
             xs = block.forward_composed(&xs)?;
         }
-        last.forward_composed_rows(&xs, start, len)
+        last.unpacked()?.forward_composed_rows(&xs, start, len)
     }
 
     fn forward_all_fused(
@@ -216,7 +215,7 @@ fn norm_data(ln: &LayerNorm) -> Option<NormData<'_>> {
 fn linear_data<'a>((weight, bias): (&'a Tensor, &'a Tensor), packed: Option<&'a PackedWt>) -> Option<LinearData<'a>> {
     let weight = match packed {
         Some(p) => Weight::Packed(p),
-        None => Weight::Plain(F32Data::of(weight)?),
+        None => Weight::OutIn(F32Data::of(weight)?),
     };
     Some(LinearData { weight, bias: F32Data::of(bias)? })
 }
@@ -365,6 +364,20 @@ mod tests {
         }
         let tracked = Var::from_tensor(&x).unwrap();
         assert_eq!(run(&packed, tracked.as_tensor()), run(&plain, tracked.as_tensor()), "composed");
+        let composed = |blocks: &[ResidualAttentionBlock]| {
+            blocks.iter().fold(x.clone(), |x, block| block.forward_composed(&x).unwrap()).flatten_all().unwrap()
+        };
+        let (got, want) = (composed(&packed).to_vec1::<f32>().unwrap(), composed(&plain).to_vec1::<f32>().unwrap());
+        assert_eq!(got, want, "forward_composed");
+        // Over 1024 rows the packed product runs in slices (3 of 701 rows here), the plain one through the gemm
+        // crate: the same values up to the order of the sums.
+        let x = Tensor::randn(0f32, 1.0, (3, 701, width), &dev).unwrap();
+        let (got, want) = (run(&packed, &x), run(&plain, &x));
+        let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(err < 1e-4, "sliced packed product vs the gemm crate: max abs {err}");
+        // No rows.
+        let x = Tensor::zeros((0, l, width), DType::F32, &dev).unwrap();
+        assert!(run(&packed, &x).is_empty());
     }
 
     /// Training keeps the differentiable path: a loss reaches every parameter and the input.

@@ -65,7 +65,7 @@ pub(crate) struct LinearData<'a> {
 /// A linear layer's weight as the products read it.
 pub(crate) enum Weight<'a> {
     /// (out, in) row-major, as nn.Linear stores it.
-    Plain(F32Data<'a>),
+    OutIn(F32Data<'a>),
     /// Packed once for `kernels::sgemm` (a loaded model's ViT layers at the AVX-512 level, see `PackedWt`).
     Packed(&'a PackedWt),
 }
@@ -250,7 +250,7 @@ fn linear_onto(dst: &mut [f32], a: &[f32], lin: &LinearData) {
 fn product(dst: &mut [f32], accumulate: bool, a: &[f32], lin: &LinearData) {
     let n = lin.bias.get().len();
     match &lin.weight {
-        Weight::Plain(w) => {
+        Weight::OutIn(w) => {
             let w = w.get();
             let k = w.len() / n.max(1);
             gemm_wt(dst, accumulate, a, w, a.len() / k.max(1), k, n);

@@ -28,17 +28,22 @@ impl PackedWt {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
 /// Rows per call of the packed product: at more, A's depth strip (rows·KC floats) outgrows L2 and the `gemm`
 /// crate's blocking was ahead (see `fused::SGEMM_MAX_ROWS`); a batch's rows go through in even slices under it,
 /// each reading the packed weights once more (from L3 or DRAM, as the one pack per call did).
 const ROWS_PER_CALL: usize = 1024;
 
 /// dst (m, n) = [dst +] a (m, k) · wᵀ on the whole compute pool, m = a.len() / k. Through `kernels::sgemm` at the
-/// AVX-512 level; at a level forced lower (tests, `MARVEL_SIMD`), through the weights unpacked again.
+/// AVX-512 level; at a level forced lower (tests, `MARVEL_SIMD`), through the whole weight unpacked again on every
+/// call: correct, and slow.
 pub(super) fn gemm_packed(dst: &mut [f32], accumulate: bool, a: &[f32], w: &PackedWt) {
     let (n, k) = (w.n(), w.k());
     let m = a.len() / k;
     assert!(dst.len() == m * n && a.len() == m * k, "gemm_packed: sizes do not match");
+    if m == 0 {
+        return;
+    }
     #[cfg(target_arch = "x86_64")]
     if crate::nn::kernels::level() == crate::nn::kernels::Level::Avx512 {
         let threads = rayon::current_num_threads();

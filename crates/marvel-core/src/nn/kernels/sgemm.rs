@@ -44,8 +44,8 @@ mod packed;
 
 pub(crate) use blocks::Blocks;
 pub(crate) use in_place::{in_place_blocks, sgemm_ab_rows};
-pub use packed::PackedWt;
 pub(crate) use packed::sgemm_packed;
+pub use packed::PackedWt;
 
 const MR: usize = 12;
 /// Columns of a panel and of a register tile.

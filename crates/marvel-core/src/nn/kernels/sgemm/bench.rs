@@ -3,8 +3,8 @@
 //!
 //!   cargo test --release -p marvel-core --lib sgemm::bench -- --ignored --nocapture
 //!
-//! `MARVEL_SGEMM_BLOCKS` lists the variants as KCxNC (default: the fitted blocks, then 128x512, a shallower
-//! one); `MARVEL_SGEMM_ROUNDS` the rounds (default 7); `MARVEL_SGEMM_THREADS` the thread counts (default 1,2).
+//! `MARVEL_SGEMM_BLOCKS` lists the variants as KCxNC or `packed` (default: the fitted blocks, the fitted blocks
+//! with the weights packed once beforehand, then 128x512, a shallower one); `MARVEL_SGEMM_ROUNDS` the rounds (default 7); `MARVEL_SGEMM_THREADS` the thread counts (default 1,2).
 //! Each round runs every variant once, in turn, so that a
 //! neighbour's load falls on all of them; the median round is reported. Each model cycles through enough distinct
 //! layers (over 64 MB of weights) that its weights come from DRAM, as in a forward pass.
@@ -47,11 +47,14 @@ fn env_or(name: &str, default: &str) -> String {
 fn gflops_on_vit_shapes() {
     assert!(crate::nn::kernels::Level::Avx512.supported(), "sgemm needs AVX-512");
     let fitted = Blocks::for_this_cpu();
-    // `0x0` stands for the fitted blocks with Wᵀ packed once beforehand (`PackedWt`).
-    let spec = env_or("MARVEL_SGEMM_BLOCKS", &format!("{}x{},0x0,128x512", fitted.kc, fitted.nc));
+    // `packed`: the fitted blocks with Wᵀ packed once beforehand (`PackedWt`), listed as kc 0.
+    let spec = env_or("MARVEL_SGEMM_BLOCKS", &format!("{}x{},packed,128x512", fitted.kc, fitted.nc));
     let variants: Vec<Blocks> = spec
         .split(',')
         .map(|v| {
+            if v.trim() == "packed" {
+                return Blocks { kc: 0, nc: 0 };
+            }
             let (kc, nc) = v.split_once('x').expect("KCxNC");
             Blocks { kc: kc.trim().parse().unwrap(), nc: nc.trim().parse().unwrap() }
         })
@@ -124,7 +127,9 @@ fn gflops_on_vit_shapes() {
                     x[x.len() / 2]
                 };
                 let flops = |p: usize| 2.0 * (vit.rows * products[p].1 * products[p].2 * vit.layers) as f64;
-                let mut line = format!("{:>6} {threads}t {:>3}x{:<4}", vit.name, blocks.kc, blocks.nc);
+                let variant =
+                    if blocks.kc == 0 { "packed".to_string() } else { format!("{}x{}", blocks.kc, blocks.nc) };
+                let mut line = format!("{:>6} {threads}t {variant:<8}", vit.name);
                 for (p, (name, _, _)) in products.iter().enumerate() {
                     line += &format!(" {name} {:5.1}", flops(p) / median(&seconds, &|r| r[p]) / 1e9);
                 }

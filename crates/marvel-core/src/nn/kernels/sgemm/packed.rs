@@ -12,7 +12,6 @@ use super::{pack_wt, Blocks, Job, Right, Rows, NR};
 /// Wᵀ of a (n, k) weight as the kernel reads it: depth blocks of `kc` rows (the last may be shorter), each the
 /// 32-column panels of all n columns (zero past n): (kk, j) of block k0 at k0·n_pad + (j / 32)·kc_b·32 + (kk - k0)·32
 /// + j % 32, where kc_b is that block's depth and n_pad is n rounded up to whole panels.
-#[derive(Debug, Clone)]
 pub struct PackedWt {
     n: usize,
     k: usize,
@@ -24,28 +23,20 @@ impl PackedWt {
     /// Packs `w`, (n, k) row-major as nn.Linear stores it, for this CPU's blocks.
     ///
     /// # Panics
-    /// When `w` does not hold n·k values, or n or k is 0.
+    /// When `w` does not hold n·k values, n or k is 0, or the CPU lacks AVX-512.
     pub fn new(w: &[f32], n: usize, k: usize) -> Self {
         Self::with_depth(w, n, k, Blocks::for_this_cpu().kc)
     }
 
     fn with_depth(w: &[f32], n: usize, k: usize, kc: usize) -> Self {
         assert!(n > 0 && k > 0 && w.len() == n * k, "PackedWt: {} values for a ({n}, {k}) weight", w.len());
+        assert!(crate::nn::kernels::Level::Avx512.supported(), "PackedWt: the packed product needs AVX-512");
         let n_pad = n.div_ceil(NR) * NR;
         let mut data = vec![0f32; k * n_pad];
-        let avx512 = crate::nn::kernels::Level::Avx512.supported();
         data.par_chunks_mut(kc * n_pad).enumerate().for_each(|(b, block)| {
-            let (k0, kc_b) = (b * kc, kc.min(k - b * kc));
-            if avx512 {
-                // SAFETY: AVX-512F is supported; w holds n rows of k values, and the block n_pad·kc_b.
-                unsafe { pack_wt(w.as_ptr().add(k0), k, kc_b, n, block) };
-            } else {
-                for (j, row) in w.chunks_exact(k).enumerate() {
-                    for kk in 0..kc_b {
-                        block[j / NR * kc_b * NR + kk * NR + j % NR] = row[k0 + kk];
-                    }
-                }
-            }
+            let k0 = b * kc;
+            // SAFETY: AVX-512F is supported (asserted above); w holds n rows of k values, the block n_pad·(its depth).
+            unsafe { pack_wt(w.as_ptr().add(k0), k, kc.min(k - k0), n, block) };
         });
         Self { n, k, kc, data }
     }
@@ -60,7 +51,7 @@ impl PackedWt {
         self.k
     }
 
-    /// W's value at (row j, column kk): what a fallback that needs the (n, k) layout reads.
+    /// W as (n, k) row-major again, for the paths that need that layout.
     pub fn unpacked(&self) -> Vec<f32> {
         let n_pad = self.n.div_ceil(NR) * NR;
         let mut w = vec![0f32; self.n * self.k];
@@ -71,6 +62,13 @@ impl PackedWt {
             }
         }
         w
+    }
+}
+
+/// Shapes only: the values are a model's weights.
+impl std::fmt::Debug for PackedWt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PackedWt").field("n", &self.n).field("k", &self.k).field("kc", &self.kc).finish()
     }
 }
 
