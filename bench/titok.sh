@@ -10,7 +10,8 @@
 # torch (prepare.py), and marvel through Rust and through Node against torch on the layout's check batch; any
 # mismatch stops the run.
 #
-# Environment: LAYOUTS (default s128,l32,single), RUNS (timed runs per stage, default 5), WARMUP (default 1), BATCHES
+# Environment: LAYOUTS (default s128,l32,single), RUNS (timed runs per stage, default 5), ROUNDS (each engine's runs
+# repeated this many times in alternating order, the fastest round per stage reported; default 1), WARMUP (default 1), BATCHES
 # (default 1,8), THREADS (default 2), SKIP_BUILD=1 (use the built example and dist/ as they are), PYTHON (default
 # bench/.venv/bin/python; created from bench/python/requirements.txt when missing).
 set -euo pipefail
@@ -18,6 +19,7 @@ cd "$(dirname "$0")/.."
 
 LAYOUTS=${LAYOUTS:-s128,l32,single}
 RUNS=${RUNS:-5}
+ROUNDS=${ROUNDS:-1}
 WARMUP=${WARMUP:-1}
 BATCHES=${BATCHES:-1,8}
 THREADS=${THREADS:-2}
@@ -63,22 +65,28 @@ for layout in "${layouts[@]}"; do
   # below before it times anything); a mismatch exits non-zero and set -e stops the run.
   echo "== $layout: marvel (Node API) check" >&2
   node bench/titok.mjs "$model" --threads "$THREADS" --check "$model/check.safetensors" --check-only
-  # marvel and onnxruntime back to back: on a shared machine the closest in time are the most comparable.
-  echo "== $layout: marvel (Rust example)" >&2
-  "$MARVEL" "$model" --threads "$THREADS" --check "$model/check.safetensors" "${common[@]}" >>"$out"
-  for engine in ort torch; do
-    echo "== $layout: $engine" >&2
-    OMP_NUM_THREADS="$THREADS" "$PY" bench/python/bench_py.py "$engine" --model "$model" --threads "$THREADS" "${common[@]}" >>"$out"
+  # marvel and onnxruntime back to back: on a shared machine the closest in time are the most comparable. With
+  # ROUNDS > 1 every engine runs once a round, the order reversed every other round, and the report keeps each
+  # engine's fastest round per stage: a stretch of a slow host then falls on every engine instead of one.
+  for ((round = 1; round <= ROUNDS; round++)); do
+    order=(marvel ort torch marvel-node)
+    if ((round % 2 == 0)); then order=(marvel-node torch ort marvel); fi
+    for engine in "${order[@]}"; do
+      echo "== $layout: $engine (round $round/$ROUNDS)" >&2
+      case $engine in
+        marvel) "$MARVEL" "$model" --threads "$THREADS" --check "$model/check.safetensors" "${common[@]}" >>"$out" ;;
+        marvel-node) node bench/titok.mjs "$model" --threads "$THREADS" --check "$model/check.safetensors" "${common[@]}" >>"$out" ;;
+        *) OMP_NUM_THREADS="$THREADS" "$PY" bench/python/bench_py.py "$engine" --model "$model" --threads "$THREADS" "${common[@]}" >>"$out" ;;
+      esac
+    done
   done
-  echo "== $layout: marvel (Node API)" >&2
-  node bench/titok.mjs "$model" --threads "$THREADS" --check "$model/check.safetensors" "${common[@]}" >>"$out"
   echo "== $layout: sgemm ceiling again (the report takes the higher of the two: less disturbed by other processes)" >&2
   env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE OPENBLAS_NUM_THREADS="$THREADS" \
     "$PY" bench/python/bench_py.py sgemm --threads "$THREADS" >>"$out"
 
   cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')
-  printf '{"engine":"meta","layout":"%s","date":"%s","cpu":"%s","cores":%s,"threads":%s,"runs":%s,"load_before":"%s","load_after":"%s","parity":%s,"prepare":%s}\n' \
-    "$layout" "$(date -u +%Y-%m-%dT%H:%MZ)" "$cpu" "$(nproc)" "$THREADS" "$RUNS" "$load_before" \
+  printf '{"engine":"meta","layout":"%s","date":"%s","cpu":"%s","cores":%s,"threads":%s,"runs":%s,"rounds":%s,"load_before":"%s","load_after":"%s","parity":%s,"prepare":%s}\n' \
+    "$layout" "$(date -u +%Y-%m-%dT%H:%MZ)" "$cpu" "$(nproc)" "$THREADS" "$RUNS" "$ROUNDS" "$load_before" \
     "$(cut -d' ' -f1-3 /proc/loadavg)" "$parity" "$prepare" >>"$out"
 
   echo >&2
