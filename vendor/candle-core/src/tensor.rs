@@ -2104,6 +2104,26 @@ impl Tensor {
         Arc::strong_count(&self.0) == 1 && Arc::strong_count(&self.storage) == 1
     }
 
+    /// The values of a contiguous f32 CPU tensor that nothing else holds, taken without a copy; the tensor back
+    /// otherwise (marvel patch: a loaded weight is repacked in its own memory, see `marvel_core`'s `PackedWt`).
+    pub fn into_f32_vec(self) -> std::result::Result<Vec<f32>, Tensor> {
+        if !self.is_sole_owner() || self.is_variable || self.dtype() != DType::F32 {
+            return Err(self);
+        }
+        let Some((start, end)) = self.layout.contiguous_offsets() else {
+            return Err(self);
+        };
+        {
+            let mut storage = self.storage_mut();
+            if let Storage::Cpu(crate::CpuStorage::F32(values)) = &mut *storage {
+                if start == 0 && end == values.len() {
+                    return Ok(std::mem::take(values));
+                }
+            }
+        }
+        Err(self)
+    }
+
     pub fn id(&self) -> TensorId {
         self.id
     }

@@ -48,30 +48,39 @@ impl ResidualAttentionBlock {
     /// model sharing a trainer's variables would keep the values of the moment it was packed. Does nothing below
     /// the AVX-512 level, or when a weight is not an untracked contiguous f32 CPU tensor; the composed path
     /// (autograd, other devices) unpacks them again per call.
-    pub fn pack_weights(&mut self) -> Result<()> {
+    pub fn pack_weights(&mut self, scratch: &mut Vec<f32>) -> Result<()> {
         if self.packed.is_some() || super::kernels::level() != super::kernels::Level::Avx512 {
             return Ok(());
         }
         let ((in_proj, _), (out_proj, _), _) = self.attn.parts();
         let ((c_fc, _), (c_proj, _)) = self.mlp.parts();
-        if super::kernels::tracked(&[in_proj, out_proj, c_fc, c_proj]) {
+        let weights = [in_proj, out_proj, c_fc, c_proj];
+        if super::kernels::tracked(&weights)
+            || weights.iter().any(|w| F32Data::of(w).is_none() || w.dims2().is_ok_and(|(n, k)| n == 0 || k == 0))
+        {
             return Ok(());
         }
-        let pack = |w: &Tensor| -> Result<Option<PackedWt>> {
-            let (n, k) = w.dims2()?;
-            Ok(F32Data::of(w).filter(|_| n > 0 && k > 0).map(|data| PackedWt::new(data.get(), n, k)))
-        };
-        let (Some(in_p), Some(out_p), Some(fc_p), Some(proj_p)) =
-            (pack(in_proj)?, pack(out_proj)?, pack(c_fc)?, pack(c_proj)?)
-        else {
-            return Ok(());
-        };
-        // One zero broadcast to the weight's shape: the layers keep their shapes, not their values.
+        let [in_proj, out_proj, c_fc, c_proj] = weights.map(Tensor::clone);
+        // One zero broadcast to the weight's shape: the layers keep their shapes, not their values. Once the layers
+        // hold these, the clones above are the weights' only holders, and the pack can take their memory.
         let placeholder = |w: &Tensor| Tensor::zeros((), DType::F32, w.device())?.broadcast_as(w.shape());
-        let attn = self.attn.with_weights(placeholder(in_proj)?, placeholder(out_proj)?);
-        let mlp = self.mlp.with_weights(placeholder(c_fc)?, placeholder(c_proj)?);
+        let attn = self.attn.with_weights(placeholder(&in_proj)?, placeholder(&out_proj)?);
+        let mlp = self.mlp.with_weights(placeholder(&c_fc)?, placeholder(&c_proj)?);
         (self.attn, self.mlp) = (attn, mlp);
-        self.packed = Some(Arc::new(PackedLinears { in_proj: in_p, out_proj: out_p, c_fc: fc_p, c_proj: proj_p }));
+        let mut pack = |w: Tensor| -> Result<PackedWt> {
+            let (n, k) = w.dims2()?;
+            Ok(match w.into_f32_vec() {
+                Ok(values) => PackedWt::in_place(values, n, k, scratch),
+                Err(w) => PackedWt::new(F32Data::of(&w).expect("checked above").get(), n, k),
+            })
+        };
+        let packed = PackedLinears {
+            in_proj: pack(in_proj)?,
+            out_proj: pack(out_proj)?,
+            c_fc: pack(c_fc)?,
+            c_proj: pack(c_proj)?,
+        };
+        self.packed = Some(Arc::new(packed));
         Ok(())
     }
 
@@ -343,7 +352,7 @@ mod tests {
             .collect();
         let mut packed = plain.clone();
         for block in &mut packed {
-            block.pack_weights().unwrap();
+            block.pack_weights(&mut Vec::new()).unwrap();
             let ((in_proj, _), _, _) = block.attn.parts();
             assert!(block.packed.is_some() && F32Data::of(in_proj).is_none(), "not packed, or the weights kept");
             assert_eq!(in_proj.dims(), [3 * width, width]);
@@ -358,7 +367,7 @@ mod tests {
             forced(level, || {
                 assert_eq!(run(&packed, &x), run(&plain, &x), "fused, {level:?}");
                 let mut again = plain[0].clone();
-                again.pack_weights().unwrap();
+                again.pack_weights(&mut Vec::new()).unwrap();
                 assert!(again.packed.is_none(), "packed at {level:?}");
             });
         }
@@ -378,6 +387,28 @@ mod tests {
         // No rows.
         let x = Tensor::zeros((0, l, width), DType::F32, &dev).unwrap();
         assert!(run(&packed, &x).is_empty());
+    }
+
+    /// A block that alone holds its weights is packed in their own memory (`Tensor::into_f32_vec`: no fresh memory
+    /// faulted in at load), with the outputs it had unpacked, bit for bit.
+    #[test]
+    #[cfg_attr(not(marvel_host_avx512), ignore = "AVX-512: the build host lacks it, or this is a cross build")]
+    fn sole_owned_weights_are_packed_in_their_own_memory() {
+        let dev = Device::Cpu;
+        let (b, l, width, heads) = (2, 13, 64, 4);
+        let (_, vars) = block(width, heads, &dev);
+        let mut owned = untracked(&vars, width, heads, &dev);
+        let x = Tensor::randn(0f32, 1.0, (b, l, width), &dev).unwrap();
+        let run = |block: &ResidualAttentionBlock| {
+            let out = block.forward(&x).unwrap();
+            out.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        };
+        let want = run(&owned);
+        let ((in_proj, _), _, _) = owned.attn.parts();
+        let memory = F32Data::of(in_proj).unwrap().get().as_ptr();
+        owned.pack_weights(&mut Vec::new()).unwrap();
+        assert_eq!(owned.packed.as_ref().expect("packed").in_proj.data_ptr(), memory, "packed into fresh memory");
+        assert_eq!(run(&owned), want);
     }
 
     /// Training keeps the differentiable path: a loss reaches every parameter and the input.

@@ -81,8 +81,8 @@ impl TitokDecoder {
     }
 
     /// Packs the transformer's linear weights for inference (`ResidualAttentionBlock::pack_weights`).
-    pub fn pack_weights(&mut self) -> Result<()> {
-        self.transformer.iter_mut().try_for_each(ResidualAttentionBlock::pack_weights)
+    pub fn pack_weights(&mut self, scratch: &mut Vec<f32>) -> Result<()> {
+        self.transformer.iter_mut().try_for_each(|block| block.pack_weights(scratch))
     }
 
     /// True for the legacy head (1024 MaskGIT logits per patch).

@@ -65,8 +65,8 @@ impl TitokEncoder {
     }
 
     /// Packs the transformer's linear weights for inference (`ResidualAttentionBlock::pack_weights`).
-    pub fn pack_weights(&mut self) -> Result<()> {
-        self.transformer.iter_mut().try_for_each(ResidualAttentionBlock::pack_weights)
+    pub fn pack_weights(&mut self, scratch: &mut Vec<f32>) -> Result<()> {
+        self.transformer.iter_mut().try_for_each(|block| block.pack_weights(scratch))
     }
 
     /// `pixel_values`: (B, 3, H, W) in [0, 1]; `latent_tokens`: (N, D), the model's learned queries.

@@ -123,8 +123,10 @@ impl Titok {
         if !self.device.is_cpu() || self.dtype != DType::F32 {
             return Ok(());
         }
-        self.encoder.pack_weights()?;
-        Ok(self.decoder.pack_weights()?)
+        // One scratch copy for every weight's pack, as large as the largest.
+        let mut scratch = Vec::new();
+        self.encoder.pack_weights(&mut scratch)?;
+        Ok(self.decoder.pack_weights(&mut scratch)?)
     }
 
     pub fn config(&self) -> &TitokConfig {

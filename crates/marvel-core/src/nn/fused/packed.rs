@@ -15,6 +15,10 @@ impl PackedWt {
         unreachable!("no product reads packed weights off x86-64: nothing packs them")
     }
 
+    pub fn in_place(_w: Vec<f32>, _n: usize, _k: usize, _scratch: &mut Vec<f32>) -> Self {
+        unreachable!("no product reads packed weights off x86-64: nothing packs them")
+    }
+
     pub fn n(&self) -> usize {
         match *self {}
     }

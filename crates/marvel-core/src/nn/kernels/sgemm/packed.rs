@@ -28,17 +28,42 @@ impl PackedWt {
         Self::with_depth(w, n, k, Blocks::for_this_cpu().kc)
     }
 
+    /// [`Self::new`] in `w`'s own memory where n is a whole number of panels (then the packed form has W's size):
+    /// W is copied to `scratch` (kept by the caller across weights) and packed back over itself, so no fresh memory
+    /// is faulted in. Fresh memory otherwise.
+    pub fn in_place(mut w: Vec<f32>, n: usize, k: usize, scratch: &mut Vec<f32>) -> Self {
+        if !n.is_multiple_of(NR) {
+            return Self::new(&w, n, k);
+        }
+        scratch.clear();
+        scratch.extend_from_slice(&w);
+        Self::pack_into(scratch, n, k, Blocks::for_this_cpu().kc, &mut w);
+        Self { n, k, kc: Blocks::for_this_cpu().kc, data: w }
+    }
+
     fn with_depth(w: &[f32], n: usize, k: usize, kc: usize) -> Self {
+        let mut data = vec![0f32; k * n.div_ceil(NR) * NR];
+        Self::pack_into(w, n, k, kc, &mut data);
+        Self { n, k, kc, data }
+    }
+
+    /// `data` (k·n_pad floats) ← W packed.
+    fn pack_into(w: &[f32], n: usize, k: usize, kc: usize, data: &mut [f32]) {
         assert!(n > 0 && k > 0 && w.len() == n * k, "PackedWt: {} values for a ({n}, {k}) weight", w.len());
         assert!(crate::nn::kernels::Level::Avx512.supported(), "PackedWt: the packed product needs AVX-512");
         let n_pad = n.div_ceil(NR) * NR;
-        let mut data = vec![0f32; k * n_pad];
+        assert_eq!(data.len(), k * n_pad, "PackedWt: room for the packed weight");
         data.par_chunks_mut(kc * n_pad).enumerate().for_each(|(b, block)| {
             let k0 = b * kc;
             // SAFETY: AVX-512F is supported (asserted above); w holds n rows of k values, the block n_pad·(its depth).
             unsafe { pack_wt(w.as_ptr().add(k0), k, kc.min(k - k0), n, block) };
         });
-        Self { n, k, kc, data }
+    }
+
+    /// Where the packed values are (tests: whether a pack reused the weight's memory).
+    #[cfg(test)]
+    pub(crate) fn data_ptr(&self) -> *const f32 {
+        self.data.as_ptr()
     }
 
     /// Output features (W's rows).
