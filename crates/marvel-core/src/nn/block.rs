@@ -55,9 +55,9 @@ impl ResidualAttentionBlock {
         let ((in_proj, _), (out_proj, _), _) = self.attn.parts();
         let ((c_fc, _), (c_proj, _)) = self.mlp.parts();
         let weights = [in_proj, out_proj, c_fc, c_proj];
-        // Everything that can refuse is checked before the layers change.
+        // Everything that can refuse is checked before the layers change (`F32Data::of` refuses tracked tensors too).
         let packable = |w: &&Tensor| F32Data::of(w).is_some() && matches!(w.dims2(), Ok((n, k)) if n > 0 && k > 0);
-        if super::kernels::tracked(&weights) || !weights.iter().all(packable) {
+        if !weights.iter().all(packable) {
             return Ok(());
         }
         let [in_proj, out_proj, c_fc, c_proj] = weights.map(Tensor::clone);

@@ -153,7 +153,7 @@ fn block_forward(io: Io, (b, l, d): (usize, usize, usize), keep: Range<usize>, p
     let (h, x1, qkv) = (&mut s.h[..rows * d], &mut s.x1[..kept * d], &mut s.qkv_f[..rows * 3 * d]);
     layer_norm(h, x, &p.ln_1);
     fill_bias(qkv, p.in_proj.bias.get());
-    linear_onto(qkv, h, &p.in_proj);
+    product(qkv, true, h, &p.in_proj);
     // ln_1's output is spent: the heads' outputs take its place.
     let attn = &mut h[..kept * d];
     // One path at every batch size (a head's products have the same shape whatever the batch), so an image's
@@ -161,7 +161,7 @@ fn block_forward(io: Io, (b, l, d): (usize, usize, usize), keep: Range<usize>, p
     // measured within noise of sgemm's (1-2% less CPU, medians of 8 alternating runs on a shared machine).
     attention(qkv, attn, b, l, d, p.num_heads, keep.clone(), Products::Fastest);
     add_bias_kept(x1, x, (l, d), keep, p.out_proj.bias.get());
-    linear_onto(x1, attn, &p.out_proj);
+    product(x1, true, attn, &p.out_proj);
 
     let h2 = attn;
     layer_norm(h2, x1, &p.ln_2);
@@ -173,7 +173,7 @@ fn block_forward(io: Io, (b, l, d): (usize, usize, usize), keep: Range<usize>, p
         Io::Apart(_, out) | Io::InPlace(out) => out,
     };
     par_rows2(out, x1, d, |o, x| kernels::add_bias(o, x, p.c_proj.bias.get()));
-    linear_onto(out, f, &p.c_proj);
+    product(out, true, f, &p.c_proj);
 }
 
 fn layer_norm(dst: &mut [f32], src: &[f32], ln: &NormData) {
@@ -241,12 +241,8 @@ fn add_bias_kept(dst: &mut [f32], x: &[f32], (l, d): (usize, usize), keep: Range
     });
 }
 
-/// dst (rows, out) += a (rows, in) · wᵀ, the weight of `lin` (its bias is the caller's to add).
-fn linear_onto(dst: &mut [f32], a: &[f32], lin: &LinearData) {
-    product(dst, true, a, lin)
-}
-
-/// dst (rows, out) = [dst +] a (rows, in) · wᵀ for the weight of `lin`, stored plain or packed.
+/// dst (rows, out) = [dst +] a (rows, in) · wᵀ for the weight of `lin`, stored plain or packed (its bias is the
+/// caller's to add).
 fn product(dst: &mut [f32], accumulate: bool, a: &[f32], lin: &LinearData) {
     let n = lin.bias.get().len();
     match &lin.weight {

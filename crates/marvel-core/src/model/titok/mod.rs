@@ -118,11 +118,9 @@ impl Titok {
     }
 
     /// Packs the encoder's and decoder's linear weights once for the CPU's product and drops their (out, in)
-    /// copies (`ResidualAttentionBlock::pack_weights`): for a model that owns its weights and only infers.
+    /// copies (`ResidualAttentionBlock::pack_weights`, which leaves weights on other devices or dtypes as they are):
+    /// for a model that owns its weights and only infers.
     pub fn pack_weights(&mut self) -> Result<()> {
-        if !self.device.is_cpu() || self.dtype != DType::F32 {
-            return Ok(());
-        }
         // One scratch copy for every weight's pack, as large as the largest.
         let mut scratch = Vec::new();
         self.encoder.pack_weights(&mut scratch)?;

@@ -51,7 +51,7 @@ pub(super) fn gemm_packed(dst: &mut [f32], accumulate: bool, a: &[f32], w: &Pack
     #[cfg(target_arch = "x86_64")]
     if crate::nn::kernels::level() == crate::nn::kernels::Level::Avx512 {
         let threads = rayon::current_num_threads();
-        let calls = m.div_ceil(ROWS_PER_CALL).max(1);
+        let calls = m.div_ceil(ROWS_PER_CALL);
         let rows = m.div_ceil(calls);
         for (a, dst) in a.chunks(rows * k).zip(dst.chunks_mut(rows * n)) {
             // SAFETY: the level is one the CPU supports; a holds dst.len() / n rows of k values, dst is borrowed

@@ -35,10 +35,11 @@ impl PackedWt {
         if !n.is_multiple_of(NR) {
             return Self::new(&w, n, k);
         }
+        let kc = Blocks::for_this_cpu().kc;
         scratch.clear();
         scratch.extend_from_slice(&w);
-        Self::pack_into(scratch, n, k, Blocks::for_this_cpu().kc, &mut w);
-        Self { n, k, kc: Blocks::for_this_cpu().kc, data: w }
+        Self::pack_into(scratch, n, k, kc, &mut w);
+        Self { n, k, kc, data: w }
     }
 
     fn with_depth(w: &[f32], n: usize, k: usize, kc: usize) -> Self {
