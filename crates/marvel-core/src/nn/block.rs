@@ -335,7 +335,7 @@ mod tests {
     }
 
     /// Packed weights give the unpacked blocks' outputs bit for bit: on the fused path at the AVX-512 level (the
-    /// same panels as the per-call pack, under 1024 rows), at a level forced lower (the weights unpacked again for
+    /// same panels as the per-call pack, under 1024 rows; the rows shared out by thread), at a level forced lower (the weights unpacked again for
     /// the `gemm` crate) and on the composed path (a tracked input: the blocks unpacked per call). The (out, in)
     /// copies are gone, and below AVX-512 nothing is packed.
     #[test]
@@ -362,7 +362,11 @@ mod tests {
             let out = ResidualAttentionBlock::forward_all_rows(blocks, x, 2, 5, &BlockScratch::default()).unwrap();
             out.flatten_all().unwrap().to_vec1::<f32>().unwrap()
         };
-        assert_eq!(run(&packed, &x), run(&plain, &x), "fused, AVX-512");
+        // Packed, each thread takes its rows through the steps that work row by row (`block_forward_by_rows`).
+        for threads in 1..=3 {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| assert_eq!(run(&packed, &x), run(&plain, &x), "fused, AVX-512, {threads} threads"));
+        }
         for level in [Level::Avx2, Level::Baseline].into_iter().filter(|l| l.supported()) {
             forced(level, || {
                 assert_eq!(run(&packed, &x), run(&plain, &x), "fused, {level:?}");

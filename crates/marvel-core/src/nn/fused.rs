@@ -13,7 +13,10 @@
 //!   packed projection through strides (`sgemm` at AVX-512, with v transposed per head; the gemm crate below),
 //!   the 1/√hd scale folded into the softmax or the q·kᵀ product, softmax on the scores while they are in cache,
 //!   and each head's output written straight into its columns of the result;
-//! - a stack of blocks shares one set of scratch buffers.
+//! - a stack of blocks shares one set of scratch buffers;
+//! - with the weights packed (a loaded model at AVX-512), each thread takes a share of the rows through every step
+//!   that works row by row, so a block is three parallel passes, the threads meeting only around attention
+//!   (`block_forward_by_rows`).
 
 use std::ops::Range;
 
@@ -68,6 +71,22 @@ pub(crate) enum Weight<'a> {
     OutIn(F32Data<'a>),
     /// Packed once for `kernels::sgemm` (a loaded model's ViT layers at the AVX-512 level, see `PackedWt`).
     Packed(&'a PackedWt),
+}
+
+impl BlockData<'_> {
+    /// The four weights, where all are packed and the products read them packed (the AVX-512 level).
+    fn packed(&self) -> Option<[&PackedWt; 4]> {
+        if kernels::level() != kernels::Level::Avx512 {
+            return None;
+        }
+        fn packed<'a>(l: &LinearData<'a>) -> Option<&'a PackedWt> {
+            match l.weight {
+                Weight::Packed(w) => Some(w),
+                Weight::OutIn(_) => None,
+            }
+        }
+        Some([packed(&self.in_proj)?, packed(&self.out_proj)?, packed(&self.c_fc)?, packed(&self.c_proj)?])
+    }
 }
 
 /// A layer norm's stored parameters.
@@ -141,6 +160,9 @@ struct Scratch<'a> {
 /// ((B·keep.len(), D)). ln_1 and the q/k/v projection cover every row, since attention reads every row's k and v
 /// (and q, computed with them in one product, for all). In place only with every row kept.
 fn block_forward(io: Io, (b, l, d): (usize, usize, usize), keep: Range<usize>, p: &BlockData, s: &mut Scratch) {
+    if let Some(w) = p.packed() {
+        return block_forward_by_rows(io, (b, l, d), keep, p, w, s);
+    }
     let (rows, kept) = (b * l, b * keep.len());
     let hidden = p.c_fc.bias.get().len();
     let x: &[f32] = match &io {
@@ -174,6 +196,103 @@ fn block_forward(io: Io, (b, l, d): (usize, usize, usize), keep: Range<usize>, p
     };
     par_rows2(out, x1, d, |o, x| kernels::add_bias(o, x, p.c_proj.bias.get()));
     product(out, true, f, &p.c_proj);
+}
+
+/// [`block_forward`] for a block whose four weights are packed, at the AVX-512 level: the same kernels on the same
+/// rows (so the same values, bit for bit), but each thread takes a share of the rows through every step that works
+/// row by row, its products single-threaded on them (`sgemm`'s row split, see `Split`), so that a block is three
+/// parallel passes instead of eleven: ln_1 and the q/k/v projection; attention; then the output projection, ln_2
+/// and the MLP. Each thread's rows stay in its own L2 from one step to the next, and the threads meet three times
+/// a block instead of at every step.
+fn block_forward_by_rows(
+    io: Io,
+    (b, l, d): (usize, usize, usize),
+    keep: Range<usize>,
+    p: &BlockData,
+    [w_in, w_out, w_fc, w_proj]: [&PackedWt; 4],
+    s: &mut Scratch,
+) {
+    let (rows, kept) = (b * l, b * keep.len());
+    let hidden = p.c_fc.bias.get().len();
+    // In place, a task reads its rows' residual from its own part of `out` before it writes them.
+    let (x, out) = match io {
+        Io::Apart(x, out) => (Some(x), out),
+        Io::InPlace(out) => {
+            assert_eq!(kept, rows, "block_forward: in place with rows dropped");
+            (None, out)
+        }
+    };
+    let (h, x1, qkv) = (&mut s.h[..rows * d], &mut s.x1[..kept * d], &mut s.qkv_f[..rows * 3 * d]);
+    let parts = row_parts(rows);
+    let input: &[f32] = x.unwrap_or(out);
+    let tasks: Vec<_> = split_rows(h, &parts, d).into_iter().zip(split_rows(qkv, &parts, 3 * d)).collect();
+    tasks.into_par_iter().zip(&parts).for_each(|((h, qkv), r)| {
+        let ln = &p.ln_1;
+        kernels::layer_norm_rows(h, &input[r.start * d..r.end * d], ln.weight.get(), ln.bias.get(), ln.eps);
+        fill_rows(qkv, p.in_proj.bias.get());
+        packed::gemm_packed(qkv, true, h, w_in, 1);
+    });
+
+    let attn = &mut h[..kept * d];
+    attention(qkv, attn, b, l, d, p.num_heads, keep.clone(), Products::Fastest);
+
+    // q, k and v are spent: the MLP's hidden layer takes their place.
+    let f = &mut s.qkv_f[..kept * hidden];
+    let parts = row_parts(kept);
+    let tasks: Vec<_> = split_rows(x1, &parts, d)
+        .into_iter()
+        .zip(split_rows(attn, &parts, d))
+        .zip(split_rows(f, &parts, hidden))
+        .zip(split_rows(out, &parts, d))
+        .collect();
+    tasks.into_par_iter().zip(&parts).for_each(|((((x1, h), f), out), r)| {
+        // The residual: rows `keep` of each image of x, or (in place, every row kept) this part of `out`.
+        for (i, x1) in x1.chunks_exact_mut(d).enumerate() {
+            let residual = match x {
+                Some(x) => {
+                    let row = r.start + i;
+                    &x[(row / keep.len() * l + keep.start + row % keep.len()) * d..][..d]
+                }
+                None => &out[i * d..(i + 1) * d],
+            };
+            kernels::add_bias(x1, residual, p.out_proj.bias.get());
+        }
+        packed::gemm_packed(x1, true, h, w_out, 1);
+        // The heads' outputs are spent: ln_2's output takes their place.
+        kernels::layer_norm_rows(h, x1, p.ln_2.weight.get(), p.ln_2.bias.get(), p.ln_2.eps);
+        packed::gemm_packed(f, false, h, w_fc, 1);
+        kernels::bias_gelu(f, p.c_fc.bias.get());
+        kernels::add_bias(out, x1, p.c_proj.bias.get());
+        packed::gemm_packed(out, true, f, w_proj, 1);
+    });
+}
+
+/// The threads' shares of `rows` rows: one range per thread, in whole register tiles of `sgemm` (12 rows) as even
+/// as they divide, so that no share has a partial tile but the last.
+fn row_parts(rows: usize) -> Vec<Range<usize>> {
+    const TILE: usize = 12;
+    let tiles = rows.div_ceil(TILE);
+    let parts = rayon::current_num_threads().clamp(1, tiles.max(1));
+    (0..parts).map(|t| (tiles * t / parts * TILE).min(rows)..(tiles * (t + 1) / parts * TILE).min(rows)).collect()
+}
+
+/// `buf`'s rows (`width` values each) cut at `parts` (consecutive ranges from row 0).
+fn split_rows<'a>(mut buf: &'a mut [f32], parts: &[Range<usize>], width: usize) -> Vec<&'a mut [f32]> {
+    parts
+        .iter()
+        .map(|r| {
+            let (part, rest) = std::mem::take(&mut buf).split_at_mut(r.len() * width);
+            buf = rest;
+            part
+        })
+        .collect()
+}
+
+/// Every row of `dst` ← `bias`, on this thread.
+fn fill_rows(dst: &mut [f32], bias: &[f32]) {
+    for row in dst.chunks_exact_mut(bias.len()) {
+        row.copy_from_slice(bias)
+    }
 }
 
 fn layer_norm(dst: &mut [f32], src: &[f32], ln: &NormData) {
@@ -221,11 +340,7 @@ pub(crate) fn linear(xs: &Tensor, weight: &Tensor, bias: &Tensor) -> candle_core
 
 /// Every row of `dst` ← `bias`, for a product to be accumulated onto.
 fn fill_bias(dst: &mut [f32], bias: &[f32]) {
-    par_rows(dst, bias.len(), |o| {
-        for row in o.chunks_exact_mut(bias.len()) {
-            row.copy_from_slice(bias)
-        }
-    })
+    par_rows(dst, bias.len(), |o| fill_rows(o, bias))
 }
 
 /// dst ← rows `keep` of each image of x ((B·L, D), images L rows apart) + bias: the residual and the bias of the
@@ -251,7 +366,7 @@ fn product(dst: &mut [f32], accumulate: bool, a: &[f32], lin: &LinearData) {
             let k = w.len() / n.max(1);
             gemm_wt(dst, accumulate, a, w, a.len() / k.max(1), k, n);
         }
-        Weight::Packed(w) => packed::gemm_packed(dst, accumulate, a, w),
+        Weight::Packed(w) => packed::gemm_packed(dst, accumulate, a, w, rayon::current_num_threads()),
     }
 }
 

@@ -38,10 +38,10 @@ impl PackedWt {
 /// each reading the packed weights once more (from L3 or DRAM, as the one pack per call did).
 const ROWS_PER_CALL: usize = 1024;
 
-/// dst (m, n) = [dst +] a (m, k) · wᵀ on the whole compute pool, m = a.len() / k. Through `kernels::sgemm` at the
-/// AVX-512 level; at a level forced lower (tests, `MARVEL_SIMD`), through the whole weight unpacked again on every
-/// call: correct, and slow.
-pub(super) fn gemm_packed(dst: &mut [f32], accumulate: bool, a: &[f32], w: &PackedWt) {
+/// dst (m, n) = [dst +] a (m, k) · wᵀ on up to `threads` threads of the compute pool, m = a.len() / k. Through
+/// `kernels::sgemm` at the AVX-512 level; at a level forced lower (tests, `MARVEL_SIMD`), through the whole weight
+/// unpacked again on every call, on the whole pool: correct, and slow.
+pub(super) fn gemm_packed(dst: &mut [f32], accumulate: bool, a: &[f32], w: &PackedWt, threads: usize) {
     let (n, k) = (w.n(), w.k());
     let m = a.len() / k;
     assert!(dst.len() == m * n && a.len() == m * k, "gemm_packed: sizes do not match");
@@ -50,7 +50,6 @@ pub(super) fn gemm_packed(dst: &mut [f32], accumulate: bool, a: &[f32], w: &Pack
     }
     #[cfg(target_arch = "x86_64")]
     if crate::nn::kernels::level() == crate::nn::kernels::Level::Avx512 {
-        let threads = rayon::current_num_threads();
         let calls = m.div_ceil(ROWS_PER_CALL);
         let rows = m.div_ceil(calls);
         for (a, dst) in a.chunks(rows * k).zip(dst.chunks_mut(rows * n)) {
@@ -71,5 +70,6 @@ pub(super) fn gemm_packed(dst: &mut [f32], accumulate: bool, a: &[f32], w: &Pack
         }
         return;
     }
+    let _ = threads; // the gemm crate below takes the whole pool
     super::gemm_wt(dst, accumulate, a, &w.unpacked(), m, k, n);
 }
