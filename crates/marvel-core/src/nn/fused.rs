@@ -10,7 +10,7 @@
 //!   so neither costs a pass of its own;
 //! - c_fc's bias and the GELU are one parallel pass;
 //! - attention runs one (image, head) pair per task, single-threaded products reading q and k in place from the
-//!   packed projection through strides (`sgemm` at AVX-512, with v transposed per head; the gemm crate below),
+//!   packed projection through strides (`sgemm` at AVX-512; the gemm crate below),
 //!   the 1/√hd scale folded into the softmax or the q·kᵀ product, softmax on the scores while they are in cache,
 //!   and each head's output written straight into its columns of the result;
 //! - a stack of blocks shares one set of scratch buffers;

@@ -38,8 +38,8 @@ pub(crate) fn attention(
             let mut fresh = None;
             let mut kept = kept.try_borrow_mut();
             let scratch = match kept.as_deref_mut() {
-                Ok(kept) => kept.fit(l, hd),
-                Err(_) => fresh.insert(HeadScratch::default()).fit(l, hd),
+                Ok(kept) => kept.fit(l),
+                Err(_) => fresh.insert(HeadScratch::default()).fit(l),
             };
             // SAFETY: the sizes were asserted above; task (img, head) alone writes its block of `out`, which
             // outlives the parallel loop.
@@ -61,21 +61,24 @@ pub(crate) enum Products {
     Gemm,
 }
 
-/// One task's buffers: the L×L scores, their rows' 1/Σ, and (for `sgemm`) the head's v transposed.
+/// One task's buffers: the L×L scores, their rows' 1/Σ, and (for `sgemm`) where v's L rows start.
 #[derive(Default)]
 struct HeadScratch {
     scores: Vec<f32>,
     inv_sums: Vec<f32>,
-    vt: Vec<f32>,
+    v_rows: Vec<usize>,
 }
 
 impl HeadScratch {
-    /// Grown to hold the buffers of a head of L rows and width hd (their values are left as they were).
-    fn fit(&mut self, l: usize, hd: usize) -> &mut Self {
-        for (v, n) in [(&mut self.scores, l * l), (&mut self.inv_sums, l), (&mut self.vt, hd * l)] {
+    /// Grown to hold the buffers of a head of L rows (their values are left as they were).
+    fn fit(&mut self, l: usize) -> &mut Self {
+        for (v, n) in [(&mut self.scores, l * l), (&mut self.inv_sums, l)] {
             if v.len() < n {
                 v.resize(n, 0.0);
             }
+        }
+        if self.v_rows.len() < l {
+            self.v_rows.resize(l, 0);
         }
         self
     }
@@ -92,8 +95,9 @@ thread_local! {
 /// Attention of one (image, head) pair, on this thread: rows img·Q.. (Q = `queries.len()`) and columns head·hd..
 /// of `out`.
 ///
-/// At the AVX-512 level both products go through `kernels::sgemm` (C = A·Wᵀ with W read through a row stride):
-/// q·kᵀ is that form with W = k in place; p·v is with W = vᵀ, a 64×L copy per head (~1/800 of the head's FMAs).
+/// At the AVX-512 level both products go through `kernels::sgemm`: q·kᵀ as C = A·Wᵀ with W = k read in place through
+/// its row stride; p·v as C = A·B with v's rows read in place through a table of where each starts (before, v
+/// was transposed into a 64×L copy and packed again per head).
 /// On S-128's L = 385, hd = 64 the gemm crate, which has no packed-weight form for this shape, spent ~12% of an
 /// encode in these products. sgemm has no scale, so 1/√hd is applied inside the softmax.
 ///
@@ -116,28 +120,28 @@ unsafe fn head_attention(
     let (q, v) = (&qkv[(img * l + queries.start) * row + head * hd..], &k[d..]);
     let m = queries.len();
     let dst = out.get().add(img * m * d + head * hd);
-    let HeadScratch { scores, inv_sums, vt } = s;
-    let (scores, inv_sums, vt) = (&mut scores[..m * l], &mut inv_sums[..m], &mut vt[..hd * l]);
+    let HeadScratch { scores, inv_sums, v_rows } = s;
+    let (scores, inv_sums, v_rows) = (&mut scores[..m * l], &mut inv_sums[..m], &mut v_rows[..l]);
     #[cfg(target_arch = "x86_64")]
     if products == Products::Fastest && kernels::level() == kernels::Level::Avx512 {
-        use kernels::sgemm::sgemm_wt;
+        use kernels::sgemm::{in_place_blocks, sgemm_ab_rows, sgemm_wt, Blocks};
         // SAFETY (for the products): the level is supported; q, k, v are read at rows r·3D + c (r < L, c < hd),
-        // inside `qkv`; scores and vt hold Q·L and hd·L values; dst's rows are D apart, hd columns each.
+        // inside `qkv`; scores hold Q·L values, v_rows L offsets; dst's rows are D apart, hd columns each.
         sgemm_wt(m, l, hd, q.as_ptr(), row, k.as_ptr(), row, scores.as_mut_ptr(), l, false, 1);
         kernels::softmax_exp_scaled_rows(scores, l, scale, inv_sums);
-        for (c, vt) in vt.chunks_exact_mut(l).enumerate() {
-            for (j, x) in vt.iter_mut().enumerate() {
-                *x = v[j * row + c];
-            }
+        // p·v with v read in place, row j at j·3D: no transposed copy of v, and no pack of it.
+        for (j, r) in v_rows.iter_mut().enumerate() {
+            *r = j * row;
         }
-        sgemm_wt(m, hd, l, scores.as_ptr(), l, vt.as_ptr(), l, dst, d, false, 1);
+        let blocks = in_place_blocks(m, Blocks::for_this_cpu().nc);
+        sgemm_ab_rows(blocks, m, hd, l, scores.as_ptr(), l, v.as_ptr(), v_rows, dst, d, false, 1);
     } else {
         gemm_heads(q, k, v, row, dst, d, (m, l, hd), scale, scores, inv_sums);
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        // sgemm is x86-only: every level here runs the gemm crate, and vt stays unused.
-        let _ = (products, vt);
+        // sgemm is x86-only: every level here runs the gemm crate, and v_rows stays unused.
+        let _ = (products, v_rows);
         gemm_heads(q, k, v, row, dst, d, (m, l, hd), scale, scores, inv_sums);
     }
     // Normalising the hd-wide output rows is cheaper than the L-wide probability rows.
@@ -286,7 +290,7 @@ mod tests {
         let qkv = packed_qkv();
         let mut out = vec![0f32; b * l * d];
         let mut scratch = HeadScratch::default();
-        scratch.fit(l, d / heads);
+        scratch.fit(l);
         for task in 0..b * heads {
             let pair = (task / heads, task % heads);
             // SAFETY: `qkv` and `out` have the sizes of SHAPE; one pair at a time, on this thread.
