@@ -11,6 +11,7 @@ use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::{cpu_tensor, values, with_values, zeros};
+use crate::nn::kernels::dispatch;
 
 /// `x` (B, C, H, W) with every (B, C) map filtered by `kernel` (k, k) at `stride`, zero padding `pad` =
 /// (top, bottom, left, right) around the map; f32 on the CPU.
@@ -92,6 +93,7 @@ impl FilterGeometry {
     /// A map's rows each into its `stride` phases (phase q: the columns q, q + s, ...): at stride 2 the taps read
     /// every other column, a gather that did not vectorise (the blur was ~10% of the stage-2 step); from the
     /// phases each tap is a contiguous multiply-add.
+    #[inline(always)]
     fn split(&self, map: &[f32], phases: &mut [f32]) {
         let (s, pw) = (self.stride, self.w.div_ceil(self.stride));
         for (row, split) in map.chunks_exact(self.w).zip(phases.chunks_exact_mut(self.phases_len())) {
@@ -103,6 +105,7 @@ impl FilterGeometry {
     }
 
     /// The inverse of [`FilterGeometry::split`].
+    #[inline(always)]
     fn merge(&self, phases: &[f32], map: &mut [f32]) {
         let (s, pw) = (self.stride, self.w.div_ceil(self.stride));
         for (row, split) in map.chunks_exact_mut(self.w).zip(phases.chunks_exact(self.phases_len())) {
@@ -133,16 +136,7 @@ impl CustomOp1 for SharedFilter {
             let maps = y.par_chunks_mut(g.oh * g.ow).zip(x.par_chunks(g.h * g.w));
             maps.for_each_init(
                 || vec![0f32; g.h * g.phases_len()],
-                |phases, (y, x)| {
-                    g.split(x, phases);
-                    // Each output's sum in (ki, kj) order, as the gather took it: the same bits.
-                    for (oy, out) in y.chunks_mut(g.ow).enumerate() {
-                        g.for_each_tap(oy, |tap, start, lo, hi| {
-                            let (weight, src) = (self.kernel[tap], &phases[start..][..hi - lo]);
-                            out[lo..hi].iter_mut().zip(src).for_each(|(v, &x)| *v += weight * x);
-                        });
-                    }
-                },
+                |phases, (y, x)| filter_map(y, x, phases, &g, &self.kernel),
             );
         }
         Ok((CpuStorage::F32(y), Shape::from((b, c, g.oh, g.ow))))
@@ -158,21 +152,41 @@ impl CustomOp1 for SharedFilter {
                 let maps = dx.par_chunks_mut(g.h * g.w).zip(dy.par_chunks(g.oh * g.ow));
                 maps.for_each_init(
                     || vec![0f32; g.h * g.phases_len()],
-                    |phases, (dx, dy)| {
-                        phases.fill(0.0);
-                        for (oy, grad) in dy.chunks(g.ow).enumerate() {
-                            g.for_each_tap(oy, |tap, start, lo, hi| {
-                                let (weight, dst) = (self.kernel[tap], &mut phases[start..][..hi - lo]);
-                                dst.iter_mut().zip(&grad[lo..hi]).for_each(|(p, &d)| *p += weight * d);
-                            });
-                        }
-                        g.merge(phases, dx);
-                    },
+                    |phases, (dx, dy)| filter_map_grad(dx, dy, phases, &g, &self.kernel),
                 );
             }
             dx
         })?;
         Ok(Some(cpu_tensor(dx, x.dims())?))
+    }
+}
+
+dispatch! {
+    /// One map's filtered output `y` from its input `x`, through its phases (`phases`: room for them).
+    fn filter_map(y: &mut [f32], x: &[f32], phases: &mut [f32], g: &FilterGeometry, kernel: &[f32]) {
+        g.split(x, phases);
+        // Each output's sum in (ki, kj) order, as the gather took it: the same bits (a multiply, then an add:
+        // never fused, at any level).
+        for (oy, out) in y.chunks_mut(g.ow).enumerate() {
+            g.for_each_tap(oy, |tap, start, lo, hi| {
+                let (weight, src) = (kernel[tap], &phases[start..][..hi - lo]);
+                out[lo..hi].iter_mut().zip(src).for_each(|(v, &x)| *v += weight * x);
+            });
+        }
+    }
+}
+
+dispatch! {
+    /// One map's input gradient `dx` from its output gradient `dy`, through its phases (`phases`: room for them).
+    fn filter_map_grad(dx: &mut [f32], dy: &[f32], phases: &mut [f32], g: &FilterGeometry, kernel: &[f32]) {
+        phases.fill(0.0);
+        for (oy, grad) in dy.chunks(g.ow).enumerate() {
+            g.for_each_tap(oy, |tap, start, lo, hi| {
+                let (weight, dst) = (kernel[tap], &mut phases[start..][..hi - lo]);
+                dst.iter_mut().zip(&grad[lo..hi]).for_each(|(p, &d)| *p += weight * d);
+            });
+        }
+        g.merge(phases, dx);
     }
 }
 
