@@ -12,6 +12,7 @@
 
 use std::path::Path;
 
+use candle_core::backprop::GradStore;
 use candle_core::Tensor;
 
 use crate::error::{MarvelError, Result};
@@ -85,6 +86,24 @@ pub trait Recipe: Send + Sync {
 
     /// The loss of one micro-batch. Every random draw comes from `rng`, whose state the checkpoint keeps.
     fn loss(&mut self, model: &Titok, batch: &Batch, rng: &mut SplitMix64) -> Result<RecipeLoss>;
+
+    /// The gradients of a micro-batch's loss (its `total`, just returned by [`Recipe::loss`]). A recipe may run
+    /// work of its own alongside the backward pass, on the same pool (stage 2: the discriminator's forward and
+    /// backward for this micro-batch, which its step after the update then takes).
+    fn backward(&mut self, total: &Tensor) -> Result<GradStore> {
+        Ok(total.backward()?)
+    }
+
+    /// Tests: whether [`Recipe::backward`] runs the recipe's own work alongside (else it is left to where it would
+    /// run without), so that the two can be compared.
+    #[cfg(test)]
+    fn set_alongside(&mut self, _on: bool) {}
+
+    /// Tests: how many passes run alongside [`Recipe::backward`] were taken as they were.
+    #[cfg(test)]
+    fn taken_alongside(&self) -> usize {
+        0
+    }
 
     /// Called once per optimizer step, after the model's update, with the step count and the learning rate of
     /// the update (stage 2 steps its discriminator here). Returns components to add to the step's report.

@@ -381,7 +381,7 @@ impl Trainer {
         if !loss.is_finite() {
             return Err(invalid!("the loss is {loss} at step {}; the weights were not updated", self.step + 1));
         }
-        let store = out.total.backward()?;
+        let store = self.recipe.backward(&out.total)?;
         Ok((Gradients::from_store(&self.trainable, &store)?, loss, out.components))
     }
 

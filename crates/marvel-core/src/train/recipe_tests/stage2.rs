@@ -16,13 +16,16 @@ use crate::train::stage2::is_stage2_trainable;
 use crate::weights::{build_shape_only, Checkpoint};
 
 fn convnext_config() -> ConvNextConfig {
-    serde_json::from_value(json!({"block_setting": [[8, 16, 1], [16, 32, 1], [32, 64, 1], [64, null, 1]], "num_classes": 16}))
-        .unwrap()
+    serde_json::from_value(
+        json!({"block_setting": [[8, 16, 1], [16, 32, 1], [32, 64, 1], [64, null, 1]], "num_classes": 16}),
+    )
+    .unwrap()
 }
 
 /// A small ConvNeXt of the torchvision layout with random weights, written as safetensors.
 fn write_convnext(path: &Path) {
-    let (_, requested) = build_shape_only(DType::F32, &Device::Cpu, |vb| ConvNext::new(&convnext_config(), vb)).unwrap();
+    let (_, requested) =
+        build_shape_only(DType::F32, &Device::Cpu, |vb| ConvNext::new(&convnext_config(), vb)).unwrap();
     let mut rng = SplitMix64::new(17);
     let tensors: HashMap<String, Tensor> = requested
         .iter()
@@ -78,7 +81,12 @@ fn stage2_trains_the_decoders_through_the_trainer_and_freezes_the_rest() {
     let after = snapshot(&t);
     for (name, b) in &before {
         let moved = bits(b) != bits(&after[name]);
-        assert_eq!(moved, is_stage2_trainable(name), "{name}: trainable {} but moved {moved}", is_stage2_trainable(name));
+        assert_eq!(
+            moved,
+            is_stage2_trainable(name),
+            "{name}: trainable {} but moved {moved}",
+            is_stage2_trainable(name)
+        );
     }
     std::fs::remove_dir_all(&dir).ok();
 }
@@ -104,7 +112,8 @@ fn assert_same_checkpoint(a: &Path, b: &Path) {
             assert_eq!(ta.dtype(), tb.dtype(), "{f}: {k}");
             let same = match ta.dtype() {
                 DType::I64 => {
-                    ta.flatten_all().unwrap().to_vec1::<i64>().unwrap() == tb.flatten_all().unwrap().to_vec1::<i64>().unwrap()
+                    ta.flatten_all().unwrap().to_vec1::<i64>().unwrap()
+                        == tb.flatten_all().unwrap().to_vec1::<i64>().unwrap()
                 }
                 _ => bits(&ta) == bits(&tb),
             };
@@ -112,11 +121,47 @@ fn assert_same_checkpoint(a: &Path, b: &Path) {
         }
     }
     let state = |d: &Path| -> Value {
-        let mut v: Value = serde_json::from_str(&std::fs::read_to_string(d.join("trainer_state.json")).unwrap()).unwrap();
+        let mut v: Value =
+            serde_json::from_str(&std::fs::read_to_string(d.join("trainer_state.json")).unwrap()).unwrap();
         v["data_position"] = Value::Null;
         v
     };
     assert_eq!(state(a), state(b));
+}
+
+/// The discriminator's pass run alongside the generator's backward gives what it gives run after the update, bit
+/// for bit: every step's components, and the checkpoint after (weights, EMA, both optimizers, the LeCam EMAs).
+/// With one micro-batch an update, a loss computed outside a step (`gradients`) before each step runs a pass too,
+/// which must not reach the discriminator; with two, the second micro-batch's pass starts from the LeCam EMAs the
+/// first left.
+#[test]
+fn stage2_discriminator_pass_alongside_gives_the_sequential_bits() {
+    let dir = scratch("stage2-alongside");
+    for accumulation in [1, 2] {
+        let mut cfg = stage2_config(&dir);
+        cfg["training"]["gradient_accumulation_steps"] = json!(accumulation);
+        let (mut along, mut after) =
+            (Trainer::create(cfg.clone(), None, 5).unwrap(), Trainer::create(cfg, None, 5).unwrap());
+        after.recipe.set_alongside(false);
+        for i in 0..4 {
+            let batch = images(2, i as f32);
+            if accumulation == 1 {
+                along.gradients(&images(2, 9.0), 2, None).unwrap();
+            }
+            let (a, b) = (along.step(&batch, 2, None).unwrap(), after.step(&batch, 2, None).unwrap());
+            assert_eq!(a.loss.to_bits(), b.loss.to_bits(), "accumulation {accumulation}, step {i}: loss");
+            let c: Vec<_> = a.components.iter().map(|(n, v)| (n.clone(), v.to_bits())).collect();
+            let d: Vec<_> = b.components.iter().map(|(n, v)| (n.clone(), v.to_bits())).collect();
+            assert_eq!(c, d, "accumulation {accumulation}, step {i}: components");
+            assert!(a.components.iter().any(|(n, _)| n == "discriminator_loss") || accumulation == 2 && i % 2 == 0);
+        }
+        assert_eq!((along.recipe.taken_alongside(), after.recipe.taken_alongside()), (4, 0), "passes taken");
+        let (da, db) = (dir.join(format!("along-{accumulation}")), dir.join(format!("after-{accumulation}")));
+        along.save(&da, Value::Null).unwrap();
+        after.save(&db, Value::Null).unwrap();
+        assert_same_checkpoint(&da, &db);
+    }
+    std::fs::remove_dir_all(&dir).ok();
 }
 
 const RESUME_ENV: &str = "MARVEL_STAGE2_RESUME_DIR";
@@ -157,7 +202,10 @@ fn stage2_resume_in_a_fresh_process_continues_bit_for_bit() {
 
     let mut first = Trainer::create(cfg, None, 21).unwrap();
     let half = train(&mut first, 4, false);
-    assert_eq!(half.iter().map(|l| l.to_bits()).collect::<Vec<_>>(), losses[..4].iter().map(|l| l.to_bits()).collect::<Vec<_>>());
+    assert_eq!(
+        half.iter().map(|l| l.to_bits()).collect::<Vec<_>>(),
+        losses[..4].iter().map(|l| l.to_bits()).collect::<Vec<_>>()
+    );
     first.save(&dir.join("half"), json!({"batch": 4})).unwrap();
     drop(first);
     for f in ["discriminator.safetensors", "discriminator_optimizer.safetensors", "discriminator_lecam.safetensors"] {
@@ -203,7 +251,10 @@ fn stage2_network_files_are_checked_in_create() {
     let err = Trainer::create(c, None, 0).unwrap_err();
     assert_eq!(err.code(), "MARVEL_IO");
     let msg = err.to_string();
-    assert!(msg.contains("losses.perceptual_weights") && msg.contains("/nonexistent/convnext_small.safetensors"), "{msg}");
+    assert!(
+        msg.contains("losses.perceptual_weights") && msg.contains("/nonexistent/convnext_small.safetensors"),
+        "{msg}"
+    );
 
     let mut c = cfg.clone();
     c["losses"]["discriminator_weights"] = json!("/nonexistent/disc.safetensors");
@@ -225,7 +276,10 @@ fn stage2_network_files_are_checked_in_create() {
     c["losses"]["discriminator_weights"] = json!(file.to_str().unwrap());
     let t2 = Trainer::create(c.clone(), None, 99).unwrap();
     t2.save(&dir.join("ckpt2"), json!(null)).unwrap();
-    let (a, b) = (Checkpoint::open(&file).unwrap(), Checkpoint::open(dir.join("ckpt2").join("discriminator.safetensors")).unwrap());
+    let (a, b) = (
+        Checkpoint::open(&file).unwrap(),
+        Checkpoint::open(dir.join("ckpt2").join("discriminator.safetensors")).unwrap(),
+    );
     for k in a.tensors().keys() {
         assert_eq!(bits(&a.load(k, &Device::Cpu).unwrap()), bits(&b.load(k, &Device::Cpu).unwrap()), "{k}");
     }
@@ -245,7 +299,8 @@ fn stage2_network_files_are_checked_in_create() {
 fn stage2_starts_from_a_stage1_model_and_the_maskgit_pixel_decoder() {
     let dir = scratch("stage2-init");
     write_maskgit(&dir.join("maskgit"));
-    let stage1 = json!({"model": {"vq_model": legacy_model(vq(), false)}, "dataset": {"preprocessing": {"crop_size": SIDE}}});
+    let stage1 =
+        json!({"model": {"vq_model": legacy_model(vq(), false)}, "dataset": {"preprocessing": {"crop_size": SIDE}}});
     crate::init::write_random_model(dir.join("stage1"), &stage1.to_string(), 8).unwrap();
     let mut cfg = stage2_config(&dir);
 
