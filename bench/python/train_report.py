@@ -50,7 +50,13 @@ def main():
                     "clipping, AdamW, EMA"
                 alone = (f"; the update alone (clipping, AdamW, EMA) {r['update_s']:.3f} s, {r['update_cpu_s']:.3f} CPU s"
                          if "update_s" in r else "")
-                print(f"{key[0]} batch {key[1]} {engine}: forward + backward {r['gradients_s']:.2f} s, the rest of the "
+                # marvel's stage-2 backward runs the discriminator's forward and backward alongside (Recipe::backward),
+                # so its split puts them with the generator's pass and leaves the update and the weights' step.
+                along = key[0].startswith("stage2") and engine == "marvel"
+                what = "forward + backward (with the discriminator's, run alongside)" if along else "forward + backward"
+                if along:
+                    rest = "the discriminator's update, clipping, AdamW, EMA"
+                print(f"{key[0]} batch {key[1]} {engine}: {what} {r['gradients_s']:.2f} s, the rest of the "
                       f"step ({rest}) about {r['median_s'] - r['gradients_s']:.2f} s{alone}")
     for key in order:
         counts = {e: r["params"] for e, r in best[key].items() if "params" in r}

@@ -10,7 +10,8 @@
 //! `--split` adds `gradients_s`, the median of RUNS forward + backward passes without the update (clipping, AdamW,
 //! EMA), and `update_s`, the median of RUNS updates alone (clipping, AdamW and EMA over the same parameters with the
 //! last pass's gradients, by an optimizer and EMA of the bench's own built from the same config), measured after
-//! the steps (so not in the peak RSS), to see where a step's time goes.
+//! the steps (so not in the peak RSS), to see where a step's time goes. For stage 2 the pass includes the
+//! discriminator's forward and backward, which the recipe runs alongside the generator's backward.
 
 use std::time::Instant;
 
