@@ -41,7 +41,9 @@ pub fn keep_large_blocks() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     if !set_by_user() {
         static ONCE: std::sync::Once = std::sync::Once::new();
-        ONCE.call_once(|| set_thresholds(TRIM_THRESHOLD as libc::c_int));
+        ONCE.call_once(|| {
+            set_thresholds(TRIM_THRESHOLD as libc::c_int);
+        });
     }
 }
 
@@ -56,7 +58,9 @@ pub fn keep_large_blocks() {
 /// arena's top pad ([`KEEP_TOP_PAD`]) covers a whole heap (`heap_trim`). The trainer runs on the compute pool's
 /// threads, so with the default 128 KiB pad a stage-2 step at 2 threads still unmapped and faulted in ~19K pages
 /// (~0.9 s of system time in 8 steps); with the pad, ~20, and the peak RSS fell from 431-442 to 348 MiB.
-/// A larger pad only reserves address space: glibc maps a heap whole and the kernel backs the pages it touches.
+/// A larger pad only reserves address space (glibc maps a heap whole and the kernel backs the pages it touches),
+/// though under strict overcommit (`vm.overcommit_memory=2`) a heap's 64 MiB count against the commit limit. Set
+/// only where glibc took the mmap threshold (not on 32-bit builds, whose heaps are smaller).
 #[derive(Debug)]
 #[must_use = "trimming resumes when this drops"]
 pub struct KeepFreedMemory(());
@@ -79,8 +83,9 @@ impl KeepFreedMemory {
             let mut holders = HOLDERS.lock().unwrap_or_else(|p| p.into_inner());
             if *holders == 0 && !set_by_user() {
                 // -1: no trimming (mallopt(3)).
-                set_thresholds(-1);
-                set_top_pad(KEEP_TOP_PAD);
+                if set_thresholds(-1) {
+                    set_top_pad(KEEP_TOP_PAD);
+                }
             }
             *holders += 1;
         }
@@ -101,8 +106,7 @@ impl Drop for KeepFreedMemory {
             let mut holders = HOLDERS.lock().unwrap_or_else(|p| p.into_inner());
             *holders -= 1;
             if *holders == 0 {
-                if !set_by_user() {
-                    set_thresholds(TRIM_THRESHOLD as libc::c_int);
+                if !set_by_user() && set_thresholds(TRIM_THRESHOLD as libc::c_int) {
                     set_top_pad(DEFAULT_TOP_PAD);
                 }
                 return_free_memory();
@@ -159,15 +163,17 @@ fn set_top_pad(bytes: usize) {
     }
 }
 
-/// The mmap threshold at [`MMAP_THRESHOLD`] and the trim threshold at `trim`. glibc refuses an mmap threshold
+/// The mmap threshold at [`MMAP_THRESHOLD`] and the trim threshold at `trim`; whether glibc took them. glibc refuses an mmap threshold
 /// above half its heap size (16 MiB on 32-bit builds); the trim threshold is left alone then, since setting it
 /// alone would freeze the mmap threshold at its 128 KiB start.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn set_thresholds(trim: libc::c_int) {
+fn set_thresholds(trim: libc::c_int) -> bool {
     // SAFETY: mallopt only changes the allocator's parameters (see the module comment on threads).
     unsafe {
-        if libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD as libc::c_int) == 1 {
+        let accepted = libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD as libc::c_int) == 1;
+        if accepted {
             libc::mallopt(libc::M_TRIM_THRESHOLD, trim);
         }
+        accepted
     }
 }

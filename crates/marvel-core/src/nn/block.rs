@@ -335,16 +335,16 @@ mod tests {
     }
 
     /// Packed weights give the unpacked blocks' outputs bit for bit: on the fused path at the AVX-512 level (the
-    /// same panels as the per-call pack, under 1024 rows; the rows shared out by thread), at a level forced lower (the weights unpacked again for
-    /// the `gemm` crate) and on the composed path (a tracked input: the blocks unpacked per call). The (out, in)
-    /// copies are gone, and below AVX-512 nothing is packed.
+    /// same panels as the per-call pack, under 1024 rows; the rows shared out by thread, or not), at a level forced
+    /// lower (the weights unpacked again for the `gemm` crate) and on the composed path (a tracked input: the
+    /// blocks unpacked per call). The (out, in) copies are gone, and below AVX-512 nothing is packed.
     #[test]
     #[cfg_attr(not(marvel_host_avx512), ignore = "AVX-512: the build host lacks it, or this is a cross build")]
     fn packed_weights_give_the_same_outputs() {
         use crate::nn::kernels::{forced, Level};
         let dev = Device::Cpu;
-        let (b, l, width, heads) = (2, 13, 32, 4);
-        let plain: Vec<_> = (0..2)
+        let (b, l, width, heads) = (2, 100, 32, 4);
+        let plain: Vec<_> = (0..3)
             .map(|_| {
                 let (_, vars) = block(width, heads, &dev);
                 untracked(&vars, width, heads, &dev)
@@ -359,11 +359,13 @@ mod tests {
         }
         let x = Tensor::randn(0f32, 1.0, (b, l, width), &dev).unwrap();
         let run = |blocks: &[ResidualAttentionBlock], x: &Tensor| {
-            let out = ResidualAttentionBlock::forward_all_rows(blocks, x, 2, 5, &BlockScratch::default()).unwrap();
+            let out = ResidualAttentionBlock::forward_all_rows(blocks, x, 3, 57, &BlockScratch::default()).unwrap();
             out.flatten_all().unwrap().to_vec1::<f32>().unwrap()
         };
-        // Packed, each thread takes its rows through the steps that work row by row (`block_forward_by_rows`).
-        for threads in 1..=3 {
+        // Packed, each thread takes its rows through the steps that work row by row (`block_forward_by_rows`: 17
+        // tiles of rows, so at up to 4 threads; the first two blocks in place, the last on 114 kept rows of 200,
+        // its shares starting inside an image at 2 and 3 threads); at 5 threads step by step.
+        for threads in 1..=5 {
             let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
             pool.install(|| assert_eq!(run(&packed, &x), run(&plain, &x), "fused, AVX-512, {threads} threads"));
         }
@@ -382,8 +384,8 @@ mod tests {
         };
         let (got, want) = (composed(&packed).to_vec1::<f32>().unwrap(), composed(&plain).to_vec1::<f32>().unwrap());
         assert_eq!(got, want, "forward_composed");
-        // Over 1024 rows the packed product runs in slices (3 of 701 rows here), the plain one through the gemm
-        // crate: the same values up to the order of the sums.
+        // Over 1024 rows (of a call, or of a thread's share) the packed products run in slices of at most 1024, the
+        // plain ones through the gemm crate: the same values up to the order of the sums.
         let x = Tensor::randn(0f32, 1.0, (3, 701, width), &dev).unwrap();
         let (got, want) = (run(&packed, &x), run(&plain, &x));
         let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);

@@ -14,9 +14,9 @@
 //!   the 1/√hd scale folded into the softmax or the q·kᵀ product, softmax on the scores while they are in cache,
 //!   and each head's output written straight into its columns of the result;
 //! - a stack of blocks shares one set of scratch buffers;
-//! - with the weights packed (a loaded model at AVX-512), each thread takes a share of the rows through every step
-//!   that works row by row, so a block is three parallel passes, the threads meeting only around attention
-//!   (`block_forward_by_rows`).
+//! - with the weights packed (a loaded model at AVX-512) and rows enough, each thread takes a share of the rows
+//!   through every step that works row by row, so a block is three parallel passes, the threads meeting only around
+//!   attention (`block_forward_by_rows`).
 
 use std::ops::Range;
 
@@ -160,7 +160,7 @@ struct Scratch<'a> {
 /// ((B·keep.len(), D)). ln_1 and the q/k/v projection cover every row, since attention reads every row's k and v
 /// (and q, computed with them in one product, for all). In place only with every row kept.
 fn block_forward(io: Io, (b, l, d): (usize, usize, usize), keep: Range<usize>, p: &BlockData, s: &mut Scratch) {
-    if let Some(w) = p.packed() {
+    if let Some(w) = p.packed().filter(|_| by_rows(b * l)) {
         return block_forward_by_rows(io, (b, l, d), keep, p, w, s);
     }
     let (rows, kept) = (b * l, b * keep.len());
@@ -198,12 +198,16 @@ fn block_forward(io: Io, (b, l, d): (usize, usize, usize), keep: Range<usize>, p
     product(out, true, f, &p.c_proj);
 }
 
-/// [`block_forward`] for a block whose four weights are packed, at the AVX-512 level: the same kernels on the same
-/// rows (so the same values, bit for bit), but each thread takes a share of the rows through every step that works
-/// row by row, its products single-threaded on them (`sgemm`'s row split, see `Split`), so that a block is three
-/// parallel passes instead of eleven: ln_1 and the q/k/v projection; attention; then the output projection, ln_2
-/// and the MLP. Each thread's rows stay in its own L2 from one step to the next, and the threads meet three times
-/// a block instead of at every step.
+/// [`block_forward`] for a block whose four weights are packed, at the AVX-512 level, over enough rows (see
+/// [`by_rows`]): the same kernels on the same rows (so the same values, bit for bit), but each thread takes a share
+/// of the rows through every step that works row by row, its products single-threaded on them, so that a block is
+/// three parallel passes instead of one a step: ln_1 and the q/k/v projection; attention; then the output
+/// projection, ln_2 and the MLP. Each thread's rows stay in its own L2 from one step to the next, and each copies
+/// only its own tiles of A, where split by columns every thread copied every tile (the products whose n is the
+/// width had only 4-16 panels a thread to spread each copy over at batch 1). A packed weight costs a thread
+/// nothing to read whole. Measured with a row split inside `sgemm` first (2 threads, GFLOP/s, two sittings: the
+/// output projection 150/169 -> 185/180 on S-128, 148/122 -> 165/129 on the single layout), then as here (the
+/// single layout's decode at batch 1 ~42 -> ~46.5 img/s, alternating processes; bench/README.md).
 fn block_forward_by_rows(
     io: Io,
     (b, l, d): (usize, usize, usize),
@@ -267,10 +271,21 @@ fn block_forward_by_rows(
     });
 }
 
-/// The threads' shares of `rows` rows: one range per thread, in whole register tiles of `sgemm` (12 rows) as even
-/// as they divide, so that no share has a partial tile but the last.
+/// Rows of `sgemm`'s register tile (`kernels::sgemm`'s MR, in a module that exists on x86-64 only).
+const TILE: usize = 12;
+/// Tiles a thread takes at least in [`block_forward_by_rows`]: with fewer, each thread would read every weight for
+/// a tile or two of work (batch 1 on 16 threads: 25 tiles), so the block goes step by step, splitting columns.
+/// Measured at 2 threads only (12 tiles a thread at batch 1).
+const MIN_TILES_PER_THREAD: usize = 4;
+
+/// Whether a block over `rows` rows goes by rows on this pool.
+fn by_rows(rows: usize) -> bool {
+    rows.div_ceil(TILE) >= MIN_TILES_PER_THREAD * rayon::current_num_threads()
+}
+
+/// The threads' shares of `rows` rows: one range per thread, in whole register tiles of `sgemm` as even as they
+/// divide, so that no share has a partial tile but the last.
 fn row_parts(rows: usize) -> Vec<Range<usize>> {
-    const TILE: usize = 12;
     let tiles = rows.div_ceil(TILE);
     let parts = rayon::current_num_threads().clamp(1, tiles.max(1));
     (0..parts).map(|t| (tiles * t / parts * TILE).min(rows)..(tiles * (t + 1) / parts * TILE).min(rows)).collect()

@@ -80,7 +80,8 @@ pub struct Stage2Recipe {
     micro_batches: usize,
     /// The micro-batches since the last update, for the discriminator.
     pending: Vec<Pending>,
-    /// Whether the discriminator's pass runs alongside the generator's backward (tests turn it off to compare).
+    /// Whether the discriminator's pass runs alongside the generator's backward: always, but in the tests that
+    /// turn it off to compare.
     alongside: bool,
     #[cfg(test)]
     taken: usize,
@@ -107,6 +108,11 @@ struct DiscriminatorPass {
     fake: f32,
     lecam_before: LecamEma,
     lecam_after: LecamEma,
+}
+
+/// Whether two LeCam states hold the same values, bit for bit (-0 and 0 differ, a NaN equals itself).
+fn same_bits(a: LecamEma, b: LecamEma) -> bool {
+    (a.real.to_bits(), a.fake.to_bits()) == (b.real.to_bits(), b.fake.to_bits())
 }
 
 /// The discriminator's pass over (x, recon) at `global` step, from the LeCam EMAs `loss` holds (which it leaves
@@ -313,7 +319,7 @@ impl Recipe for Stage2Recipe {
         let micro_batches = pending.len();
         for p in pending {
             let pass = match p.pass {
-                Some(pass) if p.step == global && pass.lecam_before == self.loss.lecam() => {
+                Some(pass) if p.step == global && same_bits(pass.lecam_before, self.loss.lecam()) => {
                     #[cfg(test)]
                     {
                         self.taken += 1;

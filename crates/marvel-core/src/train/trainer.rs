@@ -368,7 +368,9 @@ impl Trainer {
         Ok(Some(Tensor::from_vec(values, (batch, codes.len() / batch), self.model.device())?))
     }
 
-    /// The gradients of one micro-batch and its loss, without touching the weights.
+    /// The gradients of one micro-batch and its loss, without touching the weights. Stage 2 also runs the
+    /// discriminator's forward and backward for the micro-batch alongside the backward pass (`Recipe::backward`);
+    /// called outside a step, that pass is dropped unused, and an error in it is this call's.
     pub fn gradients(&mut self, images: &[u8], batch: usize, proxy_codes: Option<&[i32]>) -> Result<MicroBatch> {
         let x = self.images(images, batch)?;
         let codes = self.proxy_codes(proxy_codes, batch)?;

@@ -22,8 +22,7 @@
 //! - Wᵀ packed per KC×NC block into 32-column panels (16×16 register transposes) that stay in L2; the block
 //!   sizes and why in `blocks` (KC 256, NC 512 on both the Xeon and the EPYC). A loaded model's ViT weights are
 //!   packed once instead, whole (`packed`, [`PackedWt`]): the tiles then read the same panels from memory;
-//! - threads split the columns, so each packs only its own part of W and nothing is shared or synchronised; with W
-//!   packed once they split the rows instead, so each copies only its own tiles of A (`Split`).
+//! - threads split the columns, so each packs only its own part of W and nothing is shared or synchronised.
 //!
 //! `bench` (an ignored test) times the ViTs' batch-1 products per block-size variant; `bench/README.md` has its
 //! figures next to onnxruntime's and torch's on the same shapes.
@@ -137,30 +136,6 @@ enum Right {
     Packed(usize),
 }
 
-/// How a call's threads share C.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Split {
-    /// Whole panels of columns each: each thread packs only its part of W, and copies every tile of A.
-    Columns,
-    /// Whole register tiles of rows each: each thread copies only its tiles of A, and reads all of W.
-    Rows,
-}
-
-impl Split {
-    /// The split for a right operand stored this way. Packed once, W costs a thread nothing to read whole, while
-    /// by columns every thread copied every tile of A: for the products whose n is the width (the attention's
-    /// output projection, n = d), only 4-16 panels a thread at batch 1 to spread each copy over. Rows measured
-    /// at or above columns on every ViT shape (`bench`, 2 threads, GFLOP/s, two sittings of 9 rounds on a shared
-    /// Zen 4): the output projection 150/169 -> 185/180 (S-128), 140/154 -> 179/173 (L-32), 148/122 -> 165/129
-    /// (single); all four products 171/180 -> 183/187, 162/170 -> 180/174, 169/140 -> 189/141.
-    fn for_right(right: Right) -> Split {
-        match right {
-            Right::Packed(_) => Split::Rows,
-            Right::Transposed(_) | Right::Plain(_) => Split::Columns,
-        }
-    }
-}
-
 /// Where the left operand's rows start, in floats from its pointer.
 #[derive(Clone, Copy)]
 enum Rows {
@@ -182,7 +157,6 @@ impl Rows {
 }
 
 /// The arguments of one call, shared by its threads.
-#[derive(Clone, Copy)]
 struct Job {
     blocks: Blocks,
     m: usize,
@@ -217,24 +191,8 @@ thread_local! {
 impl Job {
     /// All n columns of C, on up to `threads` threads.
     fn run(&self, n: usize, threads: usize) {
-        self.run_split(n, threads, Split::for_right(self.right))
-    }
-
-    /// [`Job::run`] with the threads' shares of C given.
-    fn run_split(&self, n: usize, threads: usize, split: Split) {
         if self.m == 0 || n == 0 {
             return;
-        }
-        if split == Split::Rows {
-            let tiles = self.m.div_ceil(MR);
-            let parts = threads.clamp(1, tiles);
-            if parts > 1 {
-                (0..parts).into_par_iter().for_each(|t| {
-                    let (i0, i1) = (tiles * t / parts * MR, (tiles * (t + 1) / parts * MR).min(self.m));
-                    self.rows(i0, i1).columns(0, n);
-                });
-                return;
-            }
         }
         let panels = n.div_ceil(NR);
         let parts = threads.clamp(1, panels);
@@ -247,17 +205,6 @@ impl Job {
             let (p0, p1) = (panels * t / parts, panels * (t + 1) / parts);
             self.columns(p0 * NR, (p1 * NR).min(n));
         });
-    }
-
-    /// The same product restricted to rows i0..i1 (i0 ≤ i1 ≤ m) of A and C.
-    fn rows(&self, i0: usize, i1: usize) -> Job {
-        // Offsets within A, C and A's table of rows (m entries), computed without dereferencing anything.
-        let (a, a_rows) = match self.a_rows {
-            Rows::Strided(lda) => (self.a.wrapping_add(i0 * lda), self.a_rows),
-            Rows::At(table) => (self.a, Rows::At(table.wrapping_add(i0))),
-        };
-        let c = self.c.wrapping_add(i0 * self.ldc);
-        Job { m: i1 - i0, a, a_rows, c, ..*self }
     }
 
     /// Columns j0..j1 of C, on this thread.
@@ -553,10 +500,10 @@ mod tests {
     }
 
     /// Tails in every dimension (m, n not multiples of the tile; k over several depth blocks), strided operands,
-    /// with and without accumulation, on 1..3 threads sharing C by columns or by rows, with this CPU's blocks and
-    /// with small ones (several column blocks, a depth block of 64 shorter than a copied A row of the previous
-    /// call), A by its stride or by a table of its rows, and the right operand as W (n, k) or as B (k, n) by a table
-    /// of its rows (tables over copies stored last row first), against an f64 product.
+    /// with and without accumulation, on 1..3 threads, with this CPU's blocks and with small ones (several column
+    /// blocks, a depth block of 64 shorter than a copied A row of the previous call), A by its stride or by a table
+    /// of its rows, and the right operand as W (n, k) or as B (k, n) by a table of its rows (tables over copies
+    /// stored last row first), against an f64 product.
     #[test]
     #[cfg_attr(not(marvel_host_avx512), ignore = "AVX-512: the build host lacks it, or this is a cross build")]
     fn matches_naive_product() {
@@ -587,16 +534,15 @@ mod tests {
             ("A by rows ·Wᵀ", a_rev.as_ptr(), Rows::At(a_rows.as_ptr()), Right::Transposed(ldw), w.as_ptr()),
             ("A·B by rows", a.as_ptr(), Rows::Strided(lda), Right::Plain(b_rows.as_ptr()), b.as_ptr()),
         ];
-        for (blocks, threads, accumulate, split, (layout, ap, a_rows, right, wp)) in [Blocks::for_this_cpu(), small]
+        for (blocks, threads, accumulate, (layout, ap, a_rows, right, wp)) in [Blocks::for_this_cpu(), small]
             .into_iter()
             .flat_map(|b| [1, 2, 3].map(|t| (b, t)))
             .flat_map(|(b, t)| [(b, t, false), (b, t, true)])
-            .flat_map(|(b, t, acc)| [Split::Columns, Split::Rows].map(|s| (b, t, acc, s)))
-            .flat_map(|(b, t, acc, s)| layouts.map(|l| (b, t, acc, s, l)))
+            .flat_map(|(b, t, acc)| layouts.map(|l| (b, t, acc, l)))
         {
             let mut c = c0.clone();
             let job = Job { blocks, m, k, a: ap, a_rows, w: wp, right, c: c.as_mut_ptr(), ldc, accumulate };
-            pool.install(|| job.run_split(n, threads, split));
+            pool.install(|| job.run(n, threads));
             for i in 0..m {
                 for j in 0..ldc {
                     let got = c[i * ldc + j] as f64;
@@ -608,8 +554,7 @@ mod tests {
                     let want = dot + if accumulate { c0[i * ldc + j] as f64 } else { 0.0 };
                     assert!(
                         (got - want).abs() < 1e-4,
-                        "{layout} {blocks:?} {split:?} threads {threads} accumulate {accumulate} at ({i}, {j}): {got} vs \
-                         {want}"
+                        "{layout} {blocks:?} threads {threads} accumulate {accumulate} at ({i}, {j}): {got} vs {want}"
                     );
                 }
             }

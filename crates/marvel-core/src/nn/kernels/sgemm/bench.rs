@@ -3,10 +3,8 @@
 //!
 //!   cargo test --release -p marvel-core --lib sgemm::bench -- --ignored --nocapture
 //!
-//! `MARVEL_SGEMM_BLOCKS` lists the variants as KCxNC or `packed[-rows|-cols][@NC]` (default: the fitted blocks,
-//! the fitted blocks with the weights packed once beforehand, then 128x512, a shallower one; `-rows` / `-cols`
-//! force how the threads share C, `@NC` sets the column blocks); `MARVEL_SGEMM_ROUNDS` the rounds (default 7);
-//! `MARVEL_SGEMM_THREADS` the thread counts (default 1,2).
+//! `MARVEL_SGEMM_BLOCKS` lists the variants as KCxNC or `packed` (default: the fitted blocks, the fitted blocks
+//! with the weights packed once beforehand, then 128x512, a shallower one); `MARVEL_SGEMM_ROUNDS` the rounds (default 7); `MARVEL_SGEMM_THREADS` the thread counts (default 1,2).
 //! Each round runs every variant once, in turn, so that a
 //! neighbour's load falls on all of them; the median round is reported. Each model cycles through enough distinct
 //! layers (over 64 MB of weights) that its weights come from DRAM, as in a forward pass.
@@ -24,8 +22,7 @@ fn cpu_seconds() -> f64 {
     t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9
 }
 
-use super::packed::sgemm_packed_in;
-use super::{sgemm_wt_in, Blocks, PackedWt, Split};
+use super::{sgemm_packed, sgemm_wt_in, Blocks, PackedWt};
 
 /// A ViT's products for one block at batch 1: rows = 1 + 256 patches + latent tokens.
 struct Vit {
@@ -50,26 +47,16 @@ fn env_or(name: &str, default: &str) -> String {
 fn gflops_on_vit_shapes() {
     assert!(crate::nn::kernels::Level::Avx512.supported(), "sgemm needs AVX-512");
     let fitted = Blocks::for_this_cpu();
-    // `packed`: the fitted blocks with Wᵀ packed once beforehand (`PackedWt`), listed as kc 0; `packed-rows` and
-    // `packed-cols` force the threads' split, `@NC` (`packed@256`, `packed-cols@128`) the column blocks.
+    // `packed`: the fitted blocks with Wᵀ packed once beforehand (`PackedWt`), listed as kc 0.
     let spec = env_or("MARVEL_SGEMM_BLOCKS", &format!("{}x{},packed,128x512", fitted.kc, fitted.nc));
-    let variants: Vec<(Blocks, Option<Split>, String)> = spec
+    let variants: Vec<Blocks> = spec
         .split(',')
         .map(|v| {
-            let v = v.trim();
-            if let Some(rest) = v.strip_prefix("packed") {
-                let (split, nc) = rest.split_once('@').unwrap_or((rest, ""));
-                let nc = if nc.is_empty() { fitted.nc } else { nc.parse().expect("packed@NC") };
-                let split = match split {
-                    "" => None,
-                    "-rows" => Some(Split::Rows),
-                    "-cols" => Some(Split::Columns),
-                    _ => panic!("packed, packed-rows or packed-cols, then @NC optionally: {v}"),
-                };
-                return (Blocks { kc: 0, nc }, split, v.to_string());
+            if v.trim() == "packed" {
+                return Blocks { kc: 0, nc: 0 };
             }
             let (kc, nc) = v.split_once('x').expect("KCxNC");
-            (Blocks { kc: kc.trim().parse().unwrap(), nc: nc.trim().parse().unwrap() }, None, v.to_string())
+            Blocks { kc: kc.trim().parse().unwrap(), nc: nc.trim().parse().unwrap() }
         })
         .collect();
     let rounds: usize = env_or("MARVEL_SGEMM_ROUNDS", "7").parse().unwrap();
@@ -100,15 +87,14 @@ fn gflops_on_vit_shapes() {
             let mut seconds = vec![vec![[0f64; 4]; variants.len()]; rounds + 1];
             let mut cpu = seconds.clone();
             for (round, round_cpu) in seconds.iter_mut().zip(cpu.iter_mut()) {
-                for (v, (blocks, split, _)) in variants.iter().enumerate() {
+                for (v, blocks) in variants.iter().enumerate() {
                     for (layer, layer_packed) in weights.iter().zip(&packed) {
                         for (p, &(_, n, k)) in products.iter().enumerate() {
                             let (t, t_cpu) = (Instant::now(), cpu_seconds());
                             pool.install(|| unsafe {
                                 if blocks.kc == 0 {
                                     let (a, c) = (a.as_ptr(), c.as_mut_ptr());
-                                    let w = &layer_packed[p];
-                                    sgemm_packed_in(blocks.nc, *split, vit.rows, a, k, w, c, n, true, threads);
+                                    sgemm_packed(vit.rows, a, k, &layer_packed[p], c, n, true, threads);
                                     return;
                                 }
                                 sgemm_wt_in(
@@ -134,13 +120,15 @@ fn gflops_on_vit_shapes() {
             }
             seconds.remove(0); // warm-up
             cpu.remove(0);
-            for (v, (_, _, variant)) in variants.iter().enumerate() {
+            for (v, blocks) in variants.iter().enumerate() {
                 let median = |s: &[Vec<[f64; 4]>], f: &dyn Fn(&[f64; 4]) -> f64| {
                     let mut x: Vec<f64> = s.iter().map(|r| f(&r[v])).collect();
                     x.sort_by(f64::total_cmp);
                     x[x.len() / 2]
                 };
                 let flops = |p: usize| 2.0 * (vit.rows * products[p].1 * products[p].2 * vit.layers) as f64;
+                let variant =
+                    if blocks.kc == 0 { "packed".to_string() } else { format!("{}x{}", blocks.kc, blocks.nc) };
                 let mut line = format!("{:>6} {threads}t {variant:<8}", vit.name);
                 for (p, (name, _, _)) in products.iter().enumerate() {
                     line += &format!(" {name} {:5.1}", flops(p) / median(&seconds, &|r| r[p]) / 1e9);

@@ -7,7 +7,7 @@
 
 use rayon::prelude::*;
 
-use super::{pack_wt, Blocks, Job, Right, Rows, Split, NR};
+use super::{pack_wt, Blocks, Job, Right, Rows, NR};
 
 /// Wᵀ of a (n, k) weight as the kernel reads it: depth blocks of `kc` rows (the last may be shorter), each the
 /// 32-column panels of all n columns (zero past n): (kk, j) of block k0 at k0·n_pad + (j / 32)·kc_b·32 + (kk - k0)·32
@@ -115,34 +115,10 @@ pub(crate) unsafe fn sgemm_packed(
     accumulate: bool,
     threads: usize,
 ) {
-    sgemm_packed_in(Blocks::for_this_cpu().nc, None, m, a, lda, w, c, ldc, accumulate, threads)
-}
-
-/// [`sgemm_packed`] with column blocks of `nc` (a multiple of 32) and, when given, the threads' split (benchmarks
-/// compare them).
-///
-/// # Safety
-/// As for [`sgemm_packed`].
-#[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn sgemm_packed_in(
-    nc: usize,
-    split: Option<Split>,
-    m: usize,
-    a: *const f32,
-    lda: usize,
-    w: &PackedWt,
-    c: *mut f32,
-    ldc: usize,
-    accumulate: bool,
-    threads: usize,
-) {
-    let blocks = Blocks { kc: w.kc, nc };
+    let blocks = Blocks { kc: w.kc, nc: Blocks::for_this_cpu().nc };
     let right = Right::Packed(w.n.div_ceil(NR) * NR);
     let job = Job { blocks, m, k: w.k, a, a_rows: Rows::Strided(lda), w: w.data.as_ptr(), right, c, ldc, accumulate };
-    match split {
-        Some(split) => job.run_split(w.n, threads, split),
-        None => job.run(w.n, threads),
-    }
+    job.run(w.n, threads)
 }
 
 #[cfg(test)]
