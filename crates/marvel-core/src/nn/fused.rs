@@ -205,9 +205,8 @@ fn block_forward(io: Io, (b, l, d): (usize, usize, usize), keep: Range<usize>, p
 /// projection, ln_2 and the MLP. Each thread's rows stay in its own L2 from one step to the next, and each copies
 /// only its own tiles of A, where split by columns every thread copied every tile (the products whose n is the
 /// width had only 4-16 panels a thread to spread each copy over at batch 1). A packed weight costs a thread
-/// nothing to read whole. Measured with a row split inside `sgemm` first (2 threads, GFLOP/s, two sittings: the
-/// output projection 150/169 -> 185/180 on S-128, 148/122 -> 165/129 on the single layout), then as here (the
-/// single layout's decode at batch 1 ~42 -> ~46.5 img/s, alternating processes; bench/README.md).
+/// nothing to read whole. The single layout's decode at batch 1 went ~42 -> ~46.5 img/s at 2 threads (figures in
+/// bench/README.md, "Rows per thread through the block").
 fn block_forward_by_rows(
     io: Io,
     (b, l, d): (usize, usize, usize),
@@ -253,10 +252,7 @@ fn block_forward_by_rows(
         // The residual: rows `keep` of each image of x, or (in place, every row kept) this part of `out`.
         for (i, x1) in x1.chunks_exact_mut(d).enumerate() {
             let residual = match x {
-                Some(x) => {
-                    let row = r.start + i;
-                    &x[(row / keep.len() * l + keep.start + row % keep.len()) * d..][..d]
-                }
+                Some(x) => &x[kept_row(r.start + i, l, &keep) * d..][..d],
                 None => &out[i * d..(i + 1) * d],
             };
             kernels::add_bias(x1, residual, p.out_proj.bias.get());
@@ -364,11 +360,15 @@ fn add_bias_kept(dst: &mut [f32], x: &[f32], (l, d): (usize, usize), keep: Range
     let per_task = rows_per_task(dst.len() / d);
     dst.par_chunks_mut(per_task * d).enumerate().for_each(|(t, o)| {
         for (i, o) in o.chunks_exact_mut(d).enumerate() {
-            let r = t * per_task + i;
-            let src = (r / keep.len() * l + keep.start + r % keep.len()) * d;
+            let src = kept_row(t * per_task + i, l, &keep) * d;
             kernels::add_bias(o, &x[src..src + d], bias);
         }
     });
+}
+
+/// The row of x ((B·L) rows, images L rows apart) that kept row `r` is: rows `keep` of each image, in order.
+fn kept_row(r: usize, l: usize, keep: &Range<usize>) -> usize {
+    r / keep.len() * l + keep.start + r % keep.len()
 }
 
 /// dst (rows, out) = [dst +] a (rows, in) · wᵀ for the weight of `lin`, stored plain or packed (its bias is the
