@@ -137,8 +137,8 @@ fn return_free_memory() {
     }
 }
 
-/// Whether the process started with thresholds (or a top pad) of its own. Read once: glibc reads these variables at startup
-/// only, and reading the environment later would race with threads that write it (Node's `process.env`).
+/// Whether the process started with thresholds (or a top pad) of its own. Read once: glibc reads these variables
+/// at startup only, and reading the environment later would race with threads that write it (Node's `process.env`).
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn set_by_user() -> bool {
     static SET: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
@@ -163,9 +163,9 @@ fn set_top_pad(bytes: usize) {
     }
 }
 
-/// The mmap threshold at [`MMAP_THRESHOLD`] and the trim threshold at `trim`; whether glibc took them. glibc refuses an mmap threshold
-/// above half its heap size (16 MiB on 32-bit builds); the trim threshold is left alone then, since setting it
-/// alone would freeze the mmap threshold at its 128 KiB start.
+/// The mmap threshold at [`MMAP_THRESHOLD`] and the trim threshold at `trim`; whether glibc took them. glibc
+/// refuses an mmap threshold above half its heap size (16 MiB on 32-bit builds); the trim threshold is left alone
+/// then, since setting it alone would freeze the mmap threshold at its 128 KiB start.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn set_thresholds(trim: libc::c_int) -> bool {
     // SAFETY: mallopt only changes the allocator's parameters (see the module comment on threads).

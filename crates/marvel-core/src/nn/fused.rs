@@ -385,7 +385,8 @@ fn product(dst: &mut [f32], accumulate: bool, a: &[f32], lin: &LinearData) {
     }
 }
 
-/// Below this many rows `kernels::sgemm` beats the `gemm` crate on the block's shapes; from ~1500 on it trails (see there).
+/// Below this many rows `kernels::sgemm` beats the `gemm` crate on the block's shapes; from ~1500 on it trails (see
+/// there).
 #[cfg(target_arch = "x86_64")]
 const SGEMM_MAX_ROWS: usize = 1024;
 

@@ -4,10 +4,10 @@
 //!   cargo test --release -p marvel-core --lib sgemm::bench -- --ignored --nocapture
 //!
 //! `MARVEL_SGEMM_BLOCKS` lists the variants as KCxNC or `packed` (default: the fitted blocks, the fitted blocks
-//! with the weights packed once beforehand, then 128x512, a shallower one); `MARVEL_SGEMM_ROUNDS` the rounds (default 7); `MARVEL_SGEMM_THREADS` the thread counts (default 1,2).
-//! Each round runs every variant once, in turn, so that a
-//! neighbour's load falls on all of them; the median round is reported. Each model cycles through enough distinct
-//! layers (over 64 MB of weights) that its weights come from DRAM, as in a forward pass.
+//! with the weights packed once beforehand, then 128x512, a shallower one); `MARVEL_SGEMM_ROUNDS` the rounds
+//! (default 7); `MARVEL_SGEMM_THREADS` the thread counts (default 1,2). Each round runs every variant once, in
+//! turn, so that a neighbour's load falls on all of them; the median round is reported. Each model cycles through
+//! enough distinct layers (over 64 MB of weights) that its weights come from DRAM, as in a forward pass.
 //!
 //! Two figures per product: GFLOP/s of wall time, and GFLOP per CPU-second of the process (the threads' CPU time
 //! summed: what a neighbour's load does not inflate, while imbalance and spinning between threads still count).
