@@ -9,10 +9,10 @@ use candle_core::{DType, Device, Tensor};
 use crate::config::{QuantizerConfig, TitokConfig};
 use crate::device::DeviceSpec;
 use crate::error::Result;
-use crate::image::{images_from_u8_nhwc, images_to_u8_nhwc};
+use crate::image::{images_from_u8_nhwc, images_to_u8_nhwc_into};
+use crate::memory::ReturnMemoryOnDrop;
 use crate::model::titok::{weights_file, Titok};
 use crate::tokens::TokenBatch;
-use crate::memory::ReturnMemoryOnDrop;
 use crate::weights::{build_shape_only, LoadOptions, Requested};
 use crate::{invalid, shape_mismatch};
 
@@ -228,10 +228,14 @@ impl Tokenizer {
     /// evaluation conversion).
     pub fn decode_rgb(&self, tokens: &TokenBatch, depth: Option<usize>) -> Result<Vec<u8>> {
         let s = self.info.image_size;
-        let mut out = Vec::with_capacity(tokens.batch * s * s * 3);
+        let mut out = vec![0u8; tokens.batch * s * s * 3];
+        let mut rest = &mut out[..];
         self.decode_chunks(tokens, depth, |images| {
-            out.extend(images_to_u8_nhwc(&images)?);
-            Ok(())
+            // A chunk larger than what is left gets only what is left, and the conversion refuses it.
+            let len = images.elem_count().min(rest.len());
+            let (chunk, after) = std::mem::take(&mut rest).split_at_mut(len);
+            rest = after;
+            images_to_u8_nhwc_into(&images, chunk)
         })?;
         Ok(out)
     }

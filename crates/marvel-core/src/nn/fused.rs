@@ -326,8 +326,8 @@ pub(crate) fn layer_norm_rows(dst: &mut [f32], src: &[f32], weight: &[f32], bias
 /// keeps it: the blocks' product (`gemm_wt`, so `sgemm` below 1024 rows at AVX-512) onto the bias, in one buffer.
 /// candle's `Linear` runs the gemm crate at every size, with a bias pass of its own: the single layout's pixel head
 /// (`ffn`, 256 rows at batch 1) spent ~5% of a one-image decode there. `None` where it does not apply (the caller
-/// runs candle's).
-pub(crate) fn linear(xs: &Tensor, weight: &Tensor, bias: &Tensor) -> candle_core::Result<Option<Tensor>> {
+/// runs candle's). `then` runs on the output's rows, in parallel, before they become a tensor.
+pub(crate) fn linear(xs: &Tensor, weight: &Tensor, bias: &Tensor, then: Then) -> candle_core::Result<Option<Tensor>> {
     let (Some(w), Some(b)) = (F32Data::of(weight), F32Data::of(bias)) else {
         return Ok(None);
     };
@@ -344,9 +344,19 @@ pub(crate) fn linear(xs: &Tensor, weight: &Tensor, bias: &Tensor) -> candle_core
     if k > 0 {
         gemm_wt(&mut out, true, x, w.get(), x.len() / k, k, n);
     }
+    match then {
+        Then::Nothing => {}
+        Then::Tanh => par_rows(&mut out, n, kernels::tanh_rows),
+    }
     let mut dims = xs.dims().to_vec();
     *dims.last_mut().expect("xs has its last dimension k") = n;
     Ok(Some(Tensor::from_vec(out, dims, xs.device())?))
+}
+
+/// What [`linear`] applies to its output.
+pub(crate) enum Then {
+    Nothing,
+    Tanh,
 }
 
 /// Every row of `dst` ← `bias`, for a product to be accumulated onto.
@@ -494,13 +504,15 @@ mod tests {
         let reference = candle_nn::Linear::new(w.clone(), Some(b.clone()));
         for rows in [3, 700] {
             let x = Tensor::randn(0f32, 1.0, (2, rows, 50), &dev).unwrap();
-            let got = linear(&x, &w, &b).unwrap().expect("the fused path was not taken");
+            let got = linear(&x, &w, &b, Then::Nothing).unwrap().expect("the fused path was not taken");
             assert_eq!(got.dims(), [2, rows, 37]);
             let want = reference.forward(&x).unwrap();
             let err = (got - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
             assert!(err < 1e-4, "{rows} rows: max abs {err}");
         }
         let var = candle_core::Var::from_tensor(&w).unwrap();
-        assert!(linear(&Tensor::zeros((1, 50), DType::F32, &dev).unwrap(), var.as_tensor(), &b).unwrap().is_none());
+        assert!(linear(&Tensor::zeros((1, 50), DType::F32, &dev).unwrap(), var.as_tensor(), &b, Then::Nothing)
+            .unwrap()
+            .is_none());
     }
 }

@@ -21,6 +21,7 @@ pub use conv2d::{
     conv2d, conv2d_fast_grad, conv2d_im2col, upsample2x_conv2d, upsample2x_conv2d_fast_grad, upsample2x_conv2d_im2col,
 };
 pub use fused::BlockScratch;
+pub(crate) use fused::F32Data;
 pub use layer_norm::{LayerNorm, LAYER_NORM_EPS};
 pub use mlp::Mlp;
 pub use param_init::{linear, param, ParamInit, TRUNC_NORMAL_002};
@@ -79,11 +80,24 @@ pub fn linear_forward(layer: &candle_nn::Linear, xs: &Tensor) -> Result<Tensor> 
         if trains_on_cpu(&[xs, layer.weight(), bias]) {
             return ops::linear(xs, layer.weight(), bias);
         }
-        if let Some(ys) = fused::linear(xs, layer.weight(), bias)? {
+        if let Some(ys) = fused::linear(xs, layer.weight(), bias, fused::Then::Nothing)? {
             return Ok(ys);
         }
     }
     candle_core::Module::forward(layer, xs)
+}
+
+/// `tanh(layer(xs))`, TiTok's legacy head between its two 1x1 convolutions: at inference on the CPU the tanh runs
+/// vectorised on the product's rows as they are written (`kernels::math::tanh`, within 2 ulp), else candle's.
+pub fn linear_tanh_forward(layer: &candle_nn::Linear, xs: &Tensor) -> Result<Tensor> {
+    if let Some(bias) = layer.bias() {
+        if !trains_on_cpu(&[xs, layer.weight(), bias]) {
+            if let Some(ys) = fused::linear(xs, layer.weight(), bias, fused::Then::Tanh)? {
+                return Ok(ys);
+            }
+        }
+    }
+    linear_forward(layer, xs)?.tanh()
 }
 
 /// `gelu(layer(xs))` with torch's exact (erf) GELU: one node (`ops::linear_gelu`, a vectorised GELU and only the

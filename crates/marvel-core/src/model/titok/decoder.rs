@@ -8,8 +8,8 @@ use candle_nn::{Linear, VarBuilder};
 use crate::config::{TitokConfig, LEGACY_LOGITS};
 use crate::nn::TRUNC_NORMAL_002;
 use crate::nn::{
-    conv1x1_as_linear, linear, linear_forward, param, BlockScratch, LayerNorm, ParamInit, ResidualAttentionBlock,
-    LAYER_NORM_EPS,
+    conv1x1_as_linear, linear, linear_forward, linear_tanh_forward, param, BlockScratch, LayerNorm, ParamInit,
+    ResidualAttentionBlock, LAYER_NORM_EPS,
 };
 
 /// The output head (`ffn`, and `conv_out` for pixels).
@@ -119,7 +119,7 @@ impl TitokDecoder {
         let Head::Logits { ffn0, ffn2 } = &self.head else {
             candle_core::bail!("this decoder has a pixel head; it predicts no logits")
         };
-        linear_forward(ffn2, &linear_forward(ffn0, &self.grid_features(z_q)?)?.tanh()?)
+        linear_forward(ffn2, &linear_tanh_forward(ffn0, &self.grid_features(z_q)?)?)
     }
 
     /// `z_q`: (B, token_size, 1, N). Legacy head: logits (B, 1024, grid, grid); pixel head: (B, 3, H, W),

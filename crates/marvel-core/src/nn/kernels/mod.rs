@@ -8,7 +8,7 @@
 //! - **Dispatch.** A kernel is a plain Rust body wrapped in [`dispatch!`], which compiles it once per level and
 //!   calls the copy for [`level()`]. The body stays portable: the compiler vectorises it for each level's vector
 //!   width. Only `sgemm` (AVX-512 intrinsics) is x86-specific, and it too runs only when `level()` says so.
-//! - **Math.** Vector-friendly functions (exp, GELU, Φ, lane-wise sum and max) live in [`math`], once;
+//! - **Math.** Vector-friendly functions (exp, GELU, Φ, tanh, lane-wise sum and max) live in [`math`], once;
 //!   `#[inline(always)]` so that each level's copy of a kernel gets them compiled for its features.
 //! - **Who may enter.** These kernels record no backward pass, so a tensor under autograd never reaches them:
 //!   [`tracked`] is the one test for that, used by every caller that chooses between a kernel and candle's ops.

@@ -1,4 +1,4 @@
-//! Row kernels on contiguous f32 data for the inference path: exact (erf) GELU, exp for softmax, layer norm.
+//! Row kernels on contiguous f32 data for the inference path: exact (erf) GELU, tanh, exp for softmax, layer norm.
 //!
 //! candle evaluates `gelu_erf` and `exp` one element at a time through libm, on one thread. These loops call the
 //! branch-free forms of `math` and are compiled per SIMD level (`dispatch!`), so a binary built for baseline
@@ -7,7 +7,7 @@
 //! Each function works on one block of rows; callers split the rows across threads.
 
 use super::dispatch;
-use super::math::{exp, gelu, max, normal_cdf, sum, LANES};
+use super::math::{exp, gelu, max, normal_cdf, sum, tanh, LANES};
 
 dispatch! {
     /// dst ← gelu(src).
@@ -37,6 +37,15 @@ dispatch! {
             for (v, b) in row.iter_mut().zip(bias) {
                 *v = gelu(*v + b);
             }
+        }
+    }
+}
+
+dispatch! {
+    /// In place: x ← tanh(x).
+    pub fn tanh_rows(xs: &mut [f32]) {
+        for v in xs.iter_mut() {
+            *v = tanh(*v);
         }
     }
 }
@@ -280,6 +289,11 @@ mod tests {
         check("bias_gelu", &|| {
             let mut o = xs.clone();
             bias_gelu(&mut o, &b);
+            o
+        });
+        check("tanh_rows", &|| {
+            let mut o = xs.clone();
+            tanh_rows(&mut o);
             o
         });
         check("add_bias", &|| {
