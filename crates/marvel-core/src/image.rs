@@ -58,8 +58,9 @@ pub fn images_to_u8_nhwc_into(images: &Tensor, out: &mut [u8]) -> Result<()> {
         return Err(shape_mismatch!("images must be (B, 3, H, W), got {:?}", images.dims()));
     }
     crate::tensor::check_shape("decoded images", out.len(), images.dims())?;
-    let images = images.to_dtype(DType::F32)?;
-    // Read in place where the tensor allows (contiguous f32 in CPU memory, as a decode leaves it), else one copy.
+    // Contiguous (a copy only for a view), then read in place where it is untracked in CPU memory, as a decode
+    // leaves it; else copied out (on a GPU, or under autograd).
+    let images = images.to_dtype(DType::F32)?.contiguous()?;
     let owned;
     let borrowed = crate::nn::F32Data::of(&images);
     let src = match &borrowed {

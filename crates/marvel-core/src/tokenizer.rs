@@ -237,6 +237,9 @@ impl Tokenizer {
             rest = after;
             images_to_u8_nhwc_into(&images, chunk)
         })?;
+        if !rest.is_empty() {
+            return Err(shape_mismatch!("decode left {} of {} image bytes unwritten", rest.len(), out.len()));
+        }
         Ok(out)
     }
 

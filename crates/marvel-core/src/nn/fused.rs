@@ -515,4 +515,31 @@ mod tests {
             .unwrap()
             .is_none());
     }
+
+    /// `nn::linear_tanh_forward` against candle's linear then tanh, on the fused path and, for a tracked weight, on
+    /// candle's (whose gradient reaches the weight).
+    #[test]
+    fn linear_tanh_matches_candle() {
+        use candle_core::{Device, Module};
+        let dev = Device::Cpu;
+        let w = (Tensor::randn(0f32, 1.0, (37, 50), &dev).unwrap() * 0.2).unwrap();
+        let b = Tensor::randn(0f32, 1.0, 37, &dev).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (2, 300, 50), &dev).unwrap();
+        let want = candle_nn::Linear::new(w.clone(), Some(b.clone())).forward(&x).unwrap().tanh().unwrap();
+        let max_err =
+            |got: &Tensor| (got - &want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let fused = linear(&x, &w, &b, Then::Tanh).unwrap().expect("the fused path was not taken");
+        assert!(max_err(&fused) < 1e-5, "fused: max abs {}", max_err(&fused));
+        let layer = crate::nn::linear_tanh_forward(&candle_nn::Linear::new(w.clone(), Some(b.clone())), &x).unwrap();
+        let same = |a: &Tensor, b: &Tensor| {
+            a.flatten_all().unwrap().to_vec1::<f32>().unwrap() == b.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        };
+        assert!(same(&layer, &fused), "linear_tanh_forward did not take the fused path");
+        let var = candle_core::Var::from_tensor(&w).unwrap();
+        let tracked = crate::nn::linear_tanh_forward(&candle_nn::Linear::new(var.as_tensor().clone(), Some(b)), &x);
+        let tracked = tracked.unwrap();
+        assert!(max_err(&tracked) < 1e-5, "tracked: max abs {}", max_err(&tracked));
+        let grads = tracked.sum_all().unwrap().backward().unwrap();
+        assert!(grads.get(var.as_tensor()).is_some(), "no gradient for the tracked weight");
+    }
 }

@@ -88,7 +88,7 @@ pub fn linear_forward(layer: &candle_nn::Linear, xs: &Tensor) -> Result<Tensor> 
 }
 
 /// `tanh(layer(xs))`, TiTok's legacy head between its two 1x1 convolutions: at inference on the CPU the tanh runs
-/// vectorised on the product's rows as they are written (`kernels::math::tanh`, within 2 ulp), else candle's.
+/// vectorised (`kernels::math::tanh`, within 2 ulp) in one parallel pass over the product, else candle's.
 pub fn linear_tanh_forward(layer: &candle_nn::Linear, xs: &Tensor) -> Result<Tensor> {
     if let Some(bias) = layer.bias() {
         if !trains_on_cpu(&[xs, layer.weight(), bias]) {
