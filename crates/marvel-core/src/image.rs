@@ -15,8 +15,8 @@ pub fn u8_to_unit_table() -> [f32; 256] {
 
 /// Pixels a parallel task converts: a few tasks a thread at batch 1 (256x256: 16 a image), each long enough to be
 /// worth its hand-off. Conversion runs on the compute pool, which would otherwise idle while the caller's thread
-/// converted alone: one-threaded, the decode's conversion (then a permuted copy in candle, a copy out and a clamp
-/// pass) was ~7% of a one-image decode of the single layout at 2 threads.
+/// converted alone (the decode's went through a permuted copy in candle, a copy out and a clamp pass: measured at
+/// ~2% of the single layout's Node decode at batch 8, 2 threads, at best, within the host's noise).
 const PIXELS_PER_TASK: usize = 4096;
 
 /// Interleaved RGB bytes (B, H, W, 3) -> the model input (B, 3, H, W) f32 in [0, 1].
